@@ -371,8 +371,10 @@ class RingReader:
     def lost_indices(self) -> np.ndarray:
         """The source frame indices this reader lost, ascending (int64)."""
         with self._ring._cond:
-            runs = [np.arange(a, b, dtype=np.int64) for a, b in self._lost_runs]
-        return np.sort(np.concatenate(runs)) if runs else np.empty(0, dtype=np.int64)
+            runs = [tuple(run) for run in self._lost_runs]  # expand outside the lock the writer needs
+        if not runs:
+            return np.empty(0, dtype=np.int64)
+        return np.sort(np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in runs]))
 
     def stats(self) -> ReaderStats:
         """This reader's counters, taken at one instant."""
