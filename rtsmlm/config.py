@@ -71,7 +71,12 @@ class SimConfig:
     seed: int = _f(0, range=(0, None))
     structure: str = _f("uniform", choices=("uniform", "filaments", "rings"))
     density: float = _f(0.3, range=(0.0, 20.0))
-    labels_per_um2: float = _f(200.0, range=(1e-3, 1e5))
+    labels_per_um2: float = _f(200.0, range=(1e-3, 1e5), doc="uniform structure: label density")
+    filament_count: int = _f(6, range=(1, 10_000))
+    labels_per_um: float = _f(100.0, range=(1e-3, 1e5), doc="filaments: labels per µm of filament")
+    rings_per_um2: float = _f(0.6, range=(1e-3, 100.0))
+    ring_radius_nm: float = _f(53.0, range=(1.0, 10_000.0))
+    label_jitter_nm: float = _f(5.0, range=(0.0, 1000.0), doc="label/linker displacement (Gaussian)")
     photons_mean: float = _f(2500.0, range=(1.0, 1e7))
     photons_sigma: float = _f(1000.0, range=(0.0, 1e7))
     bg_photons: float = _f(75.0, range=(0.0, 1e6))
@@ -80,6 +85,7 @@ class SimConfig:
     bleach_probability: float = _f(0.02, range=(0.0, 1.0))
     activation_power: float = _f(1.0, range=(0.0, 1e6))
     fiducials: int = _f(0, range=(0, 10_000))
+    fiducial_photons: float = _f(20_000.0, range=(1.0, 1e8))
     drift: DriftSimConfig = field(default_factory=DriftSimConfig)
 
 
