@@ -1,0 +1,190 @@
+"""Postprocessor: spatial integration of hand-built output maps into localizations — counts, sub-pixel
+positions, units and origin, frame indices, thresholds — and agreement with a plain-Python reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rtsmlm.infer.postprocess import Postprocessor
+from rtsmlm.locs import LOC_DTYPE
+from rtsmlm.model.net import (
+    CH_BG,
+    CH_P,
+    CH_PHOT,
+    CH_SIG_PHOT,
+    CH_SIG_X,
+    CH_SIG_Y,
+    CH_SIG_Z,
+    CH_X,
+    CH_Y,
+    CH_Z,
+)
+
+PX = 100.0
+
+
+@pytest.fixture()
+def post() -> Postprocessor:
+    return Postprocessor(pixel_size_nm=PX, photon_scale=5000.0, z_scale=700.0, bg_scale=200.0)
+
+
+def _maps(b: int = 1, h: int = 8, w: int = 8) -> torch.Tensor:
+    out = torch.zeros(b, 10, h, w)
+    out[:, CH_P] = 0.001
+    out[:, CH_SIG_PHOT : CH_SIG_Z + 1] = 0.5
+    return out
+
+
+def test_single_emitter_spread_over_two_pixels_gives_one_localization(post: Postprocessor) -> None:
+    out = _maps()
+    # Emitter near the right border of pixel (row 3, col 4): most of p there, the rest in col 5.
+    out[0, CH_P, 3, 4] = 0.55
+    out[0, CH_P, 3, 5] = 0.40
+    out[0, CH_X, 3, 4] = 0.45
+    out[0, CH_Y, 3, 4] = -0.2
+    locs = post(out, [0])
+    assert len(locs) == 1
+    assert locs["x"][0] == pytest.approx((4 + 0.5 + 0.45) * PX, abs=1e-3)
+    assert locs["y"][0] == pytest.approx((3 + 0.5 - 0.2) * PX, abs=1e-3)
+    # Integrated probability: 0.55 + 0.40 + the 0.001 neighbours above, below and left.
+    assert locs["p"][0] == pytest.approx(0.55 + 0.40 + 0.003, abs=1e-5)
+
+
+def test_evenly_split_emitter_gives_one_localization(post: Postprocessor) -> None:
+    out = _maps()
+    out[0, CH_P, 2, 2] = 0.45  # an exact tie on a pixel border
+    out[0, CH_P, 3, 2] = 0.45
+    assert len(post(out, [0])) == 1
+
+
+def test_two_emitters_in_adjacent_pixels_with_high_p_give_two(post: Postprocessor) -> None:
+    out = _maps()
+    out[0, CH_P, 5, 1] = 0.95
+    out[0, CH_P, 5, 2] = 0.85
+    out[0, CH_X, 5, 1] = -0.1
+    out[0, CH_X, 5, 2] = 0.2
+    locs = post(out, [0])
+    assert len(locs) == 2
+    np.testing.assert_allclose(sorted(locs["x"]), [(1.5 - 0.1) * PX, (2.5 + 0.2) * PX], atol=1e-3)
+    np.testing.assert_allclose(locs["y"], [5.5 * PX, 5.5 * PX], atol=1e-3)
+    assert (locs["p"] <= 1.0).all()
+
+
+def test_separate_emitters_are_found_independently(post: Postprocessor) -> None:
+    out = _maps(h=16, w=16)
+    out[0, CH_P, 2, 2] = 0.9
+    out[0, CH_P, 2, 4] = 0.7  # two pixels away: its own local maximum
+    out[0, CH_P, 12, 9] = 0.8
+    locs = post(out, [0])
+    got = sorted(zip((locs["y"] / PX - 0.5).round().astype(int), (locs["x"] / PX - 0.5).round().astype(int)))
+    assert got == [(2, 2), (2, 4), (12, 9)]
+
+
+def test_below_thresholds_gives_nothing(post: Postprocessor) -> None:
+    out = _maps()
+    out[0, CH_P, 1, 1] = 0.25  # below candidate_threshold
+    out[0, CH_P, 6, 6] = 0.45  # a candidate, but its integrated p stays below p_threshold
+    locs = post(out, [0])
+    assert locs.dtype == LOC_DTYPE and len(locs) == 0
+
+
+def test_emitters_at_image_corners(post: Postprocessor) -> None:
+    out = _maps()
+    out[0, CH_P, 0, 0] = 0.9
+    out[0, CH_P, 7, 7] = 0.9
+    locs = post(out, [0])
+    assert len(locs) == 2
+
+
+def test_frame_indices_are_carried(post: Postprocessor) -> None:
+    out = _maps(b=3)
+    out[0, CH_P, 1, 1] = 0.9
+    out[2, CH_P, 4, 4] = 0.9
+    out[2, CH_P, 6, 1] = 0.9
+    locs = post(out, np.array([17, 18, 19]))
+    assert locs["frame"].tolist() == [17, 19, 19]
+    assert locs.dtype == LOC_DTYPE
+    assert post(out, torch.tensor([5, 6, 7]))["frame"].tolist() == [5, 7, 7]
+
+
+def test_units_and_origin_are_exact(post: Postprocessor) -> None:
+    out = _maps()
+    out[0, CH_P, 0, 0] = 0.99
+    out[0, CH_X, 0, 0] = -0.5  # the top-left corner of the top-left pixel is (0, 0) nm
+    out[0, CH_Y, 0, 0] = -0.5
+    out[0, CH_Z, 0, 0] = -0.25
+    out[0, CH_PHOT, 0, 0] = 0.3
+    out[0, CH_BG, 0, 0] = 0.6
+    out[0, CH_SIG_X, 0, 0] = 0.2
+    out[0, CH_SIG_Y, 0, 0] = 0.3
+    out[0, CH_SIG_Z, 0, 0] = 0.1
+    out[0, CH_SIG_PHOT, 0, 0] = 0.05
+    (loc,) = post(out, [0])
+    assert loc["x"] == pytest.approx(0.0, abs=1e-4) and loc["y"] == pytest.approx(0.0, abs=1e-4)
+    assert loc["z"] == pytest.approx(-0.25 * 700.0)
+    assert loc["photons"] == pytest.approx(0.3 * 5000.0)
+    assert loc["bg"] == pytest.approx(0.6 * 200.0)
+    assert loc["sigma_x"] == pytest.approx(0.2 * PX)
+    assert loc["sigma_y"] == pytest.approx(0.3 * PX)
+    assert loc["sigma_z"] == pytest.approx(0.1 * 700.0)
+    assert loc["sigma_photons"] == pytest.approx(0.05 * 5000.0)
+    assert loc["p"] == pytest.approx(0.99 + 0.002)
+
+
+def test_low_precision_maps_are_accepted(post: Postprocessor) -> None:
+    out = _maps()
+    out[0, CH_P, 3, 3] = 0.9
+    out[0, CH_X, 3, 3] = 0.25
+    (loc,) = post(out.to(torch.bfloat16), [4])
+    assert loc["frame"] == 4 and loc["x"] == pytest.approx(3.75 * PX, abs=0.5)
+
+
+def _reference(p: np.ndarray, cand: float, split: float, thresh: float) -> set[tuple[int, int, int]]:
+    """The algorithm written out with loops (random maps have no ties, so plain >= is enough)."""
+    found = set()
+    b, h, w = p.shape
+    for s in range(b):
+        for i in range(h):
+            for j in range(w):
+                neighbours = [p[s, a, c] for a in range(max(i - 1, 0), min(i + 2, h))
+                              for c in range(max(j - 1, 0), min(j + 2, w)) if (a, c) != (i, j)]
+                is_max = p[s, i, j] > cand and all(p[s, i, j] >= q for q in neighbours)
+                score = p[s, i, j] + sum(p[s, a, c] for a, c in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1))
+                                         if 0 <= a < h and 0 <= c < w)
+                if (is_max or p[s, i, j] > split) and score > thresh:
+                    found.add((s, i, j))
+    return found
+
+
+def test_agrees_with_loop_reference_on_random_maps(post: Postprocessor) -> None:
+    rng = np.random.default_rng(7)
+    p = (rng.random((3, 12, 10)) ** 3).astype(np.float32)  # mostly low, some peaks
+    out = _maps(b=3, h=12, w=10)
+    out[:, CH_P] = torch.from_numpy(p)
+    locs = post(out, [0, 1, 2])
+    got = {(int(f), int(y / PX), int(x / PX)) for f, y, x in zip(locs["frame"], locs["y"], locs["x"])}
+    expected = _reference(p, 0.3, 0.6, 0.6)
+    assert len(expected) > 3
+    assert got == expected
+
+
+def test_bad_inputs_are_named(post: Postprocessor) -> None:
+    with pytest.raises(ValueError, match="frame indices"):
+        post(_maps(b=2), [0])
+    with pytest.raises(ValueError, match="shape"):
+        post(torch.zeros(1, 9, 8, 8), [0])
+    with pytest.raises(ValueError, match="pixel_size_nm"):
+        Postprocessor(pixel_size_nm=0, photon_scale=1, z_scale=1, bg_scale=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_maps_give_the_cpu_result(post: Postprocessor) -> None:
+    out = _maps(b=2)
+    out[0, CH_P, 2, 3] = 0.8
+    out[1, CH_P, 5, 5] = 0.7
+    out[1, CH_X, 5, 5] = 0.3
+    cpu = post(out, [0, 1])
+    gpu = post(out.cuda(), [0, 1])
+    assert cpu.tobytes() == gpu.tobytes()
