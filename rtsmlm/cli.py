@@ -1,0 +1,235 @@
+"""The ``rtsmlm`` command. Each subcommand imports what it needs only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import rtsmlm
+from rtsmlm import config as config_mod
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="config.toml to load (default: built-in defaults)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="override one config key, e.g. --set camera.pixel_size_nm=160 (repeatable)")
+
+
+def _load_config(args, extra: list[str] | None = None) -> config_mod.Config:
+    return config_mod.load(args.config, [*(extra or []), *args.set])
+
+
+# ---------------------------------------------------------------------------------------- simulate
+
+def _cmd_simulate(args) -> int:
+    from rtsmlm.sim.export import simulate_to_dir
+
+    extra = [f"sim.frames={args.frames}", f"sim.size={args.size}", f"sim.density={args.density}",
+             f"sim.seed={args.seed}", f'sim.structure="{args.structure}"']
+    if args.drift:
+        extra.append("sim.drift.enabled=true")
+    if args.camera == "scmos":
+        from rtsmlm.sim.camera import SCMOS_PRESET
+
+        extra += [f"camera.{k}={json.dumps(v)}" for k, v in SCMOS_PRESET.items()]
+    cfg = _load_config(args, extra)
+    out = simulate_to_dir(cfg, Path(args.out), overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- train
+
+def _cmd_train(args) -> int:
+    from rtsmlm.model.train import train
+
+    extra = [f"train.steps={args.steps}"] if args.steps else []
+    cfg = _load_config(args, extra)
+    prefix = train(cfg, args.out, resume=not args.restart, progress=not args.quiet)
+    print(f"checkpoint: {prefix}.safetensors / {prefix}.json")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- evaluate
+
+def _cmd_evaluate(args) -> int:
+    from rtsmlm.evaluate import evaluate_files
+
+    result = evaluate_files(args.locs, args.truth, pixel_size_nm=args.pixel_size,
+                            tolerance_nm=args.tolerance_nm, sigma_nm=args.psf_sigma_nm, bg=args.bg,
+                            excess_noise=args.excess_noise, plot_path=args.plot)
+    print(json.dumps(result, indent=None if args.compact else 2, default=float))
+    return 0
+
+
+# ------------------------------------------------------------------------------------- run / live
+
+def _run_overrides(args) -> list[str]:
+    extra = []
+    if args.source:
+        if args.source in ("simulator", "micromanager"):
+            extra.append(f'source.kind="{args.source}"')
+        else:
+            extra += ['source.kind="file"', f"source.path={json.dumps(str(args.source))}"]
+    if args.max_frames is not None:
+        extra.append(f"source.max_frames={args.max_frames}")
+    if args.fps is not None:
+        extra.append(f"source.fps={args.fps}")
+    if args.out:
+        extra.append(f"output.dir={json.dumps(str(args.out))}")
+    if args.overwrite:
+        extra.append("output.overwrite=true")
+    if args.model:
+        extra.append(f"model.checkpoint={json.dumps(str(args.model))}")
+    if args.backend:
+        extra.append(f'backend.name="{args.backend}"')
+    if args.mm_config:
+        extra.append(f"source.mm_config={json.dumps(str(args.mm_config))}")
+    if args.mm_dir:
+        extra.append(f"source.mm_dir={json.dumps(str(args.mm_dir))}")
+    if args.attach:
+        extra.append("source.mm_attach=true")
+    if args.no_stream:
+        extra.append("stream.enabled=false")
+    if args.no_raw:
+        extra.append("output.record_raw=false")
+    return extra
+
+
+def _cmd_run(args) -> int:
+    from rtsmlm.pipeline import run_cli
+
+    cfg = _load_config(args, _run_overrides(args))
+    return run_cli(cfg, realtime=args.realtime, progress=not args.quiet)
+
+
+def _cmd_live(args) -> int:
+    from rtsmlm.gui.app import live_main
+
+    cfg = _load_config(args, _run_overrides(args))
+    return live_main(cfg, realtime=args.realtime, screenshot=args.screenshot)
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    _add_config_args(p)
+    p.add_argument("--source", metavar="FILE|simulator|micromanager",
+                   help="a recorded movie (TIFF/OME-TIFF/.raw/.dax), the simulator (default) or micromanager")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames (0 = until the source ends)")
+    p.add_argument("--fps", type=float, help="replay pace for a file source (0 = as fast as possible)")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", dest="realtime", action="store_true", default=False,
+                      help="pace the simulated camera at its exposure time")
+    pace.add_argument("--as-fast-as-possible", dest="realtime", action="store_false",
+                      help="deliver frames as fast as they come (default)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: output.dir)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--model", metavar="CHECKPOINT", help="model checkpoint (default: the shipped model)")
+    p.add_argument("--backend", choices=("auto", "tensorrt", "torch", "onnxruntime"))
+    p.add_argument("--mm-config", metavar="FILE.cfg", help="Micro-Manager hardware configuration")
+    p.add_argument("--mm-dir", metavar="DIR", help="Micro-Manager installation (device adapters)")
+    p.add_argument("--attach", action="store_true", help="attach to a running Micro-Manager (port 4827)")
+    p.add_argument("--no-stream", action="store_true", help="do not publish over ZeroMQ")
+    p.add_argument("--no-raw", action="store_true", help="do not record raw camera frames")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# ---------------------------------------------------------------------------------- pass-throughs
+
+def _passthrough(module: str, func: str):
+    def run(args) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), func)(args.rest)
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rtsmlm", description="Real-time single-molecule localization microscopy.")
+    parser.add_argument("--version", action="version", version=f"rtsmlm {rtsmlm.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="analyse a camera stream or a recorded movie (headless)")
+    _add_run_args(p)
+    p.add_argument("--headless", action="store_true", help="no window (always true for run)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("live", help="like run, with the live super-resolution window")
+    _add_run_args(p)
+    p.add_argument("--screenshot", metavar="PNG", help="render offscreen, save the window after the run")
+    p.set_defaults(func=_cmd_live)
+
+    p = sub.add_parser("simulate", help="write a simulated movie with ground truth")
+    _add_config_args(p)
+    p.add_argument("--frames", type=int, default=1000)
+    p.add_argument("--size", type=int, default=64, help="frame width and height in pixels")
+    p.add_argument("--density", type=float, default=0.3, help="active emitters per µm² per frame")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--structure", choices=("uniform", "filaments", "rings"), default="uniform")
+    p.add_argument("--drift", action="store_true", help="simulate stage drift (writes drift.csv)")
+    p.add_argument("--camera", choices=("emccd", "scmos"), default=None,
+                   help="camera type (scmos applies a typical sCMOS preset)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("train", help="train a localization model on simulated data")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, metavar="PREFIX", help="checkpoint path prefix")
+    p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument("--restart", action="store_true", help="ignore PREFIX.state.pt and start afresh")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="score localizations against ground truth (prints JSON)")
+    p.add_argument("--locs", required=True, metavar="FILE", help="CSV (rtsmlm/ThunderSTORM) or Picasso HDF5")
+    p.add_argument("--truth", required=True, metavar="FILE", help="ground-truth CSV")
+    p.add_argument("--pixel-size", type=float, default=None, metavar="NM",
+                   help="camera pixel size for files in pixel units (Picasso)")
+    p.add_argument("--tolerance-nm", type=float, default=250.0)
+    p.add_argument("--psf-sigma-nm", type=float, default=None, help="PSF sigma for the CRLB")
+    p.add_argument("--bg", type=float, default=None, help="background photons/px for the CRLB")
+    p.add_argument("--excess-noise", type=float, default=None, help="2 for EMCCD, 1 for sCMOS")
+    p.add_argument("--plot", metavar="PNG", help="write RMSE vs sqrt(CRLB) per photon bin")
+    p.add_argument("--compact", action="store_true", help="one-line JSON")
+    p.set_defaults(func=_cmd_evaluate)
+
+    for name, module, func, helptext in [
+        ("bench", "rtsmlm.infer.bench", "bench_main", "inference throughput and latency per backend"),
+        ("export", "rtsmlm.infer.export", "export_main", "export a model to ONNX / a TensorRT engine"),
+        ("listen", "rtsmlm.stream", "listen_main", "subscribe to a run's localization stream"),
+    ]:
+        p = sub.add_parser(name, help=helptext, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_passthrough(module, func))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except config_mod.ConfigError as e:
+        print(f"rtsmlm: config error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rtsmlm: interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError) as e:
+        print(f"rtsmlm: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # errors of our own types carry a one-sentence message
+        from rtsmlm.errors import is_user_error
+
+        if is_user_error(e):
+            print(f"rtsmlm: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
