@@ -226,6 +226,8 @@ def test_writer_refuses_bad_frames_and_existing_files(tmp_path: Path) -> None:
         RawMovieWriter(tmp_path / "b.raw", metadata={"Frames": 3})
     with pytest.raises(TypeError, match="metadata cannot be stored"):
         TiffMovieWriter(tmp_path / "c.tif", metadata={"f": object()})
+    with pytest.raises(ValueError, match=r"e\.tif: pixel_size_nm must be a positive number"):
+        TiffMovieWriter(tmp_path / "e.tif", pixel_size_nm=0.0)
     assert isinstance(open_movie_writer(tmp_path / "d.tif"), TiffMovieWriter)
     with pytest.raises(ValueError, match="no movie writer"):
         open_movie_writer(tmp_path / "d.avi")
@@ -381,6 +383,8 @@ def test_unreadable_files(tmp_path: Path) -> None:
         open_movie(tmp_path / "junk.tif")
     with pytest.raises(SourceError, match=r"nothere\.tif: movie file does not exist"):
         open_movie(tmp_path / "nothere.tif")
+    with pytest.raises(SourceError, match="is a folder"):
+        open_movie(tmp_path)
     (tmp_path / "m.avi").write_bytes(b"")
     with pytest.raises(SourceError, match=r"unsupported movie format '\.avi'"):
         open_movie(tmp_path / "m.avi")

@@ -115,7 +115,7 @@ class MovieReader:
                     return np.array(self._array[i], dtype=self.dtype)
                 assert self._read_page is not None
                 page = self._read_page(i)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # decoders raise their own types; the caller needs the file and frame
             raise SourceError(f"{self.path}: cannot read frame {i}: {e}") from e
         return np.ascontiguousarray(page.reshape(self.shape), dtype=self.dtype)
 
@@ -161,6 +161,9 @@ def open_movie(path: str | os.PathLike[str]) -> MovieReader:
     elif name.endswith(".inf"):
         p = p.with_suffix(".dax")
     suffix = p.suffix.lower()
+    if p.is_dir():
+        raise SourceError(f"{p}: is a folder, not a movie file (for NDTiff or image-sequence folders, "
+                          "export a multi-page TIFF first)")
     if not p.is_file():
         raise SourceError(f"{p}: movie file does not exist")
     if suffix in TIFF_SUFFIXES:
@@ -290,9 +293,11 @@ class _LogCapture(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.messages: list[str] = []
+        self._thread = threading.get_ident()  # files opened by other threads at the same time are not ours
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        if record.thread == self._thread:
+            self.messages.append(record.getMessage())
 
 
 _DAMAGE_WORDS = ("invalid page offset", "invalid value offset", "corrupted", "failed to reshape",
@@ -378,10 +383,12 @@ def _tiff_reader(path: Path, tif: Any, series: Any, n_pages: int, warnings: list
             raise SourceError(f"{path}: {n_frames} frames are described but only "
                               f"{sum(p is not None for p in pages)} pages are present (truncated or damaged)")
         for i, page in enumerate(pages):
+            # Multi-file OME datasets keep pages in companion files: check each against its own file.
+            holder = page.parent.filehandle
             end = max((o + c for o, c in zip(page.dataoffsets, page.databytecounts)), default=0)
-            if end > size:
-                raise SourceError(f"{path}: file has {size} bytes but frame {i} is stored up to byte "
-                                  f"{end} (truncated)")
+            if end > holder.size:
+                raise SourceError(f"{holder.path}: file has {holder.size} bytes but frame {i} is stored "
+                                  f"up to byte {end} (truncated)")
 
         def read_page(i: int) -> np.ndarray:
             return tif.asarray(series=0, key=i)
@@ -406,7 +413,8 @@ def _imagej_contiguous(path: Path, tif: Any, envelope: dict[str, Any] | None, de
     end = offset + declared * height * width * dtype.itemsize
     if end > size:
         raise SourceError(f"{path}: file has {size} bytes but its ImageJ header says {declared} frames of "
-                          f"{width}x{height} {dtype.name} from byte {offset}, which needs {end} bytes (truncated)")
+                          f"{width}x{height} {dtype.name} from byte {offset}, which needs {end} bytes "
+                          "(truncated)")
     array = np.memmap(path, dtype=dtype.newbyteorder(tif.byteorder), mode="r", offset=offset,
                       shape=(declared, height, width))
     pixel_size_nm, metadata = _tiff_calibration(tif, envelope)
@@ -603,16 +611,17 @@ def _check_new_file(path: Path, overwrite: bool) -> None:
 def _pixel_size(value: float | None, where: str) -> float | None:
     if value is None:
         return None
-    return _positive_float(value, f"{where}: pixel_size_nm")
+    return _positive_float(value, f"{where}: pixel_size_nm", ValueError)
 
 
-def _positive_float(value: Any, what: str) -> float:
+def _positive_float(value: Any, what: str, error: type[Exception] = SourceError) -> float:
+    """``value`` as a finite positive float; ``error`` (naming ``what``) otherwise."""
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise SourceError(f"{what} must be a number, got {value!r}") from None
+        raise error(f"{what} must be a number, got {value!r}") from None
     if not math.isfinite(v) or v <= 0:
-        raise SourceError(f"{what} must be a positive number, got {value!r}")
+        raise error(f"{what} must be a positive number, got {value!r}")
     return v
 
 
@@ -748,7 +757,7 @@ class _StreamingWriter:
 
 
 class RawMovieWriter(_StreamingWriter):
-    """Picasso ``.raw`` (little-endian frames back to back) with its ``.yaml`` sidecar, written as frames come.
+    """Picasso ``.raw`` (little-endian frames back to back) and its ``.yaml`` sidecar, written as frames come.
 
     :meth:`flush` pushes the frames to the operating system, then atomically replaces the sidecar with
     the current frame count, so after a kill the movie opens with every flushed frame (the ``.raw`` may
