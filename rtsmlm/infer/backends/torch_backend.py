@@ -1,0 +1,163 @@
+"""PyTorch backend: CPU (inference mode, channels_last, bf16 autocast on AMX/AVX512-BF16 CPUs) and CUDA
+(pinned host memory, non-blocking copies, fp16/bf16 autocast, CUDA graphs for fixed shapes).
+
+The CUDA path has not been run on a GPU yet (no GPU where it was written); it follows the documented
+PyTorch APIs and shares every line except the CUDA-specific ones with the tested CPU path.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from rtsmlm.infer.backends.protocol import BackendError
+from rtsmlm.model.net import DecodeNet, parameter_count
+
+log = logging.getLogger("rtsmlm.infer")
+
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class _CudaGraph:
+    """One captured CUDA graph with its static input and output tensors (a fixed input shape)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor) -> None:
+        self.static_in = example.clone()
+        # Warm up on a side stream before capture, as torch.cuda.graphs documents.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn(self.static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = fn(self.static_in)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.static_in.copy_(x, non_blocking=True)
+        self.graph.replay()
+        # The next replay overwrites static_out; the caller may keep the result (feature cache).
+        return self.static_out.clone()
+
+
+class TorchBackend:
+    """Runs a :class:`DecodeNet` with PyTorch. Build it with :func:`rtsmlm.infer.backends.open_backend`.
+
+    Args:
+        model: the network (any device; moved to ``device``).
+        device: 'cpu', 'cuda' or 'cuda:N'.
+        precision: 'fp32', or 'bf16' / 'fp16' autocast (fp16 only on CUDA).
+        threads: CPU threads for torch's intra-op pool (0 = all cores). Process-wide in torch.
+        cuda_graphs: capture a CUDA graph per fixed input shape seen in :meth:`warmup` (CUDA only).
+    """
+
+    name = "torch"
+
+    def __init__(self, model: DecodeNet, device: str = "cpu", precision: str = "fp32", threads: int = 0,
+                 cuda_graphs: bool = True) -> None:
+        dev = torch.device(device)
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise BackendError(f"backend.precision {precision!r} is not one of 'fp32', 'bf16', 'fp16'.")
+        if dev.type == "cpu" and precision == "fp16":
+            raise BackendError("backend.precision = 'fp16' needs a CUDA GPU; on the CPU use 'bf16' or 'fp32'.")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise BackendError("backend.device = 'cuda' but torch sees no CUDA GPU; set backend.device = 'cpu'.")
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()
+        self.device = str(dev)
+        self._dev = dev
+        self.precision = precision
+        self.window = model.window
+        self.feature_channels = model.width
+        self.size_multiple = model.size_multiple
+        self.n_parameters = parameter_count(model)
+        # channels_last lets oneDNN (CPU) and cuDNN (GPU) pick their fastest NHWC convolution kernels.
+        self.model = model.to(dev).eval().to(memory_format=torch.channels_last)
+        self._use_graphs = cuda_graphs and dev.type == "cuda"
+        self._graphs: dict[tuple[str, tuple[int, ...]], _CudaGraph] = {}
+        self._pinned: torch.Tensor | None = None
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _autocast(self) -> AbstractContextManager:
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self._dev.type, dtype=_AUTOCAST_DTYPES[self.precision])
+
+    def _run(self, kind: str, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self._dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        graph = self._graphs.get((kind, tuple(x.shape))) if self._use_graphs else None
+        if graph is not None:
+            return graph(x)
+        # inference_mode on the CPU (fastest); no_grad on CUDA because tensors made under inference_mode
+        # cannot be used by a later CUDA graph capture.
+        ctx = torch.inference_mode() if self._dev.type == "cpu" else torch.no_grad()
+        with ctx, self._autocast():
+            return fn(x)
+
+    def _encode_fn(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.model.encode(x)
+
+    def _decode_fn(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.model.decode(x)
+
+    # -- Backend protocol ----------------------------------------------------------------------------
+
+    def warmup(self, height: int, width: int, encode_batch: int, decode_batch: int) -> None:
+        """Run both halves once at the streaming shapes; on CUDA capture a graph for each of them."""
+        enc_in = torch.zeros(encode_batch, 1, height, width, device=self._dev)
+        feats = self.encode(enc_in)
+        dec_in = torch.zeros(decode_batch, self.window * self.feature_channels, height, width,
+                             device=self._dev, dtype=feats.dtype)
+        self.decode(dec_in)
+        if self._use_graphs:
+            for kind, fn, example in (("encode", self._encode_fn, enc_in), ("decode", self._decode_fn, dec_in)):
+                key = (kind, tuple(example.shape))
+                if key in self._graphs:
+                    continue
+                try:
+                    with torch.no_grad():
+                        self._graphs[key] = _CudaGraph(fn, example.contiguous(memory_format=torch.channels_last))
+                except RuntimeError as e:  # capture is an optimisation: eager mode stays correct
+                    log.warning("CUDA graph capture of %s %s failed (%s); running eagerly", kind, key[1], e)
+            torch.cuda.synchronize(self._dev)
+
+    def upload(self, frames: np.ndarray) -> torch.Tensor:
+        host = torch.from_numpy(np.ascontiguousarray(frames))
+        if self._dev.type == "cpu":
+            return host
+        # Stage through a reused pinned buffer so the host-to-device copy is asynchronous (DMA).
+        if self._pinned is None or self._pinned.numel() < host.numel() or self._pinned.dtype != host.dtype:
+            self._pinned = torch.empty(host.numel(), dtype=host.dtype).pin_memory()
+        staged = self._pinned[: host.numel()].view(host.shape)
+        # The previous asynchronous copy out of the buffer must be finished before it is overwritten.
+        torch.cuda.current_stream(self._dev).synchronize()
+        staged.copy_(host)
+        return staged.to(self._dev, non_blocking=True)
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        return self._run("encode", self.model.encode, frames)
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        return self._run("decode", self.model.decode, features)
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name, "device": self.device, "precision": self.precision, "threads": self.threads,
+            "parameters": self.n_parameters, "window": self.window, "width": self.feature_channels,
+            "size_multiple": self.size_multiple, "torch": torch.__version__,
+        }
+        if self._dev.type == "cuda":
+            d["gpu"] = torch.cuda.get_device_name(self._dev)
+            d["cuda_graphs"] = self._use_graphs
+        else:
+            d["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        return d

@@ -1,0 +1,205 @@
+"""Streaming localization: raw camera frames in, localization tables out, one batch at a time.
+
+The frame encoder runs once per frame; its features are cached and reused by the ``window`` windows the
+frame belongs to, so a window of T frames costs one encoder pass, not T. A run is a sequence of
+consecutive frame indices; its first and last frames are analysed with edge padding (the missing
+neighbours replaced by copies of the edge frame, DECODE's 'same' padding), and a gap in the indices
+(frames lost upstream) ends one sequence and starts another, so no window ever mixes frames that are not
+neighbours in time.
+
+Frames of any size work: they are padded to the network's size multiple and, when large, cut into
+overlapping tiles (:mod:`rtsmlm.infer.tiling`); batch and tile sizes come from free memory unless given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from rtsmlm.infer.backends.protocol import Backend
+from rtsmlm.infer.postprocess import Postprocessor
+from rtsmlm.infer.tiling import TilePlan, available_memory_bytes, choose_sizes
+from rtsmlm.locs import LOC_DTYPE, concat
+from rtsmlm.model.checkpoint import ModelMeta
+from rtsmlm.sources.base import CameraModel
+
+log = logging.getLogger("rtsmlm.infer")
+
+
+class StreamingLocalizer:
+    """Localizes molecules in a stream of raw frames with a frame-feature cache.
+
+    Args:
+        backend: an opened :class:`rtsmlm.infer.backends.Backend`.
+        meta: the checkpoint metadata (window, depth, output scales, input scale).
+        camera: converts ADU to photons (per-pixel sCMOS maps included) and gives the pixel size in nm.
+        frame_shape: (height, width) of the raw frames, any size.
+        p_threshold, candidate_threshold: passed to :class:`rtsmlm.infer.postprocess.Postprocessor`.
+        batch_size: frames per backend call; 0 = chosen from free memory (at most ``max_batch``).
+        tile: tile core size in pixels; None = chosen from free memory (whole frames when they fit).
+        margin: tile overlap in pixels; None = the network's receptive-field radius (exact stitching).
+        max_batch: upper bound of the automatic batch size.
+        maps_sink: optional callable receiving each batch of stitched output maps ``(B, 10, H, W)`` (a
+            torch tensor on the backend's device) and the list of their frame indices, before
+            post-processing (to save or display the maps, or to test the network path).
+
+    Called from one thread: :meth:`push` for each batch of frames as they arrive, :meth:`finish` at the
+    end of the run (or before a deliberate restart).
+    """
+
+    def __init__(self, backend: Backend, meta: ModelMeta, camera: CameraModel, frame_shape: tuple[int, int],
+                 p_threshold: float, candidate_threshold: float, *, batch_size: int = 0, tile: int | None = None,
+                 margin: int | None = None, max_batch: int = 16,
+                 maps_sink: Callable[[torch.Tensor, list[int]], None] | None = None) -> None:
+        height, width = (int(v) for v in frame_shape)
+        if backend.window != meta.window:
+            raise ValueError(f"backend runs a window of {backend.window} frames but the checkpoint metadata "
+                             f"says {meta.window}.")
+        self.backend = backend
+        self.meta = meta
+        self.camera = camera
+        self.frame_shape = (height, width)
+        self.window = backend.window
+        self.maps_sink = maps_sink
+        self._half = backend.window // 2
+        self.postprocessor = Postprocessor(
+            pixel_size_nm=camera.pixel_size_nm, photon_scale=meta.scales.photon_scale,
+            z_scale=meta.scales.z_scale, bg_scale=meta.scales.bg_scale,
+            p_threshold=p_threshold, candidate_threshold=candidate_threshold,
+        )
+        element_bytes = 4 if backend.precision == "fp32" else 2
+        sizing = choose_sizes(height, width, backend.size_multiple, backend.window, backend.feature_channels,
+                              element_bytes, available_memory_bytes(backend.device), max_batch=max_batch,
+                              margin=margin, depth=meta.depth, tile=tile, batch=batch_size)
+        self.plan: TilePlan = sizing.plan
+        self.batch_size = sizing.batch
+        self._offset, self._scale = self._input_transform(camera, meta.scales.input_scale)
+        k = self.plan.n_tiles
+        backend.warmup(self.plan.tile_height, self.plan.tile_width, self.batch_size * k, self.batch_size * k)
+        log.info("localizer: %dx%d frames, %d tile(s) of %dx%d (margin %d), batch %d frames",
+                 height, width, k, self.plan.tile_height, self.plan.tile_width, self.plan.margin, self.batch_size)
+        # Feature cache of the current sequence: (rows, tiles, C, tile_h, tile_w), one row per frame in time
+        # order with edge-padding rows at the start; _rows[i] is the frame index of row i.
+        self._feats: torch.Tensor | None = None
+        self._rows: list[int] = []
+        self._last_pushed: int | None = None
+        self.last_done = -1
+        self.frames_done = 0
+        self.sequences = 0
+
+    def _input_transform(self, camera: CameraModel, input_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Offset (ADU) and scale so that network input = (ADU - offset) * scale = photons / input_scale,
+        on the backend's device, as CameraModel.to_photons defines photons."""
+        offset = camera.offset_map if camera.offset_map is not None else camera.baseline_adu
+        gain = camera.gain_map if camera.gain_map is not None else camera.e_per_adu
+        scale = np.asarray(gain, dtype=np.float64) / (camera.em_gain * camera.qe * input_scale)
+        tensors = []
+        for name, value in (("offset_map", offset), ("gain_map", scale)):
+            arr = np.asarray(value, dtype=np.float32)
+            if arr.ndim and arr.shape != self.frame_shape:
+                raise ValueError(f"camera {name} has shape {arr.shape} but the frames are {self.frame_shape}.")
+            tensors.append(torch.as_tensor(arr, device=self.backend.device))
+        return tensors[0], tensors[1]
+
+    # -- streaming -----------------------------------------------------------------------------------
+
+    def push(self, frames: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, int]:
+        """frames (n,H,W) raw camera counts (uint16), indices their frame numbers (increasing).
+        Returns (LOC_DTYPE table, last_done) for every frame whose window is now complete; a gap in
+        indices (lost frames) is a sequence break: frames before the gap are finished with edge padding
+        and a new sequence starts. last_done = highest frame index fully analysed (-1 if none)."""
+        frames = np.asarray(frames)
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if frames.ndim != 3 or tuple(frames.shape[1:]) != self.frame_shape:
+            raise ValueError(f"push() expects frames of shape (n, {self.frame_shape[0]}, {self.frame_shape[1]}), "
+                             f"got {frames.shape}.")
+        if len(indices) != len(frames):
+            raise ValueError(f"push() got {len(frames)} frames but {len(indices)} indices.")
+        if len(indices) == 0:
+            return np.empty(0, LOC_DTYPE), self.last_done
+        if np.any(np.diff(indices) <= 0) or (self._last_pushed is not None and indices[0] <= self._last_pushed):
+            raise ValueError(f"push() frame indices must increase strictly (last pushed {self._last_pushed}, "
+                             f"got {indices[:8].tolist()}...).")
+        out: list[np.ndarray] = []
+        # Split at gaps: each run of consecutive indices continues (or starts) one sequence.
+        breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+        for seg_frames, seg_idx in zip(np.split(frames, breaks), np.split(indices, breaks)):
+            if self._last_pushed is not None and seg_idx[0] != self._last_pushed + 1:
+                out.append(self._finish_sequence())
+            for start in range(0, len(seg_idx), self.batch_size):
+                out.append(self._push_consecutive(seg_frames[start : start + self.batch_size],
+                                                  seg_idx[start : start + self.batch_size]))
+        return concat(out), self.last_done
+
+    def finish(self) -> tuple[np.ndarray, int]:
+        """End of run: finish the pending frames with edge padding."""
+        return self._finish_sequence(), self.last_done
+
+    def _push_consecutive(self, frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        feats = self._encode(frames)  # (n, tiles, C, th, tw)
+        rows = [int(i) for i in indices]
+        if self._feats is None:
+            # New sequence: 'same' padding before its first frame.
+            self.sequences += 1
+            self._feats = torch.cat([feats[:1].expand(self._half, *feats.shape[1:]), feats])
+            self._rows = [rows[0]] * self._half + rows
+        else:
+            self._feats = torch.cat([self._feats, feats])
+            self._rows += rows
+        self._last_pushed = rows[-1]
+        return self._decode_ready()
+
+    def _finish_sequence(self) -> np.ndarray:
+        if self._feats is None:
+            return np.empty(0, LOC_DTYPE)
+        last = self._feats[-1:]
+        self._feats = torch.cat([self._feats, last.expand(self._half, *last.shape[1:])])
+        self._rows += [self._rows[-1]] * self._half
+        locs = self._decode_ready()
+        self._feats, self._rows = None, []
+        return locs
+
+    def _encode(self, frames: np.ndarray) -> torch.Tensor:
+        raw = self.backend.upload(frames)
+        x = (raw.to(torch.float32) - self._offset) * self._scale
+        feats = self.backend.encode(self.plan.split(x))
+        return feats.reshape(len(frames), self.plan.n_tiles, *feats.shape[1:])
+
+    def _decode_ready(self) -> np.ndarray:
+        """Decode every window whose frames are all cached, then keep only the rows later windows need."""
+        assert self._feats is not None
+        t, half = self.window, self._half
+        n_ready = self._feats.shape[0] - 2 * half
+        out = []
+        for start in range(0, max(n_ready, 0), self.batch_size):
+            n = min(self.batch_size, n_ready - start)
+            # Window of centre row c = rows c-half..c+half: concatenating the shifted slices along the
+            # channel axis gives frame-major channels (frame 0's features first), as DecodeNet.decode expects.
+            block = self._feats[start : start + n + 2 * half]
+            windows = torch.cat([block[j : j + n] for j in range(t)], dim=2)
+            maps = self.backend.decode(windows.reshape(n * self.plan.n_tiles, *windows.shape[2:]))
+            maps = self.plan.stitch(maps)
+            centres = self._rows[start + half : start + half + n]
+            if self.maps_sink is not None:
+                self.maps_sink(maps, centres)
+            out.append(self.postprocessor(maps, centres))
+            self.last_done = centres[-1]
+            self.frames_done += n
+        if n_ready > 0:
+            self._feats = self._feats[n_ready:]
+            self._rows = self._rows[n_ready:]
+        return concat(out)
+
+
+def localize_movie(localizer: StreamingLocalizer, movie: np.ndarray, first_index: int = 0) -> np.ndarray:
+    """Offline convenience: push a whole ``(n, H, W)`` movie in batches, finish, return all localizations."""
+    out = []
+    for start in range(0, len(movie), localizer.batch_size):
+        chunk = movie[start : start + localizer.batch_size]
+        locs, _ = localizer.push(chunk, np.arange(first_index + start, first_index + start + len(chunk)))
+        out.append(locs)
+    out.append(localizer.finish()[0])
+    return concat(out)

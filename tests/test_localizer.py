@@ -1,0 +1,166 @@
+"""StreamingLocalizer: the cached-feature stream equals the full-window network (edge padding at the
+first and last frame, sequence breaks at lost frames), any frame size, ADU → photon scaling with sCMOS
+maps, batch independence, last_done bookkeeping and input validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rtsmlm.config import BackendConfig
+from rtsmlm.infer.backends import open_backend
+from rtsmlm.infer.localizer import StreamingLocalizer, localize_movie
+from rtsmlm.locs import LOC_DTYPE
+from rtsmlm.model import checkpoint
+from rtsmlm.model.data import Scales
+from rtsmlm.model.net import DecodeNet
+from rtsmlm.sources.base import CameraModel
+
+INPUT_SCALE = 50.0
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    """A small random-weight checkpoint whose p head is biased up so that it reports localizations."""
+    torch.manual_seed(1)
+    net = DecodeNet(window=3, width=8, depth=2)
+    with torch.no_grad():
+        net.head_p[-1].bias.fill_(0.0)
+    meta = checkpoint.ModelMeta(width=8, depth=2, window=3, pixel_size_nm=100.0, camera={}, psf={},
+                                scales=Scales(INPUT_SCALE, 5000.0, 200.0, 1.0), train={})
+    prefix = tmp_path_factory.mktemp("ckpt") / "tiny"
+    checkpoint.save(prefix, net, meta)
+    return str(prefix)
+
+
+@pytest.fixture(scope="module")
+def opened(ckpt):
+    return open_backend(BackendConfig(name="torch", device="cpu", precision="fp32", threads=2), ckpt)
+
+
+def _movie(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(90, 2000, size=(n, h, w)).astype(np.uint16)
+
+
+def _reference_maps(ckpt: str, camera: CameraModel, movie: np.ndarray) -> torch.Tensor:
+    """The full-window network on one sequence: photons / input scale, replicate padding in time
+    (DECODE 'same') and in space (to a multiple of 4), output cropped."""
+    net, meta = checkpoint.load(ckpt)
+    x = torch.from_numpy(camera.to_photons(movie) / meta.scales.input_scale)
+    n, h, w = x.shape
+    ph, pw = -h % 4, -w % 4
+    x = F.pad(x.unsqueeze(1), (0, pw, 0, ph), mode="replicate").squeeze(1)
+    padded = torch.cat([x[:1], x, x[-1:]])
+    windows = torch.stack([padded[i : i + 3] for i in range(n)])
+    with torch.no_grad():
+        return net(windows)[:, :, :h, :w]
+
+
+def _collect(localizer_kwargs: dict, opened, camera, shape, p=0.5, c=0.3):
+    backend, meta = opened
+    got: dict[int, torch.Tensor] = {}
+
+    def sink(maps: torch.Tensor, frames: list[int]) -> None:
+        for m, f in zip(maps, frames):
+            assert f not in got, f"frame {f} was decoded twice"
+            got[f] = m.float().clone()
+
+    loc = StreamingLocalizer(backend, meta, camera, shape, p, c, maps_sink=sink, **localizer_kwargs)
+    return loc, got
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (10, 14)])
+def test_streamed_maps_equal_full_window_model_including_first_and_last_frame(ckpt, opened, shape) -> None:
+    camera = CameraModel()
+    movie = _movie(7, *shape)
+    loc, got = _collect({"batch_size": 3}, opened, camera, shape)
+    localize_movie(loc, movie)
+    assert sorted(got) == list(range(7))
+    ref = _reference_maps(ckpt, camera, movie)
+    streamed = torch.stack([got[i] for i in range(7)])
+    assert streamed.shape == ref.shape
+    assert (streamed - ref).abs().max().item() <= 1e-4
+
+
+def test_gap_in_indices_finishes_the_sequence_and_starts_a_new_one(ckpt, opened) -> None:
+    camera = CameraModel()
+    movie = _movie(6, 12, 12, seed=3)
+    idx = np.array([0, 1, 2, 6, 7, 8])  # frames 3..5 lost
+    loc, got = _collect({"batch_size": 4}, opened, camera, (12, 12))
+    locs1, done1 = loc.push(movie[:4], idx[:4])
+    # The gap finished frames 0..2 with edge padding; frame 6 still waits for frame 7.
+    assert done1 == 2 and sorted(got) == [0, 1, 2]
+    locs2, done2 = loc.push(movie[4:], idx[4:])
+    assert done2 == 7
+    locs3, done3 = loc.finish()
+    assert done3 == 8 and sorted(got) == [0, 1, 2, 6, 7, 8]
+    for part, frames in ((movie[:3], [0, 1, 2]), (movie[3:], [6, 7, 8])):
+        ref = _reference_maps(ckpt, camera, part)
+        streamed = torch.stack([got[f] for f in frames])
+        assert (streamed - ref).abs().max().item() <= 1e-4
+    all_locs = np.concatenate([locs1, locs2, locs3])
+    assert set(np.unique(all_locs["frame"])) <= {0, 1, 2, 6, 7, 8}
+
+
+def test_scmos_pixel_maps_are_applied(ckpt, opened) -> None:
+    rng = np.random.default_rng(5)
+    shape = (8, 12)
+    camera = CameraModel(model="scmos", em_gain=1.0, e_per_adu=0.5, baseline_adu=100.0,
+                         offset_map=rng.uniform(95, 105, shape), gain_map=rng.uniform(0.4, 0.6, shape))
+    movie = _movie(4, *shape, seed=6)
+    loc, got = _collect({"batch_size": 2}, opened, camera, shape)
+    localize_movie(loc, movie)
+    ref = _reference_maps(ckpt, camera, movie)
+    assert (torch.stack([got[i] for i in range(4)]) - ref).abs().max().item() <= 1e-4
+
+
+def test_pushing_one_frame_at_a_time_gives_the_same_localizations_and_last_done(opened) -> None:
+    backend, meta = opened
+    camera = CameraModel()
+    movie = _movie(6, 16, 16, seed=2)
+    whole = StreamingLocalizer(backend, meta, camera, (16, 16), 0.5, 0.3, batch_size=8)
+    expected = localize_movie(whole, movie)
+    assert len(expected) > 0 and expected.dtype == LOC_DTYPE
+
+    single = StreamingLocalizer(backend, meta, camera, (16, 16), 0.5, 0.3, batch_size=1)
+    parts, dones = [], []
+    for i in range(6):
+        locs, done = single.push(movie[i : i + 1], np.array([i]))
+        parts.append(locs)
+        dones.append(done)
+    locs, done = single.finish()
+    parts.append(locs)
+    assert dones == [-1, 0, 1, 2, 3, 4] and done == 5
+    got = np.concatenate(parts)
+    assert np.array_equal(got["frame"], expected["frame"])
+    for name in ("x", "y", "photons", "p"):
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-2)
+    # Localizations lie inside the frame, in nm with the pixel-corner origin.
+    assert (got["x"] >= 0).all() and (got["x"] < 16 * camera.pixel_size_nm).all()
+
+
+def test_single_frame_run_and_empty_push(opened) -> None:
+    backend, meta = opened
+    loc = StreamingLocalizer(backend, meta, CameraModel(), (10, 10), 0.5, 0.3, batch_size=4)
+    locs, done = loc.push(np.empty((0, 10, 10), np.uint16), np.empty(0, np.int64))
+    assert len(locs) == 0 and done == -1
+    loc.push(_movie(1, 10, 10), np.array([41]))
+    _, done = loc.finish()
+    assert done == 41
+    assert loc.finish()[1] == 41  # finishing twice is harmless
+
+
+def test_bad_input_is_rejected_with_a_clear_message(opened) -> None:
+    backend, meta = opened
+    loc = StreamingLocalizer(backend, meta, CameraModel(), (16, 16), 0.5, 0.3, batch_size=2)
+    with pytest.raises(ValueError, match=r"shape \(n, 16, 16\)"):
+        loc.push(_movie(2, 16, 12), np.array([0, 1]))
+    with pytest.raises(ValueError, match="2 frames but 1 indices"):
+        loc.push(_movie(2, 16, 16), np.array([0]))
+    loc.push(_movie(2, 16, 16), np.array([0, 1]))
+    with pytest.raises(ValueError, match="increase strictly"):
+        loc.push(_movie(1, 16, 16), np.array([1]))
+    with pytest.raises(ValueError, match="offset_map"):
+        StreamingLocalizer(backend, meta, CameraModel(offset_map=np.zeros((4, 4))), (16, 16), 0.5, 0.3)
