@@ -57,9 +57,17 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     from rtsmlm.evaluate import evaluate_files
 
-    result = evaluate_files(args.locs, args.truth, pixel_size_nm=args.pixel_size,
-                            tolerance_nm=args.tolerance_nm, sigma_nm=args.psf_sigma_nm, bg=args.bg,
-                            excess_noise=args.excess_noise, plot_path=args.plot)
+    # CRLB parameters default to the config's camera, PSF and simulated background.
+    cfg = _load_config(args)
+    cam = cfg.camera
+    excess = args.excess_noise
+    if excess is None:
+        excess = 2.0 if cam.model == "emccd" and cam.em_gain > 1 else 1.0
+    result = evaluate_files(args.locs, args.truth,
+                            pixel_size_nm=args.pixel_size or cam.pixel_size_nm,
+                            tolerance_nm=args.tolerance_nm, sigma_nm=args.psf_sigma_nm or cfg.psf.sigma_nm,
+                            bg=args.bg if args.bg is not None else cfg.sim.bg_photons,
+                            excess_noise=excess, plot_path=args.plot, use_z=args.use_z)
     print(json.dumps(result, indent=None if args.compact else 2, default=float))
     return 0
 
@@ -99,7 +107,7 @@ def _run_overrides(args) -> list[str]:
 
 
 def _cmd_run(args) -> int:
-    from rtsmlm.pipeline import run_cli
+    from rtsmlm.run import run_cli
 
     cfg = _load_config(args, _run_overrides(args))
     return run_cli(cfg, realtime=args.realtime, progress=not args.quiet)
@@ -185,10 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="score localizations against ground truth (prints JSON)")
+    _add_config_args(p)
+    p.add_argument("--use-z", action="store_true", help="match in 3D and report axial RMSE")
     p.add_argument("--locs", required=True, metavar="FILE", help="CSV (rtsmlm/ThunderSTORM) or Picasso HDF5")
     p.add_argument("--truth", required=True, metavar="FILE", help="ground-truth CSV")
     p.add_argument("--pixel-size", type=float, default=None, metavar="NM",
-                   help="camera pixel size for files in pixel units (Picasso)")
+                   help="camera pixel size (default: camera.pixel_size_nm)")
     p.add_argument("--tolerance-nm", type=float, default=250.0)
     p.add_argument("--psf-sigma-nm", type=float, default=None, help="PSF sigma for the CRLB")
     p.add_argument("--bg", type=float, default=None, help="background photons/px for the CRLB")

@@ -95,6 +95,7 @@ class SourceConfig:
     path: str = _f("")
     fps: float = _f(0.0, range=(0.0, 1e6), doc="pacing; 0 = as fast as possible")
     max_frames: int = _f(2000, range=(0, None), doc="0 = until the source ends")
+    loop: bool = _f(False, doc="file source: replay from the start when it ends")
     mm_config: str = _f("")
     mm_dir: str = _f("")
     mm_attach: bool = _f(False)
@@ -105,6 +106,7 @@ class ModelConfig:
     checkpoint: str = _f("default", doc="'default' = the model shipped for the default camera, or a path")
     p_threshold: float = _f(0.6, range=(0.0, 1.0))
     candidate_threshold: float = _f(0.3, range=(0.0, 1.0))
+    split_threshold: float = _f(0.6, range=(0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class OutputConfig:
     overwrite: bool = _f(False)
     csv_style: str = _f("rtsmlm", choices=("rtsmlm", "thunderstorm"))
     record_raw: bool = _f(True)
-    raw_format: str = _f("ome-tiff", choices=("ome-tiff", "raw"))
+    raw_format: str = _f("tiff", choices=("tiff", "raw"), doc="BigTIFF or Picasso .raw + .yaml")
     flush_interval_s: float = _f(1.0, range=(0.01, 60.0))
 
 

@@ -85,6 +85,8 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
     log_path = Path(log_path) if log_path else out_prefix.with_name(out_prefix.name + ".log.jsonl")
     if t.threads:
         torch.set_num_threads(t.threads)
+    # Subnormal floats appear as the weights settle and make CPU arithmetic ~10× slower; flush them.
+    torch.set_flush_denormal(True)
     torch.manual_seed(t.seed)
     is_3d = cfg.psf.model != "gaussian"
     model = DecodeNet(window=t.window, width=t.width, depth=t.depth)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from rtsmlm.config import Config, to_dict
+from rtsmlm.outputs import prepare_out_dir
 from rtsmlm.sim.simulator import Simulator
 
 TRUTH_HEADER = "frame,x,y,z,photons"
@@ -30,15 +31,6 @@ def write_truth_csv(fh, truth: np.ndarray) -> None:
 
 def write_drift_csv(path: Path, table: np.ndarray) -> None:
     np.savetxt(path, table, fmt=["%d", "%.3f", "%.3f"], delimiter=",", header=DRIFT_HEADER, comments="")
-
-
-def prepare_out_dir(out: Path, overwrite: bool) -> None:
-    """Create ``out``; refuse an existing non-empty directory unless ``overwrite``."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"output directory {out} exists and is not empty (use --overwrite)")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def simulate_to_dir(cfg: Config, out: Path, *, overwrite: bool = False, progress: bool = False) -> Path:

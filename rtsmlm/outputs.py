@@ -1,0 +1,122 @@
+"""What a run writes to its output directory, as consumers of the localization stream.
+
+Files (see the README): ``localizations.csv``, ``localizations.hdf5`` + ``localizations.yaml``
+(Picasso), ``ground_truth.csv`` (simulated sources), ``raw.tif``/``raw.raw`` (camera sources, written
+by the pipeline's recorder), ``render.tif``/``render.png`` and ``drift.csv`` (render/drift consumer),
+``summary.json``. Everything is flushed at least every ``output.flush_interval_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtsmlm.locs import LocBatch
+
+LOCS_CSV = "localizations.csv"
+LOCS_HDF5 = "localizations.hdf5"
+TRUTH_CSV = "ground_truth.csv"
+SUMMARY_JSON = "summary.json"
+
+
+def prepare_out_dir(out: Path, overwrite: bool) -> Path:
+    """Create ``out``; refuse an existing non-empty directory unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"output directory {out} exists and is not empty (use --overwrite)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    tmp.replace(path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class LocalizationFiles:
+    """Consumer writing the localization stream to CSV and Picasso HDF5, flushed periodically."""
+
+    name = "files"
+
+    def __init__(self, out_dir: Path, *, pixel_size_nm: float, shape: tuple[int, int], csv_style: str,
+                 psf_sigma_nm: float | None, include_z: bool, overwrite: bool) -> None:
+        from rtsmlm.io.locfiles import CsvLocWriter, PicassoHdf5Writer
+
+        self.csv = CsvLocWriter(out_dir / LOCS_CSV, csv_style, psf_sigma_nm=psf_sigma_nm,
+                                overwrite=overwrite)
+        self.hdf5 = PicassoHdf5Writer(out_dir / LOCS_HDF5, pixel_size_nm, shape[1], shape[0],
+                                      psf_sigma_nm=psf_sigma_nm, include_z=include_z, overwrite=overwrite)
+        self.n_rows = 0
+
+    def start(self, run: dict[str, Any]) -> None:
+        pass
+
+    def on_batch(self, batch: LocBatch) -> None:
+        if len(batch.locs):
+            self.csv.append(batch.locs)
+            self.hdf5.append(batch.locs)
+            self.n_rows += len(batch.locs)
+
+    def on_tick(self) -> None:
+        self.csv.flush()
+        self.hdf5.flush()
+
+    def on_stats(self, stats: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.csv.close()
+        self.hdf5.close()
+        summary.setdefault("outputs", {})["localizations"] = [LOCS_CSV, LOCS_HDF5]
+
+
+class TruthWriter:
+    """Ground truth of the frames a simulated camera delivered, appended from the producer thread.
+
+    The producer only appends rows to a list under a lock (microseconds); the file is written by
+    :meth:`flush`, which the pipeline calls from its output thread.
+    """
+
+    def __init__(self, path: Path) -> None:
+        from rtsmlm.sim.export import TRUTH_HEADER
+
+        self.path = path
+        self._fh = open(path, "w")
+        self._fh.write(TRUTH_HEADER + "\n")
+        self._pending: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, frame_index: int, truth: np.ndarray) -> None:
+        with self._lock:
+            self._pending.append(truth)
+
+    def flush(self) -> None:
+        from rtsmlm.sim.export import write_truth_csv
+
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for t in pending:
+            write_truth_csv(self._fh, t)
+        self._fh.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._fh.close()

@@ -1,0 +1,405 @@
+"""The streaming pipeline: all threads of a run live here, and only here.
+
+::
+
+    producer ──▶ RingBuffer ──▶ localizer ──▶ LocalizationStream ──▶ one thread per consumer
+    (Source)        │                                                (files, render/drift, ZeroMQ,
+                    └──▶ recorder (raw frames to disk)                plugins, the live view)
+
+* The **producer** moves frames from the source into the ring and never waits on anything downstream.
+* The **localizer** reads whatever frames are waiting (a batch when it is behind, one frame when it keeps
+  up), runs the streaming localizer and appends a localization batch. When it cannot keep up the ring
+  overruns it: the lost frame indices are recorded exactly and reported.
+* The **recorder** writes every camera frame to disk (camera sources); it is a separate ring reader, so
+  it never waits for the localizer.
+* **Consumers** each run on their own thread and follow the localization stream from their own position,
+  so a slow consumer (a plugin, a subscriber) never slows the localizer.
+* A **stats** tick once per ``pipeline.stats_interval_s`` measures rates, ring fill, losses, latency
+  and memory, hands them to every consumer and to the terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+import rtsmlm
+from rtsmlm.config import Config, to_dict
+from rtsmlm.locs import LocalizationStream, LocBatch
+from rtsmlm.ring import RingBuffer
+from rtsmlm.sources.base import Source
+
+log = logging.getLogger("rtsmlm.pipeline")
+
+
+class Consumer(Protocol):
+    """A stage fed by the localization stream, on a thread of its own.
+
+    ``start`` is called once before the first batch; ``on_batch`` for every localization batch in frame
+    order; ``on_tick`` about every ``output.flush_interval_s`` (flush files here); ``on_stats`` with each
+    stats record; ``finish`` once after the last batch, with the run summary it may add to.
+    """
+
+    name: str
+
+    def start(self, run: dict[str, Any]) -> None: ...
+
+    def on_batch(self, batch: LocBatch) -> None: ...
+
+    def on_tick(self) -> None: ...
+
+    def on_stats(self, stats: dict[str, Any]) -> None: ...
+
+    def finish(self, summary: dict[str, Any]) -> None: ...
+
+
+class Localizer(Protocol):
+    """Turns frames into localizations (``rtsmlm.infer.localizer.StreamingLocalizer``)."""
+
+    def push(self, frames: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, int]:
+        """Localize what the new frames complete; returns (localizations, last fully analysed index)."""
+
+    def finish(self) -> tuple[np.ndarray, int]:
+        """End of the stream: analyse the frames still pending."""
+
+
+def index_ranges(indices: np.ndarray) -> list[list[int]]:
+    """[[first, last], ...] runs of consecutive indices — a compact, exact list of lost frames."""
+    idx = np.asarray(indices, dtype=np.int64)
+    if len(idx) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) != 1)
+    starts = np.concatenate([[0], breaks + 1])
+    ends = np.concatenate([breaks, [len(idx) - 1]])
+    return [[int(idx[s]), int(idx[e])] for s, e in zip(starts, ends)]
+
+
+@dataclass
+class _ConsumerThread:
+    consumer: Any
+    thread: threading.Thread | None = None
+    stats_queue: deque = field(default_factory=lambda: deque(maxlen=8))
+    error: str | None = None
+    started: threading.Event = field(default_factory=threading.Event)
+
+
+class Pipeline:
+    """One run: source → ring → localizer → localization stream → consumers.
+
+    Drive it with :meth:`start`, then :meth:`wait` (or :meth:`stop` from any thread); :meth:`summary`
+    afterwards. Every stage is a plain object; this class owns the threads.
+    """
+
+    def __init__(self, cfg: Config, source: Source, localizer: Localizer, *,
+                 consumers: list[Consumer] = (), recorder=None, truth: Any = None,
+                 run_info: dict[str, Any] | None = None, on_stats=None) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.localizer = localizer
+        self.ring = RingBuffer.for_source(source, cfg.pipeline.ring_frames)
+        self.stream = LocalizationStream()
+        self._loc_reader = self.ring.add_reader("localizer")
+        self._rec_reader = self.ring.add_reader("recorder") if recorder is not None else None
+        self.recorder = recorder
+        self.truth = truth
+        self.run_info = dict(run_info or {})
+        self._consumers = [_ConsumerThread(c) for c in consumers]
+        self._on_stats = on_stats
+        self._threads: list[threading.Thread] = []
+        self._done = threading.Event()
+        self._localizer_done = threading.Event()
+        self._errors: list[str] = []
+        # Counters written by one thread each, read by the stats tick.
+        self.n_acquired = 0
+        self.n_localized_frames = 0
+        self.n_recorded = 0
+        self._last_done = -1
+        self._latencies: deque[float] = deque(maxlen=20_000)
+        self._all_latencies: list[float] = []
+        self.stats_history: deque[dict[str, Any]] = deque(maxlen=3600)
+        self._t_start = 0.0
+        self._t_end: float | None = None
+        self.latest_stats: dict[str, Any] = {}
+        self._summary: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------------------------ threads
+
+    def _producer(self) -> None:
+        try:
+            self.source.start()
+            for frame in self.source.frames():
+                self.ring.write_frame(frame)
+                self.n_acquired += 1
+        except Exception:
+            self._fail("producer")
+        finally:
+            self.ring.close()
+
+    def _localize(self) -> None:
+        reader = self._loc_reader
+        pending_ts: dict[int, float] = {}
+        max_batch = self.cfg.pipeline.max_batch
+        try:
+            while True:
+                frames = reader.read_many(max_batch, timeout=0.5)
+                if not frames:
+                    if reader.at_end:
+                        break
+                    continue
+                for f in frames:
+                    pending_ts[f.index] = f.timestamp
+                data = np.stack([f.data for f in frames])
+                indices = np.fromiter((f.index for f in frames), np.int64, len(frames))
+                locs, last_done = self.localizer.push(data, indices)
+                self._emit(locs, last_done, pending_ts)
+            locs, last_done = self.localizer.finish()
+            self._emit(locs, last_done, pending_ts)
+        except Exception:
+            self._fail("localizer")
+        finally:
+            self.stream.close()
+            self._localizer_done.set()
+
+    def _emit(self, locs: np.ndarray, last_done: int, pending_ts: dict[int, float]) -> None:
+        if last_done <= self._last_done:
+            return
+        first = self._last_done + 1
+        self.stream.append(first, last_done, locs)
+        now = time.perf_counter()
+        done = [i for i in pending_ts if i <= last_done]
+        for i in done:
+            lat = now - pending_ts.pop(i)
+            self._latencies.append(lat)
+            self._all_latencies.append(lat)
+        self.n_localized_frames += len(done)
+        self._last_done = last_done
+
+    def _record(self) -> None:
+        reader = self._rec_reader
+        interval = self.cfg.output.flush_interval_s
+        next_flush = time.perf_counter() + interval
+        try:
+            while True:
+                frames = reader.read_many(64, timeout=interval)
+                for f in frames:
+                    self.recorder.append(f.data)
+                self.n_recorded += len(frames)
+                if time.perf_counter() >= next_flush:
+                    self.recorder.flush()
+                    next_flush = time.perf_counter() + interval
+                if not frames and reader.at_end:
+                    break
+        except Exception:
+            self._fail("recorder")
+        finally:
+            self.recorder.close()
+
+    def _consume(self, ct: _ConsumerThread) -> None:
+        c = ct.consumer
+        interval = self.cfg.output.flush_interval_s
+        seq = 0
+        next_tick = time.perf_counter() + interval
+        try:
+            try:
+                c.start(self.run_info)
+            finally:
+                ct.started.set()
+            while True:
+                batches = self.stream.batches_since(seq, timeout=min(0.2, interval))
+                for b in batches:
+                    c.on_batch(b)
+                seq += len(batches)
+                while ct.stats_queue:
+                    c.on_stats(ct.stats_queue.popleft())
+                if time.perf_counter() >= next_tick:
+                    c.on_tick()
+                    next_tick = time.perf_counter() + interval
+                if not batches and self.stream.closed and seq >= self.stream.n_batches:
+                    break
+            c.on_tick()
+        except Exception:
+            ct.error = traceback.format_exc()
+            self._fail(f"consumer {c.name}", ct.error)
+
+    def _stats_loop(self) -> None:
+        interval = self.cfg.pipeline.stats_interval_s
+        last = (time.perf_counter(), 0, 0)
+        while not self._done.wait(interval):
+            last = self._tick_stats(last)
+            if self.truth is not None:
+                self.truth.flush()
+
+    def _tick_stats(self, last):
+        now = time.perf_counter()
+        t_prev, acq_prev, loc_prev = last
+        dt = max(now - t_prev, 1e-9)
+        stats = self.stats(camera_fps=(self.n_acquired - acq_prev) / dt,
+                           localized_fps=(self.n_localized_frames - loc_prev) / dt)
+        self.latest_stats = stats
+        self.stats_history.append(stats)
+        for ct in self._consumers:
+            ct.stats_queue.append(stats)
+        if self._on_stats is not None:
+            self._on_stats(stats)
+        return now, self.n_acquired, self.n_localized_frames
+
+    def _fail(self, where: str, tb: str | None = None) -> None:
+        tb = tb or traceback.format_exc()
+        self._errors.append(f"{where}: {tb.strip().splitlines()[-1]}")
+        log.error("%s failed:\n%s", where, tb)
+        self.source.stop()
+
+    # ---------------------------------------------------------------------------------- control
+
+    def start(self) -> None:
+        self._t_start = time.perf_counter()
+        self.run_info.setdefault("started_unix", time.time())
+        spawn = [("rtsmlm-localizer", self._localize, ()),
+                 *[(f"rtsmlm-{ct.consumer.name}", self._consume, (ct,)) for ct in self._consumers]]
+        if self.recorder is not None:
+            spawn.append(("rtsmlm-recorder", self._record, ()))
+        spawn.append(("rtsmlm-stats", self._stats_loop, ()))
+        for name, target, args in spawn:
+            t = threading.Thread(target=target, args=args, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        for ct, t in zip(self._consumers, self._threads[1:]):
+            ct.thread = t
+        # The producer starts last, once every consumer has started (a plugin's on_start sees no frame
+        # before it, a publisher is bound), so every reader is registered when frames arrive.
+        for ct in self._consumers:
+            if not ct.started.wait(30.0):
+                log.warning("consumer %s did not start within 30 s; starting acquisition anyway",
+                            ct.consumer.name)
+        producer = threading.Thread(target=self._producer, name="rtsmlm-producer", daemon=True)
+        producer.start()
+        self._threads.insert(0, producer)
+
+    def stop(self) -> None:
+        """Ask the source to stop; the pipeline then drains, flushes and finishes (see :meth:`wait`)."""
+        self.source.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every frame acquired has been analysed or lost and every consumer is done."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        for t in self._threads:
+            if t.name == "rtsmlm-stats":
+                continue
+            remaining = None if deadline is None else max(0.0, deadline - time.perf_counter())
+            t.join(remaining)
+            if t.is_alive():
+                return False
+        if self._t_end is None:
+            self._t_end = time.perf_counter()
+            self._done.set()
+            self._tick_stats((self._t_start, 0, 0))  # the whole-run rates as the final stats record
+            if self.truth is not None:
+                self.truth.close()
+            self.source.close()
+        return True
+
+    @property
+    def running(self) -> bool:
+        return self._t_end is None and self._t_start > 0
+
+    @property
+    def errors(self) -> list[str]:
+        return list(self._errors)
+
+    # ------------------------------------------------------------------------------------ reports
+
+    def stats(self, **rates: float) -> dict[str, Any]:
+        ring = self.ring.stats()
+        fill = {r.name: r.fill_fraction for r in ring.readers}
+        lost = {r.name: r.n_lost for r in ring.readers}
+        lat = np.asarray(self._latencies) * 1e3 if self._latencies else np.asarray([np.nan])
+        elapsed = (self._t_end or time.perf_counter()) - self._t_start
+        return {
+            "elapsed_s": elapsed,
+            "frames_acquired": self.n_acquired,
+            "frames_localized": self.n_localized_frames,
+            "frames_recorded": self.n_recorded,
+            "frames_lost": lost,
+            "ring_fill": fill,
+            "n_locs": self.stream.n_locs,
+            "locs_per_frame": self.stream.n_locs / max(self.n_localized_frames, 1),
+            "latency_ms_p50": float(np.nanpercentile(lat, 50)),
+            "latency_ms_p99": float(np.nanpercentile(lat, 99)),
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "gpu_mem_mb": _gpu_memory_mb(),
+            **rates,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Everything about the run, for summary.json: config, counts, losses (exact), timings.
+
+        The first call (after :meth:`wait`) lets every consumer finish, in the order given; later calls
+        return the same record.
+        """
+        if self._summary is not None:
+            return self._summary
+        elapsed = (self._t_end or time.perf_counter()) - self._t_start
+        lat = np.asarray(self._all_latencies) * 1e3
+        lost_loc = self._loc_reader.lost_indices
+        out = {
+            **self.run_info,
+            "rtsmlm_version": rtsmlm.__version__,
+            "versions": _versions(),
+            "config": to_dict(self.cfg),
+            "elapsed_s": elapsed,
+            "frames_acquired": self.n_acquired,
+            "frames_localized": self.n_localized_frames,
+            "frames_lost_localizer": int(len(lost_loc)),
+            "frames_lost_localizer_ranges": index_ranges(lost_loc),
+            "n_locs": self.stream.n_locs,
+            "camera_fps": self.n_acquired / max(elapsed, 1e-9),
+            "localized_fps": self.n_localized_frames / max(elapsed, 1e-9),
+            "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
+            "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
+            "errors": self.errors,
+        }
+        if self._rec_reader is not None:
+            lost_rec = self._rec_reader.lost_indices
+            out["frames_recorded"] = self.n_recorded
+            out["frames_lost_recorder"] = int(len(lost_rec))
+            out["frames_lost_recorder_ranges"] = index_ranges(lost_rec)
+        for ct in self._consumers:
+            if ct.error is None:
+                try:
+                    ct.consumer.finish(out)
+                except Exception:
+                    ct.error = traceback.format_exc()
+                    self._fail(f"consumer {ct.consumer.name} finish", ct.error)
+            if ct.error is not None:
+                out.setdefault("consumer_errors", {})[ct.consumer.name] = ct.error.strip().splitlines()[-1]
+        out["errors"] = self.errors
+        self._summary = out
+        return out
+
+
+def _gpu_memory_mb() -> float | None:
+    torch = sys.modules.get("torch")  # only if the backend already imported it
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.memory_allocated() / 2**20
+    return None
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    v = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("torch", "onnxruntime", "tensorrt"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            v[mod] = getattr(m, "__version__", "?")
+    return v
+

@@ -1,0 +1,235 @@
+"""Assemble a run from the config — source, model, outputs, stream, plugins — and run it from the CLI.
+
+:func:`build_run` returns a ready :class:`rtsmlm.pipeline.Pipeline` plus what the run writes;
+:func:`run_cli` drives it with a progress bar and the stats line, handles Ctrl-C (stop, drain, flush,
+write the summary) and returns the exit code. ``rtsmlm live`` uses the same :func:`build_run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rtsmlm.config import Config
+from rtsmlm.locs import LocBatch
+from rtsmlm.outputs import (SUMMARY_JSON, TRUTH_CSV, LocalizationFiles, TruthWriter, prepare_out_dir,
+                            write_json_atomically)
+from rtsmlm.pipeline import Consumer, Localizer, Pipeline
+from rtsmlm.sources.base import Source, SourceError
+
+log = logging.getLogger("rtsmlm.run")
+
+
+def open_source(cfg: Config, *, realtime: bool = False, on_truth=None) -> Source:
+    """The frame source ``cfg.source`` names."""
+    src = cfg.source
+    max_frames = src.max_frames or None
+    if src.kind == "simulator":
+        from rtsmlm.sources.simulated import SimulatedCamera
+
+        return SimulatedCamera(cfg, realtime=realtime, max_frames=max_frames, on_truth=on_truth)
+    if src.kind == "file":
+        from rtsmlm.sources.file import FileSource
+
+        if not src.path:
+            raise SourceError("source.kind is 'file' but source.path is empty (use --source FILE)")
+        return FileSource(src.path, fps=src.fps, max_frames=src.max_frames, camera=camera_from_config(cfg),
+                          loop=src.loop)
+    from rtsmlm.sources.micromanager import open_micromanager_source
+
+    return open_micromanager_source(cfg)
+
+
+def camera_from_config(cfg: Config):
+    """The camera model the config describes (for files whose metadata does not say)."""
+    from rtsmlm.sources.base import CameraModel
+
+    c = cfg.camera
+    em_gain = c.em_gain if c.model == "emccd" else 1.0
+    return CameraModel(c.model, c.pixel_size_nm, c.baseline_adu, c.e_per_adu, em_gain, c.qe,
+                       c.read_noise_e, c.exposure_ms)
+
+
+class PublisherConsumer:
+    """Publishes the localization stream and stats over ZeroMQ (socket owned by this thread)."""
+
+    name = "stream"
+
+    def __init__(self, cfg: Config, run_id: str, pixel_size_nm: float) -> None:
+        self._args = (cfg.stream, run_id, pixel_size_nm)
+        self.publisher = None
+
+    def start(self, run: dict[str, Any]) -> None:
+        from rtsmlm.stream import Publisher
+
+        self.publisher = Publisher(*self._args)
+
+    def on_batch(self, batch: LocBatch) -> None:
+        self.publisher.publish_locs(batch)
+
+    def on_tick(self) -> None:
+        pass
+
+    def on_stats(self, stats: dict[str, Any]) -> None:
+        self.publisher.publish_stats(stats)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.publisher.close()
+        summary["stream"] = self.publisher.summary()
+
+
+class PluginConsumer:
+    """Runs the configured plugins' hooks off the localizer's thread."""
+
+    name = "plugins"
+
+    def __init__(self, host, run_info) -> None:
+        self.host = host
+        self.run_info = run_info
+
+    def start(self, run: dict[str, Any]) -> None:
+        self.host.start(self.run_info)
+
+    def on_batch(self, batch: LocBatch) -> None:
+        self.host.localizations(batch)
+
+    def on_tick(self) -> None:
+        pass
+
+    def on_stats(self, stats: dict[str, Any]) -> None:
+        self.host.stats(stats)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        summary["plugins"] = self.host.stop(summary)
+
+
+@dataclass
+class Run:
+    pipeline: Pipeline
+    out_dir: Path
+    run_id: str
+    backend: dict[str, Any] = field(default_factory=dict)
+    render: Any = None  # the render/drift consumer, for the live view
+
+    def finish(self) -> dict[str, Any]:
+        """After the pipeline has drained: let consumers finish and write summary.json."""
+        summary = self.pipeline.summary()
+        summary["status"] = "complete" if not summary["errors"] else "failed"
+        write_json_atomically(self.out_dir / SUMMARY_JSON, summary)
+        return summary
+
+
+def build_run(cfg: Config, *, realtime: bool = False, localizer: Localizer | None = None,
+              extra_consumers: list[Consumer] = (), on_stats=None) -> Run:
+    """Open everything a run needs; nothing is started. Errors name the file/key at fault."""
+    out = prepare_out_dir(Path(cfg.output.dir), cfg.output.overwrite)
+    run_id = uuid.uuid4().hex[:12]
+    truth = TruthWriter(out / TRUTH_CSV) if cfg.source.kind == "simulator" else None
+    source = open_source(cfg, realtime=realtime, on_truth=truth)
+    camera = source.camera
+    backend_info: dict[str, Any] = {}
+    model_info: dict[str, Any] = {}
+    if localizer is None:
+        from rtsmlm.infer.localizer import StreamingLocalizer
+        from rtsmlm.infer.backends import open_backend
+        from rtsmlm.model.checkpoint import check_compatible
+
+        backend, meta = open_backend(cfg.backend, cfg.model.checkpoint)
+        check_compatible(meta, camera.describe(), f"source {cfg.source.kind}")
+        localizer = StreamingLocalizer(backend, meta, camera, source.shape, cfg.model.p_threshold,
+                                       cfg.model.candidate_threshold)
+        backend_info = backend.describe()
+        model_info = {"checkpoint": cfg.model.checkpoint, "step": meta.step, "width": meta.width,
+                      "depth": meta.depth, "window": meta.window, "trained_metrics": meta.metrics}
+    psf_sigma = cfg.psf.sigma_nm
+    consumers: list[Consumer] = [LocalizationFiles(out, pixel_size_nm=camera.pixel_size_nm,
+                                                   shape=source.shape, csv_style=cfg.output.csv_style,
+                                                   psf_sigma_nm=psf_sigma,
+                                                   include_z=cfg.psf.model != "gaussian", overwrite=True)]
+    render = None
+    if True:  # the SR image is always rendered; drift correction inside it is optional
+        from rtsmlm.render_consumer import RenderConsumer
+
+        render = RenderConsumer(cfg, out, camera.pixel_size_nm, source.shape)
+        consumers.append(render)
+    if cfg.stream.enabled:
+        consumers.append(PublisherConsumer(cfg, run_id, camera.pixel_size_nm))
+    if cfg.plugins:
+        from rtsmlm.plugins import PluginHost, RunInfo
+
+        host = PluginHost.from_config(cfg)
+        info = RunInfo(run_id, source.control, out, camera.exposure_ms, camera.pixel_size_nm,
+                       source.shape, cfg)
+        consumers.append(PluginConsumer(host, info))
+    consumers.extend(extra_consumers)
+    recorder = None
+    if cfg.output.record_raw and cfg.source.kind != "file":
+        from rtsmlm.io.movies import open_movie_writer
+
+        name = "raw.raw" if cfg.output.raw_format == "raw" else "raw.tif"
+        recorder = open_movie_writer(out / name, pixel_size_nm=camera.pixel_size_nm,
+                                     metadata=camera.describe(),  # a replay then uses this camera
+                                     overwrite=True)
+    run_info = {"run_id": run_id, "source": {"kind": cfg.source.kind, "path": cfg.source.path,
+                                             "shape": list(source.shape), "camera": camera.describe()},
+                "backend": backend_info, "model": model_info, "output_dir": str(out)}
+    write_json_atomically(out / SUMMARY_JSON, {**run_info, "status": "running"})
+    pipeline = Pipeline(cfg, source, localizer, consumers=consumers, recorder=recorder, truth=truth,
+                        run_info=run_info, on_stats=on_stats)
+    return Run(pipeline, out, run_id, backend_info, render)
+
+
+def format_stats(s: dict[str, Any]) -> str:
+    lost = sum(s["frames_lost"].values()) if s.get("frames_lost") else 0
+    return (f"cam {s.get('camera_fps', 0):.0f} fps | loc {s.get('localized_fps', 0):.0f} fps | "
+            f"{s['locs_per_frame']:.1f} locs/frame | ring {max(s['ring_fill'].values(), default=0):.0%} | "
+            f"lost {lost} | latency p50 {s['latency_ms_p50']:.0f} / p99 {s['latency_ms_p99']:.0f} ms")
+
+
+def run_cli(cfg: Config, *, realtime: bool = False, progress: bool = True) -> int:
+    """``rtsmlm run``: run to the end of the source or Ctrl-C, then drain, flush, summarise."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run = build_run(cfg, realtime=realtime)
+    p = run.pipeline
+    interrupted = threading.Event()
+
+    def on_sigint(signum, frame):
+        if interrupted.is_set():
+            raise KeyboardInterrupt  # a second Ctrl-C: give up draining
+        interrupted.set()
+        print("\nstopping: draining and flushing (Ctrl-C again to abort)", file=sys.stderr)
+        p.stop()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=p.source.n_frames, unit="frame", desc="localize", dynamic_ncols=True)
+    try:
+        p.start()
+        while not p.wait(timeout=0.25):
+            if bar:
+                bar.n = p.n_localized_frames
+                if p.latest_stats:
+                    bar.set_postfix_str(format_stats(p.latest_stats), refresh=False)
+                bar.refresh()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if bar:
+        bar.n = p.n_localized_frames
+        bar.close()
+    summary = run.finish()
+    print(f"{summary['frames_localized']} frames, {summary['n_locs']} localizations, "
+          f"{summary['frames_lost_localizer']} frames lost by the localizer "
+          f"({summary['localized_fps']:.0f} frames/s); outputs in {run.out_dir}")
+    for e in summary["errors"]:
+        print(f"rtsmlm: error: {e}", file=sys.stderr)
+    return 1 if summary["errors"] else 0
+
