@@ -47,11 +47,10 @@ class CameraConfig:
 
 @dataclass(frozen=True)
 class PSFConfig:
-    model: str = _f("gaussian", choices=("gaussian", "astigmatic", "spline"))
+    model: str = _f("gaussian", choices=("gaussian", "astigmatic"))
     sigma_nm: float = _f(130.0, range=(10.0, 2000.0))
     astig_focal_offset_nm: float = _f(300.0, range=(0.0, 5000.0))
     astig_depth_nm: float = _f(400.0, range=(10.0, 10_000.0))
-    spline_file: str = _f("")
     z_range_nm: float = _f(0.0, range=(0.0, 5000.0))
 
 
@@ -171,23 +170,25 @@ class GuiConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Defaults are those of the shipped default model (configs/train_default_2d.toml)."""
+
     seed: int = _f(1, range=(0, None))
-    steps: int = _f(20_000, range=(1, None))
+    steps: int = _f(15_000, range=(1, None))
     batch_size: int = _f(16, range=(1, 4096))
-    patch_size: int = _f(40, range=(8, 1024))
+    patch_size: int = _f(32, range=(8, 1024))
     lr: float = _f(6e-4, range=(1e-7, 1.0))
     density_min: float = _f(0.0, range=(0.0, 100.0))
-    density_max: float = _f(2.0, range=(0.0, 100.0))
+    density_max: float = _f(2.5, range=(0.0, 100.0))
     photons_min: float = _f(500.0, range=(0.0, 1e7))
     photons_max: float = _f(8000.0, range=(0.0, 1e7))
     bg_min: float = _f(20.0, range=(0.0, 1e6))
     bg_max: float = _f(150.0, range=(0.0, 1e6))
-    width: int = _f(24, range=(4, 512))
+    width: int = _f(16, range=(4, 512))
     depth: int = _f(2, range=(1, 6))
     window: int = _f(3, range=(1, 15))
     val_samples: int = _f(256, range=(1, 1_000_000))
     checkpoint_every: int = _f(500, range=(1, None))
-    threads: int = _f(0, range=(0, 1024))
+    threads: int = _f(1, range=(0, 1024), doc="0 = all cores; 1 is robust on a shared machine")
 
 
 @dataclass(frozen=True)

@@ -153,9 +153,11 @@ def build_run(cfg: Config, *, realtime: bool = False, localizer: Localizer | Non
                                                    psf_sigma_nm=psf_sigma,
                                                    include_z=cfg.psf.model != "gaussian", overwrite=True)]
     render = None
-    if True:  # the SR image is always rendered; drift correction inside it is optional
+    try:  # TEMPORARY until rtsmlm/render.py lands
         from rtsmlm.render_consumer import RenderConsumer
-
+    except ImportError as e:
+        log.warning("live rendering unavailable: %s", e)
+    else:
         render = RenderConsumer(cfg, out, camera.pixel_size_nm, source.shape)
         consumers.append(render)
     if cfg.stream.enabled:

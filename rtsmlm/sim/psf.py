@@ -103,6 +103,4 @@ def psf_from_config(psf_cfg, pixel_size_nm: float) -> PSF:
         return GaussianPSF(sigma_px)
     if psf_cfg.model == "astigmatic":
         return AstigmaticPSF(sigma_px, psf_cfg.astig_focal_offset_nm, psf_cfg.astig_depth_nm)
-    raise NotImplementedError(
-        f"psf.model = {psf_cfg.model!r}: calibrated spline PSFs are not implemented yet; "
-        "use 'gaussian' or 'astigmatic'")
+    raise ValueError(f"psf.model = {psf_cfg.model!r} is not a PSF model; use 'gaussian' or 'astigmatic'")

@@ -1,0 +1,247 @@
+"""The live super-resolution image of a run: online drift correction + incremental rendering + FRC.
+
+A pipeline consumer (its own thread). Each localization batch feeds the online drift estimator; the
+batch is rendered with the current drift estimate into the canvas and into one of two half-canvases
+(even/odd drift blocks) for the Fourier ring correlation. When the drift estimate moves by more than a
+fraction of an SR pixel, the canvas is re-rendered from all stored localizations. The live view pulls
+:meth:`RenderConsumer.snapshot`; at the end of the run the global drift refinement is written to
+``drift.csv``, the localization files are rewritten with ``x_dc``/``y_dc``, and the final image goes to
+``render.tif`` (32-bit, pixel size in the metadata) and ``render.png``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtsmlm.config import Config
+from rtsmlm.locs import LocBatch, concat
+
+RENDER_TIF = "render.tif"
+RENDER_PNG = "render.png"
+DRIFT_CSV = "drift.csv"
+_DISPLAY_MAX_PX = 1024  # the display image is downsampled to at most this size (pyqtgraph cost)
+
+
+@dataclass(frozen=True)
+class RenderSnapshot:
+    """What the live view shows; built on the consumer's thread, read on the GUI thread."""
+
+    image: np.ndarray  # float32 SR image (drift-corrected)
+    display: np.ndarray  # uint8, contrast-mapped, possibly downsampled
+    pixel_nm: float  # SR pixel size of ``display``
+    n_locs: int
+    drift_frames: np.ndarray
+    drift_dx: np.ndarray
+    drift_dy: np.ndarray
+    frc_nm: float | None
+
+
+def to_display(image: np.ndarray, percentile: float, max_px: int = _DISPLAY_MAX_PX) -> tuple[np.ndarray, int]:
+    """Downsample (sum-pool) to at most ``max_px`` and map to uint8 at the given upper percentile."""
+    f = max(1, int(np.ceil(max(image.shape) / max_px)))
+    if f > 1:
+        h, w = (image.shape[0] // f) * f, (image.shape[1] // f) * f
+        image = image[:h, :w].reshape(h // f, f, w // f, f).sum(axis=(1, 3))
+    nz = image[image > 0]
+    top = float(np.percentile(nz, percentile)) if nz.size else 1.0
+    scaled = np.clip(image * (255.0 / max(top, 1e-12)), 0, 255)
+    return scaled.astype(np.uint8), f
+
+
+class RenderConsumer:
+    name = "render"
+
+    def __init__(self, cfg: Config, out_dir: Path | None, camera_pixel_nm: float, shape: tuple[int, int]) -> None:
+        from rtsmlm.drift import OnlineDrift
+        from rtsmlm.render import Canvas
+
+        self.cfg = cfg
+        self.out_dir = out_dir
+        self.extent_nm = (shape[0] * camera_pixel_nm, shape[1] * camera_pixel_nm)
+        self.drift = OnlineDrift(cfg.drift, self.extent_nm) if cfg.drift.enabled else None
+        self._canvas_args = dict(mode=cfg.render.mode, min_sigma_nm=cfg.render.min_sigma_nm,
+                                 max_sigma_nm=cfg.render.max_sigma_nm)
+        self._Canvas = Canvas
+        self.pixel_nm = cfg.render.pixel_size_nm
+        self.canvas = Canvas(self.extent_nm, self.pixel_nm, **self._canvas_args)
+        self._batches: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        self._snapshot: RenderSnapshot | None = None
+        self._dirty = False
+        self._last_snapshot_t = 0.0
+        self._last_frc_t = time.perf_counter()
+        self._frc_nm: float | None = None
+        self._pending_settings: dict[str, Any] = {}
+        self.n_rerenders = 0
+
+    # -------------------------------------------------------------------------------- settings
+
+    def set_pixel_nm(self, nm: float) -> None:
+        """Change the SR pixel size (applied on the consumer's thread by a re-render)."""
+        with self._lock:
+            self._pending_settings["pixel_nm"] = float(nm)
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in ("histogram", "gaussian"):
+            raise ValueError(f"render mode must be 'histogram' or 'gaussian', got {mode!r}")
+        with self._lock:
+            self._pending_settings["mode"] = mode
+
+    # -------------------------------------------------------------------------------- consumer
+
+    def start(self, run: dict[str, Any]) -> None:
+        pass
+
+    def _parity(self, frames: np.ndarray) -> np.ndarray:
+        return (frames // self.cfg.drift.block_frames) % 2
+
+    def _corrected(self, locs: np.ndarray) -> np.ndarray:
+        if self.drift is None:
+            from rtsmlm.locs import with_drift_columns
+
+            return with_drift_columns(locs)
+        return self.drift.correct(locs)
+
+    def _add_to_canvas(self, locs: np.ndarray) -> None:
+        if len(locs):
+            self.canvas.add(locs, self._parity(locs["frame"]))
+
+    def rerender(self) -> None:
+        """Rebuild the canvas from every stored localization with the current drift and settings."""
+        with self._lock:
+            settings, self._pending_settings = self._pending_settings, {}
+        if "pixel_nm" in settings:
+            self.pixel_nm = settings["pixel_nm"]
+        if "mode" in settings:
+            self._canvas_args["mode"] = settings["mode"]
+        self.canvas = self._Canvas(self.extent_nm, self.pixel_nm, **self._canvas_args)
+        self._add_to_canvas(self._corrected(concat(self._batches)))
+        self.n_rerenders += 1
+        self._dirty = True
+
+    def on_batch(self, batch: LocBatch) -> None:
+        locs = batch.locs
+        self._batches.append(locs)
+        changed = False
+        if self.drift is not None:
+            changed = self.drift.add(locs, batch.last_frame)
+        # Re-render when the drift estimate moved by more than half an SR pixel anywhere.
+        if self._pending_settings or (changed and self.drift.max_change_nm > 0.5 * self.pixel_nm):
+            self.rerender()
+        else:
+            self._add_to_canvas(self._corrected(locs))
+        self._dirty = True
+        now = time.perf_counter()
+        if now - self._last_snapshot_t > 0.05:
+            self._publish_snapshot()
+
+    def on_tick(self) -> None:
+        if self._pending_settings:
+            self.rerender()
+        now = time.perf_counter()
+        if now - self._last_frc_t >= self.cfg.render.frc_interval_s:
+            self._last_frc_t = now
+            self._frc_nm = self.frc()
+        if self._dirty:
+            self._publish_snapshot()
+
+    def on_stats(self, stats: dict[str, Any]) -> None:
+        pass
+
+    def frc(self) -> float | None:
+        from rtsmlm.render import frc
+
+        a, b = self.canvas.halves
+        if not (a.any() and b.any()):
+            return None
+        res = frc(a, b, self.pixel_nm)[0]
+        return float(res) if res is not None and np.isfinite(res) else None
+
+    def _publish_snapshot(self) -> None:
+        image = self.canvas.image.copy()
+        display, f = to_display(image, self.cfg.gui.contrast_percentile)
+        if self.drift is not None and len(self.drift.block_estimates().frames):
+            blocks = self.drift.block_estimates()
+            frames, dx, dy = blocks.frames, blocks.dx, blocks.dy
+        else:
+            frames = dx = dy = np.empty(0)
+        snap = RenderSnapshot(image, display, self.pixel_nm * f, sum(len(b) for b in self._batches),
+                              np.asarray(frames), np.asarray(dx), np.asarray(dy), self._frc_nm)
+        with self._lock:
+            self._snapshot = snap
+        self._dirty = False
+        self._last_snapshot_t = time.perf_counter()
+
+    def snapshot(self) -> RenderSnapshot | None:
+        """The latest rendered state (thread-safe; None before the first batch)."""
+        with self._lock:
+            return self._snapshot
+
+    # -------------------------------------------------------------------------------- finish
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        locs = concat(self._batches)
+        info: dict[str, Any] = {"sr_pixel_nm": self.pixel_nm, "mode": self._canvas_args["mode"]}
+        if self.drift is not None and len(locs):
+            n_frames = int(locs["frame"].max()) + 1
+            traj = self.drift.finalize(locs, n_frames)
+            info["drift"] = {"max_abs_nm": float(np.max(np.hypot(traj.dx, traj.dy))) if len(traj.dx) else 0.0,
+                             "fiducials": self.drift.fiducials.describe()}
+            if self.out_dir is not None:
+                from rtsmlm.drift import write_drift_csv
+
+                write_drift_csv(self.out_dir / DRIFT_CSV, traj.frames, traj.dx, traj.dy)
+                info["drift"]["file"] = DRIFT_CSV
+                self._rewrite_locs(self.drift.correct(locs), summary)
+        self.rerender()
+        self._frc_nm = self.frc()
+        info["frc_resolution_nm"] = self._frc_nm
+        self._publish_snapshot()
+        if self.out_dir is not None and len(locs):
+            self._write_images()
+            info["files"] = [RENDER_TIF, RENDER_PNG]
+        summary["render"] = info
+
+    def _rewrite_locs(self, corrected: np.ndarray, summary: dict[str, Any]) -> None:
+        """Replace the streamed localization files by the drift-corrected table (atomic renames)."""
+        from rtsmlm.io.locfiles import write_csv, write_picasso_hdf5
+        from rtsmlm.outputs import LOCS_CSV, LOCS_HDF5
+
+        out = self.out_dir
+        shape = summary.get("source", {}).get("shape", [0, 0])
+        px = summary.get("source", {}).get("camera", {}).get("pixel_size_nm", self.cfg.camera.pixel_size_nm)
+        tmp_csv = out / (LOCS_CSV + ".dc.tmp")
+        write_csv(tmp_csv, corrected, self.cfg.output.csv_style, psf_sigma_nm=self.cfg.psf.sigma_nm,
+                  overwrite=True)
+        tmp_h5 = out / "localizations_dc.tmp.hdf5"
+        h5, yml = write_picasso_hdf5(tmp_h5, corrected, px, int(shape[1]), int(shape[0]),
+                                     psf_sigma_nm=self.cfg.psf.sigma_nm,
+                                     include_z=self.cfg.psf.model != "gaussian", overwrite=True)
+        tmp_csv.replace(out / LOCS_CSV)
+        Path(h5).replace(out / LOCS_HDF5)
+        Path(yml).replace(out / LOCS_HDF5.replace(".hdf5", ".yaml"))
+
+    def _write_images(self) -> None:
+        from rtsmlm.io.movies import write_tiff_movie
+
+        image = self.canvas.image.astype(np.float32)
+        write_tiff_movie(self.out_dir / RENDER_TIF, image[None], self.pixel_nm,
+                         {"content": "super-resolution render", "mode": self._canvas_args["mode"]},
+                         overwrite=True)
+        display, _ = to_display(image, self.cfg.gui.contrast_percentile, max_px=max(image.shape))
+        _write_png(self.out_dir / RENDER_PNG, display, self.cfg.gui.colormap)
+
+
+def _write_png(path: Path, image_u8: np.ndarray, colormap: str) -> None:
+    """Colour-mapped PNG through matplotlib's image writer (no figure, no GUI backend)."""
+    import matplotlib
+    from matplotlib.image import imsave
+
+    cmap = matplotlib.colormaps[colormap] if colormap in matplotlib.colormaps else matplotlib.colormaps["inferno"]
+    imsave(path, image_u8, cmap=cmap, vmin=0, vmax=255)
