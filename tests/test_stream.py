@@ -6,16 +6,18 @@ Subscribers are made ready with the publisher's view of their subscription (XPUB
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import socket
 import threading
 
 import numpy as np
 import pytest
 import zmq
 
-from rtsmlm.config import StreamConfig
-from rtsmlm.locs import LOC_DTYPE, LocalizationStream
+from rtsmlm.config import StreamConfig, from_dict
+from rtsmlm.locs import LOC_DTYPE, LocalizationStream, concat
 from rtsmlm.stream import (SCHEMA, SCHEMA_VERSION, Publisher, StreamError, Subscriber, is_local_address,
                            listen_main, subscribe)
 
@@ -308,3 +310,65 @@ def test_listen_reports_silence_with_exit_code_1(capsys):
         probe.close(0)
         ctx.term()
     assert "no message" in capsys.readouterr().err
+
+
+@dataclasses.dataclass(frozen=True)
+class WaitingStreamConfig(StreamConfig):
+    """``stream`` settings plus the publisher's wait for its subscriber before the first frame.
+
+    Stands in until ``stream.wait_for_subscribers`` is a config key: ZeroMQ drops what is published
+    before a subscription arrives, so a test that must see every batch waits for it.
+    """
+
+    wait_for_subscribers: int = 1
+    wait_timeout_s: float = GUARD_S
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # loads torch and the default model: a few seconds on a 2-core machine
+def test_a_real_run_streams_every_batch_in_order_identical_to_the_written_file(tmp_path):
+    """Simulated camera → ring → default model on CPU → localization stream → file writer and ZeroMQ
+    publisher on their own threads (the pipeline's real consumers); a subscriber on loopback."""
+    from rtsmlm.infer.backends import open_backend
+    from rtsmlm.infer.localizer import StreamingLocalizer
+    from rtsmlm.io.locfiles import read_locs
+    from rtsmlm.outputs import LOCS_CSV, LocalizationFiles
+    from rtsmlm.pipeline import Pipeline
+    from rtsmlm.run import PublisherConsumer, open_source
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    cfg = from_dict({"sim": {"size": 32, "density": 1.0, "seed": 7}, "source": {"max_frames": 80},
+                     "pipeline": {"max_batch": 8}, "backend": {"name": "torch", "device": "cpu", "threads": 1}})
+    cfg = dataclasses.replace(cfg, stream=WaitingStreamConfig(address=address))
+    source = open_source(cfg)
+    backend, meta = open_backend(cfg.backend, cfg.model.checkpoint)
+    localizer = StreamingLocalizer(backend, meta, source.camera, source.shape, cfg.model.p_threshold,
+                                   cfg.model.candidate_threshold)
+    files = LocalizationFiles(tmp_path, pixel_size_nm=source.camera.pixel_size_nm, shape=source.shape,
+                              csv_style="rtsmlm", psf_sigma_nm=None, include_z=False, overwrite=True)
+    pipeline = Pipeline(cfg, source, localizer,
+                        consumers=[files, PublisherConsumer(cfg, "real-run", source.camera.pixel_size_nm)])
+
+    t, out = run_in_thread(lambda: list(subscribe(address, timeout=GUARD_S)))
+    pipeline.start()
+    assert pipeline.wait(timeout=4 * GUARD_S)
+    summary = pipeline.summary()
+    t.join(GUARD_S)
+    assert summary["errors"] == [] and "error" not in out
+    batches = out["value"]
+    assert summary["stream"]["locs_messages"] == pipeline.stream.n_batches == len(batches) > 1
+    assert [b.seq for b in batches] == list(range(len(batches)))
+    assert all(b.missed == 0 and b.run_id == "real-run" for b in batches)
+    # Contiguous frame ranges from 0 to the last analysed frame: nothing skipped, nothing repeated.
+    assert batches[0].first_frame == 0 and batches[-1].last_frame == summary["frames_localized"] - 1 == 79
+    assert all(b.first_frame == a.last_frame + 1 for a, b in zip(batches, batches[1:]))
+    streamed = concat([b.locs for b in batches])
+    written = read_locs(tmp_path / LOCS_CSV)
+    assert len(streamed) == summary["n_locs"] > 0
+    for name in LOC_DTYPE.names:
+        np.testing.assert_array_equal(written[name], streamed[name], err_msg=name)
