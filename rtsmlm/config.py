@@ -127,7 +127,7 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    dir: str = _f("rtsmlm_out")
+    dir: str = _f("", doc="'' = a new folder runs/run-YYYYmmdd-HHMMSS in the working directory")
     overwrite: bool = _f(False)
     csv_style: str = _f("rtsmlm", choices=("rtsmlm", "thunderstorm"))
     record_raw: bool = _f(True)

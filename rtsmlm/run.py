@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,19 @@ def open_source(cfg: Config, *, realtime: bool = False, on_truth=None) -> Source
     from rtsmlm.sources.micromanager import open_micromanager_source
 
     return open_micromanager_source(cfg)
+
+
+def resolve_out_dir(configured: str) -> Path:
+    """The configured output directory, or a new time-stamped one under ./runs when it is empty."""
+    if configured:
+        return Path(configured).expanduser()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path("runs") / f"run-{stamp}"
+    n = 1
+    while out.exists():
+        n += 1
+        out = Path("runs") / f"run-{stamp}-{n}"
+    return out
 
 
 def camera_from_config(cfg: Config):
@@ -128,7 +142,7 @@ class Run:
 def build_run(cfg: Config, *, realtime: bool = False, localizer: Localizer | None = None,
               extra_consumers: list[Consumer] = (), on_stats=None) -> Run:
     """Open everything a run needs; nothing is started. Errors name the file/key at fault."""
-    out = prepare_out_dir(Path(cfg.output.dir), cfg.output.overwrite)
+    out = prepare_out_dir(resolve_out_dir(cfg.output.dir), cfg.output.overwrite)
     run_id = uuid.uuid4().hex[:12]
     truth = TruthWriter(out / TRUTH_CSV) if cfg.source.kind == "simulator" else None
     source = open_source(cfg, realtime=realtime, on_truth=truth)
