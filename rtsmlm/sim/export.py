@@ -70,5 +70,8 @@ def simulate_to_dir(cfg: Config, out: Path, *, overwrite: bool = False, progress
         writer.close()
     if cfg.sim.drift.enabled:
         write_drift_csv(out / "drift.csv", sim.drift_table(n))
+    else:
+        # An overwritten directory must not keep the drift of an earlier run that had drift.
+        (out / "drift.csv").unlink(missing_ok=True)
     (out / "simulation.json").write_text(json.dumps(to_dict(cfg), indent=2))
     return out
