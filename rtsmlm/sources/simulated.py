@@ -34,7 +34,10 @@ class SimulatorControl:
         if (device, prop) != (LASER_DEVICE, LASER_PROPERTY):
             raise SourceError(f"the simulated microscope has no property {device}.{prop}; "
                               f"it has {LASER_DEVICE}.{LASER_PROPERTY}")
-        power = float(value)
+        try:
+            power = float(value)
+        except (TypeError, ValueError):
+            raise SourceError(f"{device}.{prop} must be a power ≥ 0, got {value!r}") from None
         if not power >= 0.0:
             raise SourceError(f"{device}.{prop} must be a power ≥ 0, got {value!r}")
         self._sim.activation_power = power
