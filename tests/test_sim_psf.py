@@ -104,7 +104,6 @@ def test_psf_from_config_scales_sigma_by_the_pixel_size() -> None:
     assert (psf3d.sigma_px, psf3d.focal_offset_nm, psf3d.depth_nm) == (1.3, 250.0, 350.0)
 
 
-def test_spline_psf_is_refused_with_a_message_naming_the_key() -> None:
-    cfg = config.load(overrides=['psf.model="spline"'])
-    with pytest.raises(NotImplementedError, match="psf.model"):
-        psf_from_config(cfg.psf, cfg.camera.pixel_size_nm)
+def test_unknown_psf_model_is_refused_by_the_config() -> None:
+    with pytest.raises(config.ConfigError, match=r"'psf.model'.*'gaussian', 'astigmatic'"):
+        config.load(overrides=['psf.model="spline"'])

@@ -172,9 +172,14 @@ def test_existing_output_directory_is_refused_and_left_alone(run_dir: Path, tmp_
     assert simulate(other, "--frames", "5", "--size", "16") == 2
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
     assert (other / "notes.txt").read_text() == "keep me"
-    assert simulate(other, "--frames", "5", "--size", "16", "--overwrite") == 0
-    assert len(tifffile.TiffFile(other / "movie.tif").pages) == 5
+    assert simulate(other, "--frames", "5", "--size", "16", "--drift", "--overwrite") == 0
+    assert (other / "drift.csv").exists()
+    # Overwriting with a run without drift leaves no drift.csv of the earlier run behind.
+    assert simulate(other, "--frames", "7", "--size", "16", "--overwrite") == 0
+    with tifffile.TiffFile(other / "movie.tif") as tif:
+        assert len(tif.pages) == 7
     assert not (other / "drift.csv").exists()
+    assert run_config(other).sim.frames == 7
 
 
 def test_scmos_camera_writes_pixel_map_frames(tmp_path: Path) -> None:

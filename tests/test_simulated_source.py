@@ -118,7 +118,7 @@ def test_control_refuses_unknown_properties_and_negative_power() -> None:
         control.set_property("Laser488", "Power", 1.0)
     with pytest.raises(SourceError, match="ActivationLaser.Voltage"):
         control.get_property(LASER_DEVICE, "Voltage")
-    for bad in (-0.5, float("nan")):
+    for bad in (-0.5, float("nan"), "high", None):
         with pytest.raises(SourceError, match="Power"):
             control.set_property(LASER_DEVICE, LASER_PROPERTY, bad)
     assert control.get_property(LASER_DEVICE, LASER_PROPERTY) == 1.0
