@@ -26,14 +26,18 @@ def _load_config(args, extra: list[str] | None = None) -> config_mod.Config:
 def _cmd_simulate(args) -> int:
     from rtsmlm.sim.export import simulate_to_dir
 
-    extra = [f"sim.frames={args.frames}", f"sim.size={args.size}", f"sim.density={args.density}",
-             f"sim.seed={args.seed}", f'sim.structure="{args.structure}"']
+    # Only the flags given override the config (its [sim] section, or the defaults).
+    flags = {"frames": args.frames, "size": args.size, "density": args.density, "seed": args.seed,
+             "structure": args.structure}
+    extra = [f"sim.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     if args.drift:
         extra.append("sim.drift.enabled=true")
     if args.camera == "scmos":
         from rtsmlm.sim.camera import SCMOS_PRESET
 
         extra += [f"camera.{k}={json.dumps(v)}" for k, v in SCMOS_PRESET.items()]
+    elif args.camera == "emccd":
+        extra.append('camera.model="emccd"')
     cfg = _load_config(args, extra)
     out = simulate_to_dir(cfg, Path(args.out), overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {out}")
@@ -171,11 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="write a simulated movie with ground truth")
     _add_config_args(p)
-    p.add_argument("--frames", type=int, default=1000)
-    p.add_argument("--size", type=int, default=64, help="frame width and height in pixels")
-    p.add_argument("--density", type=float, default=0.3, help="active emitters per µm² per frame")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--structure", choices=("uniform", "filaments", "rings"), default="uniform")
+    p.add_argument("--frames", type=int, help="number of frames (default: sim.frames)")
+    p.add_argument("--size", type=int, help="frame width and height in pixels (default: sim.size)")
+    p.add_argument("--density", type=float,
+                   help="active emitters per µm² per frame (default: sim.density)")
+    p.add_argument("--seed", type=int, help="random seed (default: sim.seed)")
+    p.add_argument("--structure", choices=("uniform", "filaments", "rings"),
+                   help="sample structure (default: sim.structure)")
     p.add_argument("--drift", action="store_true", help="simulate stage drift (writes drift.csv)")
     p.add_argument("--camera", choices=("emccd", "scmos"), default=None,
                    help="camera type (scmos applies a typical sCMOS preset)")

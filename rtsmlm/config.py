@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -254,7 +255,8 @@ def _check_rule(value: Any, f: dataclasses.Field, path: str, source: str) -> Non
     rng = f.metadata.get("range")
     if rng is not None:
         lo, hi = rng
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
+        out = (lo is not None and value < lo) or (hi is not None and value > hi)
+        if out or (isinstance(value, float) and not math.isfinite(value)):
             lo_s = "-inf" if lo is None else f"{lo:g}"
             hi_s = "inf" if hi is None else f"{hi:g}"
             raise ConfigError(f"{source}: '{path}' is {value!r}; allowed range: {lo_s} to {hi_s}")

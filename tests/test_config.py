@@ -96,8 +96,6 @@ def test_bad_choice_lists_the_choices_with_a_suggestion(tmp_path: Path) -> None:
     assert "'sim.structure'" in msg and "did you mean 'rings'?" in msg
 
 
-@pytest.mark.xfail(strict=True, reason="config._check_rule lets NaN through: every comparison with NaN is "
-                   "False; it should reject values that are not finite where a range is set")
 def test_nan_is_out_of_range(tmp_path: Path) -> None:
     msg = error_of(tmp_path, "[sim]\ndensity = nan\n")
     assert "'sim.density'" in msg
