@@ -37,7 +37,7 @@ def ckpt(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def opened(ckpt):
-    return open_backend(BackendConfig(name="torch", device="cpu", precision="fp32", threads=2), ckpt)
+    return open_backend(BackendConfig(name="torch", device="cpu", precision="fp32", threads=1), ckpt, jit=False)
 
 
 def _movie(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:

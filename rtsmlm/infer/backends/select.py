@@ -152,9 +152,12 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def open_backend(cfg: "BackendConfig", checkpoint: str) -> tuple[Backend, "ModelMeta"]:
+def open_backend(cfg: "BackendConfig", checkpoint: str, *, jit: bool = True) -> tuple[Backend, "ModelMeta"]:
     """Load ``checkpoint`` ('default' or a path) and open the backend ``cfg`` asks for; logs the choice
-    and the reason at INFO level. Returns the backend and the checkpoint's metadata."""
+    and the reason at INFO level. Returns the backend and the checkpoint's metadata.
+
+    ``jit=False`` keeps the torch CPU backend in eager mode (no TorchScript tracing, which costs
+    seconds at the first call of each half; useful for short runs and tests)."""
     from rtsmlm.model import checkpoint as ckpt
 
     model, meta = ckpt.load(checkpoint, device="cpu")
@@ -164,7 +167,8 @@ def open_backend(cfg: "BackendConfig", checkpoint: str) -> tuple[Backend, "Model
     if choice.name == "torch":
         from rtsmlm.infer.backends.torch_backend import TorchBackend
 
-        backend = TorchBackend(model, device=choice.device, precision=choice.precision, threads=threads)
+        backend = TorchBackend(model, device=choice.device, precision=choice.precision, threads=threads,
+                               jit=jit)
     else:
         model_hash = file_sha256(ckpt.resolve(checkpoint).with_suffix(".safetensors"))
         cache_dir = Path(cfg.engine_cache_dir).expanduser()
