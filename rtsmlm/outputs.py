@@ -92,7 +92,8 @@ class TruthWriter:
     """Ground truth of the frames a simulated camera delivered, appended from the producer thread.
 
     The producer only appends rows to a list under a lock (microseconds); the file is written by
-    :meth:`flush`, which the pipeline calls from its output thread.
+    :meth:`flush`, which the pipeline calls from its stats thread, and by :meth:`close`. Flushes are
+    serialised by a second lock so rows stay in frame order; a flush after close does nothing.
     """
 
     def __init__(self, path: Path) -> None:
@@ -102,7 +103,8 @@ class TruthWriter:
         self._fh = open(path, "w")
         self._fh.write(TRUTH_HEADER + "\n")
         self._pending: list[np.ndarray] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _pending; the producer holds it only to append
+        self._write_lock = threading.Lock()  # one writer of the file at a time
 
     def __call__(self, frame_index: int, truth: np.ndarray) -> None:
         with self._lock:
@@ -111,12 +113,18 @@ class TruthWriter:
     def flush(self) -> None:
         from rtsmlm.sim.export import write_truth_csv
 
-        with self._lock:
-            pending, self._pending = self._pending, []
-        for t in pending:
-            write_truth_csv(self._fh, t)
-        self._fh.flush()
+        with self._write_lock:
+            if self._fh.closed:
+                return
+            with self._lock:
+                pending, self._pending = self._pending, []
+            for t in pending:
+                write_truth_csv(self._fh, t)
+            self._fh.flush()
 
     def close(self) -> None:
-        self.flush()
-        self._fh.close()
+        try:
+            self.flush()
+        finally:
+            with self._write_lock:
+                self._fh.close()

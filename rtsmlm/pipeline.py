@@ -214,7 +214,10 @@ class Pipeline:
             finally:
                 ct.started.set()
             while True:
-                batches = self.stream.batches_since(seq, timeout=min(0.2, interval))
+                # Wake no later than the next tick, so a batch is flushed at most one interval after
+                # it was appended (the crash-safety promise), however quiet the stream is.
+                wait = min(0.2, max(0.0, next_tick - time.perf_counter()))
+                batches = self.stream.batches_since(seq, timeout=wait)
                 for b in batches:
                     c.on_batch(b)
                 seq += len(batches)
@@ -301,6 +304,10 @@ class Pipeline:
         if self._t_end is None:
             self._t_end = time.perf_counter()
             self._done.set()
+            # Let a stats tick under way finish (it flushes the truth file) before the final one.
+            for t in self._threads:
+                if t.name == "rtsmlm-stats":
+                    t.join(max(5.0, 2 * self.cfg.pipeline.stats_interval_s))
             self._tick_stats((self._t_start, 0, 0))  # the whole-run rates as the final stats record
             if self.truth is not None:
                 self.truth.close()
@@ -321,7 +328,7 @@ class Pipeline:
         ring = self.ring.stats()
         fill = {r.name: r.fill_fraction for r in ring.readers}
         lost = {r.name: r.n_lost for r in ring.readers}
-        lat = np.asarray(self._latencies) * 1e3 if self._latencies else np.asarray([np.nan])
+        lat = np.asarray(self._latencies) * 1e3
         elapsed = (self._t_end or time.perf_counter()) - self._t_start
         return {
             "elapsed_s": elapsed,
@@ -332,8 +339,9 @@ class Pipeline:
             "ring_fill": fill,
             "n_locs": self.stream.n_locs,
             "locs_per_frame": self.stream.n_locs / max(self.n_localized_frames, 1),
-            "latency_ms_p50": float(np.nanpercentile(lat, 50)),
-            "latency_ms_p99": float(np.nanpercentile(lat, 99)),
+            # NaN until the first frame is localized (no percentile of nothing, no numpy warning).
+            "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+            "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "gpu_mem_mb": _gpu_memory_mb(),
             **rates,
