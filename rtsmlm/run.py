@@ -135,7 +135,11 @@ class Run:
         """After the pipeline has drained: let consumers finish and write summary.json."""
         summary = self.pipeline.summary()
         summary["status"] = "complete" if not summary["errors"] else "failed"
-        write_json_atomically(self.out_dir / SUMMARY_JSON, summary)
+        try:
+            write_json_atomically(self.out_dir / SUMMARY_JSON, summary)
+        except OSError as e:  # e.g. a full disk: report it like any other error of the run
+            summary["errors"].append(f"cannot write {self.out_dir / SUMMARY_JSON}: {e.strerror or e}")
+            summary["status"] = "failed"
         return summary
 
 
