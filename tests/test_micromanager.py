@@ -360,3 +360,13 @@ def test_bad_paths_give_one_clear_error(tmp_path, adapter_dir):
     cfg = config.load(None, ['source.kind="micromanager"'])
     with pytest.raises(SourceError, match=r"--mm-dir.*--mm-config"):
         open_micromanager_source(cfg)
+
+
+def test_attach_without_a_running_micromanager_names_the_port():
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on once this socket is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(SourceError, match=rf"port {port}.*Run server on port 4827"):
+        MicroManagerSource.attach(port=port)

@@ -5,9 +5,10 @@
 
 The device-adapter SDK (MMDevice, BSD licence) is taken from the pymmcore source distribution of the
 *same version as the installed pymmcore*, because a device adapter only loads into an MMCore whose
-device-interface version matches the SDK it was built against. The SDK is fetched once with
-``pip download`` into plugins/micromanager/sdk/ and the objects and library go to
-plugins/micromanager/build/; both folders are git-ignored and neither is ever committed.
+device-interface version matches the SDK it was built against. The sdist is fetched once from the
+package index pip uses (PIP_INDEX_URL / pip config / PyPI; hash-checked), falling back to
+``pip download``, into plugins/micromanager/sdk/; objects and the library go to
+plugins/micromanager/build/. Both folders are git-ignored and neither is ever committed.
 
 To build for your own Micro-Manager installation, pass ``--pymmcore-version`` matching its
 device-interface version (``pymmcore.CMMCore().getAPIVersionInfo()`` / Help > About), or ``--sdk``
@@ -85,6 +86,65 @@ def _extract_mmdevice(sdist: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _index_url(python: str) -> str:
+    """The package index pip would use (PIP_INDEX_URL, pip's config, else PyPI)."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"]
+    proc = subprocess.run([python, "-m", "pip", "config", "get", "global.index-url"],
+                          capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else "https://pypi.org/simple"
+
+
+def _fetch_from_index(version: str, download: Path, python: str) -> Path:
+    """Download the sdist the way pip finds it: the index's project page (PEP 691 JSON or PEP 503
+    HTML), then the file, checked against the index's sha256."""
+    import hashlib
+    import json
+    import re
+    import urllib.parse
+    import urllib.request
+
+    filename = f"pymmcore-{version}.tar.gz"
+    page = _index_url(python).rstrip("/") + "/pymmcore/"
+    request = urllib.request.Request(page, headers={
+        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1", "User-Agent": "rtsmlm-build"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        body = response.read().decode("utf-8")
+        kind = response.headers.get("Content-Type", "")
+    url = sha256 = None
+    if "json" in kind:
+        for entry in json.loads(body).get("files", []):
+            if entry.get("filename") == filename:
+                url, sha256 = entry["url"], entry.get("hashes", {}).get("sha256")
+    else:
+        for href in re.findall(r'href="([^"]+)"', body):
+            if urllib.parse.urlparse(href).path.rsplit("/", 1)[-1] == filename:
+                url, _, fragment = href.partition("#")
+                sha256 = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
+    if url is None:
+        raise BuildError(f"{page} lists no {filename}")
+    url = urllib.parse.urljoin(page, url)
+    with urllib.request.urlopen(url, timeout=120) as response:
+        data = response.read()
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise BuildError(f"{url} does not match the sha256 the index gives ({sha256})")
+    target = download / filename
+    target.write_bytes(data)
+    return target
+
+
+def _fetch_with_pip(version: str, download: Path, python: str) -> Path:
+    """``pip download`` of the sdist: always works where pip does, but pip builds the whole pymmcore
+    wheel just to read its metadata (minutes of compiling), so it is the fallback."""
+    cmd = [python, "-m", "pip", "download", "--no-deps", "--no-binary", "pymmcore",
+           f"pymmcore=={version}", "-d", str(download)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    target = download / f"pymmcore-{version}.tar.gz"
+    if proc.returncode != 0 or not target.exists():
+        raise BuildError(f"'{' '.join(cmd)}' failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return target
+
+
 def ensure_sdk(version: str, sdk_arg: Path | None, sdk_root: Path, python: str) -> Path:
     """Return a folder holding MMDevice.h and its sources, fetching the sdist if needed."""
     if sdk_arg is not None and sdk_arg.is_dir() and (sdk_arg / "MMDevice.h").exists():
@@ -98,12 +158,13 @@ def ensure_sdk(version: str, sdk_arg: Path | None, sdk_root: Path, python: str) 
         download.mkdir(exist_ok=True)
         sdist = download / f"pymmcore-{version}.tar.gz"
         if not sdist.exists():
-            print(f"fetching the pymmcore {version} sdist (device-adapter SDK) with pip ...", flush=True)
-            cmd = [python, "-m", "pip", "download", "--no-deps", "--no-binary", "pymmcore",
-                   f"pymmcore=={version}", "-d", str(download)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0 or not sdist.exists():
-                raise BuildError(f"'{' '.join(cmd)}' failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+            print(f"fetching the pymmcore {version} sdist (device-adapter SDK) ...", flush=True)
+            try:
+                sdist = _fetch_from_index(version, download, python)
+            except (BuildError, OSError, ValueError) as e:
+                print(f"  direct download failed ({e}); falling back to pip download (slow: pip "
+                      "compiles pymmcore to read its metadata)", flush=True)
+                sdist = _fetch_with_pip(version, download, python)
         sdk_arg = sdist
     _extract_mmdevice(sdk_arg, dest)
     (dest / "PYMMCORE_VERSION").write_text(version + "\n")

@@ -239,7 +239,10 @@ class MicroManagerControl:
     def property_names(self, device: str) -> tuple[str, ...]:
         """All property names of ``device``."""
         try:
-            return tuple(str(p) for p in self._core("getDevicePropertyNames", device))
+            names = self._core("getDevicePropertyNames", device)
+            if hasattr(names, "size") and hasattr(names, "get"):  # a Java StrVector over the bridge
+                names = [names.get(i) for i in range(int(names.size()))]
+            return tuple(str(p) for p in names)
         except Exception as e:
             raise SourceError(f"Micro-Manager has no device {device!r}: {_mm_message(e)}") from None
 
@@ -473,6 +476,14 @@ class MicroManagerSource:
         if is_pymmcore_active():
             raise SourceError("a headless Micro-Manager core runs in this process; pycromanager would hand "
                               "it out instead of the application's core, so close it before attaching")
+        import socket
+
+        # pycromanager waits seconds (and leaves a thread traceback) when nothing listens: ask first.
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+        except OSError:
+            raise SourceError(f"no Micro-Manager answers on port {port}: start Micro-Manager and enable "
+                              f"Tools > Options > 'Run server on port {JAVA_BRIDGE_PORT}'") from None
         try:
             core = Core(port=port)
         except Exception:
@@ -664,6 +675,7 @@ class MicroManagerSource:
             "pixel_size_nm": r.pixel_size_nm,
             "camera_properties": dict(r.properties),
             "camera": self._camera.describe(),
+            **({"bridge_mb_per_s": JAVA_BRIDGE_MB_PER_S} if not self._core.native else {}),
         }
 
     # ---------------------------------------------------------------- internals
