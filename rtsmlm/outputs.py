@@ -34,9 +34,15 @@ def prepare_out_dir(out: Path, overwrite: bool) -> Path:
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` with ``data`` as JSON; on failure (a full disk) the old file stays as it was."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    tmp.replace(path)
+    text = json.dumps(data, indent=2, default=_json_default)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _json_default(o: Any) -> Any:
@@ -93,15 +99,15 @@ class TruthWriter:
 
     The producer only appends rows to a list under a lock (microseconds); the file is written by
     :meth:`flush`, which the pipeline calls from its stats thread, and by :meth:`close`. Flushes are
-    serialised by a second lock so rows stay in frame order; a flush after close does nothing.
+    serialised by a second lock so rows stay in frame order; a flush after close does nothing. The file
+    is created at the first flush, not here, so a run that fails to start (a bad model) leaves the
+    ground truth of a previous run in the same folder untouched.
     """
 
     def __init__(self, path: Path) -> None:
-        from rtsmlm.sim.export import TRUTH_HEADER
-
         self.path = path
-        self._fh = open(path, "w")
-        self._fh.write(TRUTH_HEADER + "\n")
+        self._fh = None
+        self._closed = False
         self._pending: list[np.ndarray] = []
         self._lock = threading.Lock()  # guards _pending; the producer holds it only to append
         self._write_lock = threading.Lock()  # one writer of the file at a time
@@ -111,11 +117,14 @@ class TruthWriter:
             self._pending.append(truth)
 
     def flush(self) -> None:
-        from rtsmlm.sim.export import write_truth_csv
+        from rtsmlm.sim.export import TRUTH_HEADER, write_truth_csv
 
         with self._write_lock:
-            if self._fh.closed:
+            if self._closed:
                 return
+            if self._fh is None:
+                self._fh = open(self.path, "w")
+                self._fh.write(TRUTH_HEADER + "\n")
             with self._lock:
                 pending, self._pending = self._pending, []
             for t in pending:
@@ -127,4 +136,6 @@ class TruthWriter:
             self.flush()
         finally:
             with self._write_lock:
-                self._fh.close()
+                self._closed = True
+                if self._fh is not None:
+                    self._fh.close()

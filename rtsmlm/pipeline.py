@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import shutil
 import sys
 import threading
 import time
@@ -39,6 +40,15 @@ from rtsmlm.ring import RingBuffer
 from rtsmlm.sources.base import Source
 
 log = logging.getLogger("rtsmlm.pipeline")
+
+# Free space kept on the output disk once acquisition stops for lack of it, so that the run can still
+# close its files (raw TIFF page index, drift-corrected rewrite of the localization files, render,
+# summary). On a disk that really fills up, writers fail half-way and HDF5 can be left unreadable.
+DISK_RESERVE_BYTES = 16 * 2**20
+# Bytes the closing writes need per recorded frame (TIFF page index) and per localization (the
+# drift-corrected CSV and HDF5 rewritten at the end).
+_CLOSE_BYTES_PER_FRAME = 256
+_CLOSE_BYTES_PER_LOC = 400
 
 
 class Consumer(Protocol):
@@ -130,6 +140,8 @@ class Pipeline:
         self._t_end: float | None = None
         self.latest_stats: dict[str, Any] = {}
         self._summary: dict[str, Any] | None = None
+        self._disk_full = False
+        self._truth_failed = False
 
     # ------------------------------------------------------------------------------------ threads
 
@@ -201,7 +213,10 @@ class Pipeline:
         except Exception:
             self._fail("recorder")
         finally:
-            self.recorder.close()
+            try:
+                self.recorder.close()
+            except Exception:
+                self._fail("recorder (closing the raw movie)")
 
     def _consume(self, ct: _ConsumerThread) -> None:
         c = ct.consumer
@@ -238,8 +253,39 @@ class Pipeline:
         last = (time.perf_counter(), 0, 0)
         while not self._done.wait(interval):
             last = self._tick_stats(last)
-            if self.truth is not None:
-                self.truth.flush()
+            self._check_disk(camera_fps=self.latest_stats.get("camera_fps", 0.0), interval=interval)
+            if self.truth is not None and not self._truth_failed:
+                try:
+                    self.truth.flush()
+                except Exception:
+                    self._truth_failed = True
+                    self._fail("ground truth writer")
+
+    def disk_reserve_bytes(self, camera_fps: float, interval: float) -> int:
+        """Free bytes the output disk must keep: the closing writes plus three stats intervals of raw
+        frames at the current camera rate (the check runs once per interval)."""
+        frame_bytes = self.ring.nbytes // self.ring.capacity if self.recorder is not None else 0
+        return int(DISK_RESERVE_BYTES + 3 * interval * camera_fps * frame_bytes
+                   + _CLOSE_BYTES_PER_FRAME * self.n_recorded + _CLOSE_BYTES_PER_LOC * self.stream.n_locs)
+
+    def _check_disk(self, camera_fps: float, interval: float) -> None:
+        """Stop acquisition while the output disk can still take the run's closing writes."""
+        out = self.run_info.get("output_dir")
+        if not out or self._disk_full:
+            return
+        try:
+            free = shutil.disk_usage(out).free
+        except OSError:
+            return  # the folder went away: the writers report that themselves
+        need = self.disk_reserve_bytes(camera_fps, interval)
+        if free < need:
+            self._disk_full = True
+            msg = (f"output disk of {out} is nearly full ({free / 2**20:.1f} MiB free, "
+                   f"{need / 2**20:.1f} MiB kept to close the run's files): acquisition stopped after "
+                   f"{self.n_acquired} frames")
+            self._errors.append(msg)
+            log.error(msg)
+            self.source.stop()
 
     def _tick_stats(self, last):
         now = time.perf_counter()
@@ -257,8 +303,12 @@ class Pipeline:
 
     def _fail(self, where: str, tb: str | None = None) -> None:
         tb = tb or traceback.format_exc()
-        self._errors.append(f"{where}: {tb.strip().splitlines()[-1]}")
-        log.error("%s failed:\n%s", where, tb)
+        line = f"{where}: {tb.strip().splitlines()[-1]}"
+        self._errors.append(line)
+        if isinstance(sys.exc_info()[1], OSError):
+            log.error("%s", line)  # the disk or the OS said no: the message is the whole story
+        else:
+            log.error("%s failed:\n%s", where, tb)
         self.source.stop()
 
     # ---------------------------------------------------------------------------------- control
@@ -310,7 +360,10 @@ class Pipeline:
                     t.join(max(5.0, 2 * self.cfg.pipeline.stats_interval_s))
             self._tick_stats((self._t_start, 0, 0))  # the whole-run rates as the final stats record
             if self.truth is not None:
-                self.truth.close()
+                try:
+                    self.truth.close()
+                except Exception:
+                    self._fail("ground truth writer (closing)")
             self.source.close()
         return True
 
