@@ -598,7 +598,11 @@ def listen_main(argv: list[str]) -> int:
     if address.startswith("tcp://*") or address.startswith("tcp://0.0.0.0"):
         address = "tcp://127.0.0.1" + address[address.rindex(":"):]  # a bind-all address, seen locally
 
-    writer = _CsvSink(Path(args.csv)) if args.csv else None
+    try:
+        writer = _CsvSink(Path(args.csv)) if args.csv else None
+    except OSError as e:
+        print(f"rtsmlm listen: cannot write {args.csv}: {e.strerror}", file=sys.stderr)
+        return 2
     stats_topics = (TOPIC_LOCS, TOPIC_STATS)
     summary = _Summary(sys.stdout, args.interval)
     print(f"listening on {address} (Ctrl-C to stop)", file=sys.stderr)
@@ -640,10 +644,7 @@ class _CsvSink:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            self._fh = path.open("w", newline="", encoding="utf-8")
-        except OSError as e:
-            raise SystemExit(f"rtsmlm listen: cannot write {path}: {e.strerror}") from None
+        self._fh = path.open("w", newline="", encoding="utf-8")
         self._names: list[str] | None = None
         self._fmt: list[str] = []
 

@@ -176,3 +176,39 @@ def test_without_device_control_the_plugin_switches_itself_off(tmp_path):
 def test_bad_plugin_settings_fail_before_the_run():
     with pytest.raises(PluginError, match=r"\[plugins.activation_feedback\].*'target_locs_per_frame' is required"):
         PluginHost.from_config({"activation_feedback": {"device": "405"}})
+
+
+@pytest.mark.slow  # loads torch and the default model: a few seconds on a 2-core machine
+def test_through_the_real_pipeline_the_plugin_turns_a_too_high_power_down(tmp_path):
+    """Simulated camera → ring → default model on CPU → plugin host on its consumer thread, with the
+    laser starting far too high for the target."""
+    from rtsmlm.infer.backends import open_backend
+    from rtsmlm.infer.localizer import StreamingLocalizer
+    from rtsmlm.pipeline import Pipeline
+    from rtsmlm.run import PluginConsumer, open_source
+
+    cfg = from_dict({"sim": {"size": 32, "density": 1.0, "activation_power": 5.0, "seed": 2},
+                     "source": {"max_frames": 300},
+                     "backend": {"name": "torch", "device": "cpu", "threads": 1},
+                     "plugins": {"activation_feedback": {"target_locs_per_frame": 0.5}}})
+    source = open_source(cfg)
+    backend, meta = open_backend(cfg.backend, cfg.model.checkpoint)
+    localizer = StreamingLocalizer(backend, meta, source.camera, source.shape, cfg.model.p_threshold,
+                                   cfg.model.candidate_threshold)
+    host = PluginHost.from_config(cfg)
+    info = RunInfo("pipeline", source.control, tmp_path, source.camera.exposure_ms,
+                   source.camera.pixel_size_nm, source.shape, cfg)
+    pipeline = Pipeline(cfg, source, localizer, consumers=[PluginConsumer(host, info)])
+    pipeline.start()
+    assert pipeline.wait(timeout=240)
+    summary = pipeline.summary()
+    assert summary["errors"] == []
+    report = summary["plugins"]["activation_feedback"]
+    assert report["active"], report["error"]
+    with open(tmp_path / "activation_feedback.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    powers = [float(r["power"]) for r in rows]
+    assert powers[0] == 5.0 and len(powers) > 5
+    assert powers[-1] < 0.8 * powers[0]  # moving down towards the target
+    assert all(int(r["frame"]) < summary["frames_localized"] for r in rows)
+    assert source.control.get_property(LASER_DEVICE, LASER_PROPERTY) == pytest.approx(powers[-1], rel=1e-5)
