@@ -13,6 +13,10 @@ the source's own cost:
 * paced: the camera runs at a fixed rate (Exposure = 1000/rate ms); CPU of the consuming thread in % of
   one core (``time.thread_time``), plus the whole process (which includes the simulated camera's own
   thread, i.e. what a real camera's driver would cost), and frames lost;
+* drain: the camera first fills the buffer (3,000 frames), then the source empties it; CPU time per
+  frame of the consuming thread, i.e. the source's capacity on one core independent of how fast this
+  machine's camera thread can produce (and of other load on the machine), for the native pop and for
+  the tagged pop the Java bridge uses;
 * ``--baseline``: the same paced runs with a busy-polling consumer (how pycromanager's own Python
   acquisition engine waits), for comparison.
 
@@ -79,6 +83,19 @@ def consume(source, seconds: float) -> dict[str, float]:
             "idle_polls_per_s": source.empty_polls / wall}
 
 
+def drain(source, core) -> dict[str, float]:
+    """Let the camera fill the buffer with ``source.max_frames`` frames, then time the source emptying it."""
+    source.start()
+    idle = threading.Event()
+    while core.isSequenceRunning():
+        idle.wait(0.01)
+    t_cpu, t0 = time.thread_time(), time.perf_counter()
+    n = sum(1 for _ in source.frames())
+    cpu, wall = time.thread_time() - t_cpu, time.perf_counter() - t0
+    source.close()
+    return {"frames": n, "cpu_us": 1e6 * cpu / n, "wall_us": 1e6 * wall / n}
+
+
 def busy_poll(core, seconds: float) -> dict[str, float]:
     """The consumer pycromanager's Python engine uses: spin on getRemainingImageCount."""
     import pymmcore
@@ -131,6 +148,13 @@ def main() -> int:
                 r = consume(MicroManagerSource(core, buffer_mb=512), args.seconds)
                 print(f"{f'paced {rate:g} fps':<22}{r['fps']:>10.0f}{r['lost']:>8d}{r['thread_cpu_pct']:>14.1f}"
                       f"{r['process_cpu_pct']:>15.1f}{r['idle_polls_per_s']:>14.0f}")
+
+            ctl.set_property("Camera", "Exposure", 0.0)
+            for transfer in ("native", "tagged"):
+                d = drain(MicroManagerSource(core, max_frames=3000, buffer_mb=512, transfer=transfer), core)
+                print(f"{f'drain ({transfer})':<22}{1e6 / d['wall_us']:>10.0f}{'':>8}"
+                      f"   source CPU {d['cpu_us']:.1f} us/frame = capacity {1e6 / d['cpu_us']:.0f} "
+                      "frames/s on one core")
 
             if args.baseline:
                 for rate in (float(v) for v in args.rates.split(",")):

@@ -270,6 +270,60 @@ def test_roi_and_binning_are_applied_by_the_camera_and_reported(adapter_dir, spo
         src.close()
 
 
+def _write_movie(kind: str, path: Path, movie: np.ndarray) -> str:
+    """Write ``movie`` in one of the layouts the adapter plays; return the extra .cfg lines it needs."""
+    import tifffile
+
+    n, h, w = movie.shape
+    if kind == "imagej-tiff":  # what rtsmlm simulate writes
+        tifffile.imwrite(path, movie, imagej=True)
+    elif kind == "bigtiff-pages":  # one directory per page, written page by page (not contiguous)
+        with tifffile.TiffWriter(path, bigtiff=True) as tif:
+            for frame in movie:
+                tif.write(frame, contiguous=False, description="rtsmlm test page")
+    elif kind == "plain-raw":  # no header: the geometry comes from camera properties
+        movie.tofile(path)
+        return f"Property,Camera,MovieWidth,{w}\nProperty,Camera,MovieHeight,{h}\n"
+    else:
+        raise ValueError(kind)
+    return ""
+
+
+@pytest.mark.parametrize("kind", ["imagej-tiff", "bigtiff-pages", "plain-raw"])
+def test_movie_layouts_play_frame_for_frame(adapter_dir, tmp_path, kind):
+    rng = np.random.default_rng(3)
+    movie = rng.integers(0, 65535, size=(40, 20, 28), dtype=np.uint16)  # not square: catches swapped axes
+    path = tmp_path / ("movie.raw" if kind == "plain-raw" else "movie.tif")
+    geometry = _write_movie(kind, path, movie)
+    cfg = tmp_path / "layout.cfg"
+    cfg.write_text(SHIPPED_CFG.read_text() + geometry + "Property,Camera,Mode,Movie\n"
+                   f"Property,Camera,MovieFile,{path}\nProperty,Camera,Loop,No\nProperty,Camera,Exposure,0\n")
+    with headless(adapter_dir, cfg) as src:
+        assert src.shape == (20, 28)
+        src.start()
+        got = list(src.frames())
+    assert [f.index for f in got] == list(range(40))
+    assert all(np.array_equal(f.data, movie[f.index]) for f in got)
+
+
+def test_unplayable_movies_are_refused_naming_the_file(adapter_dir, tmp_path):
+    import tifffile
+
+    compressed = tmp_path / "compressed.tif"
+    tifffile.imwrite(compressed, np.ones((3, 16, 16), np.uint16), compression="zlib", photometric="minisblack")
+    truncated = tmp_path / "truncated.raw"
+    np.ones((2, 16, 16), np.uint16).tofile(truncated)
+    truncated.with_suffix(".yaml").write_text("Frames: 5\nHeight: 16\nWidth: 16\nData Type: uint16\n")
+    with headless(adapter_dir, SHIPPED_CFG) as src:
+        with pytest.raises(SourceError, match=r"compressed\.tif.*uncompressed 16-bit"):
+            src.control.set_property("Camera", "MovieFile", str(compressed))
+        with pytest.raises(SourceError, match=r"truncated\.raw.*too few for 5 frame"):
+            src.control.set_property("Camera", "MovieFile", str(truncated))
+        src.control.set_property("Camera", "Mode", "Movie")  # and no movie loaded:
+        with pytest.raises(SourceError, match="MovieFile"):
+            MicroManagerSource(src.core).start()
+
+
 # ------------------------------------------------------------------------------------------ control
 
 def test_laser_power_set_through_control_is_read_back_and_drives_the_camera(adapter_dir):

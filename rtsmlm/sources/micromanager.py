@@ -19,9 +19,11 @@ bounded to 0.2-5 ms: no busy-waiting, and a frame waits at most about half a fra
 
 Frame indices are MMCore's ``ImageNumber`` (0-based, counted by the core for every image the camera
 inserted), so a frame the circular buffer dropped shows up as a gap: the source counts it in
-:attr:`MicroManagerSource.lost_frames` and lists it in ``lost_ranges``; a buffer that reports
-``isBufferOverflowed()`` is drained, cleared and counted the same way. Indices of delivered frames are
-therefore the camera's frame numbers, and localizations line up with the frames the camera took.
+:attr:`MicroManagerSource.lost_frames` and lists it in ``lost_ranges``. Indices of delivered frames are
+therefore the camera's frame numbers, and localizations line up with the frames the camera took. (The
+source starts acquisitions that overwrite a full buffer, which MMCore does by dropping what it held. A
+core set to stop on overflow instead reports ``isBufferOverflowed()``; the source then drains and clears
+the buffer and counts one lost frame per overflow, since clearing restarts MMCore's numbering.)
 """
 
 from __future__ import annotations
@@ -579,15 +581,20 @@ class MicroManagerSource:
         index_base = 0  # added to ImageNumber if the core restarts its numbering
         limit = self.max_frames
         last_batch_t: float | None = None
+        renumbered = False  # the buffer was cleared: the next ImageNumber starts again from 0
         try:
             while not self._stop.is_set():
                 n = int(remaining())
                 if n == 0:
                     if overflowed():
-                        # Only reachable with stopOnOverflow cameras or foreign settings: the buffer
-                        # refuses frames until cleared; the frames it refused appear as a gap.
+                        # Only with a core set to stop on overflow (this source never asks for it):
+                        # the buffer refuses frames until cleared, and clearing restarts MMCore's image
+                        # numbers, so the refused frames cannot be counted; one is known lost.
                         self.overflow_events += 1
+                        self._record_loss(expected, expected)
+                        expected += 1
                         core("clearCircularBuffer")
+                        renumbered = True
                         continue
                     if not running():
                         if int(remaining()) == 0:  # nothing slipped in between the two checks
@@ -609,6 +616,8 @@ class MicroManagerSource:
                     if popped is None:
                         break
                     number, pix = popped
+                    if renumbered and number is not None:
+                        index_base, renumbered = expected - int(number), False
                     index = expected if number is None else number + index_base
                     if index < expected:
                         log.warning("%s: MMCore restarted its image numbers (got %d after %d); continuing "

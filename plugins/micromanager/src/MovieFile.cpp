@@ -7,6 +7,10 @@
 #include <sstream>
 #include <utility>
 
+#ifndef _WIN32
+#include <unistd.h>
+#endif
+
 namespace rtsmlm {
 
 namespace {
@@ -61,7 +65,21 @@ long long FileSize(std::FILE* f)
 
 bool ReadAt(std::FILE* f, long long offset, void* dst, std::size_t bytes)
 {
+#ifndef _WIN32
+   // One positioned read: no seek, no stdio buffer in between (and safe with a shared offset).
+   char* out = static_cast<char*>(dst);
+   while (bytes > 0)
+   {
+      const ssize_t got = ::pread(fileno(f), out, bytes, static_cast<off_t>(offset));
+      if (got <= 0) return false;
+      out += got;
+      offset += got;
+      bytes -= static_cast<std::size_t>(got);
+   }
+   return true;
+#else
    return fseeko(f, static_cast<off_t>(offset), SEEK_SET) == 0 && std::fread(dst, 1, bytes, f) == bytes;
+#endif
 }
 
 // Little-endian integers from a byte buffer (TIFF "II" files; the only byte order accepted).
@@ -191,6 +209,8 @@ void MovieFile::Close()
    frames_ = 0;
    dataOffset_ = 0;
    pageOffsets_.clear();
+   inMemory_.clear();
+   inMemory_.shrink_to_fit();
 }
 
 void MovieFile::Swap(MovieFile& other) noexcept
@@ -202,6 +222,7 @@ void MovieFile::Swap(MovieFile& other) noexcept
    std::swap(frames_, other.frames_);
    std::swap(dataOffset_, other.dataOffset_);
    std::swap(pageOffsets_, other.pageOffsets_);
+   std::swap(inMemory_, other.inMemory_);
 }
 
 std::string MovieFile::OpenTiff(std::FILE* f, const std::string& path)
@@ -351,6 +372,22 @@ std::string MovieFile::Open(const std::string& path, long width, long height, lo
    }
    file_ = f;
    path_ = path;
+   const std::size_t pixels = static_cast<std::size_t>(width_) * height_;
+   if (static_cast<long long>(pixels) * 2 * frames_ <= kInMemoryBytes)
+   {
+      inMemory_.resize(pixels * static_cast<std::size_t>(frames_));
+      for (long k = 0; k < frames_; ++k)
+      {
+         const long long offset = pageOffsets_.empty()
+            ? dataOffset_ + static_cast<long long>(k) * static_cast<long long>(pixels) * 2
+            : pageOffsets_[static_cast<std::size_t>(k)];
+         if (!ReadAt(file_, offset, &inMemory_[pixels * static_cast<std::size_t>(k)], pixels * 2))
+         {
+            Close();
+            return "movie file " + path + " could not be read";
+         }
+      }
+   }
    return "";
 }
 
@@ -358,6 +395,11 @@ bool MovieFile::ReadFrame(long index, std::uint16_t* dst)
 {
    if (!file_ || index < 0 || index >= frames_) return false;
    const std::size_t pixels = static_cast<std::size_t>(width_) * height_;
+   if (!inMemory_.empty())
+   {
+      std::memcpy(dst, &inMemory_[pixels * static_cast<std::size_t>(index)], pixels * 2);
+      return true;
+   }
    const long long offset = pageOffsets_.empty()
       ? dataOffset_ + static_cast<long long>(index) * static_cast<long long>(pixels) * 2
       : pageOffsets_[static_cast<std::size_t>(index)];

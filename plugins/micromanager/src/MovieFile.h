@@ -9,8 +9,8 @@
 //  * a plain headerless stack, with width, height and (optionally) the frame count given by
 //    the caller (the camera's MovieWidth / MovieHeight / MovieFrames properties).
 //
-// Frames are read on demand with one positioned read each, so movies larger than memory play
-// at page-cache speed.
+// Movies up to kInMemoryBytes are read into memory when opened (a frame is then one memcpy);
+// larger ones are read on demand with one positioned read per frame, at page-cache speed.
 
 #pragma once
 
@@ -23,6 +23,8 @@ namespace rtsmlm {
 
 class MovieFile {
 public:
+   static constexpr long long kInMemoryBytes = 512LL << 20;
+
    MovieFile() = default;
    ~MovieFile();
    MovieFile(const MovieFile&) = delete;
@@ -51,6 +53,7 @@ private:
    std::FILE* file_ = nullptr;
    long long dataOffset_ = 0;            // first frame of a contiguous movie
    std::vector<long long> pageOffsets_;  // per-frame offsets of a TIFF (empty: contiguous)
+   std::vector<std::uint16_t> inMemory_; // all frames, when the movie is small enough
    std::string path_;
    unsigned width_ = 0;
    unsigned height_ = 0;

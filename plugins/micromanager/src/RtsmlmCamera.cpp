@@ -393,10 +393,14 @@ int RtsmlmCamera::ProduceFrame(long k, double laserPower_mW, MM::CameraImageMeta
 {
    md.AddTag("rtsmlm-CameraFrame", k);
    md.AddTag("rtsmlm-LaserPower_mW", laserPower_mW);
+   const unsigned b = static_cast<unsigned>(binning_);
+   const bool fullFrame = (b == 1 && roiW_ == sensorW_ && roiH_ == sensorH_);
+   // Without binning or ROI the frame is produced straight into the buffer handed to the core.
+   std::uint16_t* const target = fullFrame ? image_.data() : sensor_.data();
    if (mode_ == Mode::Movie)
    {
       const long movieFrame = k % movie_.Frames();
-      if (!movie_.ReadFrame(movieFrame, sensor_.data()))
+      if (!movie_.ReadFrame(movieFrame, target))
       {
          std::ostringstream msg;
          msg << "frame " << movieFrame << " of movie " << movie_.Path() << " could not be read";
@@ -417,15 +421,10 @@ int RtsmlmCamera::ProduceFrame(long k, double laserPower_mW, MM::CameraImageMeta
          else
             sim_.UpdateLive(simParams_);
       }
-      md.AddTag("rtsmlm-ActiveEmitters", sim_.RenderFrame(laserPower_mW, sensor_.data()));
+      md.AddTag("rtsmlm-ActiveEmitters", sim_.RenderFrame(laserPower_mW, target));
    }
+   if (fullFrame) return DEVICE_OK;
 
-   const unsigned b = static_cast<unsigned>(binning_);
-   if (b == 1 && roiW_ == sensorW_ && roiH_ == sensorH_)
-   {
-      std::memcpy(image_.data(), sensor_.data(), image_.size() * 2);
-      return DEVICE_OK;
-   }
    for (unsigned r = 0; r < roiH_; ++r)
    {
       std::uint16_t* out = &image_[static_cast<std::size_t>(r) * roiW_];
