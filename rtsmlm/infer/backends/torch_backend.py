@@ -53,6 +53,41 @@ class _CudaGraph:
         return self.static_out.clone()
 
 
+class HostUploader:
+    """Copies host arrays to a device: zero-copy on the CPU; on CUDA through two pinned staging buffers
+    used in turn and a dedicated copy stream, so the host-to-device DMA of one batch overlaps the
+    network running on the previous one."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: list[torch.Tensor | None] = [None, None]
+        self._events: list[Any] = [None, None]
+        self._turn = 0
+        self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+        host = torch.from_numpy(np.ascontiguousarray(frames))
+        if self._copy_stream is None:
+            return host
+        i, self._turn = self._turn, self._turn ^ 1
+        if self._events[i] is not None:
+            self._events[i].synchronize()  # the DMA out of this buffer (two calls ago) has finished
+        buf = self._buffers[i]
+        if buf is None or buf.numel() < host.numel() or buf.dtype != host.dtype:
+            buf = self._buffers[i] = torch.empty(host.numel(), dtype=host.dtype).pin_memory()
+        staged = buf[: host.numel()].view(host.shape)
+        staged.copy_(host)
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            on_device = staged.to(self.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self._copy_stream)
+        compute.wait_event(done)  # kernels queued later on the compute stream see the copied data
+        on_device.record_stream(compute)  # the allocator must not reuse it before the compute stream is done
+        self._events[i] = done
+        return on_device
+
+
 class _Half(nn.Module):
     """One half of the network (``encode`` or ``decode``) as a module, for tracing."""
 
@@ -110,7 +145,7 @@ class TorchBackend:
         self._jitted: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self._use_graphs = cuda_graphs and dev.type == "cuda"
         self._graphs: dict[tuple[str, tuple[int, ...]], _CudaGraph] = {}
-        self._pinned: torch.Tensor | None = None
+        self._uploader = HostUploader(self._dev)
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -180,17 +215,7 @@ class TorchBackend:
             torch.cuda.synchronize(self._dev)
 
     def upload(self, frames: np.ndarray) -> torch.Tensor:
-        host = torch.from_numpy(np.ascontiguousarray(frames))
-        if self._dev.type == "cpu":
-            return host
-        # Stage through a reused pinned buffer so the host-to-device copy is asynchronous (DMA).
-        if self._pinned is None or self._pinned.numel() < host.numel() or self._pinned.dtype != host.dtype:
-            self._pinned = torch.empty(host.numel(), dtype=host.dtype).pin_memory()
-        staged = self._pinned[: host.numel()].view(host.shape)
-        # The previous asynchronous copy out of the buffer must be finished before it is overwritten.
-        torch.cuda.current_stream(self._dev).synchronize()
-        staged.copy_(host)
-        return staged.to(self._dev, non_blocking=True)
+        return self._uploader(frames)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         return self._run("encode", self.model.encode, frames)
