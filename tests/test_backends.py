@@ -1,0 +1,248 @@
+"""Backends: the 'auto' choice and its fallbacks on every kind of machine, clear errors for unavailable
+explicit choices, open_backend with torch (eager and TorchScript, fp32 and bf16) and ONNX Runtime giving
+the same streamed maps as the reference, and the TensorRT engine cache keys and shape profiles (TensorRT
+itself is skipped where it is not installed)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from rtsmlm.config import BackendConfig
+from rtsmlm.infer.backends import (
+    Backend,
+    BackendError,
+    Environment,
+    choose_backend,
+    cpu_has_bf16,
+    file_sha256,
+    open_backend,
+    probe_environment,
+)
+from rtsmlm.infer.backends.tensorrt import (
+    EngineKey,
+    ShapeRange,
+    is_strongly_typed,
+    merged,
+    onnx_precision,
+    shape_range,
+)
+from rtsmlm.infer.backends.torch_backend import TorchBackend
+from rtsmlm.infer.localizer import StreamingLocalizer, localize_movie
+from rtsmlm.model import checkpoint
+from rtsmlm.model.data import Scales
+from rtsmlm.model.net import DecodeNet
+from rtsmlm.sources.base import CameraModel
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread (2-core machine shared with other jobs; process-wide, restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _env(**kw) -> Environment:
+    base = dict(has_cuda=False, gpu_name="", has_tensorrt=False, has_onnxruntime=True, cpu_bf16=False, cpu_count=2)
+    base.update(kw)
+    return Environment(**base)
+
+
+H100 = dict(has_cuda=True, gpu_name="NVIDIA H100 80GB HBM3")
+
+
+@pytest.mark.parametrize("env,cfg,expected,why", [
+    (_env(**H100, has_tensorrt=True), {}, ("tensorrt", "cuda", "fp16"), "TensorRT are available"),
+    (_env(**H100), {}, ("torch", "cuda", "fp16"), "TensorRT is not installed"),
+    (_env(**H100, has_tensorrt=True), {"precision": "bf16"}, ("torch", "cuda", "bf16"), "bf16"),
+    (_env(**H100, has_tensorrt=True), {"device": "cpu"}, ("onnxruntime", "cpu", "fp32"), "backend.device = 'cpu'"),
+    (_env(cpu_bf16=True), {}, ("torch", "cpu", "bf16"), "AMX/AVX512-BF16"),
+    (_env(), {}, ("onnxruntime", "cpu", "fp32"), "no native bf16"),
+    (_env(has_onnxruntime=False), {}, ("torch", "cpu", "fp32"), "no onnxruntime"),
+    (_env(cpu_bf16=True), {"precision": "fp32"}, ("onnxruntime", "cpu", "fp32"), "fp32 requested"),
+    (_env(cpu_bf16=True), {"name": "torch"}, ("torch", "cpu", "bf16"), "requested"),
+    (_env(**H100), {"name": "torch", "device": "cpu", "precision": "fp32"}, ("torch", "cpu", "fp32"), "requested"),
+])
+def test_auto_choice_prefers_tensorrt_then_cuda_then_fastest_cpu(env, cfg, expected, why) -> None:
+    choice = choose_backend(BackendConfig(**cfg), env)
+    assert (choice.name, choice.device, choice.precision) == expected
+    assert why in choice.reason
+
+
+@pytest.mark.parametrize("env,cfg,message", [
+    (_env(), {"name": "tensorrt"}, "tensorrt package is not installed"),
+    (_env(has_tensorrt=True), {"name": "tensorrt"}, "needs a CUDA GPU"),
+    (_env(), {"device": "cuda"}, "backend.device = 'cuda'"),
+    (_env(), {"name": "torch", "precision": "fp16"}, "'fp16' needs a CUDA GPU"),
+    (_env(has_onnxruntime=False), {"name": "onnxruntime"}, "onnxruntime is not installed"),
+    (_env(**H100), {"name": "onnxruntime", "device": "cuda"}, "CPU execution provider"),
+    (_env(), {"name": "onnxruntime", "precision": "bf16"}, "'bf16' is not supported"),
+    (_env(**H100, has_tensorrt=True), {"name": "tensorrt", "precision": "bf16"}, "'bf16' is not supported"),
+])
+def test_unavailable_explicit_choices_raise_a_clear_error(env, cfg, message) -> None:
+    with pytest.raises(BackendError, match=message):
+        choose_backend(BackendConfig(**cfg), env)
+
+
+def test_probe_reflects_this_machine() -> None:
+    env = probe_environment()
+    assert env.has_cuda == torch.cuda.is_available()
+    assert env.has_tensorrt == HAS_TRT
+    assert env.has_onnxruntime == (importlib.util.find_spec("onnxruntime") is not None)
+    assert env.cpu_bf16 == (cpu_has_bf16() and torch.backends.mkldnn.is_available())
+
+
+def test_file_sha256(tmp_path) -> None:
+    p = tmp_path / "blob"
+    p.write_bytes(b"rtsmlm" * 1000)
+    assert file_sha256(p) == hashlib.sha256(b"rtsmlm" * 1000).hexdigest()
+
+
+# -- opened backends ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    torch.manual_seed(2)
+    net = DecodeNet(window=3, width=8, depth=2)
+    with torch.no_grad():
+        net.head_p[-1].bias.fill_(0.0)
+    meta = checkpoint.ModelMeta(width=8, depth=2, window=3, pixel_size_nm=100.0, camera={}, psf={},
+                                scales=Scales(50.0, 5000.0, 200.0, 1.0), train={})
+    prefix = tmp_path_factory.mktemp("ckpt") / "tiny"
+    checkpoint.save(prefix, net, meta)
+    return str(prefix)
+
+
+MOVIE = np.random.default_rng(4).integers(90, 2000, size=(5, 20, 24)).astype(np.uint16)
+
+
+def _stream_maps(backend, meta) -> torch.Tensor:
+    got = {}
+    loc = StreamingLocalizer(backend, meta, CameraModel(), MOVIE.shape[1:], 0.5, 0.3, batch_size=2,
+                             maps_sink=lambda m, f: got.update({i: x.float().clone() for i, x in zip(f, m)}))
+    localize_movie(loc, MOVIE)
+    return torch.stack([got[i] for i in range(len(MOVIE))])
+
+
+@pytest.fixture(scope="module")
+def reference(ckpt):
+    backend, meta = open_backend(BackendConfig(name="torch", device="cpu", precision="fp32", threads=1), ckpt,
+                                 jit=False)
+    return _stream_maps(backend, meta)
+
+
+def test_open_backend_logs_the_choice_and_describes_itself(ckpt, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="rtsmlm.infer"):
+        backend, meta = open_backend(BackendConfig(name="torch", device="cpu", precision="fp32", threads=1),
+                                     ckpt, jit=False)
+    assert isinstance(backend, Backend)
+    assert meta.window == backend.window == 3
+    d = backend.describe()
+    assert {"name", "device", "precision", "threads"} <= d.keys()
+    assert (d["name"], d["device"], d["precision"], d["threads"]) == ("torch", "cpu", "fp32", 1)
+    assert any("inference backend: torch on cpu, fp32" in r.getMessage() and "requested" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_open_backend_names_a_missing_checkpoint(tmp_path) -> None:
+    with pytest.raises(checkpoint.CheckpointError, match="missing.json"):
+        open_backend(BackendConfig(name="torch", device="cpu"), str(tmp_path / "missing"))
+
+
+@pytest.mark.slow
+def test_torchscript_cpu_backend_matches_eager(ckpt, reference) -> None:
+    backend, meta = open_backend(BackendConfig(name="torch", device="cpu", precision="fp32", threads=1), ckpt)
+    assert backend.describe()["graph"] == "torchscript+onednn-fusion"
+    assert (_stream_maps(backend, meta) - reference).abs().max().item() <= 1e-4
+
+
+def test_bf16_cpu_backend_stays_close_to_fp32(ckpt, reference) -> None:
+    backend, meta = open_backend(BackendConfig(name="torch", device="cpu", precision="bf16", threads=1), ckpt,
+                                 jit=False)
+    maps = _stream_maps(backend, meta)
+    # bf16 keeps ~3 significant digits; the maps live in (-1, 3.01).
+    assert (maps - reference).abs().max().item() < 0.05
+    assert (maps - reference).abs().mean().item() < 5e-3
+
+
+def test_onnxruntime_backend_streams_the_same_maps(ckpt, reference, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    cfg = BackendConfig(name="onnxruntime", threads=1, engine_cache_dir=str(tmp_path))
+    backend, meta = open_backend(cfg, ckpt)
+    assert backend.describe()["name"] == "onnxruntime"
+    assert (_stream_maps(backend, meta) - reference).abs().max().item() <= 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine: the torch CUDA path "
+                    "(pinned uploads, autocast, CUDA graphs) cannot run here")
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-3), ("fp16", 0.05)])
+def test_torch_cuda_backend_streams_the_same_maps(ckpt, reference, precision, tol) -> None:
+    backend, meta = open_backend(BackendConfig(name="torch", device="cuda", precision=precision), ckpt)
+    assert (_stream_maps(backend, meta).cpu() - reference).abs().max().item() <= tol
+
+
+# -- TensorRT ----------------------------------------------------------------------------------------
+
+def test_engine_cache_key_changes_with_every_input() -> None:
+    shapes = shape_range(24, 64, 64, 16, 4)
+    base = dict(part="decoder", model_hash="f" * 64, precision="fp16", shapes=shapes, tensorrt_version="10.3.0",
+                gpu_name="NVIDIA H100 80GB HBM3")
+    key = EngineKey(**base)
+    assert key.digest() == EngineKey(**base).digest()
+    variants = [dict(part="encoder"), dict(model_hash="e" * 64), dict(precision="fp32"),
+                dict(shapes=shape_range(24, 128, 64, 16, 4)), dict(shapes=shape_range(24, 64, 64, 8, 4)),
+                dict(tensorrt_version="10.4.0"), dict(gpu_name="NVIDIA A100-SXM4-40GB")]
+    digests = {EngineKey(**{**base, **v}).digest() for v in variants}
+    assert key.digest() not in digests and len(digests) == len(variants)
+    assert key.filename().startswith("decoder-ffffffffffff-fp16-") and key.filename().endswith(".engine")
+
+
+def test_shape_ranges_cover_streaming_and_partial_batches() -> None:
+    r = shape_range(72, 256, 320, 8, 4)
+    assert r.min == (1, 72, 4, 4) and r.opt == r.max == (8, 72, 256, 320)
+    assert r.covers((1, 72, 256, 320)) and r.covers((8, 72, 256, 320))
+    assert not r.covers((9, 72, 256, 320)) and not r.covers((8, 72, 260, 320))
+    wider = merged(r, (12, 72, 512, 320))
+    assert wider.covers((12, 72, 512, 320)) and wider.min == r.min and wider.opt == r.opt
+    with pytest.raises(ValueError, match="height 250"):
+        shape_range(72, 250, 256, 8, 4)
+    assert isinstance(r, ShapeRange)
+
+
+def test_precision_handling_by_tensorrt_version() -> None:
+    assert not is_strongly_typed("10.13.0.35") and is_strongly_typed("11.0.0")
+    assert onnx_precision("10.13.0", "fp16") == "fp32"  # TensorRT 10: fp32 ONNX + FP16 builder flag
+    assert onnx_precision("11.0.0", "fp16") == "fp16"  # strongly typed: the ONNX carries the precision
+    assert onnx_precision("11.0.0", "fp32") == "fp32"
+
+
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed: the missing-package message cannot be shown")
+def test_tensorrt_backend_without_tensorrt_says_what_to_install(tmp_path) -> None:
+    from rtsmlm.infer.backends.tensorrt import TensorRTBackend
+
+    with pytest.raises(BackendError, match="pip install tensorrt"):
+        TensorRTBackend(DecodeNet(width=4), "0" * 64, tmp_path)
+
+
+@pytest.mark.skipif(not (HAS_TRT and torch.cuda.is_available()),
+                    reason="TensorRT and a CUDA GPU are not both available here; the engine build and run "
+                           "path is untested on this machine")
+def test_tensorrt_backend_streams_close_maps_and_caches_engines(ckpt, reference, tmp_path) -> None:
+    cfg = BackendConfig(name="tensorrt", precision="fp16", engine_cache_dir=str(tmp_path))
+    backend, meta = open_backend(cfg, ckpt)
+    assert (_stream_maps(backend, meta).cpu() - reference).abs().max().item() < 0.05
+    engines = sorted((tmp_path / "tensorrt").glob("*.engine"))
+    assert len(engines) == 2
+    stamps = [p.stat().st_mtime_ns for p in engines]
+    backend2, meta2 = open_backend(cfg, ckpt)
+    _stream_maps(backend2, meta2)
+    assert [p.stat().st_mtime_ns for p in engines] == stamps  # loaded from the cache, not rebuilt
