@@ -403,6 +403,7 @@ class MicroManagerSource:
         self.lost_ranges: list[list[int]] = []  # [first, last] inclusive runs of lost frame indices
         self.overflow_events = 0
         self.empty_polls = 0
+        self._last_loss_log = -math.inf
         self._period_s = self.readout.exposure_ms / 1000.0
 
     # ---------------------------------------------------------------- constructors for the two CLI paths
@@ -695,7 +696,12 @@ class MicroManagerSource:
             self.lost_ranges[-1][1] = last
         else:
             self.lost_ranges.append([first, last])
-        log.warning("%s: frames %d-%d were lost in Micro-Manager's circular buffer", self.description, first, last)
+        now = time.monotonic()
+        if now - self._last_loss_log >= 1.0:  # at most one line a second however often frames drop
+            self._last_loss_log = now
+            log.warning("%s: frames %d-%d were lost in Micro-Manager's circular buffer (%d lost so far); "
+                        "the consumer is slower than the camera", self.description, first, last,
+                        self.lost_frames)
 
     def _stop_acquisition(self) -> None:
         if not self._we_started_acquisition:
