@@ -1,6 +1,6 @@
 """Micro-Manager as a frame source, over any MMCore-style core.
 
-Three kinds of core work, all through the same methods (camelCase or snake_case names are both found):
+It works with three kinds of core, through the same methods (camelCase or snake_case names alike):
 
 * the **headless Python backend** (:meth:`MicroManagerSource.headless`): pycromanager's
   ``start_headless(..., python_backend=True)`` runs Micro-Manager's C++ core in this process through
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rtsmlm.sources.base import CameraModel, Control, Frame, SourceError
+from rtsmlm.sources.base import CameraModel, Frame, SourceError
 
 if TYPE_CHECKING:  # pragma: no cover
     from rtsmlm.config import CameraConfig, Config
