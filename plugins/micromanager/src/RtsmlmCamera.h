@@ -96,7 +96,7 @@ private:
    MovieFile movie_;
    std::string moviePath_;
    long movieWidth_ = 0, movieHeight_ = 0, movieFrames_ = 0;
-   bool loop_ = true;
+   std::atomic<bool> loop_{true};  // read when a sequence starts
    std::string laserLabel_ = "Laser";
 
    // Geometry (changed only while not capturing).
