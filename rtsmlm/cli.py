@@ -131,10 +131,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, help="stop after this many frames (0 = until the source ends)")
     p.add_argument("--fps", type=float, help="replay pace for a file source (0 = as fast as possible)")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--realtime", dest="realtime", action="store_true", default=False,
-                      help="pace the simulated camera at its exposure time")
+    pace.add_argument("--realtime", dest="realtime", action="store_true", default=True,
+                      help="pace the simulated camera at its exposure time (default)")
     pace.add_argument("--as-fast-as-possible", dest="realtime", action="store_false",
-                      help="deliver frames as fast as they come (default)")
+                      help="free-running simulated camera: frames the localizer cannot keep up with "
+                           "are lost to it (counted, and kept in the raw recording)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: output.dir)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--model", metavar="CHECKPOINT", help="model checkpoint (default: the shipped model)")

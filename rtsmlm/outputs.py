@@ -20,6 +20,7 @@ from rtsmlm.locs import LocBatch
 LOCS_CSV = "localizations.csv"
 LOCS_HDF5 = "localizations.hdf5"
 TRUTH_CSV = "ground_truth.csv"
+TRUTH_DRIFT_CSV = "ground_truth_drift.csv"
 SUMMARY_JSON = "summary.json"
 
 
@@ -61,6 +62,7 @@ class LocalizationFiles:
     """Consumer writing the localization stream to CSV and Picasso HDF5, flushed periodically."""
 
     name = "files"
+    critical = True
 
     def __init__(self, out_dir: Path, *, pixel_size_nm: float, shape: tuple[int, int], csv_style: str,
                  psf_sigma_nm: float | None, include_z: bool, overwrite: bool) -> None:

@@ -60,6 +60,8 @@ class Consumer(Protocol):
     """
 
     name: str
+    critical: bool
+    """True when the run must stop if this consumer fails (it writes the data)."""
 
     def start(self, run: dict[str, Any]) -> None: ...
 
@@ -111,7 +113,9 @@ class Pipeline:
 
     def __init__(self, cfg: Config, source: Source, localizer: Localizer, *,
                  consumers: list[Consumer] = (), recorder=None, truth: Any = None,
-                 run_info: dict[str, Any] | None = None, on_stats=None) -> None:
+                 run_info: dict[str, Any] | None = None, on_stats=None, backpressure: bool = False) -> None:
+        """``backpressure``: the source may wait for the readers (a file replayed as fast as possible);
+        a live camera never waits, and frames a reader cannot keep up with are lost to that reader."""
         self.cfg = cfg
         self.source = source
         self.localizer = localizer
@@ -120,6 +124,7 @@ class Pipeline:
         self._loc_reader = self.ring.add_reader("localizer")
         self._rec_reader = self.ring.add_reader("recorder") if recorder is not None else None
         self.recorder = recorder
+        self.backpressure = backpressure
         self.truth = truth
         self.run_info = dict(run_info or {})
         self._consumers = [_ConsumerThread(c) for c in consumers]
@@ -149,6 +154,11 @@ class Pipeline:
         try:
             self.source.start()
             for frame in self.source.frames():
+                if self.backpressure:
+                    # A recorded file: wait for the slowest reader rather than lose a frame.
+                    while not self.ring.wait_for_space(0.5):
+                        if self._localizer_done.is_set():
+                            break
                 self.ring.write_frame(frame)
                 self.n_acquired += 1
         except Exception:
@@ -219,6 +229,7 @@ class Pipeline:
                 self._fail("recorder (closing the raw movie)")
 
     def _consume(self, ct: _ConsumerThread) -> None:
+        """Feed one consumer; a consumer with ``critical = False`` that fails is dropped, the run goes on."""
         c = ct.consumer
         interval = self.cfg.output.flush_interval_s
         seq = 0
@@ -246,7 +257,7 @@ class Pipeline:
             c.on_tick()
         except Exception:
             ct.error = traceback.format_exc()
-            self._fail(f"consumer {c.name}", ct.error)
+            self._fail(f"consumer {c.name}", ct.error, stop=getattr(c, "critical", True))
 
     def _stats_loop(self) -> None:
         interval = self.cfg.pipeline.stats_interval_s
@@ -301,7 +312,9 @@ class Pipeline:
             self._on_stats(stats)
         return now, self.n_acquired, self.n_localized_frames
 
-    def _fail(self, where: str, tb: str | None = None) -> None:
+    def _fail(self, where: str, tb: str | None = None, *, stop: bool = True) -> None:
+        """Record and log a stage's failure; stop acquisition unless the stage is not critical (a
+        display or stream failure must not end an experiment whose data are still being saved)."""
         tb = tb or traceback.format_exc()
         line = f"{where}: {tb.strip().splitlines()[-1]}"
         self._errors.append(line)
@@ -309,7 +322,8 @@ class Pipeline:
             log.error("%s", line)  # the disk or the OS said no: the message is the whole story
         else:
             log.error("%s failed:\n%s", where, tb)
-        self.source.stop()
+        if stop:
+            self.source.stop()
 
     # ---------------------------------------------------------------------------------- control
 

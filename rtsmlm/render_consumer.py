@@ -56,6 +56,7 @@ def to_display(image: np.ndarray, percentile: float, max_px: int = _DISPLAY_MAX_
 
 class RenderConsumer:
     name = "render"
+    critical = False  # the image can always be re-rendered from the saved localizations
 
     def __init__(self, cfg: Config, out_dir: Path | None, camera_pixel_nm: float, shape: tuple[int, int]) -> None:
         from rtsmlm.drift import OnlineDrift
@@ -65,8 +66,10 @@ class RenderConsumer:
         self.out_dir = out_dir
         self.extent_nm = (shape[0] * camera_pixel_nm, shape[1] * camera_pixel_nm)
         self.drift = OnlineDrift(cfg.drift, self.extent_nm) if cfg.drift.enabled else None
+        # Even/odd drift blocks alternate between the canvas halves (independent halves for the FRC).
         self._canvas_args = dict(mode=cfg.render.mode, min_sigma_nm=cfg.render.min_sigma_nm,
-                                 max_sigma_nm=cfg.render.max_sigma_nm)
+                                 max_sigma_nm=cfg.render.max_sigma_nm,
+                                 half_block_frames=cfg.drift.block_frames)
         self._Canvas = Canvas
         self.pixel_nm = cfg.render.pixel_size_nm
         self.canvas = Canvas(self.extent_nm, self.pixel_nm, **self._canvas_args)
@@ -98,19 +101,12 @@ class RenderConsumer:
     def start(self, run: dict[str, Any]) -> None:
         pass
 
-    def _parity(self, frames: np.ndarray) -> np.ndarray:
-        return (frames // self.cfg.drift.block_frames) % 2
-
     def _corrected(self, locs: np.ndarray) -> np.ndarray:
         if self.drift is None:
             from rtsmlm.locs import with_drift_columns
 
             return with_drift_columns(locs)
         return self.drift.correct(locs)
-
-    def _add_to_canvas(self, locs: np.ndarray) -> None:
-        if len(locs):
-            self.canvas.add(locs, self._parity(locs["frame"]))
 
     def rerender(self) -> None:
         """Rebuild the canvas from every stored localization with the current drift and settings."""
@@ -120,8 +116,9 @@ class RenderConsumer:
             self.pixel_nm = settings["pixel_nm"]
         if "mode" in settings:
             self._canvas_args["mode"] = settings["mode"]
-        self.canvas = self._Canvas(self.extent_nm, self.pixel_nm, **self._canvas_args)
-        self._add_to_canvas(self._corrected(concat(self._batches)))
+        if settings:
+            self.canvas = self._Canvas(self.extent_nm, self.pixel_nm, **self._canvas_args)
+        self.canvas.rerender(self._corrected(concat(self._batches)))
         self.n_rerenders += 1
         self._dirty = True
 
@@ -132,10 +129,10 @@ class RenderConsumer:
         if self.drift is not None:
             changed = self.drift.add(locs, batch.last_frame)
         # Re-render when the drift estimate moved by more than half an SR pixel anywhere.
-        if self._pending_settings or (changed and self.drift.max_change_nm > 0.5 * self.pixel_nm):
+        if self._pending_settings or (changed and self.drift.max_change_nm() > 0.5 * self.pixel_nm):
             self.rerender()
-        else:
-            self._add_to_canvas(self._corrected(locs))
+        elif len(locs):
+            self.canvas.add(self._corrected(locs))
         self._dirty = True
         now = time.perf_counter()
         if now - self._last_snapshot_t > 0.05:
@@ -155,20 +152,21 @@ class RenderConsumer:
         pass
 
     def frc(self) -> float | None:
-        from rtsmlm.render import frc
+        """FRC resolution (nm) of the two half images, None while it cannot be read off the curve."""
+        from rtsmlm.frc import frc
 
         a, b = self.canvas.halves
         if not (a.any() and b.any()):
             return None
-        res = frc(a, b, self.pixel_nm)[0]
-        return float(res) if res is not None and np.isfinite(res) else None
+        res = frc(a, b, self.pixel_nm).resolution_nm
+        return float(res) if np.isfinite(res) else None
 
     def _publish_snapshot(self) -> None:
         image = self.canvas.image.copy()
         display, f = to_display(image, self.cfg.gui.contrast_percentile)
-        if self.drift is not None and len(self.drift.block_estimates().frames):
-            blocks = self.drift.block_estimates()
-            frames, dx, dy = blocks.frames, blocks.dx, blocks.dy
+        blocks = self.drift.block_estimates() if self.drift is not None else None
+        if blocks is not None and len(blocks):
+            frames, dx, dy = blocks.centre_frame, blocks.dx, blocks.dy
         else:
             frames = dx = dy = np.empty(0)
         snap = RenderSnapshot(image, display, self.pixel_nm * f, sum(len(b) for b in self._batches),

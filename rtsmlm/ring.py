@@ -195,6 +195,19 @@ class RingBuffer:
             self._n_written = w + 1
             self._cond.notify_all()
 
+    def wait_for_space(self, timeout: float | None = None) -> bool:
+        """Wait until the next :meth:`write` would overwrite no frame that a reader has not claimed.
+
+        Only for producers that may wait — a recorded file replayed as fast as possible must lose
+        nothing; a live camera never calls this. Returns False on timeout; True at once when closed.
+        """
+        def room() -> bool:
+            evicted = self._n_started - self._n
+            return self._closed or all(r._cursor > evicted for r in self._reader_tuple)
+
+        with self._cond:
+            return self._cond.wait_for(room, timeout)
+
     def write_frame(self, frame: Frame) -> None:
         """:meth:`write` for a :class:`~rtsmlm.sources.base.Frame` from a source."""
         self.write(frame.data, frame.index, frame.timestamp)
@@ -297,6 +310,7 @@ class RingReader:
                 indices = ring._index[slots].copy()
                 timestamps = ring._timestamp[slots].copy()
                 self._cursor = first + count  # claimed: the writer no longer counts these as ours to lose
+                ring._cond.notify_all()  # a producer in wait_for_space may now have room
             block = np.empty((count, *ring._shape), dtype=ring._dtype)
             ring._copy_out(first, count, block)
             with ring._cond:

@@ -19,7 +19,7 @@ from typing import Any
 
 from rtsmlm.config import Config
 from rtsmlm.locs import LocBatch
-from rtsmlm.outputs import (SUMMARY_JSON, TRUTH_CSV, LocalizationFiles, TruthWriter, prepare_out_dir,
+from rtsmlm.outputs import (SUMMARY_JSON, TRUTH_CSV, TRUTH_DRIFT_CSV, LocalizationFiles, TruthWriter, prepare_out_dir,
                             write_json_atomically)
 from rtsmlm.pipeline import Consumer, Localizer, Pipeline
 from rtsmlm.sources.base import Source, SourceError
@@ -74,6 +74,7 @@ class PublisherConsumer:
     """Publishes the localization stream and stats over ZeroMQ (socket owned by this thread)."""
 
     name = "stream"
+    critical = False  # subscribers lose the stream; the files still hold everything
 
     def __init__(self, cfg: Config, run_id: str, pixel_size_nm: float) -> None:
         self._args = (cfg.stream, run_id, pixel_size_nm)
@@ -102,6 +103,7 @@ class PluginConsumer:
     """Runs the configured plugins' hooks off the localizer's thread."""
 
     name = "plugins"
+    critical = False  # PluginHost already contains each plugin's failures
 
     def __init__(self, host, run_info) -> None:
         self.host = host
@@ -134,6 +136,13 @@ class Run:
     def finish(self) -> dict[str, Any]:
         """After the pipeline has drained: let consumers finish and write summary.json."""
         summary = self.pipeline.summary()
+        source = self.pipeline.source
+        if getattr(source, "drift_table", None) and self.pipeline.cfg.sim.drift.enabled:
+            from rtsmlm.sim.export import write_drift_csv
+
+            # The simulated sample's true drift, to score drift.csv against.
+            write_drift_csv(self.out_dir / TRUTH_DRIFT_CSV, source.drift_table(self.pipeline.n_acquired))
+            summary.setdefault("outputs", {})["ground_truth_drift"] = TRUTH_DRIFT_CSV
         summary["status"] = "complete" if not summary["errors"] else "failed"
         try:
             write_json_atomically(self.out_dir / SUMMARY_JSON, summary)
@@ -143,7 +152,7 @@ class Run:
         return summary
 
 
-def build_run(cfg: Config, *, realtime: bool = False, localizer: Localizer | None = None,
+def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None = None,
               extra_consumers: list[Consumer] = (), on_stats=None) -> Run:
     """Open everything a run needs; nothing is started. Errors name the file/key at fault."""
     out = prepare_out_dir(resolve_out_dir(cfg.output.dir), cfg.output.overwrite)
@@ -170,14 +179,10 @@ def build_run(cfg: Config, *, realtime: bool = False, localizer: Localizer | Non
                                                    shape=source.shape, csv_style=cfg.output.csv_style,
                                                    psf_sigma_nm=psf_sigma,
                                                    include_z=cfg.psf.model != "gaussian", overwrite=True)]
-    render = None
-    try:  # TEMPORARY until rtsmlm/render.py lands
-        from rtsmlm.render_consumer import RenderConsumer
-    except ImportError as e:
-        log.warning("live rendering unavailable: %s", e)
-    else:
-        render = RenderConsumer(cfg, out, camera.pixel_size_nm, source.shape)
-        consumers.append(render)
+    from rtsmlm.render_consumer import RenderConsumer
+
+    render = RenderConsumer(cfg, out, camera.pixel_size_nm, source.shape)
+    consumers.append(render)
     if cfg.stream.enabled:
         consumers.append(PublisherConsumer(cfg, run_id, camera.pixel_size_nm))
     if cfg.plugins:
@@ -200,8 +205,9 @@ def build_run(cfg: Config, *, realtime: bool = False, localizer: Localizer | Non
                                              "shape": list(source.shape), "camera": camera.describe()},
                 "backend": backend_info, "model": model_info, "output_dir": str(out)}
     write_json_atomically(out / SUMMARY_JSON, {**run_info, "status": "running"})
+    file_as_fast_as_possible = cfg.source.kind == "file" and cfg.source.fps == 0
     pipeline = Pipeline(cfg, source, localizer, consumers=consumers, recorder=recorder, truth=truth,
-                        run_info=run_info, on_stats=on_stats)
+                        run_info=run_info, on_stats=on_stats, backpressure=file_as_fast_as_possible)
     return Run(pipeline, out, run_id, backend_info, render)
 
 
@@ -212,7 +218,7 @@ def format_stats(s: dict[str, Any]) -> str:
             f"lost {lost} | latency p50 {s['latency_ms_p50']:.0f} / p99 {s['latency_ms_p99']:.0f} ms")
 
 
-def run_cli(cfg: Config, *, realtime: bool = False, progress: bool = True) -> int:
+def run_cli(cfg: Config, *, realtime: bool = True, progress: bool = True) -> int:
     """``rtsmlm run``: run to the end of the source or Ctrl-C, then drain, flush, summarise."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run = build_run(cfg, realtime=realtime)
