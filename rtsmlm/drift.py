@@ -203,35 +203,51 @@ class _PagedCountMap:
 
     def add(self, y: np.ndarray, x: np.ndarray, weight: float = 1.0) -> None:
         """Add ``weight`` at each (y, x) nm; points outside the map are ignored."""
+        self.add_cells(self.cells(y, x), weight)
+
+    def cells(self, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """Storage positions of the points' bins (every page copy, halos included) and the point count.
+
+        Pages the points touch are allocated here; pass the result to :meth:`add_cells`, as often as
+        needed (a block is taken out of the reference and put back with the same cells).
+        """
         by, bx, inside = self._bins(y, x)
         by, bx = by[inside], bx[inside]
         if len(by) == 0:
-            return
+            return np.zeros(0, dtype=np.int64), 0
         p, h, s = self.page, self.halo, self.side
         ty_lo, ty_hi = (by - h) // p, (by + h) // p
         tx_lo, tx_hi = (bx - h) // p, (bx + h) // p
-        flat_pages = self._pages.reshape(-1)
+        parts = []
         # a point lies in the core or halo of at most 2x2 pages (halo < page)
         for ty, ysel in ((ty_lo, None), (ty_hi, ty_hi != ty_lo)):
             for tx, xsel in ((tx_lo, None), (tx_hi, tx_hi != tx_lo)):
-                m = (ty >= 0) & (ty < self.table.shape[0]) & (tx >= 0) & (tx < self.table.shape[1])
-                if ysel is not None:
-                    m &= ysel
-                if xsel is not None:
-                    m &= xsel
-                if not m.any():
-                    continue
+                if ysel is None and xsel is None:
+                    m = slice(None)  # the page of the bin itself, always inside the table
+                else:
+                    m = (ty >= 0) & (ty < self.table.shape[0]) & (tx >= 0) & (tx < self.table.shape[1])
+                    if ysel is not None:
+                        m &= ysel
+                    if xsel is not None:
+                        m &= xsel
+                    if not m.any():
+                        continue
                 mty, mtx = ty[m], tx[m]
                 slots = self.table[mty, mtx]
                 if (slots == 0).any():
                     self._allocate(mty[slots == 0], mtx[slots == 0])
-                    flat_pages = self._pages.reshape(-1)
                     slots = self.table[mty, mtx]
-                ly = by[m] - mty * p + h
-                lx = bx[m] - mtx * p + h
-                # np.add.at is fast with an array of values (a scalar takes a slow path)
-                np.add.at(flat_pages, (slots * s + ly) * s + lx, np.full(len(ly), weight, dtype=np.float32))
-        self.total += weight * len(by)
+                parts.append((slots * s + by[m] - mty * p + h) * s + bx[m] - mtx * p + h)
+        return np.concatenate(parts), len(by)
+
+    def add_cells(self, cells: tuple[np.ndarray, int], weight: float = 1.0) -> None:
+        """Add ``weight`` per point at positions from :meth:`cells`."""
+        flat, n = cells
+        if n == 0:
+            return
+        # np.add.at is fast with an array of values (a scalar takes a slow path)
+        np.add.at(self._pages.reshape(-1), flat, np.full(len(flat), weight, dtype=np.float32))
+        self.total += weight * n
 
     def window_sums(self, y: np.ndarray, x: np.ndarray, radius: int) -> np.ndarray:
         """``out[i, j] = sum over points of count[bin(y) + i - radius, bin(x) + j - radius]``."""
@@ -913,12 +929,13 @@ class OnlineDrift:
             if len(sel) < 20:
                 continue
             by, bx, bf = yc[sel], xc[sel], frames[sel]
-            ref.add(by, bx, -1.0)  # leave the block out of its own reference
+            cells = ref.cells(by, bx)
+            ref.add_cells(cells, -1.0)  # leave the block out of its own reference
             shift = _find_shift(ref, by, bx, (0.0, 0.0), radius, self._halo)
             half_d2 = _half_split_d2(
                 [_find_shift(ref, by[h], bx[h], (shift.dy, shift.dx), 0, self._halo, refine_steps=2)
                  for h in ((bf % 2) == 0, (bf % 2) == 1)])
-            ref.add(by, bx, 1.0)
+            ref.add_cells(cells, 1.0)
             if shift.contrast <= 0:
                 continue
             uf, uc = np.unique(bf, return_counts=True)

@@ -127,7 +127,9 @@ def _running_mean(curve: np.ndarray, width: int) -> np.ndarray:
 
 def _crossing(freqs: np.ndarray, curve: np.ndarray, threshold: float) -> tuple[float, str]:
     """1 / (first frequency where ``curve`` falls below ``threshold``), interpolated between rings."""
-    if len(curve) < 3 or curve[1] < threshold:
+    # the few lowest rings hold few Fourier samples (noise alone correlates them by ~1/sqrt(2 pi k)):
+    # judge "any correlation at all" on their mean
+    if len(curve) < 3 or curve[1:4].mean() < threshold:
         return float("nan"), "no correlation"
     below = np.flatnonzero(curve[1:] < threshold)
     if len(below) == 0:
