@@ -565,7 +565,7 @@ class OnlineDrift:
         self._centres = np.zeros(0)
         self._dx = np.zeros(0)
         self._dy = np.zeros(0)
-        self._traj: tuple[np.ndarray, np.ndarray] | None = None
+        self._traj: tuple | None = None  # per-frame online drift, last measured frame, trend per frame
         self._final: DriftTrajectory | None = None
         self._fid_pos = np.zeros((0, 2))
         self._fid_on = np.zeros(0)
@@ -756,12 +756,16 @@ class OnlineDrift:
             return np.interp(fc, self._centres, self._dx), np.interp(fc, self._centres, self._dy)
         if self._traj is None:
             self._traj = self._smooth_online()
-        tx, ty = self._traj
-        fi = np.clip(f.astype(np.int64), 0, len(tx) - 1)  # constant beyond the last analysed frame
-        return tx[fi], ty[fi]
+        tx, ty, last, vx, vy = self._traj
+        fi = np.clip(f.astype(np.int64), 0, last)
+        # beyond the last measurement the recent trend continues: frames of the block being collected are
+        # corrected (and drawn) closer to where the next estimate will put them
+        ahead = np.maximum(f - last, 0.0)
+        return tx[fi] + vx * ahead, ty[fi] + vy * ahead
 
-    def _smooth_online(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-frame drift from the block estimates so far (random-walk smoother, block 0 averaging 0)."""
+    def _smooth_online(self) -> tuple[np.ndarray, np.ndarray, int, float, float]:
+        """Per-frame drift from the block estimates so far (random-walk smoother, block 0 averaging 0),
+        the frame of the last measurement and the drift per frame over the last block before it."""
         rows = self._rows
         n_locs = np.array([r["n_locs"] for r in rows], dtype=np.float64)
         var = np.full(len(rows), np.nan)
@@ -788,7 +792,10 @@ class OnlineDrift:
         # the first block is the reference: its mean drift is 0 by definition
         f0, c0 = rows[0]["subs"][0][:2]
         w0 = c0 / c0.sum()
-        return tx - float(np.dot(w0, tx[f0])), ty - float(np.dot(w0, ty[f0]))
+        tx, ty = tx - float(np.dot(w0, tx[f0])), ty - float(np.dot(w0, ty[f0]))
+        last = int(round(centres[-1]))  # the last measurement's centre: no information beyond it
+        span = max(1, min(last, self.cfg.block_frames))
+        return tx, ty, last, (tx[last] - tx[last - span]) / span, (ty[last] - ty[last - span]) / span
 
     def drift_at(self, frames: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
         """Drift (dx, dy) in nm at the given frames: the final trajectory once finalized, else online."""

@@ -214,11 +214,13 @@ def test_max_change_tells_when_to_rerender():
 
 
 def test_finalize_works_offline_on_a_fresh_estimator(run):
+    frames = 1200
+    locs = run["locs"][run["locs"]["frame"] < frames]
     est = OnlineDrift(CFG, EXTENT)
-    final = est.finalize(run["locs"], n_frames=run["frames"])
-    drift = run["drift"]
+    final = est.finalize(locs, n_frames=frames)
+    drift = run["drift"][:frames]
     assert rms(final.dx - drift[:, 0], final.dy - drift[:, 1]) < 3.0
-    assert len(est.block_estimates()) >= 10
+    assert len(est.block_estimates()) >= 5
 
 
 def test_bad_input_is_named():
