@@ -453,6 +453,7 @@ def test_rtsmlm_run_streams_a_simulated_movie_through_micromanager(adapter_dir, 
                    f"Property,Camera,MovieFile,{sim / 'movie.tif'}\n"
                    "Property,Camera,Loop,No\nProperty,Camera,Exposure,0\n")
     common = ["--max-frames", "0", "--no-stream", "--quiet", "--set", "pipeline.ring_frames=8192",
+              "--set", "drift.enabled=false",
               "--set", "backend.name=torch"]
     _rtsmlm("run", "--source", "micromanager", "--mm-dir", str(adapter_dir), "--mm-config", str(cfg),
             "--out", str(tmp_path / "mm"), *common)
