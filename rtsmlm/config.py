@@ -99,6 +99,8 @@ class SourceConfig:
     mm_config: str = _f("")
     mm_dir: str = _f("")
     mm_attach: bool = _f(False)
+    mm_port: int = _f(4827, range=(1, 65535), doc="attach: Micro-Manager's server port")
+    mm_buffer_mb: int = _f(512, range=(1, 1_000_000), doc="headless: MMCore circular buffer size")
 
 
 @dataclass(frozen=True)

@@ -395,6 +395,8 @@ class Pipeline:
         ring = self.ring.stats()
         fill = {r.name: r.fill_fraction for r in ring.readers}
         lost = {r.name: r.n_lost for r in ring.readers}
+        if hasattr(self.source, "lost_frames"):  # frames the camera's own buffer dropped
+            lost["camera"] = int(self.source.lost_frames)
         lat = np.asarray(self._latencies) * 1e3
         elapsed = (self._t_end or time.perf_counter()) - self._t_start
         return {
@@ -442,6 +444,13 @@ class Pipeline:
             "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
             "errors": self.errors,
         }
+        # A camera's own losses (e.g. Micro-Manager's circular buffer overflowing) and its description.
+        source_info = out.setdefault("source", {})
+        if isinstance(source_info, dict):
+            if callable(getattr(self.source, "stats", None)):
+                source_info["stats"] = self.source.stats()
+            if callable(getattr(self.source, "describe", None)):
+                source_info["device"] = self.source.describe()
         if self._rec_reader is not None:
             lost_rec = self._rec_reader.lost_indices
             out["frames_recorded"] = self.n_recorded

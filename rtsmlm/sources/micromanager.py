@@ -721,11 +721,11 @@ def open_micromanager_source(cfg: Config) -> MicroManagerSource:
     defaults = camera_defaults_from_config(cfg.camera)
     max_frames = src.max_frames or None
     if src.mm_attach:
-        return MicroManagerSource.attach(camera_defaults=defaults, max_frames=max_frames)
+        return MicroManagerSource.attach(src.mm_port, camera_defaults=defaults, max_frames=max_frames)
     missing = [flag for flag, value in (("--mm-dir (source.mm_dir)", src.mm_dir),
                                         ("--mm-config (source.mm_config)", src.mm_config)) if not value]
     if missing:
         raise SourceError("source.kind is 'micromanager' but " + " and ".join(missing) + " is not set; "
                           "give both for a headless core, or --attach for a running Micro-Manager")
     return MicroManagerSource.headless(src.mm_dir, src.mm_config, camera_defaults=defaults,
-                                       max_frames=max_frames)
+                                       max_frames=max_frames, buffer_mb=src.mm_buffer_mb)
