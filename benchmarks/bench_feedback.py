@@ -22,7 +22,9 @@ pool, measured first):
 Printed per run: time to first enter ±10% of the target and time after which it stays there (1-s
 means of localizations per frame), the fraction of 1-s windows in band from 30 s to the end, the
 worst deviation there, power at the end, and how much of the pool bleached. Writes feedback.png
-(density and power over time) and feedback.csv (1-s series) to ``--out``.
+(density, power and bleaching over time) and the 1-s series of each run (series_*.csv) to ``--out``;
+the figure shows every series there, so runs split over several invocations (``--controllers pi``,
+then ``--controllers htsmlm,const``, on a slow machine) end up in one plot.
 The issue's criterion: from a 5× wrong start, within ±10% within 30 s and for the following 10 min.
 """
 
@@ -172,37 +174,60 @@ def evaluate(trace: Trace, target: float, frames_per_window: int, window_s: floa
             "power_end": float(trace.power[-1]), "bleached_end": float(trace.bleached[-1])}
 
 
-def plot(traces: list[Trace], target: float, frames_per_window: int, window_s: float, p_star: float,
-         path: Path) -> None:
+SERIES_HEADER = "time_s,locs_per_frame,power_over_pstar,bleached_fraction"
+
+
+def write_series(trace: Trace, frames_per_s: int, p_star: float, out: Path) -> Path:
+    """1-s means of one run, for the plot (which draws every series file in ``out``)."""
+    d = per_second(trace.counts.astype(float), frames_per_s)
+    p = per_second(trace.power, frames_per_s) / p_star
+    b = per_second(trace.bleached, frames_per_s)
+    path = out / f"series_{trace.name}_{trace.start.replace(' ', '_').replace('*', 'star')}.csv"
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f"# controller={trace.name} start={trace.start}\n{SERIES_HEADER}\n")
+        fh.writelines(f"{i + 1},{d[i]:.5g},{p[i]:.5g},{b[i]:.5g}\n" for i in range(len(d)))
+    return path
+
+
+def plot(out: Path, target: float, window_s: float) -> list[Path]:
+    """Density, power and bleaching over time from every ``series_*.csv`` in ``out`` (runs made by
+    separate invocations with different ``--controllers`` end up in one figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     colors = {"pi": "tab:blue", "htsmlm": "tab:orange", "const": "tab:gray"}
     styles = {"5x high": "-", "5x low": "--", "P*": ":"}
+    files = sorted(out.glob("series_*.csv"), key=lambda f: ("_pi_" in f.name, f.name))  # PI drawn on top
+    w = max(1, int(round(window_s)))
     fig, axes = plt.subplots(3, 1, figsize=(10, 10), sharex=True)
-    # The PI runs last, so they are drawn on top.
-    for tr in sorted(traces, key=lambda tr: tr.name == "pi"):
-        t = window_s * np.arange(1, len(tr.counts) // frames_per_window + 1)
-        kw = dict(color=colors[tr.name], linestyle=styles.get(tr.start, "-"), lw=1.0,
-                  label=f"{tr.name}, start {tr.start}")
-        axes[0].plot(t, per_second(tr.counts.astype(float), frames_per_window), **kw)
-        axes[1].plot(t, per_second(tr.power, frames_per_window) / p_star, **kw)
-        axes[2].plot(t, 100 * per_second(tr.bleached, frames_per_window), **kw)
+    for f in files:
+        meta = dict(kv.split("=", 1) for kv in f.read_text(encoding="utf-8").splitlines()[0][2:].split(" ", 1))
+        data = np.loadtxt(f, delimiter=",", skiprows=2, ndmin=2)
+        n = len(data) // w
+        t = data[w - 1: n * w: w, 0]
+        kw = dict(color=colors.get(meta["controller"], "k"), linestyle=styles.get(meta["start"], "-"), lw=1.0,
+                  label=f"{meta['controller']}, start {meta['start']}")
+        for ax, col, scale in ((axes[0], 1, 1.0), (axes[1], 2, 1.0), (axes[2], 3, 100.0)):
+            ax.plot(t, scale * data[: n * w, col].reshape(n, w).mean(axis=1), **kw)
     axes[0].axhspan(target * (1 - BAND), target * (1 + BAND), color="green", alpha=0.15, label="target ±10%")
     axes[0].axvline(SETTLE_LIMIT_S, color="k", lw=0.8, ls=":")
-    axes[0].set_ylabel(f"localizations / frame ({window_s:g}-s mean)")
+    axes[0].set_ylabel(f"localizations / frame ({w:g}-s mean)")
     axes[0].set_ylim(0, target * 3)
     axes[1].set_yscale("log")
+    axes[1].yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axes[1].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[1].set_ylabel("activation power / P*")
     axes[2].set_ylabel("pool bleached (%)")
     axes[2].set_xlabel("simulated time (s)")
     axes[0].legend(fontsize=8, ncol=2, loc="upper right")
     axes[0].set_title("Activation feedback on the simulator with bleaching")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(out / "feedback.png", dpi=110)
     plt.close(fig)
+    return files
 
 
 def main() -> None:
@@ -238,13 +263,12 @@ def main() -> None:
           f"and worst deviation also on 1-s means")
     print(f"{'controller':10} {'start':8} {'enter ±10%':>10} {'stays from':>10} {'in band':>8} "
           f"{'worst dev':>9} {'1s: in band':>11} {'worst':>6} {'P_end/P*':>8} {'bleached':>8} {'wall':>5}")
-    traces = []
     for name in args.controllers.split(","):
         starts = [("5x high", 5.0), ("5x low", 0.2)] if name != "const" else [("P*", 1.0)]
         for label, factor in starts:
             tr = run(cfg, args, name, factor * p_star, p_star, f"{name}_{label.replace(' ', '_')}")
             tr.start = label
-            traces.append(tr)
+            write_series(tr, frames_per_s, p_star, args.out)
             m = evaluate(tr, args.target, int(round(args.window_s * frames_per_s)), args.window_s)
             m1 = evaluate(tr, args.target, frames_per_s, 1.0)
             ok = m["t_stay_s"] <= SETTLE_LIMIT_S
@@ -253,18 +277,9 @@ def main() -> None:
                   f"{100 * m1['in_band_after_30s']:10.1f}% {100 * m1['worst_dev_after_30s']:5.1f}% "
                   f"{m['power_end'] / p_star:8.2f} {100 * m['bleached_end']:7.1f}% {tr.wall_s:4.0f}s"
                   f"{'  meets the criterion' if ok else ''}")
-    rows = []
-    for tr in traces:
-        d = per_second(tr.counts.astype(float), frames_per_s)
-        p = per_second(tr.power, frames_per_s)
-        b = per_second(tr.bleached, frames_per_s)
-        rows += [(tr.name, tr.start, i + 1, d[i], p[i], b[i]) for i in range(len(d))]
-    with open(args.out / "feedback.csv", "w", encoding="utf-8") as fh:
-        fh.write("controller,start,time_s,locs_per_frame,power,bleached_fraction\n")
-        fh.writelines(f"{r[0]},{r[1]},{r[2]},{r[3]:.4g},{r[4]:.5g},{r[5]:.4g}\n" for r in rows)
-    plot(traces, args.target, int(round(args.window_s * frames_per_s)), args.window_s, p_star,
-         args.out / "feedback.png")
-    print(f"wrote {args.out / 'feedback.png'}, {args.out / 'feedback.csv'} and the PI set-point logs")
+    files = plot(args.out, args.target, args.window_s)
+    print(f"wrote {args.out / 'feedback.png'} from {len(files)} series ({', '.join(f.name for f in files)}) "
+          f"and the PI set-point logs setpoints_*.csv")
 
 
 if __name__ == "__main__":
