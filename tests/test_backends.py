@@ -246,3 +246,52 @@ def test_tensorrt_backend_streams_close_maps_and_caches_engines(ckpt, reference,
     backend2, meta2 = open_backend(cfg, ckpt)
     _stream_maps(backend2, meta2)
     assert [p.stat().st_mtime_ns for p in engines] == stamps  # loaded from the cache, not rebuilt
+
+
+# -- rtsmlm bench ------------------------------------------------------------------------------------
+
+def test_bench_main_times_each_backend_and_writes_json(ckpt, tmp_path, capsys) -> None:
+    import json
+
+    from rtsmlm.infer.bench import bench_main
+
+    out = tmp_path / "bench.json"
+    code = bench_main(["--checkpoint", ckpt, "--backends", "torch:fp32", "--sizes", "16,20", "--threads", "1",
+                       "--seconds", "0", "--min-frames", "6", "--pool", "3", "--batch", "2", "--no-jit",
+                       "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert [(r["height"], r["width"]) for r in rows] == [(16, 16), (20, 20)]
+    for r in rows:
+        assert r["frames"] >= 6 and r["frames_per_s"] > 0
+        assert r["mb_per_s"] == pytest.approx(r["frames_per_s"] * r["height"] * r["width"] * 2 / 1e6)
+        assert 0 < r["latency_p50_ms"] <= r["latency_p99_ms"]
+        assert (r["precision"], r["threads"], r["batch"]) == ("fp32", 1, 2)
+    assert report["machine"]["cores"] >= 1 and len(report["machine"]["load_avg_1_5_15"]) == 3
+    printed = capsys.readouterr().out
+    assert "frames/s" in printed and "16x16" in printed and "20x20" in printed
+
+
+def test_bench_accuracy_scores_every_backend_with_the_evaluate_code(ckpt, tmp_path, capsys) -> None:
+    import json
+
+    from rtsmlm.infer.bench import bench_main
+
+    out = tmp_path / "acc.json"
+    code = bench_main(["--checkpoint", ckpt, "--backends", "torch:fp32,torch:bf16", "--sizes", "16", "--threads",
+                       "1", "--accuracy", "6", "--no-jit", "--out", str(tmp_path / "acc"), "--json", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())["accuracy"]
+    assert [r["spec"] for r in rows] == ["torch:fp32", "torch:bf16"]
+    assert rows[0]["rel_diff_jaccard"] in (0.0, None)
+    assert all(r["n_true"] > 0 for r in rows)
+    assert (tmp_path / "acc" / "truth.csv").is_file() and (tmp_path / "acc" / "locs_torch_bf16.csv").is_file()
+    assert "rtsmlm evaluate --locs" in rows[1]["command"]
+
+
+def test_bench_rejects_a_malformed_backend_spec(capsys) -> None:
+    from rtsmlm.infer.bench import bench_main
+
+    assert bench_main(["--backends", "torch:fp32:cpu:extra", "--json", ""]) == 2
+    assert "NAME[:PRECISION[:DEVICE]]" in capsys.readouterr().err

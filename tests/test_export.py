@@ -112,3 +112,17 @@ def test_cache_reuses_graphs_of_the_same_model_and_separates_others(net, tmp_pat
 def test_bad_precision_is_rejected(net, tmp_path) -> None:
     with pytest.raises(ValueError, match="'bf16'"):
         export_onnx(net, tmp_path, precision="bf16")
+
+
+def test_export_command_writes_both_graphs_and_names_a_bad_checkpoint(net, tmp_path, capsys) -> None:
+    from rtsmlm.infer.export import export_main
+    from rtsmlm.model import checkpoint
+    from rtsmlm.model.data import Scales
+
+    meta = checkpoint.ModelMeta(width=6, depth=2, window=3, pixel_size_nm=100.0, camera={}, psf={},
+                                scales=Scales(50.0, 5000.0, 200.0, 1.0), train={})
+    checkpoint.save(tmp_path / "m", net, meta)
+    assert export_main(["--checkpoint", str(tmp_path / "m"), "--out", str(tmp_path / "onnx")]) == 0
+    assert (tmp_path / "onnx" / "m.encoder.onnx").is_file() and (tmp_path / "onnx" / "m.decoder.onnx").is_file()
+    assert export_main(["--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert "nope.json" in capsys.readouterr().err
