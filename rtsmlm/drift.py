@@ -14,10 +14,17 @@ causal and incremental for a live acquisition:
   re-scoring around the current estimate with the block moved by the continuous shift and fitting a
   2-D quadratic, until the update vanishes (at the fixed point the score is symmetric, so binning does
   not bias the estimate).
-* Per-frame drift is a shape-preserving cubic (PCHIP) interpolation between block centres.
+* Each block is also measured in up to four consecutive parts (refined from the block's shift), and
+  its even- and odd-frame halves are measured separately: their difference tells the noise of the
+  measurements. Per-frame drift comes from all part measurements so far through a smoother with a
+  random-walk prior (the drift per frame is piecewise linear; noise and random-walk variance are
+  estimated from the data), which interpolates smoothly between blocks and resolves the drift within
+  them. Beyond the last measurement the recent trend is continued.
+* Fiducials (emitters localized in most frames of the first block) are tracked; where seen, they give
+  the block's drift and the intersection estimate is kept alongside for comparison.
 * :meth:`OnlineDrift.finalize` refines the whole run: finer blocks, each scored against all other
-  localizations (leave-one-block-out), combined with fiducial tracks when present, and a per-frame
-  smoother (random-walk prior, noise levels estimated from the data) that writes the final drift.
+  localizations (leave-one-block-out), combined with the per-frame fiducial tracks when present, through
+  the same smoother; two passes, the second against the reference the first one corrected.
 
 Drift is the SAMPLE's displacement in nm: a structure at ``x0`` appears at ``x0 + dx``, so the
 corrected coordinate is ``x_dc = x - dx`` (the simulator's ``drift.csv`` uses the same sign).
@@ -554,7 +561,7 @@ class OnlineDrift:
         self._margin_nm = max(2000.0, 4 * self.cfg.search_nm)
         self._ref = self._new_map()
         self._lock = threading.RLock()
-        import scipy.interpolate  # noqa: F401  (imported here, not in the first block's update time)
+        import scipy.sparse.linalg  # noqa: F401  (imported here, not in the first blocks' update time)
         import scipy.spatial  # noqa: F401
         # localizations of the block being collected: (frame, x, y) chunks in arrival order
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []

@@ -2,8 +2,9 @@
 
 Every localization batch is added to the canvas as it arrives: as a histogram (one count in the pixel
 holding it) or as a Gaussian whose width is the localization's predicted uncertainty (``sigma_x``,
-``sigma_y``), clamped to [``min_sigma_nm``, ``max_sigma_nm``], integrated exactly over each pixel and
-normalised so that every localization adds 1 to the image. The canvas is kept as two halves, the
+``sigma_y``), clamped to [``min_sigma_nm``, ``max_sigma_nm``], integrated exactly over each pixel out to
+2.5 sigma and normalised so that every localization adds 1 to the image (less only where a spot is cut
+by the canvas border). The canvas is kept as two halves, the
 localizations of even and of odd time blocks, whose sum is the image and whose Fourier ring correlation
 (:mod:`rtsmlm.frc`) measures the resolution. When the drift estimate changes materially the canvas is
 re-rendered from the stored localizations (:meth:`Canvas.rerender`).
@@ -149,9 +150,10 @@ class Canvas:
     def _draw_gaussians(self, flat, offset, y, x, sy, sx) -> None:
         """Pixel-integrated Gaussians, grouped by window size so each group is one vectorised operation.
 
-        Each localization's window spans the pixels within ``_TRUNCATE_SIGMAS`` sigmas of it (so it is
-        not centred on the pixel holding it); localizations are drawn in raster order of their window, which
-        keeps consecutive updates in nearby memory (several times faster than random order on big canvases).
+        Each localization's window is the square of pixels within ``_TRUNCATE_SIGMAS`` sigmas of it.
+        Localizations are drawn in raster order within each window size, which keeps consecutive
+        updates in nearby memory (several times faster than random order on a big canvas), and all
+        kernel pixels of a batch go through one ``np.add.at`` (each call has a fixed cost).
         """
         from scipy.special import erf
 
@@ -160,43 +162,54 @@ class Canvas:
         reach = _TRUNCATE_SIGMAS * np.maximum(sx, sy)
         row0 = np.floor((y - reach) / p).astype(np.int64)  # first row and column of each window
         col0 = np.floor((x - reach) / p).astype(np.int64)
-        size = np.floor((y + reach) / p).astype(np.int64) - row0 + 1
-        size = np.maximum(size, np.floor((x + reach) / p).astype(np.int64) - col0 + 1)
-        order = np.lexsort((col0, row0, size))  # by window size, then raster order
-        bounds = np.flatnonzero(np.diff(size[order])) + 1
-        total = int(np.sum(size.astype(np.int64) ** 2))
-        # all kernel pixels of the batch go in one np.add.at: each call has a fixed cost that adds up
-        # over the dozens of window sizes (up to _CHUNK_PIXELS at a time to bound the memory)
+        size = np.maximum(np.floor((y + reach) / p).astype(np.int64) - row0,
+                          np.floor((x + reach) / p).astype(np.int64) - col0) + 1
+        order = np.argsort(size * (4 * h * w) + (row0 + h) * (2 * w) + col0 + w, kind="stable")
+        y, x, sy, sx, row0, col0, size, offset = (a[order] for a in (y, x, sy, sx, row0, col0, size, offset))
+        # the fraction of each 1-D Gaussian between consecutive pixel edges, for every window at once:
+        # one erf call over the ragged list of edges (window by window, y then x)
+        n_edges = size + 1
+        starts = np.concatenate([[0], np.cumsum(n_edges)[:-1]])
+        owner = np.repeat(np.arange(len(y)), n_edges)
+        step = np.arange(int(n_edges.sum())) - starts[owner]
+        inv = 1.0 / (np.sqrt(2.0) * np.maximum(np.stack([sy, sx]), 1e-6 * p))  # sigma 0: all in one pixel
+        cdf_y = erf(((row0[owner] + step) * p - y[owner]) * inv[0, owner])
+        cdf_x = erf(((col0[owner] + step) * p - x[owner]) * inv[1, owner])
+        bounds = np.flatnonzero(np.diff(size)) + 1
+        group_starts = np.concatenate([[0], bounds])
+        group_ends = np.concatenate([bounds, [len(y)]])
+        total = int(np.sum(size * size))
         index = np.empty(min(total, _CHUNK_PIXELS), dtype=np.int64)
         weights = np.empty(len(index), dtype=np.float32)
         fill = 0
-        for group in np.split(order, bounds):
-            n = int(size[group[0]])
-            steps = np.arange(n + 1)  # pixel edges, relative to the window's first pixel
-            rel = (steps[:-1, None] * w + steps[None, :-1]).ravel()  # window pixels in the flat canvas
-            chunk = max(1, len(index) // (n * n))
-            for start in range(0, len(group), chunk):
-                g = group[start:start + chunk]
-                m = len(g) * n * n
+        for g0, g1 in zip(group_starts, group_ends):
+            n = int(size[g0])
+            steps = np.arange(n)
+            rel = (steps[:, None] * w + steps[None, :]).ravel()  # window pixels in the flat canvas
+            chunk = max(1, len(index) // (n * n))  # bounds the temporaries of big batches
+            for a in range(g0, g1, chunk):
+                b = min(g1, a + chunk)
+                m = (b - a) * n * n
                 if fill + m > len(index):
                     np.add.at(flat, index[:fill], weights[:fill])
                     fill = 0
-                ry, rx = row0[g], col0[g]
-                both = _axis_weights(np.concatenate([y[g], x[g]]), np.concatenate([sy[g], sx[g]]),
-                                     np.concatenate([ry, rx]), p, steps, erf)
-                wk = weights[fill:fill + m].reshape(len(g), n, n)
-                np.multiply(both[: len(g), :, None], both[len(g):, None, :], out=wk)
-                ik = index[fill:fill + m].reshape(len(g), n * n)
-                np.add((offset[g] + ry * w + rx)[:, None], rel[None, :], out=ik)
+                e0, e1 = starts[a], starts[b - 1] + n + 1
+                wy = _normalised_steps(cdf_y[e0:e1].reshape(b - a, n + 1))
+                wx = _normalised_steps(cdf_x[e0:e1].reshape(b - a, n + 1))
+                wk = weights[fill:fill + m].reshape(b - a, n, n)
+                np.multiply(wy[:, :, None], wx[:, None, :], out=wk)
+                ik = index[fill:fill + m].reshape(b - a, n * n)
+                ry, rx = row0[a:b], col0[a:b]
+                np.add((offset[a:b] + ry * w + rx)[:, None], rel[None, :], out=ik)
                 edge = (ry < 0) | (ry + n > h) | (rx < 0) | (rx + n > w)
                 if edge.any():  # windows reaching past the border: drop the outside part
-                    ky = ry[edge, None] + steps[None, :-1]
-                    kx = rx[edge, None] + steps[None, :-1]
+                    ky = ry[edge, None] + steps[None, :]
+                    kx = rx[edge, None] + steps[None, :]
                     out = (((ky < 0) | (ky >= h))[:, :, None] | ((kx < 0) | (kx >= w))[:, None, :])
                     out = out.reshape(-1, n * n)
-                    wk2 = wk.reshape(len(g), n * n)
+                    wk2 = wk.reshape(b - a, n * n)
                     wk2[edge] = np.where(out, np.float32(0), wk2[edge])
-                    ik[edge] = np.where(out, offset[g][edge, None], ik[edge])
+                    ik[edge] = np.where(out, offset[a:b][edge, None], ik[edge])
                 fill += m
         if fill:
             np.add.at(flat, index[:fill], weights[:fill])
@@ -242,10 +255,8 @@ def _sigma_column(locs: np.ndarray, name: str, names: tuple, n: int) -> np.ndarr
     return np.zeros(n)  # unknown uncertainty: clamped up to min_sigma_nm
 
 
-def _axis_weights(centre, sigma, first, p, steps, erf) -> np.ndarray:
-    """Per point: the fraction (float32) of a 1-D Gaussian in each pixel of its kernel window."""
-    edges = (first[:, None] + steps[None, :]) * p - centre[:, None]
-    cdf = erf(edges / (np.sqrt(2.0) * np.maximum(sigma, 1e-6 * p)[:, None]))  # sigma 0: all in one pixel
+def _normalised_steps(cdf: np.ndarray) -> np.ndarray:
+    """Per row: the differences of a cumulative distribution at pixel edges, summing to 1 (float32)."""
     weights = np.diff(cdf, axis=1)
     weights /= weights.sum(axis=1, keepdims=True)  # each localization adds exactly 1
     return weights.astype(np.float32)
