@@ -148,16 +148,6 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-# ---------------------------------------------------------------------------------- pass-throughs
-
-def _passthrough(module: str, func: str):
-    def run(args) -> int:
-        import importlib
-
-        return getattr(importlib.import_module(module), func)(args.rest)
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rtsmlm", description="Real-time single-molecule localization microscopy.")
@@ -214,18 +204,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compact", action="store_true", help="one-line JSON")
     p.set_defaults(func=_cmd_evaluate)
 
-    for name, module, func, helptext in [
-        ("bench", "rtsmlm.infer.bench", "bench_main", "inference throughput and latency per backend"),
-        ("export", "rtsmlm.infer.export", "export_main", "export a model to ONNX / a TensorRT engine"),
-        ("listen", "rtsmlm.stream", "listen_main", "subscribe to a run's localization stream"),
-    ]:
-        p = sub.add_parser(name, help=helptext, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_passthrough(module, func))
+    # Listed for `rtsmlm --help`; main() hands their arguments to the module before argparse runs.
+    for name, helptext in [("bench", "inference throughput and latency per backend"),
+                           ("export", "export a model to ONNX / a TensorRT engine"),
+                           ("listen", "subscribe to a run's localization stream")]:
+        sub.add_parser(name, help=helptext, add_help=False)
     return parser
 
 
+_PASSTHROUGH = {"bench": ("rtsmlm.infer.bench", "bench_main"),
+                "export": ("rtsmlm.infer.export", "export_main"),
+                "listen": ("rtsmlm.stream", "listen_main")}
+"""Subcommands that parse their own arguments (argparse cannot forward leading options)."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _PASSTHROUGH:
+        import importlib
+
+        module, func = _PASSTHROUGH[argv[0]]
+        return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

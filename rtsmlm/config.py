@@ -162,6 +162,8 @@ class StreamConfig:
     address: str = _f("tcp://127.0.0.1:5556")
     high_water_mark: int = _f(1000, range=(1, 10_000_000))
     on_port_in_use: str = _f("error", choices=("error", "next"))
+    wait_for_subscribers: int = _f(0, range=(0, 1000), doc="start acquiring once this many subscribers listen")
+    wait_timeout_s: float = _f(10.0, range=(0.0, 3600.0))
 
 
 @dataclass(frozen=True)

@@ -77,13 +77,20 @@ class PublisherConsumer:
     critical = False  # subscribers lose the stream; the files still hold everything
 
     def __init__(self, cfg: Config, run_id: str, pixel_size_nm: float) -> None:
-        self._args = (cfg.stream, run_id, pixel_size_nm)
-        self.publisher = None
-
-    def start(self, run: dict[str, Any]) -> None:
         from rtsmlm.stream import Publisher
 
-        self.publisher = Publisher(*self._args)
+        # Bound here, before acquisition starts, so a port in use fails the run at once; the socket is
+        # then used only by this consumer's thread (handing it over once is safe in ZeroMQ).
+        self.publisher = Publisher(cfg.stream, run_id, pixel_size_nm, wait_for_subscribers=0)
+        self._wait = (cfg.stream.wait_for_subscribers, cfg.stream.wait_timeout_s)
+
+    def start(self, run: dict[str, Any]) -> None:
+        # The pipeline starts acquiring only after every consumer's start(): waiting here means the
+        # scripted subscribers see the first batch.
+        n, timeout = self._wait
+        if n and not self.publisher.wait_for_subscribers(n, timeout):
+            log.warning("only %d of %d stream subscribers connected within %.1f s; acquiring anyway",
+                        self.publisher.subscriptions, n, timeout)
 
     def on_batch(self, batch: LocBatch) -> None:
         self.publisher.publish_locs(batch)
@@ -183,8 +190,6 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
 
     render = RenderConsumer(cfg, out, camera.pixel_size_nm, source.shape)
     consumers.append(render)
-    if cfg.stream.enabled:
-        consumers.append(PublisherConsumer(cfg, run_id, camera.pixel_size_nm))
     if cfg.plugins:
         from rtsmlm.plugins import PluginHost, RunInfo
 
@@ -192,6 +197,8 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
         info = RunInfo(run_id, source.control, out, camera.exposure_ms, camera.pixel_size_nm,
                        source.shape, cfg)
         consumers.append(PluginConsumer(host, info))
+    if cfg.stream.enabled:  # bound last: nothing after it can fail and leave the port taken
+        consumers.append(PublisherConsumer(cfg, run_id, camera.pixel_size_nm))
     consumers.extend(extra_consumers)
     recorder = None
     if cfg.output.record_raw and cfg.source.kind != "file":

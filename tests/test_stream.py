@@ -312,18 +312,6 @@ def test_listen_reports_silence_with_exit_code_1(capsys):
     assert "no message" in capsys.readouterr().err
 
 
-@dataclasses.dataclass(frozen=True)
-class WaitingStreamConfig(StreamConfig):
-    """``stream`` settings plus the publisher's wait for its subscriber before the first frame.
-
-    Stands in until ``stream.wait_for_subscribers`` is a config key: ZeroMQ drops what is published
-    before a subscription arrives, so a test that must see every batch waits for it.
-    """
-
-    wait_for_subscribers: int = 1
-    wait_timeout_s: float = GUARD_S
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -344,7 +332,8 @@ def test_a_real_run_streams_every_batch_in_order_identical_to_the_written_file(t
     address = f"tcp://127.0.0.1:{free_port()}"
     cfg = from_dict({"sim": {"size": 32, "density": 1.0, "seed": 7}, "source": {"max_frames": 80},
                      "pipeline": {"max_batch": 8}, "backend": {"name": "torch", "device": "cpu", "threads": 1}})
-    cfg = dataclasses.replace(cfg, stream=WaitingStreamConfig(address=address))
+    cfg = dataclasses.replace(cfg, stream=StreamConfig(address=address, wait_for_subscribers=1,
+                                                      wait_timeout_s=GUARD_S))
     source = open_source(cfg)
     backend, meta = open_backend(cfg.backend, cfg.model.checkpoint)
     localizer = StreamingLocalizer(backend, meta, source.camera, source.shape, cfg.model.p_threshold,
