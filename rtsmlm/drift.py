@@ -837,6 +837,39 @@ class OnlineDrift:
         self._applied["dx"][frames] = dx
         self._applied["dy"][frames] = dy
 
+    def stale_frames(self, tol_nm: float) -> np.ndarray:
+        """Frames corrected by :meth:`correct` whose drift has since moved by more than ``tol_nm``.
+
+        Their localizations can be taken off a canvas with :meth:`as_applied` and drawn again with
+        :meth:`correct`, which costs far less than re-rendering everything when only recent frames moved.
+        """
+        with self._lock:
+            seen = np.flatnonzero(np.isfinite(self._applied["dx"]))
+            if len(seen) == 0:
+                return seen
+            dx, dy = self.drift_at(seen)
+            moved = np.hypot(dx - self._applied["dx"][seen], dy - self._applied["dy"][seen])
+            return seen[moved > tol_nm]
+
+    def as_applied(self, locs: np.ndarray) -> np.ndarray:
+        """A copy of ``locs`` with ``x_dc``/``y_dc`` as :meth:`correct` last computed them for their frames.
+
+        Frames never corrected get the raw coordinates.
+        """
+        out = with_drift_columns(locs)
+        if out is locs:
+            out = locs.copy()
+        with self._lock:
+            f = np.asarray(out["frame"], dtype=np.int64)
+            known = f < len(self._applied["dx"])
+            dx = np.zeros(len(f))
+            dy = np.zeros(len(f))
+            dx[known] = np.nan_to_num(self._applied["dx"][f[known]])
+            dy[known] = np.nan_to_num(self._applied["dy"][f[known]])
+            out["x_dc"] = out["x"] - dx
+            out["y_dc"] = out["y"] - dy
+        return out
+
     def max_change_nm(self) -> float:
         """Largest change (nm) of the drift, over frames already corrected by :meth:`correct`, since then.
 

@@ -75,11 +75,16 @@ class Canvas:
 
     # ------------------------------------------------------------------------------------------ drawing
 
-    def add(self, locs: np.ndarray, block_parity: int | np.ndarray | None = None) -> None:
-        """Draw a batch: into half ``block_parity`` (0/1, one per batch or per localization), or by frame."""
+    def add(self, locs: np.ndarray, block_parity: int | np.ndarray | None = None, weight: float = 1.0) -> None:
+        """Draw a batch: into half ``block_parity`` (0/1, one per batch or per localization), or by frame.
+
+        ``weight=-1`` takes back localizations drawn before with exactly these coordinates: with
+        :meth:`rtsmlm.drift.OnlineDrift.as_applied` and ``stale_frames`` only the localizations whose drift
+        correction moved need redrawing, instead of a full :meth:`rerender`.
+        """
         y, x, sy, sx, parity = self._prepare(locs, block_parity)
         with self._lock:
-            self._draw(y, x, sy, sx, parity)
+            self._draw(y, x, sy, sx, parity, float(weight))
             self._image = None
             self.version += 1
 
@@ -89,7 +94,7 @@ class Canvas:
         with self._lock:
             self._halves[:] = 0
             self.n_locs = self.n_outside = 0
-            self._draw(y, x, sy, sx, parity)
+            self._draw(y, x, sy, sx, parity, 1.0)
             self._image = None
             self.version += 1
 
@@ -126,11 +131,12 @@ class Canvas:
             sx = sy = None
         return y, x, sy, sx, parity
 
-    def _draw(self, y, x, sy, sx, parity) -> None:
+    def _draw(self, y, x, sy, sx, parity, weight: float) -> None:
         h_nm, w_nm = self.shape_nm
         inside = np.isfinite(x) & np.isfinite(y) & (x >= 0) & (x < w_nm) & (y >= 0) & (y < h_nm)
-        self.n_outside += int(len(x) - np.count_nonzero(inside))
-        self.n_locs += int(np.count_nonzero(inside))
+        sign = 1 if weight >= 0 else -1
+        self.n_outside += sign * int(len(x) - np.count_nonzero(inside))
+        self.n_locs += sign * int(np.count_nonzero(inside))
         if not inside.all():
             y, x, parity = y[inside], x[inside], parity[inside]
             if sx is not None:
@@ -143,11 +149,11 @@ class Canvas:
             iy = np.minimum((y / self.pixel_nm).astype(np.int64), self.shape[0] - 1)
             ix = np.minimum((x / self.pixel_nm).astype(np.int64), self.shape[1] - 1)
             # np.add.at is fast with an array of values (a scalar takes a slow path)
-            np.add.at(flat, offset + iy * self.shape[1] + ix, np.ones(len(ix), dtype=np.float32))
+            np.add.at(flat, offset + iy * self.shape[1] + ix, np.full(len(ix), weight, dtype=np.float32))
             return
-        self._draw_gaussians(flat, offset, y, x, sy, sx)
+        self._draw_gaussians(flat, offset, y, x, sy, sx, weight)
 
-    def _draw_gaussians(self, flat, offset, y, x, sy, sx) -> None:
+    def _draw_gaussians(self, flat, offset, y, x, sy, sx, weight: float) -> None:
         """Pixel-integrated Gaussians, grouped by window size so each group is one vectorised operation.
 
         Each localization's window is the square of pixels within ``_TRUNCATE_SIGMAS`` sigmas of it.
@@ -196,6 +202,8 @@ class Canvas:
                 e0, e1 = starts[a], starts[b - 1] + n + 1
                 wy = _normalised_steps(cdf_y[e0:e1].reshape(b - a, n + 1))
                 wx = _normalised_steps(cdf_x[e0:e1].reshape(b - a, n + 1))
+                if weight != 1.0:
+                    wx *= np.float32(weight)
                 wk = weights[fill:fill + m].reshape(b - a, n, n)
                 np.multiply(wy[:, :, None], wx[:, None, :], out=wk)
                 ik = index[fill:fill + m].reshape(b - a, n * n)

@@ -213,6 +213,38 @@ def test_max_change_tells_when_to_rerender():
     assert est.max_change_nm() == 0.0
 
 
+def test_redrawing_stale_frames_matches_a_full_rerender():
+    """The live view's cheap path: take back only the frames whose correction moved, draw them again."""
+    from rtsmlm.render import Canvas
+
+    frames = 900
+    drift = sim_drift(frames, seed=6)
+    locs, _ = simulate(frames, 2, drift)
+    est = OnlineDrift(CFG, EXTENT)
+    live = Canvas(EXTENT, 10.0, mode="gaussian", half_block_frames=CFG.block_frames)
+    starts = np.searchsorted(locs["frame"], np.arange(0, frames + 50, 50))
+    redrawn = 0
+    for i in range(len(starts) - 1):
+        batch = locs[starts[i]:starts[i + 1]]
+        if est.add(batch, min(frames, 50 * (i + 1)) - 1):
+            stale = est.stale_frames(tol_nm=1.0)
+            if len(stale):
+                drawn = locs[:starts[i]]
+                moved = drawn[np.isin(drawn["frame"], stale)]
+                before = est.as_applied(moved)
+                assert np.array_equal(before["x_dc"], est.as_applied(moved)["x_dc"])
+                live.add(before, weight=-1.0)
+                live.add(est.correct(moved))
+                redrawn += len(moved)
+                assert len(est.stale_frames(tol_nm=1.0)) == 0
+        live.add(est.correct(batch))
+    assert 0 < redrawn < len(locs)  # some, not all, localizations were redrawn
+    full = Canvas(EXTENT, 10.0, mode="gaussian", half_block_frames=CFG.block_frames)
+    full.rerender(est.as_applied(locs))
+    assert live.n_locs == full.n_locs and live.n_locs + live.n_outside == len(locs)
+    assert np.allclose(live.image, full.image, atol=1e-4)
+
+
 def test_finalize_works_offline_on_a_fresh_estimator(run):
     frames = 1200
     locs = run["locs"][run["locs"]["frame"] < frames]

@@ -133,6 +133,20 @@ def test_incremental_batches_equal_one_rerender(mode):
         assert 0.97 * len(locs) < inc.image.sum() <= len(locs) + 0.01
 
 
+@pytest.mark.parametrize("mode", ["histogram", "gaussian"])
+def test_negative_weight_takes_localizations_back(mode):
+    locs = filament_locs(5_000, 3000.0, 12.0, seed=5)
+    first, second = locs[:2000], locs[2000:]
+    canvas = Canvas((3000.0, 3000.0), 10.0, mode=mode)
+    canvas.add(first)
+    canvas.add(second)
+    canvas.add(first, weight=-1.0)
+    only = Canvas((3000.0, 3000.0), 10.0, mode=mode)
+    only.add(second)
+    assert np.allclose(canvas.image, only.image, atol=1e-5)
+    assert canvas.n_locs == only.n_locs == len(second)
+
+
 def test_to_uint8_maps_the_percentile_to_full_scale():
     canvas = Canvas((1000.0, 1000.0), 10.0, mode="histogram")
     assert canvas.to_uint8().max() == 0  # empty canvas
