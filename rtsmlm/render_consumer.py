@@ -128,15 +128,32 @@ class RenderConsumer:
         changed = False
         if self.drift is not None:
             changed = self.drift.add(locs, batch.last_frame)
-        # Re-render when the drift estimate moved by more than half an SR pixel anywhere.
-        if self._pending_settings or (changed and self.drift.max_change_nm() > 0.5 * self.pixel_nm):
+        if self._pending_settings:
             self.rerender()
-        elif len(locs):
-            self.canvas.add(self._corrected(locs))
+        else:
+            if changed:
+                self._redraw_stale()
+            if len(locs):
+                self.canvas.add(self._corrected(locs))
         self._dirty = True
         now = time.perf_counter()
         if now - self._last_snapshot_t > 0.05:
             self._publish_snapshot()
+
+    def _redraw_stale(self) -> None:
+        """Move the localizations whose drift correction changed by more than half an SR pixel: take
+        them off the canvas as they were drawn and draw them again with the new estimate (far cheaper
+        than re-rendering everything, since usually only recent frames move)."""
+        stale = self.drift.stale_frames(0.5 * self.pixel_nm)
+        if not len(stale):
+            return
+        lo, hi = int(stale.min()), int(stale.max())
+        # Every stored batch but the newest (not drawn yet) whose frames overlap the stale range.
+        drawn = concat([b for b in self._batches[:-1] if len(b) and b["frame"][-1] >= lo and b["frame"][0] <= hi])
+        moved = drawn[np.isin(drawn["frame"], stale)]
+        if len(moved):
+            self.canvas.add(self.drift.as_applied(moved), weight=-1.0)
+            self.canvas.add(self.drift.correct(moved))
 
     def on_tick(self) -> None:
         if self._pending_settings:
