@@ -1,0 +1,282 @@
+"""The streaming pipeline assembled by ``rtsmlm.run.build_run``, run in-process on the simulated camera.
+
+Real components throughout: the physics simulator, the shipped model on the CPU backend, the ring
+buffer, the BigTIFF recorder and the localization files in ``tmp_path``. The properties checked are
+the issue's: every frame is either localized or listed as lost, the recorder keeps every frame even
+when the ring overruns the localizer, and the pipeline's localizations are those of an offline
+analysis of the same recorded frames.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtsmlm.config import Config, load
+from rtsmlm.locs import LOC_DTYPE, LocBatch, concat
+from rtsmlm.outputs import LOCS_CSV, LOCS_HDF5, SUMMARY_JSON, TRUTH_CSV
+from rtsmlm.pipeline import index_ranges
+
+# Generous bound on how long any single wait in these tests may take on a loaded 2-core machine; it is a
+# guard against a hung pipeline, never a synchronisation.
+GUARD_S = 120.0
+
+
+def run_config(out: Path, frames: int, *extra: str) -> Config:
+    """A small simulated run: 64x64 frames, one inference thread (the machine is shared), no ZeroMQ, no
+    drift correction (it has its own tests; here it would only add CPU time to a test of the threads)."""
+    return load(None, [f"source.max_frames={frames}", f"output.dir={json.dumps(str(out))}",
+                       "stream.enabled=false", "backend.threads=1", "drift.enabled=false", *extra])
+
+
+def simulated_frames(cfg: Config, n: int) -> np.ndarray:
+    """The frames the simulated camera delivers for ``cfg`` (it is deterministic for a given seed)."""
+    from rtsmlm.sources.simulated import SimulatedCamera
+
+    cam = SimulatedCamera(cfg, max_frames=n)
+    cam.start()
+    return np.stack([f.data for f in cam.frames()])
+
+
+def offline_localizer(cfg: Config, camera, shape, *, eager: bool = False):
+    """A fresh StreamingLocalizer with the same model, backend and thresholds as ``build_run`` uses.
+
+    ``eager`` keeps the torch CPU backend out of TorchScript: the traced graph's oneDNN kernels are
+    specialised per batch shape and re-optimised after its first calls, so its bf16 results depend
+    (by ~0.1 nm) on how the frames were batched; eager mode gives the same numbers for any batching.
+    """
+    from rtsmlm.infer.backends import open_backend
+    from rtsmlm.infer.localizer import StreamingLocalizer
+
+    backend, meta = open_backend(cfg.backend, cfg.model.checkpoint, jit=not eager)
+    return StreamingLocalizer(backend, meta, camera, shape, cfg.model.p_threshold,
+                              cfg.model.candidate_threshold)
+
+
+def sort_locs(locs: np.ndarray) -> np.ndarray:
+    return np.sort(locs, order=["frame", "x", "y"])
+
+
+def assert_same_locs(a: np.ndarray, b: np.ndarray) -> None:
+    """Same rows; float columns equal up to float32 rounding (a sum's order can move the last bit)."""
+    assert len(a) == len(b)
+    np.testing.assert_array_equal(a["frame"], b["frame"])
+    for name in LOC_DTYPE.names[1:]:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def read_recorded(out: Path) -> np.ndarray:
+    from rtsmlm.io.movies import open_movie
+
+    with open_movie(out / "raw.tif") as movie:
+        return np.stack([movie.read(i) for i in range(len(movie))])
+
+
+def run_to_end(run) -> dict:
+    run.pipeline.start()
+    assert run.pipeline.wait(timeout=GUARD_S), "the pipeline did not drain"
+    return run.finish()
+
+
+class SlowLocalizer:
+    """A localizer slower than the camera: wraps the real one and, after taking each batch of frames,
+    holds the localizer thread until the ring has overrun it once more (it watches the localizer
+    reader's loss counter), so losses are certain however fast or slow this machine is. Records every
+    frame index it was given."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.pipeline = None  # set once build_run made it
+        self.seen: list[int] = []
+        self.pushes = 0
+
+    def _lost(self) -> int:
+        return next(r.n_lost for r in self.pipeline.ring.stats().readers if r.name == "localizer")
+
+    def push(self, frames: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, int]:
+        self.seen.extend(int(i) for i in indices)
+        self.pushes += 1
+        lost_before = self._lost()
+        deadline = time.monotonic() + GUARD_S
+        while self._lost() == lost_before and not self.pipeline.ring.closed:
+            assert time.monotonic() < deadline, "the camera stopped delivering frames"
+            time.sleep(0.002)  # polling a condition the producer thread changes, not ordering by time
+        return self.inner.push(frames, indices)
+
+    def finish(self) -> tuple[np.ndarray, int]:
+        return self.inner.finish()
+
+
+class StopAfter:
+    """A consumer that asks the pipeline to stop once a batch reaches ``frame`` (as Ctrl-C would)."""
+
+    name = "stop-after"
+
+    def __init__(self, frame: int) -> None:
+        self.frame = frame
+        self.pipeline = None
+        self.stopped_at: int | None = None
+        self.batches: list[LocBatch] = []
+
+    def start(self, run) -> None:
+        pass
+
+    def on_batch(self, batch: LocBatch) -> None:
+        self.batches.append(batch)
+        if self.stopped_at is None and batch.last_frame >= self.frame:
+            self.stopped_at = batch.last_frame
+            self.pipeline.stop()
+
+    def on_tick(self) -> None:
+        pass
+
+    def on_stats(self, stats) -> None:
+        pass
+
+    def finish(self, summary) -> None:
+        summary["stop_after"] = self.stopped_at
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # loads the model twice and localizes 160 frames twice: ~10-20 s on a loaded 2-core box
+def test_pipeline_localizations_equal_offline_analysis_of_the_recorded_frames(tmp_path):
+    from rtsmlm.infer.localizer import localize_movie
+    from rtsmlm.io.locfiles import read_locs
+    from rtsmlm.metrics import evaluate, match
+    from rtsmlm.run import build_run
+
+    n = 160
+    cfg = run_config(tmp_path / "run", n)  # the default ring (512 frames) holds the whole run: no loss
+    run = build_run(cfg)
+    summary = run_to_end(run)
+    out = run.out_dir
+
+    assert summary["status"] == "complete" and summary["errors"] == []
+    assert summary["frames_acquired"] == summary["frames_localized"] == summary["frames_recorded"] == n
+    assert summary["frames_lost_localizer"] == summary["frames_lost_recorder"] == 0
+    assert summary["frames_lost_localizer_ranges"] == []
+    on_disk = json.loads((out / SUMMARY_JSON).read_text())
+    assert on_disk["status"] == "complete" and on_disk["frames_localized"] == n
+
+    # The recorder wrote exactly the frames the camera delivered.
+    raw = read_recorded(out)
+    np.testing.assert_array_equal(raw, simulated_frames(cfg, n))
+
+    # Offline analysis of the recorded movie with the same model and backend finds the same molecules
+    # at the same places. (Not bit-identical: the default CPU backend's bf16 kernels depend slightly on
+    # the batch shape, and the pipeline batches whatever frames are waiting; see offline_localizer.)
+    streamed = sort_locs(run.pipeline.stream.snapshot())
+    offline = sort_locs(localize_movie(offline_localizer(cfg, run.pipeline.source.camera, raw.shape[1:]), raw))
+    assert len(streamed) == summary["n_locs"] > 0
+    same = match(streamed, offline, tolerance_nm=5.0)
+    assert same.tp >= 0.99 * max(len(streamed), len(offline))
+    assert np.sqrt(np.mean(same.dx**2 + same.dy**2)) < 1.0  # nm; the localization precision is ~10 nm
+
+    # The batches cover every frame exactly once, in order.
+    batches = run.pipeline.stream.batches_since(0, timeout=0)
+    assert batches[0].first_frame == 0 and batches[-1].last_frame == n - 1
+    assert all(b.first_frame == a.last_frame + 1 for a, b in zip(batches, batches[1:]))
+
+    # The files hold the same table, and score the same against the simulator's truth.
+    truth = read_locs(out / TRUTH_CSV)
+    assert set(np.unique(truth["frame"])) <= set(range(n)) and len(truth) > 0
+    for name in (LOCS_CSV, LOCS_HDF5):
+        written = sort_locs(read_locs(out / name))
+        assert len(written) == len(streamed), name
+        np.testing.assert_array_equal(written["frame"], streamed["frame"])
+        np.testing.assert_allclose(written["x"], streamed["x"], atol=0.01, err_msg=name)
+        np.testing.assert_allclose(written["y"], streamed["y"], atol=0.01, err_msg=name)
+        assert evaluate(written, truth)["jaccard"] == pytest.approx(evaluate(offline, truth)["jaccard"],
+                                                                    abs=0.01), name
+
+
+@pytest.mark.slow  # loads the model twice: ~10-20 s on a loaded 2-core machine
+def test_a_slow_localizer_is_overrun_while_the_recorder_keeps_every_frame(tmp_path):
+    from rtsmlm.io.locfiles import read_locs
+    from rtsmlm.metrics import evaluate
+    from rtsmlm.run import build_run
+
+    n = 300
+    # Camera paced at 5 ms/frame so the 64-frame ring gives the recorder a third of a second of slack
+    # even on a busy machine; the localizer takes at most 4 frames per call and is held back each time.
+    cfg = run_config(tmp_path / "run", n, "pipeline.ring_frames=64", "pipeline.max_batch=4",
+                     "camera.exposure_ms=5.0")
+    from rtsmlm.sources.simulated import SimulatedCamera
+
+    camera = SimulatedCamera(cfg)  # the camera model and frame shape the run's source will have
+    slow = SlowLocalizer(offline_localizer(cfg, camera.camera, camera.shape, eager=True))
+    run = build_run(cfg, realtime=True, localizer=slow)
+    slow.pipeline = run.pipeline
+    summary = run_to_end(run)
+
+    assert summary["errors"] == [] and summary["status"] == "complete"
+    assert summary["frames_acquired"] == n
+    # The recorder, a separate ring reader, got every frame although the localizer fell far behind.
+    assert summary["frames_recorded"] == n and summary["frames_lost_recorder"] == 0
+    raw = read_recorded(run.out_dir)
+    np.testing.assert_array_equal(raw, simulated_frames(cfg, n))
+
+    # The ring overran the localizer, and the summary lists exactly the frames it never saw.
+    seen = np.asarray(slow.seen)
+    assert np.all(np.diff(seen) > 0), "frames reached the localizer out of order or twice"
+    never_seen = np.setdiff1d(np.arange(n), seen)
+    assert summary["frames_lost_localizer"] == len(never_seen) > 0
+    assert summary["frames_lost_localizer_ranges"] == index_ranges(never_seen)
+    assert summary["frames_localized"] == len(seen)
+    assert summary["frames_localized"] + summary["frames_lost_localizer"] == summary["frames_acquired"]
+    on_disk = json.loads((run.out_dir / SUMMARY_JSON).read_text())
+    assert on_disk["frames_lost_localizer_ranges"] == summary["frames_lost_localizer_ranges"]
+
+    # No localization comes from a lost frame; the stream's batches skip exactly the lost frames.
+    streamed = sort_locs(run.pipeline.stream.snapshot())
+    assert set(np.unique(streamed["frame"]).tolist()) <= set(seen.tolist())
+    covered = np.concatenate([np.arange(b.first_frame, b.last_frame + 1)
+                              for b in run.pipeline.stream.batches_since(0, timeout=0)])
+    assert set(covered.tolist()) >= set(seen.tolist())
+
+    # Offline analysis of the same frames (the recorded movie minus the lost ones, with the same gaps,
+    # hence the same sequence breaks) gives the same localizations (eager backend on both sides: the
+    # batches differ) and the same score.
+    again = offline_localizer(cfg, run.pipeline.source.camera, raw.shape[1:], eager=True)
+    parts = [again.push(raw[seen[i:i + 16]], seen[i:i + 16])[0] for i in range(0, len(seen), 16)]
+    offline = sort_locs(concat([*parts, again.finish()[0]]))
+    assert_same_locs(streamed, offline)
+    truth = read_locs(run.out_dir / TRUTH_CSV)
+    truth_seen = truth[np.isin(truth["frame"], seen)]
+    assert evaluate(streamed, truth_seen)["jaccard"] == pytest.approx(evaluate(offline, truth_seen)["jaccard"],
+                                                                      abs=0.01)
+
+
+@pytest.mark.slow  # loads the model: ~5-10 s on a loaded 2-core machine
+def test_stop_mid_run_drains_flushes_and_accounts_for_every_frame(tmp_path):
+    from rtsmlm.io.locfiles import read_locs
+    from rtsmlm.run import build_run
+
+    stopper = StopAfter(frame=40)
+    cfg = run_config(tmp_path / "run", 0)  # max_frames 0: the simulated camera runs until stopped
+    run = build_run(cfg, realtime=True, extra_consumers=[stopper])
+    stopper.pipeline = run.pipeline
+    summary = run_to_end(run)
+
+    acquired = summary["frames_acquired"]
+    assert summary["errors"] == [] and summary["status"] == "complete"
+    assert summary["stop_after"] is not None and acquired > stopper.stopped_at
+    assert summary["frames_localized"] + summary["frames_lost_localizer"] == acquired
+    assert summary["frames_recorded"] == acquired and summary["frames_lost_recorder"] == 0
+    # Drained: the frames still in the ring when the camera stopped were analysed too.
+    last = run.pipeline.stream.batches_since(0, timeout=0)[-1]
+    assert last.last_frame == acquired - 1
+    assert len(read_recorded(run.out_dir)) == acquired
+    # Flushed: the files hold every localization of the stream.
+    streamed = run.pipeline.stream.snapshot()
+    assert len(read_locs(run.out_dir / LOCS_CSV)) == len(streamed) == summary["n_locs"]
+    assert len(read_locs(run.out_dir / LOCS_HDF5)) == len(streamed)
+    assert int(read_locs(run.out_dir / TRUTH_CSV)["frame"].max()) <= acquired - 1
+    assert [b.seq for b in stopper.batches] == list(range(run.pipeline.stream.n_batches))
