@@ -64,11 +64,12 @@ H100 = dict(has_cuda=True, gpu_name="NVIDIA H100 80GB HBM3")
     (_env(**H100, has_tensorrt=True), {}, ("tensorrt", "cuda", "fp16"), "TensorRT are available"),
     (_env(**H100), {}, ("torch", "cuda", "fp16"), "TensorRT is not installed"),
     (_env(**H100, has_tensorrt=True), {"precision": "bf16"}, ("torch", "cuda", "bf16"), "bf16"),
-    (_env(**H100, has_tensorrt=True), {"device": "cpu"}, ("onnxruntime", "cpu", "fp32"), "backend.device = 'cpu'"),
+    (_env(**H100, has_tensorrt=True), {"device": "cpu"}, ("torch", "cpu", "fp32"), "backend.device = 'cpu'"),
     (_env(cpu_bf16=True), {}, ("torch", "cpu", "bf16"), "AMX/AVX512-BF16"),
-    (_env(), {}, ("onnxruntime", "cpu", "fp32"), "no native bf16"),
-    (_env(has_onnxruntime=False), {}, ("torch", "cpu", "fp32"), "no onnxruntime"),
-    (_env(cpu_bf16=True), {"precision": "fp32"}, ("onnxruntime", "cpu", "fp32"), "fp32 requested"),
+    (_env(), {}, ("torch", "cpu", "fp32"), "no native bf16"),
+    (_env(has_onnxruntime=False), {}, ("torch", "cpu", "fp32"), "no native bf16"),
+    (_env(cpu_bf16=True), {"precision": "fp32"}, ("torch", "cpu", "fp32"), "no CUDA GPU"),
+    (_env(), {"precision": "bf16"}, ("torch", "cpu", "bf16"), "emulated and slow"),
     (_env(cpu_bf16=True), {"name": "torch"}, ("torch", "cpu", "bf16"), "requested"),
     (_env(**H100), {"name": "torch", "device": "cpu", "precision": "fp32"}, ("torch", "cpu", "fp32"), "requested"),
 ])
@@ -165,9 +166,11 @@ def test_torchscript_cpu_backend_matches_eager(ckpt, reference) -> None:
     assert (_stream_maps(backend, meta) - reference).abs().max().item() <= 1e-4
 
 
-def test_bf16_cpu_backend_stays_close_to_fp32(ckpt, reference) -> None:
+@pytest.mark.parametrize("fp32_heads", [False, True])
+def test_bf16_cpu_backend_stays_close_to_fp32(ckpt, reference, fp32_heads) -> None:
     backend, meta = open_backend(BackendConfig(name="torch", device="cpu", precision="bf16", threads=1), ckpt,
-                                 jit=False)
+                                 jit=False, fp32_heads=fp32_heads)
+    assert backend.describe()["fp32_heads"] == fp32_heads
     maps = _stream_maps(backend, meta)
     # bf16 keeps ~3 significant digits; the maps live in (-1, 3.01).
     assert (maps - reference).abs().max().item() < 0.05

@@ -134,5 +134,8 @@ def test_automatic_sizes_follow_free_memory() -> None:
     assert tight.plan.tile_height * tight.plan.tile_width * per_px * tight.batch <= (200 << 20) * 0.25 or tight.batch == 1
     small = choose_sizes(64, 64, 4, 3, 16, 2, free_bytes=8 << 30, max_batch=16, depth=2)
     assert small.plan.n_tiles == 1 and small.batch == 16
+    capped = choose_sizes(256, 256, 4, 3, 16, 2, free_bytes=8 << 30, max_batch=16, depth=2, max_pixels=1 << 16)
+    assert capped.batch == 1
+    assert choose_sizes(64, 64, 4, 3, 16, 2, free_bytes=8 << 30, max_batch=16, max_pixels=1 << 16).batch == 16
     forced = choose_sizes(100, 100, 4, 3, 16, 2, free_bytes=8 << 30, tile=32, margin=8, batch=3)
     assert forced.batch == 3 and forced.plan.n_tiles == 16

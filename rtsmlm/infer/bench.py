@@ -11,8 +11,9 @@ figures noisy; the load says how much).
 each with the same code as ``rtsmlm evaluate`` (the files are kept, and the commands printed) and
 reports each backend's relative difference from the first one (the fp32 reference).
 
-Backends are given as ``NAME[:PRECISION[:DEVICE]]``, e.g. ``torch:fp32``, ``torch:bf16``,
-``onnxruntime``, ``torch:fp16:cuda``, ``tensorrt:fp16``, ``auto``.
+Backends are given as ``NAME[:PRECISION[:DEVICE]][+fp32heads]``, e.g. ``torch:fp32``, ``torch:bf16``,
+``torch:bf16+fp32heads`` (CPU bf16 with fp32 output heads), ``onnxruntime``, ``torch:fp16:cuda``,
+``tensorrt:fp16``, ``auto``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ DEFAULT_SIZES = (64, 256, 1024)
 
 
 def _parse_spec(spec: str) -> dict[str, str]:
+    spec, plus, option = spec.partition("+")
+    if plus and option != "fp32heads":
+        raise ValueError(f"backend spec option {option!r} is unknown; the only one is '+fp32heads'")
     parts = spec.split(":")
     if not 1 <= len(parts) <= 3 or not parts[0]:
         raise ValueError(f"backend spec {spec!r} must look like NAME[:PRECISION[:DEVICE]], e.g. torch:bf16")
@@ -40,6 +44,8 @@ def _parse_spec(spec: str) -> dict[str, str]:
         out["precision"] = parts[1]
     if len(parts) > 2 and parts[2]:
         out["device"] = parts[2]
+    if plus:
+        out["fp32_heads"] = "1"
     if out["name"] != "auto" and "device" not in out:
         out["device"] = "cuda" if out["name"] == "tensorrt" else "cpu"
     return out
@@ -104,11 +110,9 @@ def _open(spec: dict[str, str], threads: int, args, checkpoint: str):
     from rtsmlm.config import BackendConfig
     from rtsmlm.infer.backends import open_backend
 
-    kw = dict(spec)
-    kw.setdefault("precision", "auto")
-    cfg = BackendConfig(name=kw["name"], device=kw.get("device", "auto"), precision=kw["precision"],
+    cfg = BackendConfig(name=spec["name"], device=spec.get("device", "auto"), precision=spec.get("precision", "auto"),
                         threads=threads, engine_cache_dir=args.engine_cache_dir)
-    return open_backend(cfg, checkpoint, jit=not args.no_jit)
+    return open_backend(cfg, checkpoint, jit=not args.no_jit, fp32_heads="fp32_heads" in spec)
 
 
 def run_one(backend, meta, camera, frames: np.ndarray, seconds: float, min_frames: int, batch: int,
@@ -128,6 +132,7 @@ def run_one(backend, meta, camera, frames: np.ndarray, seconds: float, min_frame
     latencies: list[float] = []
     n_locs = 0
     pending = first
+    c0 = time.process_time()
     t0 = time.perf_counter()
     i = 0
     while True:
@@ -147,6 +152,7 @@ def run_one(backend, meta, camera, frames: np.ndarray, seconds: float, min_frame
             break
     locs, done = loc.finish()
     t_end = time.perf_counter()
+    cpu = time.process_time() - c0
     n_locs += len(locs)
     while pending <= done:
         latencies.append(t_end - arrival.pop(pending))
@@ -156,26 +162,28 @@ def run_one(backend, meta, camera, frames: np.ndarray, seconds: float, min_frame
     lat = np.array(latencies) * 1e3
     return {
         "height": shape[0], "width": shape[1], "frames": i, "seconds": elapsed, "frames_per_s": fps,
-        "mb_per_s": fps * shape[0] * shape[1] * 2 / 1e6, "latency_p50_ms": float(np.percentile(lat, 50)),
+        "mb_per_s": fps * shape[0] * shape[1] * 2 / 1e6, "cpu_ms_per_frame": 1e3 * cpu / i,
+        "frames_per_cpu_s": i / cpu if cpu > 0 else None, "latency_p50_ms": float(np.percentile(lat, 50)),
         "latency_p99_ms": float(np.percentile(lat, 99)), "locs_per_frame": n_locs / i, "batch": b,
         "tiles": loc.plan.n_tiles, "tile_shape": [loc.plan.tile_height, loc.plan.tile_width],
     }
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    cols = [("backend", "{}"), ("precision", "{}"), ("threads", "{}"), ("size", "{}"), ("frames_per_s", "{:.1f}"),
-            ("mb_per_s", "{:.2f}"), ("latency_p50_ms", "{:.1f}"), ("latency_p99_ms", "{:.1f}"),
+    cols = [("spec", "{}"), ("device", "{}"), ("precision", "{}"), ("threads", "{}"), ("size", "{}"), ("frames_per_s", "{:.1f}"),
+            ("mb_per_s", "{:.2f}"), ("cpu_ms_per_frame", "{:.2f}"), ("latency_p50_ms", "{:.1f}"), ("latency_p99_ms", "{:.1f}"),
             ("batch", "{}"), ("tiles", "{}"), ("locs_per_frame", "{:.1f}")]
-    heads = ["backend", "precision", "threads", "frame", "frames/s", "MB/s", "p50 ms", "p99 ms", "batch", "tiles",
+    heads = ["backend", "device", "precision", "threads", "frame", "frames/s", "MB/s", "CPU ms/frame", "p50 ms", "p99 ms", "batch", "tiles",
              "locs/frame"]
     body = []
     for r in rows:
-        r = {**r, "size": f"{r['height']}x{r['width']}"}
+        r = {**r, "size": f"{r['height']}x{r['width']}", "device": r["describe"]["device"]}
         body.append([fmt.format(r[k]) for k, fmt in cols])
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(heads)]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(heads, widths)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.rjust(w) for c, w in zip(b, widths)) + " |" for b in body]
+    lines += ["| " + " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths)))
+              + " |" for b in body]
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ import torch
 
 from rtsmlm.infer.backends.protocol import Backend
 from rtsmlm.infer.postprocess import Postprocessor
-from rtsmlm.infer.tiling import TilePlan, available_memory_bytes, choose_sizes
+from rtsmlm.infer.tiling import CPU_PIXELS_PER_CALL, TilePlan, available_memory_bytes, choose_sizes
 from rtsmlm.locs import LOC_DTYPE, concat
 from rtsmlm.model.checkpoint import ModelMeta
 from rtsmlm.sources.base import CameraModel
@@ -38,7 +38,8 @@ class StreamingLocalizer:
         camera: converts ADU to photons (per-pixel sCMOS maps included) and gives the pixel size in nm.
         frame_shape: (height, width) of the raw frames, any size.
         p_threshold, candidate_threshold: passed to :class:`rtsmlm.infer.postprocess.Postprocessor`.
-        batch_size: frames per backend call; 0 = chosen from free memory (at most ``max_batch``).
+        batch_size: frames per backend call; 0 = chosen from free memory (at most ``max_batch``; on the
+            CPU at most 65536 pixels per call, which keeps activations in the caches).
         tile: tile core size in pixels; None = chosen from free memory (whole frames when they fit).
         margin: tile overlap in pixels; None = the network's receptive-field radius (exact stitching).
         max_batch: upper bound of the automatic batch size.
@@ -73,7 +74,8 @@ class StreamingLocalizer:
         element_bytes = 4 if backend.precision == "fp32" else 2
         sizing = choose_sizes(height, width, backend.size_multiple, backend.window, backend.feature_channels,
                               element_bytes, available_memory_bytes(backend.device), max_batch=max_batch,
-                              margin=margin, depth=meta.depth, tile=tile, batch=batch_size)
+                              margin=margin, depth=meta.depth, tile=tile, batch=batch_size,
+                              max_pixels=CPU_PIXELS_PER_CALL if backend.device == "cpu" else None)
         self.plan: TilePlan = sizing.plan
         self.batch_size = sizing.batch
         self._offset, self._scale = self._input_transform(camera, meta.scales.input_scale)

@@ -71,7 +71,9 @@ def probe_environment() -> Environment:
 
 
 def choose_backend(cfg: "BackendConfig", env: Environment) -> BackendChoice:
-    """Resolve ``cfg`` ('auto' name/device/precision allowed) into one concrete backend on ``env``.
+    """Resolve ``cfg`` ('auto' name/device/precision allowed) into one concrete backend on ``env``:
+    TensorRT when a CUDA GPU and TensorRT are present, else torch on CUDA, else torch on the CPU (bf16
+    where the CPU has native bf16, else fp32). ONNX Runtime is used when asked for by name.
 
     Raises :class:`BackendError` when an explicitly requested backend, device or precision is not
     available here; 'auto' never raises.
@@ -120,10 +122,6 @@ def choose_backend(cfg: "BackendConfig", env: Environment) -> BackendChoice:
         return BackendChoice("torch", "cuda", "fp16" if precision == "auto" else precision,
                              f"CUDA GPU {env.gpu_name} present but {why}: torch on CUDA")
     no_gpu = "no CUDA GPU" if not env.has_cuda else "backend.device = 'cpu'"
-    if precision == "fp32" and env.has_onnxruntime:
-        # Measured (benchmarks/bench_inference.py): ONNX Runtime's CPU provider is the faster fp32 engine.
-        return BackendChoice("onnxruntime", "cpu", "fp32", f"{no_gpu}; fp32 requested: ONNX Runtime is the "
-                             "fastest fp32 CPU engine")
     return _torch_cpu(precision, env, no_gpu)
 
 
@@ -134,10 +132,10 @@ def _torch_cpu(precision: str, env: Environment, why: str) -> BackendChoice:
         if env.cpu_bf16:
             return BackendChoice("torch", "cpu", "bf16", f"{why}; the CPU has AMX/AVX512-BF16: torch with bf16 "
                                  "autocast is the fastest CPU option")
-        if env.has_onnxruntime:
-            return BackendChoice("onnxruntime", "cpu", "fp32", f"{why}; the CPU has no native bf16: ONNX Runtime "
-                                 "fp32 is the fastest CPU option")
-        return BackendChoice("torch", "cpu", "fp32", f"{why}; no native bf16 and no onnxruntime: torch fp32")
+        # fp32: torch's TorchScript/oneDNN graphs measured slightly faster than ONNX Runtime's CPU provider
+        # (default model, 1 thread: 8.1 vs 9.0 CPU-ms per 64x64 frame, 133 vs 147 per 256x256 frame).
+        return BackendChoice("torch", "cpu", "fp32", f"{why}; the CPU has no native bf16: torch fp32 "
+                             "(TorchScript + oneDNN), the fastest fp32 CPU option measured")
     if precision == "bf16" and not env.cpu_bf16:
         why += " (warning: this CPU has no native bf16, bf16 is emulated and slow)"
     return BackendChoice("torch", "cpu", precision, why)
@@ -152,12 +150,14 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def open_backend(cfg: "BackendConfig", checkpoint: str, *, jit: bool = True) -> tuple[Backend, "ModelMeta"]:
+def open_backend(cfg: "BackendConfig", checkpoint: str, *, jit: bool = True,
+                 fp32_heads: bool = False) -> tuple[Backend, "ModelMeta"]:
     """Load ``checkpoint`` ('default' or a path) and open the backend ``cfg`` asks for; logs the choice
     and the reason at INFO level. Returns the backend and the checkpoint's metadata.
 
     ``jit=False`` keeps the torch CPU backend in eager mode (no TorchScript tracing, which costs
-    seconds at the first call of each half; useful for short runs and tests)."""
+    seconds at the first call of each half; useful for short runs and tests). ``fp32_heads=True`` runs
+    the output heads of the torch CPU bf16 backend in fp32 (smaller bf16 error, slower decoder)."""
     from rtsmlm.model import checkpoint as ckpt
 
     model, meta = ckpt.load(checkpoint, device="cpu")
@@ -168,7 +168,7 @@ def open_backend(cfg: "BackendConfig", checkpoint: str, *, jit: bool = True) -> 
         from rtsmlm.infer.backends.torch_backend import TorchBackend
 
         backend = TorchBackend(model, device=choice.device, precision=choice.precision, threads=threads,
-                               jit=jit)
+                               jit=jit, fp32_heads=fp32_heads)
     else:
         model_hash = file_sha256(ckpt.resolve(checkpoint).with_suffix(".safetensors"))
         cache_dir = Path(cfg.engine_cache_dir).expanduser()
