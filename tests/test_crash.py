@@ -10,7 +10,6 @@ still be readable. SIGINT (Ctrl-C) must stop cleanly: drain, flush, write the su
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess

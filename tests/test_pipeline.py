@@ -10,7 +10,6 @@ analysis of the same recorded frames.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
