@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,19 @@ def validate(model, val: Batch, scales: Scales, pixel_size_nm: float, is_3d: boo
             "n_pred": m["n_pred"], "n_true": m["n_true"]}
 
 
+@contextmanager
+def _ieee_floats():
+    """Restore IEEE subnormals for the duration: with flush-to-zero set (torch.set_flush_denormal),
+    scipy's cKDTree — used by the validation's matching — recurses until the stack overflows."""
+    import torch
+
+    torch.set_flush_denormal(False)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(True)
+
+
 def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress: bool = True,
           log_path: str | Path | None = None) -> Path:
     """Train a model for ``cfg``'s camera and PSF; returns the checkpoint prefix."""
@@ -85,7 +99,8 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
     log_path = Path(log_path) if log_path else out_prefix.with_name(out_prefix.name + ".log.jsonl")
     if t.threads:
         torch.set_num_threads(t.threads)
-    # Subnormal floats appear as the weights settle and make CPU arithmetic ~10× slower; flush them.
+    # Subnormal floats appear as the weights settle and make CPU arithmetic ~10× slower: flush them in
+    # the training steps, but not during validation (see _ieee_floats).
     torch.set_flush_denormal(True)
     torch.manual_seed(t.seed)
     is_3d = cfg.psf.model != "gaussian"
@@ -130,7 +145,8 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
             bar.update(1)
             bar.set_postfix(loss=f"{running:.3f}")
         if step % t.checkpoint_every == 0 or step == t.steps:
-            v = validate(model, val, sim.scales, cfg.camera.pixel_size_nm, is_3d)
+            with _ieee_floats():
+                v = validate(model, val, sim.scales, cfg.camera.pixel_size_nm, is_3d)
             record = {"step": step, "train_loss": running, **v, "lr": sched.get_last_lr()[0],
                       "elapsed_s": time.perf_counter() - t0}
             with open(log_path, "a") as fh:
