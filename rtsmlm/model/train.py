@@ -140,7 +140,8 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
         opt.step()
         sched.step()
         step += 1
-        running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
+        value = loss.item()
+        running = value if running is None else 0.98 * running + 0.02 * value
         if bar:
             bar.update(1)
             bar.set_postfix(loss=f"{running:.3f}")
