@@ -181,33 +181,40 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
         backend_info = backend.describe()
         model_info = {"checkpoint": cfg.model.checkpoint, "step": meta.step, "width": meta.width,
                       "depth": meta.depth, "window": meta.window, "trained_metrics": meta.metrics}
-    psf_sigma = cfg.psf.sigma_nm
-    consumers: list[Consumer] = [LocalizationFiles(out, pixel_size_nm=camera.pixel_size_nm,
-                                                   shape=source.shape, csv_style=cfg.output.csv_style,
-                                                   psf_sigma_nm=psf_sigma,
-                                                   include_z=cfg.psf.model != "gaussian", overwrite=True)]
+    # Everything that can still fail (plugins, the stream's port) is opened before any output file is
+    # created, so a failed --overwrite run leaves the previous run's files untouched.
     from rtsmlm.render_consumer import RenderConsumer
 
     render = RenderConsumer(cfg, out, camera.pixel_size_nm, source.shape)
-    consumers.append(render)
+    plugins = None
     if cfg.plugins:
         from rtsmlm.plugins import PluginHost, RunInfo
 
         host = PluginHost.from_config(cfg)
         info = RunInfo(run_id, source.control, out, camera.exposure_ms, camera.pixel_size_nm,
                        source.shape, cfg)
-        consumers.append(PluginConsumer(host, info))
-    if cfg.stream.enabled:  # bound last: nothing after it can fail and leave the port taken
-        consumers.append(PublisherConsumer(cfg, run_id, camera.pixel_size_nm))
-    consumers.extend(extra_consumers)
-    recorder = None
-    if cfg.output.record_raw and cfg.source.kind != "file":
-        from rtsmlm.io.movies import open_movie_writer
+        plugins = PluginConsumer(host, info)
+    publisher = PublisherConsumer(cfg, run_id, camera.pixel_size_nm) if cfg.stream.enabled else None
+    try:
+        files = LocalizationFiles(out, pixel_size_nm=camera.pixel_size_nm, shape=source.shape,
+                                  csv_style=cfg.output.csv_style, psf_sigma_nm=cfg.psf.sigma_nm,
+                                  include_z=cfg.psf.model != "gaussian", overwrite=True)
+        recorder = None
+        if cfg.output.record_raw and cfg.source.kind != "file":
+            from rtsmlm.io.movies import open_movie_writer
 
-        name = "raw.raw" if cfg.output.raw_format == "raw" else "raw.tif"
-        recorder = open_movie_writer(out / name, pixel_size_nm=camera.pixel_size_nm,
-                                     metadata=camera.describe(),  # a replay then uses this camera
-                                     overwrite=True)
+            name = "raw.raw" if cfg.output.raw_format == "raw" else "raw.tif"
+            recorder = open_movie_writer(out / name, pixel_size_nm=camera.pixel_size_nm,
+                                         metadata=camera.describe(),  # a replay then uses this camera
+                                         overwrite=True)
+    except BaseException:
+        if publisher is not None:
+            publisher.publisher.close()
+        raise
+    # Consumers finish in this order: the files are closed before the render consumer rewrites them
+    # with drift-corrected coordinates.
+    consumers: list[Consumer] = [files, render, *([plugins] if plugins else []),
+                                 *([publisher] if publisher else []), *extra_consumers]
     run_info = {"run_id": run_id, "source": {"kind": cfg.source.kind, "path": cfg.source.path,
                                              "shape": list(source.shape), "camera": camera.describe()},
                 "backend": backend_info, "model": model_info, "output_dir": str(out)}

@@ -162,9 +162,6 @@ def test_an_unreadable_source_is_one_line_exit_2_and_no_output(tmp_path, capsys,
     assert not out.exists() or not any(out.iterdir()), "a run that never started left files behind"
 
 
-@pytest.mark.xfail(strict=True, reason="rtsmlm.io.movies._open_tiff captures tifffile's damage reports but "
-                   "still lets them propagate to the root logger, which `rtsmlm run` prints: two "
-                   "'ERROR tifffile: ...' lines precede the one-line error")
 def test_the_terminal_shows_one_line_for_a_truncated_source(tmp_path):
     """As a user sees it: the real process, stderr as printed (log records of libraries included)."""
     source = _truncated_tiff(tmp_path)
@@ -206,8 +203,6 @@ def test_a_missing_checkpoint_is_one_line_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.slow  # imports torch to load the weights
-@pytest.mark.xfail(strict=True, reason="rtsmlm.model.checkpoint.load puts torch's multi-line load_state_dict "
-                   "report into its CheckpointError: the message runs over ~70 lines")
 def test_weights_that_do_not_fit_their_metadata_are_one_line_exit_2(tmp_path, capsys):
     model = _checkpoint_copy(tmp_path, lambda meta: meta.update(width=2 * meta["width"]))
     assert run_cli("--max-frames", "5", "--out", str(tmp_path / "out"), "--model", str(model)) == 2

@@ -310,6 +310,8 @@ def _open_tiff(path: Path) -> MovieReader:
     capture = _LogCapture()
     tiff_log = logging.getLogger("tifffile")
     tiff_log.addHandler(capture)
+    # Its damage reports become part of our one-sentence error; they must not also reach the terminal.
+    propagate, tiff_log.propagate = tiff_log.propagate, False
     tif = None
     try:
         try:
@@ -327,6 +329,7 @@ def _open_tiff(path: Path) -> MovieReader:
         raise
     finally:
         tiff_log.removeHandler(capture)
+        tiff_log.propagate = propagate
     for message in capture.messages:
         log.warning("%s: %s", path, message)
     return reader

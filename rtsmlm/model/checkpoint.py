@@ -111,7 +111,12 @@ def load(path_or_name: str | Path, device: str = "cpu"):
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"{wpath}: weights do not fit the architecture in its metadata ({e})") from None
+        # torch lists every mismatching tensor over many lines: name the first problem only.
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
+        raise CheckpointError(f"{wpath}: weights do not fit the architecture in its metadata "
+                              f"(width {meta.width}, depth {meta.depth}, window {meta.window}): "
+                              f"{detail[:200]}") from None
     model.to(device).eval()
     return model, meta
 
