@@ -10,6 +10,7 @@ from rtsmlm.infer.backends.select import (
     Environment,
     choose_backend,
     cpu_has_bf16,
+    default_threads,
     file_sha256,
     open_backend,
     probe_environment,
@@ -17,5 +18,5 @@ from rtsmlm.infer.backends.select import (
 
 __all__ = [
     "Backend", "BackendChoice", "BackendError", "Environment", "choose_backend", "cpu_has_bf16",
-    "file_sha256", "open_backend", "probe_environment",
+    "default_threads", "file_sha256", "open_backend", "probe_environment",
 ]
