@@ -1,0 +1,403 @@
+"""What the live view shows, prepared off the GUI thread (no Qt in this module).
+
+pyqtgraph is fast when it is handed small ``uint8`` images with fixed levels and a 256-entry lookup
+table, and slow when it has to scan a large float image for its levels (~40 ms per update for a
+2048×2048 float32 image). So a :class:`DisplayWorker` thread does the expensive part: it takes the
+newest camera frame from the ring, the newest render snapshot and the pipeline's stats history, pools
+large images down, computes percentile levels, maps to ``uint8`` and publishes one immutable
+:class:`LiveView`. The GUI thread only swaps the latest ``LiveView`` into its widgets.
+
+Everything here is plain numpy and threads, so it can be driven synchronously in a test
+(:meth:`DisplayWorker.prepare`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CameraView",
+    "DisplayWorker",
+    "LiveView",
+    "SRView",
+    "TimeSeries",
+    "format_length",
+    "nice_ceil",
+    "nice_length",
+    "percentile_levels",
+    "pool",
+    "series_from_stats",
+    "to_uint8",
+]
+
+DISPLAY_MAX_PX = 1024
+"""Largest side of an image handed to pyqtgraph; larger images are pooled down by the worker."""
+
+_LEVEL_SAMPLES = 1 << 18
+"""Percentiles are taken on at most this many pixels (a regular subsample); exact enough for contrast."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Image helpers
+
+
+def pool(image: np.ndarray, max_px: int, reducer: str = "sum") -> tuple[np.ndarray, int]:
+    """Pool ``image`` by an integer factor so that no side exceeds ``max_px``.
+
+    Returns the pooled image (float32) and the factor. ``reducer`` is ``"sum"`` (an SR histogram keeps
+    its counts) or ``"mean"`` (a camera frame keeps its ADU scale). Edge rows/columns that do not fill a
+    whole block are dropped, so pooled pixel (i, j) covers exactly original pixels
+    ``[i·f, (i+1)·f) × [j·f, (j+1)·f)`` and the nm coordinates of the pooled image stay exact.
+    """
+    if reducer not in ("sum", "mean"):
+        raise ValueError(f"pool reducer must be 'sum' or 'mean', got {reducer!r}")
+    factor = max(1, math.ceil(max(image.shape) / max_px))
+    if factor == 1:
+        return image.astype(np.float32, copy=False), 1
+    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    blocks = image[:h, :w].astype(np.float32, copy=False).reshape(h // factor, factor, w // factor, factor)
+    pooled = blocks.sum(axis=(1, 3)) if reducer == "sum" else blocks.mean(axis=(1, 3))
+    return pooled.astype(np.float32, copy=False), factor
+
+
+def percentile_levels(image: np.ndarray, low: float, high: float, *, nonzero: bool = False) -> tuple[float, float]:
+    """Contrast limits at the ``low`` and ``high`` percentiles of ``image``.
+
+    With ``nonzero`` only pixels > 0 count — an SR image is mostly empty, and a percentile over all
+    pixels would put the white point at 0. Large images are subsampled on a regular grid. The result
+    always has ``hi > lo`` so a mapping never divides by zero.
+    """
+    values = image.ravel()
+    if values.size > _LEVEL_SAMPLES:
+        values = values[:: values.size // _LEVEL_SAMPLES]
+    if nonzero:
+        values = values[values > 0]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
+    if nonzero:
+        lo = 0.0  # empty SR pixels stay black
+    if not hi > lo:
+        hi = lo + 1.0  # a flat image: any positive span shows it uniformly
+    return lo, hi
+
+
+def to_uint8(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map ``[lo, hi]`` linearly onto 0..255 (clipped), ready for a 256-entry lookup table."""
+    scale = np.float32(255.0 / max(hi - lo, 1e-12))
+    out = (image.astype(np.float32, copy=False) - np.float32(lo)) * scale
+    np.clip(out, 0.0, 255.0, out=out)
+    return out.astype(np.uint8)
+
+
+def nice_length(target_nm: float) -> float:
+    """The largest 1-2-5 × 10^k length (nm) not above ``target_nm`` — a scale bar's length."""
+    if not (math.isfinite(target_nm) and target_nm > 0):
+        raise ValueError(f"scale bar target length must be a positive number of nm, got {target_nm!r}")
+    decade = 10.0 ** math.floor(math.log10(target_nm))
+    for step in (5.0, 2.0, 1.0):
+        if step * decade <= target_nm * (1 + 1e-9):
+            return step * decade
+    return decade  # pragma: no cover — 1·decade <= target always holds
+
+
+def nice_ceil(value: float) -> float:
+    """The smallest 1-2-5 × 10^k number ≥ ``value`` (1 for values ≤ 0 or not finite): a plot's axis
+    limit that changes rarely, so pyqtgraph can reuse its drawn axis between updates."""
+    if not (math.isfinite(value) and value > 0):
+        return 1.0
+    decade = 10.0 ** math.floor(math.log10(value))
+    for step in (1.0, 2.0, 5.0, 10.0):
+        if step * decade >= value * (1 - 1e-9):
+            return step * decade
+    return 10.0 * decade  # pragma: no cover
+
+
+def format_length(nm: float) -> str:
+    """``"500 nm"``, ``"2 µm"``, ``"1.5 mm"`` — the label of a scale bar."""
+    for unit, size in (("mm", 1e6), ("µm", 1e3)):
+        if nm >= size:
+            return f"{nm / size:g} {unit}"
+    return f"{nm:g} nm"
+
+
+# --------------------------------------------------------------------------------------------------
+# What the GUI thread receives
+
+
+@dataclass(frozen=True)
+class CameraView:
+    """The newest camera frame, mapped to uint8 with its own contrast."""
+
+    index: int  # 0-based frame index
+    image: np.ndarray  # uint8 (H', W'), pooled when the camera is large
+    pixel_nm: float  # size of one pixel of ``image`` in nm (camera pixel × pooling factor)
+    levels_adu: tuple[float, float]  # the raw ADU values mapped to 0 and 255
+
+
+@dataclass(frozen=True)
+class SRView:
+    """The accumulated super-resolution image, mapped to uint8 at the requested percentile and coloured."""
+
+    image: np.ndarray  # uint8 (H', W'): 0 = empty, 255 = at or above the white level
+    rgb: np.ndarray  # uint8 (H', W', 3): ``image`` through the colour map's lookup table
+    pixel_nm: float  # size of one pixel of ``image`` in nm
+    render_pixel_nm: float  # the renderer's SR pixel size (before display pooling)
+    n_locs: int
+    percentile: float
+    white_level: float  # the SR value (localizations per render pixel) shown as 255
+    snapshot: Any = field(repr=False, compare=False, default=None)  # the renderer's snapshot
+
+
+@dataclass(frozen=True)
+class TimeSeries:
+    """Per-stats-tick curves for the time plots (x = elapsed seconds), and the drift estimate."""
+
+    elapsed_s: np.ndarray
+    locs_per_frame: np.ndarray  # localizations per analysed frame in each interval (NaN: none analysed)
+    camera_fps: np.ndarray
+    localized_fps: np.ndarray
+    ring_fill: dict[str, np.ndarray]  # reader name -> fraction 0..1
+    frames_lost: dict[str, np.ndarray]  # reader name -> cumulative frames lost
+    drift_frames: np.ndarray
+    drift_dx: np.ndarray  # nm, the sample's displacement
+    drift_dy: np.ndarray
+
+    @classmethod
+    def empty(cls) -> TimeSeries:
+        e = np.empty(0)
+        return cls(e, e, e, e, {}, {}, e, e, e)
+
+
+@dataclass(frozen=True)
+class LiveView:
+    """Everything one GUI refresh needs; ``seq`` grows whenever any part changed."""
+
+    seq: int
+    camera: CameraView | None
+    sr: SRView | None
+    series: TimeSeries
+    stats: dict[str, Any]  # the latest pipeline stats record ({} before the first tick)
+    frc_nm: float | None
+    sr_seq: int  # grows when ``sr`` changed (the GUI re-uploads the image only then)
+    camera_seq: int
+    series_seq: int
+
+
+def series_from_stats(history: list[dict[str, Any]], drift: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> TimeSeries:
+    """Turn the pipeline's stats records into plot curves.
+
+    The stats record's own ``locs_per_frame`` is a whole-run average; the plot wants the current
+    rate, so it is recomputed per interval from the cumulative counts.
+    """
+    if not history:
+        base = TimeSeries.empty()
+    else:
+        t = np.array([s["elapsed_s"] for s in history], dtype=np.float64)
+        n_locs = np.array([s["n_locs"] for s in history], dtype=np.float64)
+        n_frames = np.array([s["frames_localized"] for s in history], dtype=np.float64)
+        d_locs = np.diff(n_locs, prepend=0.0)
+        d_frames = np.diff(n_frames, prepend=0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_frame = np.where(d_frames > 0, d_locs / d_frames, np.nan)
+        readers = sorted({name for s in history for name in s.get("ring_fill", {})})
+        fill = {r: np.array([s.get("ring_fill", {}).get(r, np.nan) for s in history]) for r in readers}
+        lost = {r: np.array([s.get("frames_lost", {}).get(r, 0) for s in history], dtype=np.float64)
+                for r in readers}
+        base = TimeSeries(t, per_frame,
+                          np.array([s.get("camera_fps", np.nan) for s in history], dtype=np.float64),
+                          np.array([s.get("localized_fps", np.nan) for s in history], dtype=np.float64),
+                          fill, lost, np.empty(0), np.empty(0), np.empty(0))
+    if drift is None:
+        return base
+    frames, dx, dy = (np.asarray(a, dtype=np.float64) for a in drift)
+    return TimeSeries(base.elapsed_s, base.locs_per_frame, base.camera_fps, base.localized_fps,
+                      base.ring_fill, base.frames_lost, frames, dx, dy)
+
+
+# --------------------------------------------------------------------------------------------------
+# The worker
+
+
+class DisplayWorker:
+    """A thread that prepares :class:`LiveView` records from a running :class:`rtsmlm.run.Run`.
+
+    It never touches a Qt object. The GUI thread calls :meth:`latest` from its refresh timer and gets
+    the newest complete record (or the same one again if nothing changed). Settings (:meth:`set_percentile`)
+    may be changed from any thread; they apply at the next preparation.
+    """
+
+    def __init__(self, run: Any, *, refresh_hz: float = 20.0, percentile: float = 99.5,
+                 render_percentile: float | None = None, camera_percentiles: tuple[float, float] = (0.5, 99.9),
+                 max_px: int = DISPLAY_MAX_PX) -> None:
+        """``run`` is an :class:`rtsmlm.run.Run` (pipeline, render). ``render_percentile`` is the
+        percentile the renderer already maps its ``display`` image at; when the requested percentile is
+        the same, that image is used as is instead of mapping the float image again."""
+        self.run = run
+        self.interval_s = 1.0 / refresh_hz
+        self.max_px = max_px
+        self.camera_percentiles = camera_percentiles
+        self._render_percentile = render_percentile
+        self._percentile = percentile
+        self._lut = _gray_lut()
+        self._lock = threading.Lock()
+        self._latest: LiveView | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # What the last preparation used, to skip work when nothing changed.
+        self._seq = 0
+        self._camera: CameraView | None = None
+        self._camera_seq = 0
+        self._sr: SRView | None = None
+        self._sr_key: tuple[int, float, int] | None = None
+        self._sr_seq = 0
+        self._series = TimeSeries.empty()
+        self._series_key: tuple[int, int] | None = None
+        self._series_seq = 0
+        self.n_prepared = 0
+        self.error: str | None = None
+
+    # ---------------------------------------------------------------------------------- control
+
+    def start(self) -> None:
+        """Start the preparation thread (called once, by the window when it takes the run)."""
+        self._thread = threading.Thread(target=self._loop, name="rtsmlm-display", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the thread; the last prepared view stays available."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def set_percentile(self, percentile: float) -> None:
+        """Upper contrast percentile of the SR image (50..100)."""
+        if not 50.0 <= percentile <= 100.0:
+            raise ValueError(f"SR contrast percentile must be between 50 and 100, got {percentile!r}")
+        with self._lock:
+            self._percentile = float(percentile)
+
+    @property
+    def percentile(self) -> float:
+        return self._percentile
+
+    def set_lookup_table(self, lut: np.ndarray) -> None:
+        """Colour map of the SR image: a (256, 3) uint8 table, applied here so the GUI thread only
+        uploads RGB pixels."""
+        lut = np.asarray(lut)
+        if lut.shape != (256, 3) or lut.dtype != np.uint8:
+            raise ValueError(f"the SR lookup table must be a (256, 3) uint8 array, got {lut.shape} {lut.dtype}")
+        with self._lock:
+            self._lut = lut
+
+    def latest(self) -> LiveView | None:
+        """The newest prepared view (None before the first)."""
+        with self._lock:
+            return self._latest
+
+    def _loop(self) -> None:
+        import logging
+        import traceback
+
+        while not self._stop.is_set():
+            try:
+                self.prepare()
+            except Exception:  # a display bug must never take the run down; report it once
+                if self.error is None:
+                    self.error = traceback.format_exc().strip().splitlines()[-1]
+                    logging.getLogger("rtsmlm.gui").error("display worker: %s", traceback.format_exc())
+            self._stop.wait(self.interval_s)
+
+    # ------------------------------------------------------------------------------ preparation
+
+    def prepare(self) -> LiveView:
+        """Build (and publish) one view from the run's current state; cheap when nothing changed."""
+        pipeline = self.run.pipeline
+        changed = self._prepare_camera(pipeline)
+        snapshot = self.run.render.snapshot() if getattr(self.run, "render", None) is not None else None
+        changed |= self._prepare_sr(snapshot)
+        changed |= self._prepare_series(pipeline, snapshot)
+        if changed or self._latest is None:
+            self._seq += 1
+        view = LiveView(self._seq, self._camera, self._sr, self._series, dict(pipeline.latest_stats),
+                        getattr(snapshot, "frc_nm", None), self._sr_seq, self._camera_seq, self._series_seq)
+        with self._lock:
+            self._latest = view
+        self.n_prepared += 1
+        return view
+
+    def _prepare_camera(self, pipeline: Any) -> bool:
+        frame = pipeline.ring.peek_latest()
+        if frame is None or (self._camera is not None and frame.index == self._camera.index):
+            return False
+        pooled, factor = pool(frame.data, self.max_px, "mean")
+        lo, hi = percentile_levels(pooled, *self.camera_percentiles)
+        pixel_nm = float(pipeline.source.camera.pixel_size_nm) * factor
+        self._camera = CameraView(int(frame.index), to_uint8(pooled, lo, hi), pixel_nm, (lo, hi))
+        self._camera_seq += 1
+        return True
+
+    def _prepare_sr(self, snapshot: Any) -> bool:
+        if snapshot is None:
+            return False
+        with self._lock:
+            percentile, lut = self._percentile, self._lut
+        key = (id(snapshot), percentile, id(lut))
+        if key == self._sr_key:
+            return False
+        self._sr_key = key
+        # The snapshot's ``pixel_nm`` is that of its (possibly pooled) ``display`` image.
+        render_pixel_nm = float(snapshot.pixel_nm) / _display_factor(snapshot)
+        if self._render_percentile is not None and percentile == self._render_percentile:
+            # The renderer already pooled and mapped at this percentile on its own thread.
+            image, pixel_nm, white = snapshot.display, float(snapshot.pixel_nm), float("nan")
+        else:
+            pooled, factor = pool(snapshot.image, self.max_px, "sum")
+            _, white = percentile_levels(pooled, 0.0, percentile, nonzero=True)
+            image, pixel_nm = to_uint8(pooled, 0.0, white), render_pixel_nm * factor
+        rgb = np.take(lut, image, axis=0)
+        self._sr = SRView(image, rgb, pixel_nm, render_pixel_nm, int(snapshot.n_locs), percentile, white,
+                          snapshot)
+        self._sr_seq += 1
+        return True
+
+    def _prepare_series(self, pipeline: Any, snapshot: Any) -> bool:
+        history = _copy_deque(pipeline.stats_history)
+        n_drift = len(getattr(snapshot, "drift_frames", ()))
+        key = (len(history) and id(history[-1]), n_drift)
+        if key == self._series_key:
+            return False
+        self._series_key = key
+        drift = None
+        if snapshot is not None:
+            drift = (snapshot.drift_frames, snapshot.drift_dx, snapshot.drift_dy)
+        self._series = series_from_stats(history, drift)
+        self._series_seq += 1
+        return True
+
+
+def _gray_lut() -> np.ndarray:
+    ramp = np.arange(256, dtype=np.uint8)
+    return np.stack([ramp, ramp, ramp], axis=1)
+
+
+def _display_factor(snapshot: Any) -> int:
+    """How much the renderer pooled its ``display`` image relative to its float ``image``."""
+    if snapshot.display.shape[0] == 0:
+        return 1
+    return max(1, round(snapshot.image.shape[0] / snapshot.display.shape[0]))
+
+
+def _copy_deque(d: Any) -> list[Any]:
+    """A list copy of a deque another thread appends to (a copy races only with a concurrent append)."""
+    for _ in range(10):
+        try:
+            return list(d)
+        except RuntimeError:  # "deque mutated during iteration": take it again
+            continue
+    return []
