@@ -193,6 +193,14 @@ def test_torch_cuda_backend_streams_the_same_maps(ckpt, reference, precision, to
     assert (_stream_maps(backend, meta).cpu() - reference).abs().max().item() <= tol
 
 
+def test_uint16_frames_travel_as_int16_and_widen_exactly() -> None:
+    from rtsmlm.infer.backends.torch_backend import widen_uint16
+
+    frames = np.arange(0, 65536, dtype=np.uint16).reshape(1, 256, 256)
+    raw = torch.from_numpy(frames.view(np.int16))  # what the CUDA upload copies to the device
+    assert torch.equal(widen_uint16(raw), torch.from_numpy(frames.astype(np.int32)))
+
+
 # -- TensorRT ----------------------------------------------------------------------------------------
 
 def test_engine_cache_key_changes_with_every_input() -> None:

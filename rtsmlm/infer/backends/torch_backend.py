@@ -54,6 +54,11 @@ class _CudaGraph:
         return self.static_out.clone()
 
 
+def widen_uint16(raw: torch.Tensor) -> torch.Tensor:
+    """int16 tensor holding uint16 bit patterns -> int32 tensor of the unsigned values (0..65535)."""
+    return raw.to(torch.int32).bitwise_and_(0xFFFF)
+
+
 class HostUploader:
     """Copies host arrays to a device: zero-copy on the CPU; on CUDA through two pinned staging buffers
     used in turn and a dedicated copy stream, so the host-to-device DMA of one batch overlaps the
@@ -67,9 +72,13 @@ class HostUploader:
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
-        host = torch.from_numpy(np.ascontiguousarray(frames))
+        frames = np.ascontiguousarray(frames)
         if self._copy_stream is None:
-            return host
+            return torch.from_numpy(frames)
+        # uint16 camera data travels as int16 (same bytes; torch's uint16 has few CUDA kernels) and is
+        # widened on the device.
+        unsigned16 = frames.dtype == np.uint16
+        host = torch.from_numpy(frames.view(np.int16) if unsigned16 else frames)
         i, self._turn = self._turn, self._turn ^ 1
         if self._events[i] is not None:
             self._events[i].synchronize()  # the DMA out of this buffer (two calls ago) has finished
@@ -86,7 +95,7 @@ class HostUploader:
         compute.wait_event(done)  # kernels queued later on the compute stream see the copied data
         on_device.record_stream(compute)  # the allocator must not reuse it before the compute stream is done
         self._events[i] = done
-        return on_device
+        return widen_uint16(on_device) if unsigned16 else on_device
 
 
 class _Encode(nn.Module):
@@ -158,7 +167,7 @@ class TorchBackend:
         self.size_multiple = model.size_multiple
         self.n_parameters = parameter_count(model)
         # channels_last lets oneDNN (CPU) and cuDNN (GPU) pick their fastest NHWC convolution kernels.
-        self.model = model.to(dev).eval().to(memory_format=torch.channels_last)
+        self.model = model.to(dev).eval().to(memory_format=torch.channels_last).requires_grad_(False)
         # CPU bf16: weights cast once; inputs are cast on entry. CUDA uses autocast (fp16/bf16 weights
         # cached by cuDNN-friendly casts, fp32 accumulation where it matters).
         self._cpu_dtype = torch.bfloat16 if (dev.type == "cpu" and precision == "bf16") else torch.float32
@@ -183,7 +192,9 @@ class TorchBackend:
     def _autocast(self) -> AbstractContextManager:
         if self.precision == "fp32" or self._dev.type == "cpu":
             return nullcontext()
-        return torch.autocast(self._dev.type, dtype=_AUTOCAST_DTYPES[self.precision])
+        # No weight-cast cache: casts cached during a CUDA graph capture would be freed when the autocast
+        # context exits while the graph still points at them (torch's CUDA graph + AMP guidance).
+        return torch.autocast(self._dev.type, dtype=_AUTOCAST_DTYPES[self.precision], cache_enabled=False)
 
     def _run(self, kind: str, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         x = x.to(self._dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
