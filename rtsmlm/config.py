@@ -117,7 +117,7 @@ class BackendConfig:
     device: str = _f("auto", choices=("auto", "cuda", "cpu"))
     precision: str = _f("auto", choices=("auto", "fp32", "fp16", "bf16"))
     batch_size: int = _f(0, range=(0, 4096), doc="0 = automatic")
-    threads: int = _f(0, range=(0, 1024), doc="0 = all cores")
+    threads: int = _f(0, range=(0, 1024), doc="0 = all cores but one (at least one)")
     engine_cache_dir: str = _f("~/.cache/rtsmlm/engines")
 
 

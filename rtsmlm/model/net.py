@@ -196,6 +196,8 @@ class DecodeNet(nn.Module):
         self._check_input(feats)
         h = self.temporal(feats)
         raw = torch.cat([self.head_p(h), self.head_values(h), self.head_sigmas(h), self.head_bg(h)], dim=1)
+        # Channel slices of a channels_last tensor send tanh/sigmoid down slow strided CPU loops (~70×).
+        raw = raw.contiguous()
         return torch.cat(
             [
                 torch.sigmoid(raw[:, CH_P : CH_PHOT + 1]),
