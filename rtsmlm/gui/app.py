@@ -54,9 +54,10 @@ takes a few ms and images follow the refresh rate; on a saturated one they updat
 event loop stays responsive (and the GUI's share of the GIL stays small)."""
 
 
-MIN_INTERVAL_S = {"camera": 0.0, "sr": 0.2, "series": 1.0}
-"""Shortest time between two uploads of each view (besides the refresh period): the SR image grows
-slowly and 5 updates/s look live; the plots follow stats that arrive about once a second."""
+MIN_INTERVAL_S = {"camera": 0.0, "sr": 0.0, "series": 1.0}
+"""Shortest time between two uploads of each view besides the refresh period (the display worker already
+limits camera frames to 10/s and SR images to 5/s): the plots follow stats that arrive about once a
+second, and redrawing their axes is the costliest repaint of the window."""
 
 
 def _title_label(text: str) -> QtWidgets.QLabel:
@@ -492,9 +493,11 @@ class LiveWindow(QtWidgets.QMainWindow):
             # Wait for a view prepared after the run finished: it has the renderer's final image
             # (global drift refinement, FRC) and the final stats.
             if self._finished_at_prepared is None:
-                self._finished_at_prepared = self._worker.n_prepared if self._worker is not None else 0
+                self._finished_at_prepared = self._worker.n_full if self._worker is not None else 0
+                if self._worker is not None:
+                    self._worker.request_full()
             ready = (self._worker is None or self._worker.error is not None
-                     or self._worker.n_prepared > self._finished_at_prepared + 1)
+                     or self._worker.n_full > self._finished_at_prepared)
             if not ready:
                 return
             self._was_active = False

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,12 +235,23 @@ class DisplayWorker:
 
     def __init__(self, run: Any, *, refresh_hz: float = 20.0, percentile: float = 99.5,
                  render_percentile: float | None = None, camera_percentiles: tuple[float, float] = (0.5, 99.9),
-                 max_px: int = DISPLAY_MAX_PX) -> None:
+                 max_px: int = DISPLAY_MAX_PX, camera_hz: float = 10.0, sr_hz: float = 5.0) -> None:
         """``run`` is an :class:`rtsmlm.run.Run` (pipeline, render). ``render_percentile`` is the
         percentile the renderer already maps its ``display`` image at; when the requested percentile is
-        the same, that image is used as is instead of mapping the float image again."""
+        the same, that image is used as is instead of mapping the float image again.
+
+        The worker wakes at ``refresh_hz`` but prepares a new camera frame at most ``camera_hz`` times
+        and a new SR image at most ``sr_hz`` times a second: on a busy machine every millisecond of CPU
+        the display takes is a millisecond the localizer may miss, and an SR image that grows slowly
+        looks just as live at 5 updates/s."""
         self.run = run
         self.interval_s = 1.0 / refresh_hz
+        self.camera_interval_s = 1.0 / min(camera_hz, refresh_hz)
+        self.sr_interval_s = 1.0 / min(sr_hz, refresh_hz)
+        self._camera_t = -math.inf
+        self._sr_t = -math.inf
+        self._full = threading.Event()
+        self.n_full = 0
         self.max_px = max_px
         self.camera_percentiles = camera_percentiles
         self._render_percentile = render_percentile
@@ -315,12 +327,26 @@ class DisplayWorker:
 
     # ------------------------------------------------------------------------------ preparation
 
-    def prepare(self) -> LiveView:
-        """Build (and publish) one view from the run's current state; cheap when nothing changed."""
+    def request_full(self) -> None:
+        """Make the next preparation take everything as it is now, rate limits aside (the final view of a
+        run); :attr:`n_full` counts the full preparations done."""
+        self._full.set()
+
+    def prepare(self, full: bool = False) -> LiveView:
+        """Build (and publish) one view from the run's current state; cheap when nothing changed.
+        ``full`` ignores the camera/SR rate limits."""
+        full = full or self._full.is_set()
+        self._full.clear()
+        now = time.perf_counter()
         pipeline = self.run.pipeline
-        changed = self._prepare_camera(pipeline)
+        changed = False
+        if full or now - self._camera_t >= self.camera_interval_s:
+            if self._prepare_camera(pipeline):
+                self._camera_t, changed = now, True
         snapshot = self.run.render.snapshot() if getattr(self.run, "render", None) is not None else None
-        changed |= self._prepare_sr(snapshot)
+        if full or now - self._sr_t >= self.sr_interval_s or self._sr_settings_changed():
+            if self._prepare_sr(snapshot):
+                self._sr_t, changed = now, True
         changed |= self._prepare_series(pipeline, snapshot)
         if changed or self._latest is None:
             self._seq += 1
@@ -329,7 +355,15 @@ class DisplayWorker:
         with self._lock:
             self._latest = view
         self.n_prepared += 1
+        if full:
+            self.n_full += 1
         return view
+
+    def _sr_settings_changed(self) -> bool:
+        """A new percentile or colour map is shown at once, not at the next SR update."""
+        with self._lock:
+            key = (self._percentile, id(self._lut))
+        return self._sr_key is not None and key != self._sr_key[1:]
 
     def _prepare_camera(self, pipeline: Any) -> bool:
         frame = pipeline.ring.peek_latest()
