@@ -143,7 +143,7 @@ def test_lookup_tables_are_256_entries_and_ordered():
 
 RUN_OVERRIDES = [
     'sim.structure="filaments"', "sim.density=1.0", "sim.seed=7", "stream.enabled=false",
-    "pipeline.stats_interval_s=0.5", "drift.block_frames=60", "drift.min_block_locs=150",
+    "pipeline.stats_interval_s=0.2", "drift.block_frames=60", "drift.min_block_locs=150",
 ]
 
 
@@ -160,14 +160,14 @@ def _read_truth(path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def finished_window(tmp_path_factory, qapp):
-    """One live window over a 300-frame filament run at full rate, with an event-delay probe running."""
+    """One live window over a 400-frame filament run at full rate, with an event-delay probe running."""
     from PyQt5 import QtCore
 
     from rtsmlm.gui.app import open_live_window
     from rtsmlm.gui.probe import EventDelayProbe
 
     out = tmp_path_factory.mktemp("live") / "run"
-    window = open_live_window(_cfg(out, 300), autostart=False)
+    window = open_live_window(_cfg(out, 400), autostart=False)
     window.grab()  # the window's first paint (fonts, layout) happens before acquisition starts
     probe = EventDelayProbe(interval_s=0.01)
     loop = QtCore.QEventLoop()
@@ -223,7 +223,7 @@ def test_plots_and_status_receive_the_pipeline_stats(finished_window):
     window, _ = finished_window
     summary = window.session.summary
     t, locs = window.curves["locs"].getData()
-    assert len(t) >= 3 and np.all(np.diff(t) > 0)
+    assert len(t) >= 2 and np.all(np.diff(t) > 0)
     assert np.nanmax(locs) > 0 and np.nanmean(locs) == pytest.approx(
         summary["n_locs"] / summary["frames_localized"], rel=0.5)
     _, cam_fps = window.curves["camera_fps"].getData()
@@ -273,15 +273,46 @@ def test_save_sr_image_tiff_and_png(finished_window, tmp_path):
 
 
 @pytest.mark.slow
-def test_closing_the_window_stops_the_run_and_flushes_everything(qtbot, tmp_path):
+def test_controls_act_on_a_running_acquisition_and_closing_flushes_everything(qtbot, tmp_path):
+    """Render controls, pause, then closing the window mid-run on a source that would not end."""
     import tifffile
 
     from rtsmlm.gui.app import open_live_window
+    from rtsmlm.gui.widgets import lookup_table
 
     window = open_live_window(_cfg(tmp_path / "run", 1_000_000))
     qtbot.addWidget(window)
     pipeline = window.session.run.pipeline
-    qtbot.waitUntil(lambda: pipeline.n_localized_frames >= 40 and pipeline.stream.n_locs > 0, timeout=120_000)
+    qtbot.waitUntil(lambda: window.shown_sr is not None and window.camera_item.image is not None, timeout=120_000)
+    extent = window.sr_item.mapRectToParent(window.sr_item.boundingRect())
+
+    # SR pixel size: the renderer re-renders; the image keeps its nm extent on screen.
+    window.pixel_box.setCurrentIndex(window.pixel_box.findData(20.0))
+    qtbot.waitUntil(lambda: window.shown_sr.render_pixel_nm == 20.0, timeout=60_000)
+    new_extent = window.sr_item.mapRectToParent(window.sr_item.boundingRect())
+    assert new_extent.width() == pytest.approx(extent.width(), abs=20.0)
+    assert new_extent.height() == pytest.approx(extent.height(), abs=20.0)
+    # Colour map and contrast are applied by the display worker.
+    window.cmap_box.setCurrentText("gray")
+    qtbot.waitUntil(lambda: np.array_equal(window.sr_item.image, lookup_table("gray")[window.shown_sr.image]),
+                    timeout=60_000)
+    saturated_before = (window.shown_sr.image == 255).mean()
+    window.percentile_box.setValue(95.0)
+    qtbot.waitUntil(lambda: window.shown_sr.percentile == 95.0, timeout=60_000)
+    assert (window.shown_sr.image == 255).mean() > 2 * saturated_before  # white at a lower value
+
+    # Pause: the images freeze while the run goes on; resume catches up.
+    window.action_pause.trigger()
+    frozen_camera, frozen_sr = window.camera_item.image.copy(), window.shown_sr
+    frames_at_pause = pipeline.n_localized_frames
+    qtbot.waitUntil(lambda: pipeline.n_localized_frames > frames_at_pause + 30
+                    and window.worker.latest().sr.n_locs > frozen_sr.n_locs, timeout=60_000)
+    window.refresh()
+    assert window.shown_sr is frozen_sr and np.array_equal(window.camera_item.image, frozen_camera)
+    assert "display paused" in window.status_text()
+    window.action_pause.trigger()
+    qtbot.waitUntil(lambda: window.shown_sr.n_locs > frozen_sr.n_locs, timeout=60_000)
+
     with qtbot.waitSignal(window.closed, timeout=120_000):
         window.close()  # deferred: the window closes itself once the run has drained and flushed
         assert window.session.state in ("stopping", "finished")
@@ -296,6 +327,35 @@ def test_closing_the_window_stops_the_run_and_flushes_everything(qtbot, tmp_path
     with tifffile.TiffFile(out / "raw.tif") as f:
         assert len(f.pages) == summary["frames_recorded"]
     assert summary["frames_recorded"] + summary["frames_lost_recorder"] == summary["frames_acquired"]
+
+
+@pytest.mark.slow
+def test_start_after_a_finished_run_starts_a_new_run_in_a_new_folder(qtbot, tmp_path):
+    from rtsmlm.gui.app import open_live_window
+
+    window = open_live_window(_cfg(tmp_path / "run", 40))
+    qtbot.addWidget(window)
+    first = window.session.run
+    qtbot.waitUntil(lambda: window.session.state == "finished", timeout=120_000)
+    with qtbot.waitSignal(window.run_finished, timeout=120_000):
+        window.action_start.trigger()
+    second = window.session.run
+    assert second is not first and second.out_dir == tmp_path / "run-002"
+    assert window.session.summary["frames_localized"] == 40
+    assert json.loads((first.out_dir / "summary.json").read_text())["status"] == "complete"
+    assert window.worker.run is second and window.windowTitle().endswith("run-002")
+    window.close()
+
+
+def test_next_output_dir_skips_used_folders(tmp_path):
+    from rtsmlm.gui.session import next_output_dir
+
+    base = tmp_path / "run"
+    assert next_output_dir(base) == tmp_path / "run-002"
+    (tmp_path / "run-002").mkdir()
+    assert next_output_dir(base) == tmp_path / "run-002"  # empty: usable
+    (tmp_path / "run-002" / "summary.json").write_text("{}")
+    assert next_output_dir(base) == tmp_path / "run-003"
 
 
 @pytest.mark.slow

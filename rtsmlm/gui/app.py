@@ -8,10 +8,13 @@ folder) and a status line (backend, model, latency, localizations, elapsed time,
 losses).
 
 Threading, the way pyqtgraph wants it: pipeline threads and the :class:`~rtsmlm.gui.display.DisplayWorker`
-never touch a Qt object. A ``QTimer`` at ``gui.refresh_hz`` takes the worker's latest prepared view —
-uint8 images already pooled and contrast-mapped, plot arrays already built — and hands them to
-``ImageItem.setImage(autoLevels=False)`` with fixed levels and a 256-entry lookup table, so one refresh
-costs a few milliseconds on the GUI thread whatever the camera or SR size.
+never touch a Qt object. The worker pools large images, computes the contrast levels (percentiles), maps
+to uint8 and colours the SR image through the colour map's 256-entry lookup table; a ``QTimer`` at
+``gui.refresh_hz`` takes its latest prepared view and hands the pixels to
+``ImageItem.setImage(autoLevels=False)`` — nothing is scanned or mapped on the GUI thread, so an update
+costs ~1.5 ms of GUI time whatever the camera or SR size (``benchmarks/bench_gui.py``). Repaints are
+paced: one view per tick, each view at most every ``paint time / GUI_DUTY``, plot axes redrawn only when
+their rounded limits change.
 
 ``rtsmlm live`` is ``rtsmlm run`` with this window: same config, same flags, same output files. Closing
 the window stops acquisition, waits while the pipeline drains and every consumer flushes, writes
@@ -32,7 +35,7 @@ import numpy as np
 
 from rtsmlm.config import Config
 from rtsmlm.gui import require_qt
-from rtsmlm.gui.display import DisplayWorker, LiveView, nice_ceil, percentile_levels, to_uint8
+from rtsmlm.gui.display import DisplayWorker, LiveView, SRView, nice_ceil, percentile_levels, to_uint8
 from rtsmlm.gui.session import FAILED, FINISHED, IDLE, RUNNING, STARTING, STOPPING, LiveSession
 
 QtCore, QtGui, QtWidgets, pg = require_qt()
@@ -104,7 +107,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         self._shown: dict[str, int] = {"view": -1, "camera": -1, "sr": -1, "series": -1}
         self._last_upload: dict[str, float] = {}
         self._ranges: dict[tuple[str, str], tuple[float, float]] = {}
-        self._sr_view = None
+        self._sr_view: SRView | None = None
         self._camera_shape: tuple[int, int, float] | None = None
         self._sr_geometry: tuple[int, int, float] | None = None
         self.n_refreshes = 0
@@ -409,7 +412,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         view.setRange(item.mapRectToParent(item.boundingRect()), padding=0.0)
 
     @property
-    def shown_sr(self):
+    def shown_sr(self) -> SRView | None:
         """The :class:`~rtsmlm.gui.display.SRView` on screen (None before the first SR image)."""
         return self._sr_view
 
@@ -426,7 +429,9 @@ class LiveWindow(QtWidgets.QMainWindow):
         for reader, lost in s.frames_lost.items():
             self._reader_curve("lost", reader).setData(t, lost)
             top_lost = max(top_lost, float(np.nanmax(lost, initial=0.0)))
-        self._set_range("lost", "y", 0.0, nice_ceil(1.2 * top_lost))
+        lost_top = nice_ceil(1.2 * top_lost) if top_lost > 0 else 1.0
+        if self._set_range("lost", "y", 0.0, lost_top):  # whole frames: no 0.2-frame ticks while none are lost
+            self.plots["lost"].getAxis("left").setTicks([[(0.0, "0"), (1.0, "1")]] if top_lost == 0 else None)
         self._set_range("locs", "y", 0.0, nice_ceil(1.2 * _finite_max(s.locs_per_frame)))
         fps = np.concatenate([s.camera_fps, s.localized_fps])
         self._set_range("fps", "y", 0.0, nice_ceil(1.2 * _finite_max(fps)))
@@ -439,14 +444,16 @@ class LiveWindow(QtWidgets.QMainWindow):
             top = nice_ceil(1.2 * _finite_max(np.abs(np.concatenate([s.drift_dx, s.drift_dy]))))
             self._set_range("drift", "y", -top, top)
 
-    def _set_range(self, key: str, axis: str, lo: float, hi: float) -> None:
-        """Set an axis range only when it changed (a change redraws the axis)."""
-        if self._ranges.get((key, axis)) != (lo, hi):
-            self._ranges[(key, axis)] = (lo, hi)
-            if axis == "x":
-                self.plots[key].setXRange(lo, hi, padding=0)
-            else:
-                self.plots[key].setYRange(lo, hi, padding=0)
+    def _set_range(self, key: str, axis: str, lo: float, hi: float) -> bool:
+        """Set an axis range only when it changed (a change redraws the axis); True when it changed."""
+        if self._ranges.get((key, axis)) == (lo, hi):
+            return False
+        self._ranges[(key, axis)] = (lo, hi)
+        if axis == "x":
+            self.plots[key].setXRange(lo, hi, padding=0)
+        else:
+            self.plots[key].setYRange(lo, hi, padding=0)
+        return True
 
     def _update_status(self, view: LiveView | None) -> None:
         stats = view.stats if view is not None else {}
@@ -465,7 +472,8 @@ class LiveWindow(QtWidgets.QMainWindow):
             if math.isfinite(p50):
                 parts.append(f"latency {p50:.0f} / {p99:.0f} ms (p50/p99)")
             parts.append(f"{stats.get('n_locs', 0):,} localizations")
-            parts.append(f"{stats.get('localized_fps', 0.0):.0f} / {stats.get('camera_fps', 0.0):.0f} frames/s")
+            parts.append(f"localized {stats.get('localized_fps', 0.0):.0f} / camera {stats.get('camera_fps', 0.0):.0f} "
+                         "frames/s")
             parts.append(_format_elapsed(stats.get("elapsed_s", 0.0)))
             lost = sum(stats.get("frames_lost", {}).values())
             parts.append(f"<span style='color:#ff6b6b'>{lost:,} frames lost</span>" if lost else "0 frames lost")
@@ -503,10 +511,10 @@ class LiveWindow(QtWidgets.QMainWindow):
             self._was_active = False
             self._finished_at_prepared = None
             view = self._worker.latest() if self._worker is not None else None
-            if view is not None:  # show everything now, pacing aside: this is the final state
-                if view.camera is not None:
+            if view is not None:  # show the final state now, pacing aside
+                if view.camera is not None and not self._paused:
                     self._show_camera(view)
-                if view.sr is not None:
+                if view.sr is not None and not self._paused:
                     self._show_sr(view)
                 self._show_series(view)
                 self._shown["view"] = view.seq
@@ -592,8 +600,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         suffix = p.suffix.lower()
         if suffix not in (".tif", ".tiff", ".png"):
             raise ValueError(f"cannot save the SR image as {p.name}: use a .tif, .tiff or .png name")
-        sr = self._sr_view if self._sr_view is not None else (self._worker.latest().sr if self._worker and
-                                                               self._worker.latest() else None)
+        sr = self._sr_view  # what is on screen (the frozen image while the display is paused)
         if sr is None or sr.snapshot is None:
             raise ValueError(f"cannot save {p.name}: there is no SR image yet")
         image = np.asarray(sr.snapshot.image, dtype=np.float32)

@@ -107,13 +107,17 @@ def nice_length(target_nm: float) -> float:
     return decade  # pragma: no cover — 1·decade <= target always holds
 
 
+_CEIL_STEPS = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+
+
 def nice_ceil(value: float) -> float:
-    """The smallest 1-2-5 × 10^k number ≥ ``value`` (1 for values ≤ 0 or not finite): a plot's axis
-    limit that changes rarely, so pyqtgraph can reuse its drawn axis between updates."""
+    """The smallest round number (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 × 10^k) ≥ ``value`` (1 for values ≤ 0
+    or not finite): a plot's axis limit that changes only every ~20 % of growth, so pyqtgraph reuses its
+    drawn axis between updates while the data still fill most of the plot."""
     if not (math.isfinite(value) and value > 0):
         return 1.0
     decade = 10.0 ** math.floor(math.log10(value))
-    for step in (1.0, 2.0, 5.0, 10.0):
+    for step in _CEIL_STEPS:
         if step * decade >= value * (1 - 1e-9):
             return step * decade
     return 10.0 * decade  # pragma: no cover
