@@ -125,3 +125,14 @@ def test_single_frame_mask_follows_labels_across_frames(bench):
     truth = _table([(0, 100, 100), (1, 100, 100), (1, 900, 900), (3, 100, 100), (4, 700, 700), (5, 700, 700)],
                    TRUTH_DTYPE)
     assert bench.single_frame_mask(truth).tolist() == [False, False, True, True, False, False]
+
+
+def test_error_anatomy_finds_duplicates_and_close_pairs(bench):
+    # A close pair (200 nm apart) detected twice at its first member, and a lone emitter found once.
+    truth = _table([(0, 1000, 1000, 2000), (0, 1200, 1000, 2000), (0, 4000, 4000, 2000)], TRUTH_DTYPE)
+    pred = _table([(0, 1003, 1000), (0, 995, 1004), (0, 4010, 4000)], LOC_DTYPE)
+    scores, m_all, _ = bench.score(pred, truth, tolerance_nm=150.0, min_photons=None)
+    e = scores["errors_all"]
+    assert (e["fp"], e["fn"]) == (m_all.fp, m_all.fn) == (1, 1)
+    assert e["fp_within_50nm_of_truth"] == 1 and e["fn_with_emitter_within_300nm"] == 1
+    assert e["fn_nearest_emitter_nm_median"] == pytest.approx(200.0)
