@@ -266,6 +266,7 @@ class LiveWindow(QtWidgets.QMainWindow):
             for name in ("left", "bottom"):
                 axis = plot.getAxis(name)
                 axis.setStyle(tickFont=font, tickTextOffset=2)
+                axis.enableAutoSIPrefix(False)  # seconds, frames and nm stay as they are
             plot.getAxis("left").setWidth(40)
             plot.setLabel("bottom", xlabel, **{"font-size": f"{_PLOT_FONT_PT}pt"})
             plot.getAxis("bottom").label.setFont(font)
@@ -274,7 +275,8 @@ class LiveWindow(QtWidgets.QMainWindow):
             self.plots[key].setXLink(self.plots["locs"])
         for key in ("locs", "fps", "ring"):  # only the lowest of the linked time plots has a time axis
             self.plots[key].hideAxis("bottom")  # (each axis redraw costs the GUI thread milliseconds)
-        self.plots["ring"].setYRange(0, 100, padding=0.02)
+        self.plots["ring"].setYRange(-12, 112, padding=0)
+        self.plots["ring"].getAxis("left").setTicks([[(0.0, "0"), (50.0, "50"), (100.0, "100")]])
         # Axis limits are set on each update to rounded values, so the axes (costly to draw) are
         # redrawn only when a limit changes, not at every update.
         for plot in self.plots.values():
@@ -429,12 +431,13 @@ class LiveWindow(QtWidgets.QMainWindow):
         for reader, lost in s.frames_lost.items():
             self._reader_curve("lost", reader).setData(t, lost)
             top_lost = max(top_lost, float(np.nanmax(lost, initial=0.0)))
+        # Margins keep the zero line and the edge labels visible; whole-frame ticks while none is lost.
         lost_top = nice_ceil(1.2 * top_lost) if top_lost > 0 else 1.0
-        if self._set_range("lost", "y", 0.0, lost_top):  # whole frames: no 0.2-frame ticks while none are lost
+        if self._set_range("lost", "y", -0.4 * lost_top if top_lost == 0 else -0.1 * lost_top, 1.4 * lost_top):
             self.plots["lost"].getAxis("left").setTicks([[(0.0, "0"), (1.0, "1")]] if top_lost == 0 else None)
-        self._set_range("locs", "y", 0.0, nice_ceil(1.2 * _finite_max(s.locs_per_frame)))
-        fps = np.concatenate([s.camera_fps, s.localized_fps])
-        self._set_range("fps", "y", 0.0, nice_ceil(1.2 * _finite_max(fps)))
+        for key, values in (("locs", s.locs_per_frame), ("fps", np.concatenate([s.camera_fps, s.localized_fps]))):
+            top = nice_ceil(1.1 * _finite_max(values))
+            self._set_range(key, "y", -0.12 * top, 1.12 * top)  # margins: the 0 and top labels stay visible
         if len(t):
             self._set_range("locs", "x", 0.0, nice_ceil(float(t[-1])))  # the other time plots are linked
         self.curves["drift_x"].setData(s.drift_frames, s.drift_dx)
@@ -470,10 +473,8 @@ class LiveWindow(QtWidgets.QMainWindow):
         if stats:
             p50, p99 = stats.get("latency_ms_p50", math.nan), stats.get("latency_ms_p99", math.nan)
             if math.isfinite(p50):
-                parts.append(f"latency {p50:.0f} / {p99:.0f} ms (p50/p99)")
+                parts.append(f"latency {p50:.0f} / {p99:.0f} ms p50/p99")
             parts.append(f"{stats.get('n_locs', 0):,} localizations")
-            parts.append(f"localized {stats.get('localized_fps', 0.0):.0f} / camera {stats.get('camera_fps', 0.0):.0f} "
-                         "frames/s")
             parts.append(_format_elapsed(stats.get("elapsed_s", 0.0)))
             lost = sum(stats.get("frames_lost", {}).values())
             parts.append(f"<span style='color:#ff6b6b'>{lost:,} frames lost</span>" if lost else "0 frames lost")
@@ -485,7 +486,7 @@ class LiveWindow(QtWidgets.QMainWindow):
             parts.append(f"<span style='color:#ff6b6b'>display error: {self._worker.error}</span>")
         if self.session.error:
             parts.append(f"<span style='color:#ff6b6b'>error: {self.session.error}</span>")
-        self.status_label.setText(" &nbsp;|&nbsp; ".join(parts))
+        self.status_label.setText(" &nbsp;·&nbsp; ".join(parts))
         self.status_label.setToolTip(self.session.error or "")
 
     def status_text(self) -> str:
@@ -664,7 +665,7 @@ def _state_text(session: LiveSession) -> str:
 
 def _format_elapsed(seconds: float) -> str:
     s = int(seconds)
-    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d} elapsed"
+    return f"elapsed {s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 # --------------------------------------------------------------------------------------------------
