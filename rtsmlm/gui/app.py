@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -720,10 +721,22 @@ def live_main(cfg: Config, *, realtime: bool = False, screenshot: str | os.PathL
         window.run_finished.connect(save_and_close)
     loop = QtCore.QEventLoop()
     window.closed.connect(loop.quit)
+    interrupted = []
+
+    def on_sigint(*_: object) -> None:
+        # Runs between Qt events (the refresh timer lets Python see the signal); never raise from here.
+        if interrupted:
+            print("rtsmlm: second Ctrl-C: leaving without waiting for the files", file=sys.stderr)
+            loop.quit()
+            return
+        interrupted.append(True)
+        print("\nstopping: draining and flushing (Ctrl-C again to abort)", file=sys.stderr)
+        window.close()
+
     previous = None
-    try:  # Ctrl-C in the terminal closes the window cleanly (the refresh timer lets Python see it)
-        previous = signal.signal(signal.SIGINT, lambda *_: window.close())
-    except ValueError:  # not the main thread
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: no Ctrl-C handling
         pass
     t0 = time.perf_counter()
     try:
@@ -731,6 +744,8 @@ def live_main(cfg: Config, *, realtime: bool = False, screenshot: str | os.PathL
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    if window.session.active:  # left on a second Ctrl-C
+        return 130
     summary = window.session.summary or {}
     run = window.session.run
     if summary:
