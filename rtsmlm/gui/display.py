@@ -155,7 +155,7 @@ class SRView:
     render_pixel_nm: float  # the renderer's SR pixel size (before display pooling)
     n_locs: int
     percentile: float
-    white_level: float  # the SR value (localizations per render pixel) shown as 255
+    white_level: float  # the SR value shown as 255 (NaN when the renderer's own mapping is shown as is)
     snapshot: Any = field(repr=False, compare=False, default=None)  # the renderer's snapshot
 
 

@@ -71,10 +71,10 @@ class LiveSession:
         with self._lock:
             if self.active:
                 return
+            fresh = self._state == IDLE and self.run is not None  # the prepared run, never started
             self._stop_requested = False
             self.summary = None
             self.error = None
-            fresh = self.run is not None and self.n_runs == 0
             self._state = STARTING
         if fresh:
             self._start_pipeline()
@@ -91,14 +91,6 @@ class LiveSession:
                 self._state = STOPPING
         if state in (RUNNING, STOPPING) and run is not None:
             run.pipeline.stop()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the current run is finished (tests, screenshot mode); True when it is."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive() and not self.active
-        return not self.active
 
     # ---------------------------------------------------------------------------------- threads
 
