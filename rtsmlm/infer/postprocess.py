@@ -10,7 +10,9 @@ near a pixel border, that pixel's neighbours. Spatial integration turns the map 
 2. each candidate's score is p summed over the pixel and its 4-connected neighbours (the probability mass
    of one emitter);
 3. pixels that are not maxima but have p above ``split_threshold`` are candidates of their own with the
-   same summed score, so two emitters in adjacent pixels are both reported;
+   same summed score, so two emitters in adjacent pixels are both reported — unless such a pixel's
+   read-out position (pixel centre + predicted offset) lies within ``MERGE_RADIUS_PX`` of an adjacent
+   maximum's: then both pixels describe the same molecule and only the maximum is kept;
 4. candidates with score > ``p_threshold`` become localizations read out at the candidate pixel.
 
 The heavy part (masks, sums, gathering) runs in torch on the device of ``out`` (GPU when the network runs
@@ -39,6 +41,10 @@ from rtsmlm.model.net import (
     CH_Z,
     N_OUT_CHANNELS,
 )
+
+MERGE_RADIUS_PX = 0.5
+"""A split candidate reading out closer than this to an adjacent maximum is the same emitter. Two real
+emitters this close (50 nm at 100 nm pixels, well under the PSF width) cannot be told apart anyway."""
 
 # Neighbour offsets (row, column) before and after a pixel in raster order; used for tie-breaking.
 _EARLIER = ((-1, -1), (-1, 0), (-1, 1), (0, -1))
@@ -115,8 +121,32 @@ class Postprocessor:
         plus = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], device=p.device, dtype=p.dtype)
         score = F.conv2d(p.unsqueeze(1), plus.reshape(1, 1, 3, 3), padding=1).squeeze(1)
         split = ~is_max & (p > self.split_threshold)
-        detected = (is_max | split) & (score > self.p_threshold)
-        return detected, score
+        maxima = is_max & (score > self.p_threshold)
+        split = split & (score > self.p_threshold) & ~self._same_emitter_as_neighbour(out, split, maxima)
+        return maxima | split, score
+
+    @staticmethod
+    def _same_emitter_as_neighbour(out: torch.Tensor, split: torch.Tensor, maxima: torch.Tensor) -> torch.Tensor:
+        """Split pixels whose read-out position is within ``MERGE_RADIUS_PX`` of that of an adjacent
+        maximum: both pixels point at the same molecule (a duplicate), whereas a true adjacent pair of
+        emitters points at two different places."""
+        h, w = out.shape[-2], out.shape[-1]
+        cols = torch.arange(w, device=out.device, dtype=out.dtype) + 0.5
+        rows = torch.arange(h, device=out.device, dtype=out.dtype) + 0.5
+        x = out[:, CH_X] + cols  # read-out position of every pixel, in pixels
+        y = out[:, CH_Y] + rows[:, None]
+        far = torch.full_like(x, float("inf"))
+        x_max = F.pad(torch.where(maxima, x, far), (1, 1, 1, 1), value=float("inf"))
+        y_max = F.pad(torch.where(maxima, y, far), (1, 1, 1, 1), value=float("inf"))
+        duplicate = torch.zeros_like(split)
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                if di == 0 and dj == 0:
+                    continue
+                nx = x_max[:, 1 + di : 1 + di + h, 1 + dj : 1 + dj + w]
+                ny = y_max[:, 1 + di : 1 + di + h, 1 + dj : 1 + dj + w]
+                duplicate |= (x - nx) ** 2 + (y - ny) ** 2 < MERGE_RADIUS_PX**2
+        return split & duplicate
 
     def __call__(self, out: torch.Tensor, frame_indices: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
         """Localizations of a batch of output maps; row ``b`` of ``out`` belongs to frame
