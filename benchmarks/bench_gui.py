@@ -3,7 +3,8 @@
 Part 1 — one image update on the GUI thread (``setImage`` + repaint of a 1000×900 view), for a 2048×2048
 SR canvas shown the naive way (float32, pyqtgraph computes levels), float32 with fixed levels, uint8 with
 a 256-entry lookup table, and the live view's way (pooled to 1024² and coloured by the display worker,
-so the GUI thread uploads RGB pixels). CPU time of the GUI thread and wall time, median of N updates.
+so the GUI thread uploads RGB pixels). CPU time of the GUI thread and wall time, median of N updates;
+and the display worker's CPU time to prepare one 2048² SR canvas or camera frame (off the GUI thread).
 
 Part 2 — the same run with and without the live window, alternating (ABBA) to cancel drifts in machine
 load: a simulated filament movie (written once) replayed as fast as the file reader goes into a ring
@@ -78,6 +79,38 @@ def _update_costs(n: int) -> list[tuple[str, float, float]]:
     return out
 
 
+def _worker_costs(n: int) -> list[tuple[str, float]]:
+    """CPU time the display worker spends preparing one 2048² image (off the GUI thread)."""
+    from rtsmlm.gui.display import percentile_levels, pool, to_uint8
+    from rtsmlm.gui.widgets import lookup_table
+
+    rng = np.random.default_rng(1)
+    canvas = np.zeros((2048, 2048), np.float32)
+    idx = rng.integers(0, 2048, size=(2, 400_000))
+    np.add.at(canvas, tuple(idx), 1.0)
+    camera = rng.poisson(120.0, size=(2048, 2048)).astype(np.uint16)
+    lut = lookup_table("inferno")
+
+    def sr() -> None:
+        pooled, _ = pool(canvas, 1024, "sum")
+        _, white = percentile_levels(pooled, 0.0, 99.5, nonzero=True)
+        np.take(lut, to_uint8(pooled, 0.0, white), axis=0)
+
+    def cam() -> None:
+        pooled, _ = pool(camera, 1024, "mean")
+        to_uint8(pooled, *percentile_levels(pooled, 0.5, 99.9))
+
+    out = []
+    for label, fn in (("2048² SR canvas -> 1024² RGB", sr), ("2048² camera frame -> 1024² uint8", cam)):
+        cpu = []
+        for _ in range(n):
+            c0 = time.thread_time()
+            fn()
+            cpu.append(time.thread_time() - c0)
+        out.append((label, 1e3 * statistics.median(cpu)))
+    return out
+
+
 def _simulate(frames: int, size: int) -> Path:
     from rtsmlm import config
     from rtsmlm.sim.export import simulate_to_dir
@@ -148,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {'image':40s} {'GUI CPU ms':>10s} {'wall ms':>9s}")
         for label, cpu, wall in _update_costs(args.updates):
             print(f"   {label:40s} {cpu:10.1f} {wall:9.1f}")
+        print("   display worker thread, per prepared image (camera <= 10/s, SR <= 5/s):")
+        for label, cpu in _worker_costs(args.updates):
+            print(f"   {label:40s} {cpu:10.1f}")
 
     movie = _simulate(args.frames, args.size)
     print(f"\n2) {args.frames}-frame runs ({args.size}x{args.size} px simulated filaments replayed from {movie.name} "

