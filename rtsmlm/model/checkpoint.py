@@ -55,10 +55,19 @@ class ModelMeta:
             raise CheckpointError(f"{source}: metadata is incomplete or has unknown fields ({e})") from None
 
 
+def shipped_models() -> list[str]:
+    """Names of the models shipped inside the package (usable as ``model.checkpoint``)."""
+    return sorted(p.stem for p in DEFAULT_MODEL_DIR.glob("*.json"))
+
+
 def resolve(path_or_name: str | Path) -> Path:
-    """Path prefix of a checkpoint: 'default' → the shipped model; else a path with or without suffix."""
-    if str(path_or_name) == "default":
+    """Path prefix of a checkpoint: 'default' or the name of a shipped model (e.g. 'storm_analysis'),
+    else a path with or without its suffix."""
+    name = str(path_or_name)
+    if name == "default":
         return DEFAULT_MODEL_DIR / DEFAULT_MODEL_NAME
+    if "/" not in name and "\\" not in name and name in shipped_models():
+        return DEFAULT_MODEL_DIR / name
     p = Path(path_or_name).expanduser()
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
