@@ -177,7 +177,8 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
         backend, meta = open_backend(cfg.backend, cfg.model.checkpoint)
         check_compatible(meta, camera.describe(), f"source {cfg.source.kind}")
         localizer = StreamingLocalizer(backend, meta, camera, source.shape, cfg.model.p_threshold,
-                                       cfg.model.candidate_threshold, max_batch=cfg.pipeline.max_batch)
+                                       cfg.model.candidate_threshold, max_batch=cfg.pipeline.max_batch,
+                                       split_threshold=cfg.model.split_threshold)
         backend_info = backend.describe()
         model_info = {"checkpoint": cfg.model.checkpoint, "step": meta.step, "width": meta.width,
                       "depth": meta.depth, "window": meta.window, "trained_metrics": meta.metrics}

@@ -37,7 +37,8 @@ class StreamingLocalizer:
         meta: the checkpoint metadata (window, depth, output scales, input scale).
         camera: converts ADU to photons (per-pixel sCMOS maps included) and gives the pixel size in nm.
         frame_shape: (height, width) of the raw frames, any size.
-        p_threshold, candidate_threshold: passed to :class:`rtsmlm.infer.postprocess.Postprocessor`.
+        p_threshold, candidate_threshold, split_threshold: passed to
+            :class:`rtsmlm.infer.postprocess.Postprocessor`.
         batch_size: frames per backend call; 0 = chosen from free memory (at most ``max_batch``; on the
             CPU at most 65536 pixels per call, which keeps activations in the caches).
         tile: tile core size in pixels; None = chosen from free memory (whole frames when they fit).
@@ -53,7 +54,7 @@ class StreamingLocalizer:
 
     def __init__(self, backend: Backend, meta: ModelMeta, camera: CameraModel, frame_shape: tuple[int, int],
                  p_threshold: float, candidate_threshold: float, *, batch_size: int = 0, tile: int | None = None,
-                 margin: int | None = None, max_batch: int = 16,
+                 margin: int | None = None, max_batch: int = 16, split_threshold: float = 0.6,
                  maps_sink: Callable[[torch.Tensor, list[int]], None] | None = None) -> None:
         height, width = (int(v) for v in frame_shape)
         if backend.window != meta.window:
@@ -69,7 +70,7 @@ class StreamingLocalizer:
         self.postprocessor = Postprocessor(
             pixel_size_nm=camera.pixel_size_nm, photon_scale=meta.scales.photon_scale,
             z_scale=meta.scales.z_scale, bg_scale=meta.scales.bg_scale,
-            p_threshold=p_threshold, candidate_threshold=candidate_threshold,
+            p_threshold=p_threshold, candidate_threshold=candidate_threshold, split_threshold=split_threshold,
         )
         element_bytes = 4 if backend.precision == "fp32" else 2
         sizing = choose_sizes(height, width, backend.size_multiple, backend.window, backend.feature_channels,

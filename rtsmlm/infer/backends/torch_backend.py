@@ -218,7 +218,9 @@ class TorchBackend:
         try:
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer warnings about the skipped Python shape check
-                traced = torch.jit.freeze(torch.jit.trace(self._halves[kind], example))
+                # check_trace re-runs and compares the graph: seconds of start-up for a net with no
+                # data-dependent control flow (equality with eager mode is covered by the tests).
+                traced = torch.jit.freeze(torch.jit.trace(self._halves[kind], example, check_trace=False))
                 traced(example)  # the first runs optimise the graph; keep them out of the stream
                 traced(example)
         except RuntimeError as e:
