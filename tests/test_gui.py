@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -249,7 +250,9 @@ def test_event_loop_stays_responsive_while_the_localizer_runs(finished_window):
     assert window.n_refreshes > 20  # the window really refreshed during the run
     assert len(delays) >= 100
     p99_ms = float(np.percentile(delays, 99)) * 1e3
-    assert p99_ms < 50.0, f"posted events waited {p99_ms:.1f} ms (p99) for the GUI thread"
+    # Other processes competing for the CPUs delay every thread, this one too: the load goes in the message.
+    load = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    assert p99_ms < 50.0, f"posted events waited {p99_ms:.1f} ms (p99) for the GUI thread ({load})"
 
 
 @pytest.mark.slow
