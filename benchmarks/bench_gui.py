@@ -122,7 +122,7 @@ def _simulate(frames: int, size: int) -> Path:
     return next(p for p in out.iterdir() if p.name.startswith("movie"))
 
 
-def _one_run(mode: str, movie: Path, frames: int) -> dict:
+def _one_run(mode: str, movie: Path, frames: int, refresh_hz: float) -> dict:
     from PyQt5 import QtCore
 
     from rtsmlm import config
@@ -130,7 +130,7 @@ def _one_run(mode: str, movie: Path, frames: int) -> dict:
 
     out = Path(tempfile.mkdtemp(prefix=f"bench_gui_{mode}_")) / "run"
     cfg = config.load(None, ['source.kind="file"', f"source.path={json.dumps(str(movie))}", "source.fps=0",
-                             f"pipeline.ring_frames={frames + 64}", "stream.enabled=false",
+                             f"pipeline.ring_frames={frames + 64}", "stream.enabled=false", f"gui.refresh_hz={refresh_hz}",
                              f"output.dir={json.dumps(str(out))}"])
     loop = QtCore.QEventLoop()
     if mode == "window":
@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="ABBA pairs of runs")
     ap.add_argument("--size", type=int, default=64, help="simulated frame size (pixels)")
     ap.add_argument("--updates", type=int, default=15, help="image updates per part-1 case")
+    ap.add_argument("--refresh-hz", type=float, default=20.0, help="gui.refresh_hz of the live window")
     ap.add_argument("--skip-updates", action="store_true", help="only part 2")
     args = ap.parse_args(argv)
 
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.repeats):
         order += ["headless", "window"] if r % 2 == 0 else ["window", "headless"]
     for i, mode in enumerate(order):
-        res = _one_run(mode, movie, args.frames)
+        res = _one_run(mode, movie, args.frames, args.refresh_hz)
         results[mode].append(res)
         print(f"   run {i + 1}: {mode:8s} localizer {res['fps']:6.1f} frames/s | posted-event delay p50 "
               f"{res['p50']:5.1f} p99 {res['p99']:6.1f} max {res['max']:6.1f} ms ({res['n_events']} events) | "

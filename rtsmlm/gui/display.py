@@ -250,14 +250,15 @@ class DisplayWorker:
         percentile the renderer already maps its ``display`` image at; when the requested percentile is
         the same, that image is used as is instead of mapping the float image again.
 
-        The worker wakes at ``refresh_hz`` but prepares a new camera frame at most ``camera_hz`` times
-        and a new SR image at most ``sr_hz`` times a second: on a busy machine every millisecond of CPU
+        The worker prepares a new camera frame at most ``camera_hz`` times and a new SR image at most
+        ``sr_hz`` times a second (neither faster than ``refresh_hz``): on a busy machine every millisecond of CPU
         the display takes is a millisecond the localizer may miss, and an SR image that grows slowly
         looks just as live at 5 updates/s."""
         self.run = run
-        self.interval_s = 1.0 / refresh_hz
         self.camera_interval_s = 1.0 / min(camera_hz, refresh_hz)
         self.sr_interval_s = 1.0 / min(sr_hz, refresh_hz)
+        # No faster than there is something to prepare: each wake-up takes the GIL from the pipeline.
+        self.interval_s = min(self.camera_interval_s, self.sr_interval_s)
         self._camera_t = -math.inf
         self._sr_t = -math.inf
         self._full = threading.Event()
