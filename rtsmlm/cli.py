@@ -78,6 +78,17 @@ def _cmd_evaluate(args) -> int:
 
 # ------------------------------------------------------------------------------------- run / live
 
+_RUN_FLAGS = {  # argparse destination → config key; a value given on the command line overrides it
+    "max_frames": "source.max_frames", "fps": "source.fps", "out": "output.dir",
+    "model": "model.checkpoint", "backend": "backend.name", "mm_config": "source.mm_config",
+    "mm_dir": "source.mm_dir",
+}
+_RUN_SWITCHES = {  # store_true flags → the config value they set
+    "overwrite": "output.overwrite=true", "attach": "source.mm_attach=true",
+    "no_stream": "stream.enabled=false", "no_raw": "output.record_raw=false",
+}
+
+
 def _run_overrides(args) -> list[str]:
     extra = []
     if args.source:
@@ -85,28 +96,11 @@ def _run_overrides(args) -> list[str]:
             extra.append(f'source.kind="{args.source}"')
         else:
             extra += ['source.kind="file"', f"source.path={json.dumps(str(args.source))}"]
-    if args.max_frames is not None:
-        extra.append(f"source.max_frames={args.max_frames}")
-    if args.fps is not None:
-        extra.append(f"source.fps={args.fps}")
-    if args.out:
-        extra.append(f"output.dir={json.dumps(str(args.out))}")
-    if args.overwrite:
-        extra.append("output.overwrite=true")
-    if args.model:
-        extra.append(f"model.checkpoint={json.dumps(str(args.model))}")
-    if args.backend:
-        extra.append(f'backend.name="{args.backend}"')
-    if args.mm_config:
-        extra.append(f"source.mm_config={json.dumps(str(args.mm_config))}")
-    if args.mm_dir:
-        extra.append(f"source.mm_dir={json.dumps(str(args.mm_dir))}")
-    if args.attach:
-        extra.append("source.mm_attach=true")
-    if args.no_stream:
-        extra.append("stream.enabled=false")
-    if args.no_raw:
-        extra.append("output.record_raw=false")
+    for dest, key in _RUN_FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            extra.append(f"{key}={json.dumps(value if isinstance(value, (int, float)) else str(value))}")
+    extra += [setting for dest, setting in _RUN_SWITCHES.items() if getattr(args, dest)]
     return extra
 
 
