@@ -333,6 +333,7 @@ def test_controls_act_on_a_running_acquisition_and_closing_flushes_everything(qt
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_start_after_a_finished_run_starts_a_new_run_in_a_new_folder(qtbot, tmp_path):
     from rtsmlm.gui.app import open_live_window
 
