@@ -268,3 +268,28 @@ def _normalised_steps(cdf: np.ndarray) -> np.ndarray:
     weights = np.diff(cdf, axis=1)
     weights /= weights.sum(axis=1, keepdims=True)  # each localization adds exactly 1
     return weights.astype(np.float32)
+
+
+def pool(image: np.ndarray, max_px: int, reducer: str = "sum") -> tuple[np.ndarray, int]:
+    """Pool ``image`` by an integer factor so that no side exceeds ``max_px``.
+
+    Returns the pooled image (float32) and the factor. ``reducer`` is ``"sum"`` (an SR histogram keeps
+    its counts) or ``"mean"`` (a camera frame keeps its ADU scale). Edge rows/columns that do not fill a
+    whole block are dropped, so pooled pixel (i, j) covers exactly original pixels
+    ``[i·f, (i+1)·f) × [j·f, (j+1)·f)`` and the nm coordinates of the pooled image stay exact.
+    """
+    if reducer not in ("sum", "mean"):
+        raise ValueError(f"pool reducer must be 'sum' or 'mean', got {reducer!r}")
+    factor = max(1, math.ceil(max(image.shape) / max_px))
+    if factor == 1:
+        return image.astype(np.float32, copy=False), 1
+    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    # factor² strided adds: ~10x faster than reshape(...).sum(axis=(1, 3)), whose reduction runs over
+    # non-contiguous axes (2.7 vs 25 ms for a 2048² frame here).
+    pooled = np.zeros((h // factor, w // factor), np.float32)
+    for i in range(factor):
+        for j in range(factor):
+            pooled += image[i:h:factor, j:w:factor]
+    if reducer == "mean":
+        pooled *= np.float32(1.0 / (factor * factor))
+    return pooled, factor

@@ -44,10 +44,9 @@ class RenderSnapshot:
 
 def to_display(image: np.ndarray, percentile: float, max_px: int = _DISPLAY_MAX_PX) -> tuple[np.ndarray, int]:
     """Downsample (sum-pool) to at most ``max_px`` and map to uint8 at the given upper percentile."""
-    f = max(1, int(np.ceil(max(image.shape) / max_px)))
-    if f > 1:
-        h, w = (image.shape[0] // f) * f, (image.shape[1] // f) * f
-        image = image[:h, :w].reshape(h // f, f, w // f, f).sum(axis=(1, 3))
+    from rtsmlm.render import pool
+
+    image, f = pool(image, max_px, "sum")
     nz = image[image > 0]
     top = float(np.percentile(nz, percentile)) if nz.size else 1.0
     scaled = np.clip(image * (255.0 / max(top, 1e-12)), 0, 255)
@@ -77,6 +76,7 @@ class RenderConsumer:
         self._lock = threading.Lock()
         self._snapshot: RenderSnapshot | None = None
         self._dirty = False
+        self._wanted = False
         self._last_snapshot_t = 0.0
         self._last_frc_t = time.perf_counter()
         self._frc_nm: float | None = None
@@ -136,9 +136,7 @@ class RenderConsumer:
             if len(locs):
                 self.canvas.add(self._corrected(locs))
         self._dirty = True
-        now = time.perf_counter()
-        if now - self._last_snapshot_t > 0.05:
-            self._publish_snapshot()
+        self._maybe_publish()
 
     def _redraw_stale(self) -> None:
         """Move the localizations whose drift correction changed by more than half an SR pixel: take
@@ -162,7 +160,12 @@ class RenderConsumer:
         if now - self._last_frc_t >= self.cfg.render.frc_interval_s:
             self._last_frc_t = now
             self._frc_nm = self.frc()
-        if self._dirty:
+        self._maybe_publish()
+
+    def _maybe_publish(self) -> None:
+        """Build a new snapshot only when a viewer asked for one since the last, at most 5 times a
+        second: a headless run pays nothing for the live view."""
+        if self._dirty and self._wanted and time.perf_counter() - self._last_snapshot_t >= 0.2:
             self._publish_snapshot()
 
     def on_stats(self, stats: dict[str, Any]) -> None:
@@ -190,12 +193,15 @@ class RenderConsumer:
                               np.asarray(frames), np.asarray(dx), np.asarray(dy), self._frc_nm)
         with self._lock:
             self._snapshot = snap
+            self._wanted = False
         self._dirty = False
         self._last_snapshot_t = time.perf_counter()
 
     def snapshot(self) -> RenderSnapshot | None:
-        """The latest rendered state (thread-safe; None before the first batch)."""
+        """The latest rendered state (thread-safe; None before the first one is built). Calling it asks
+        the consumer's thread to build a fresh one."""
         with self._lock:
+            self._wanted = True
             return self._snapshot
 
     # -------------------------------------------------------------------------------- finish
