@@ -432,7 +432,7 @@ def storm_movie(args: argparse.Namespace, localizers: dict[str, Any], log=print)
     """Section 3: the storm-analysis test movie with each available model."""
     from rtsmlm.io.locfiles import read_locs
     from rtsmlm.io.movies import open_movie
-    from rtsmlm.run import camera_from_config
+    from rtsmlm.sources.base import CameraModel
 
     movie_path = args.storm_dir / "test.dax"
     truth_path = args.storm_dir / "truth.csv"
@@ -441,7 +441,7 @@ def storm_movie(args: argparse.Namespace, localizers: dict[str, Any], log=print)
     with open_movie(movie_path) as reader:
         frames = np.stack(list(reader))
     truth = read_locs(truth_path)
-    camera = camera_from_config(rconfig.load(STORM_CONFIG))
+    camera = CameraModel.from_config(rconfig.load(STORM_CONFIG).camera)
     out: dict[str, Any] = {"movie": str(movie_path), "frames": len(frames), "shape": list(frames.shape[1:]),
                            "n_true": len(truth), "camera": camera.describe(), "tolerance_nm": args.storm_tolerance_nm,
                            "reference": STORM_REFERENCE, "models": {}}

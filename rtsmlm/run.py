@@ -22,7 +22,7 @@ from rtsmlm.locs import LocBatch
 from rtsmlm.outputs import (SUMMARY_JSON, TRUTH_CSV, TRUTH_DRIFT_CSV, LocalizationFiles, TruthWriter, prepare_out_dir,
                             write_json_atomically)
 from rtsmlm.pipeline import Consumer, Localizer, Pipeline
-from rtsmlm.sources.base import Source, SourceError
+from rtsmlm.sources.base import CameraModel, Source, SourceError
 
 log = logging.getLogger("rtsmlm.run")
 
@@ -40,7 +40,7 @@ def open_source(cfg: Config, *, realtime: bool = False, on_truth=None) -> Source
 
         if not src.path:
             raise SourceError("source.kind is 'file' but source.path is empty (use --source FILE)")
-        return FileSource(src.path, fps=src.fps, max_frames=src.max_frames, camera=camera_from_config(cfg),
+        return FileSource(src.path, fps=src.fps, max_frames=src.max_frames, camera=CameraModel.from_config(cfg.camera),
                           loop=src.loop)
     from rtsmlm.sources.micromanager import open_micromanager_source
 
@@ -58,16 +58,6 @@ def resolve_out_dir(configured: str) -> Path:
         n += 1
         out = Path("runs") / f"run-{stamp}-{n}"
     return out
-
-
-def camera_from_config(cfg: Config):
-    """The camera model the config describes (for files whose metadata does not say)."""
-    from rtsmlm.sources.base import CameraModel
-
-    c = cfg.camera
-    em_gain = c.em_gain if c.model == "emccd" else 1.0
-    return CameraModel(c.model, c.pixel_size_nm, c.baseline_adu, c.e_per_adu, em_gain, c.qe,
-                       c.read_noise_e, c.exposure_ms)
 
 
 class PublisherConsumer:

@@ -32,6 +32,16 @@ class CameraModel:
     gain_map: np.ndarray | None = None
     variance_map: np.ndarray | None = None
 
+    @classmethod
+    def from_config(cls, camera) -> "CameraModel":
+        """The camera a :class:`rtsmlm.config.CameraConfig` describes (no pixel maps; EM gain 1 for sCMOS).
+
+        Used where the frames do not say: files without camera metadata, camera properties
+        Micro-Manager does not report."""
+        em_gain = camera.em_gain if camera.model == "emccd" else 1.0
+        return cls(camera.model, camera.pixel_size_nm, camera.baseline_adu, camera.e_per_adu, em_gain,
+                   camera.qe, camera.read_noise_e, camera.exposure_ms)
+
     def to_photons(self, adu: np.ndarray) -> np.ndarray:
         """Convert raw counts to photons (float32), pixel maps included when present."""
         offset = self.offset_map if self.offset_map is not None else self.baseline_adu

@@ -43,7 +43,7 @@ import numpy as np
 from rtsmlm.sources.base import CameraModel, Frame, SourceError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rtsmlm.config import CameraConfig, Config
+    from rtsmlm.config import Config
 
 __all__ = [
     "JAVA_BRIDGE_PORT",
@@ -51,7 +51,6 @@ __all__ = [
     "CAMERA_PROPERTY_NAMES",
     "MicroManagerControl",
     "MicroManagerSource",
-    "camera_defaults_from_config",
     "open_micromanager_source",
 ]
 
@@ -347,13 +346,6 @@ def _camera_model(defaults: CameraModel, readout: CameraReadout, values: dict[st
     if values.get("em_gain", 1.0) > 1.0:
         updates["model"] = "emccd"
     return replace(defaults, **updates)
-
-
-def camera_defaults_from_config(camera: CameraConfig) -> CameraModel:
-    """The ``[camera]`` config as a camera model: the values Micro-Manager does not report."""
-    em_gain = camera.em_gain if camera.model == "emccd" else 1.0
-    return CameraModel(camera.model, camera.pixel_size_nm, camera.baseline_adu, camera.e_per_adu, em_gain,
-                       camera.qe, camera.read_noise_e, camera.exposure_ms)
 
 
 # ------------------------------------------------------------------------------------------ the source
@@ -718,7 +710,7 @@ def open_micromanager_source(cfg: Config) -> MicroManagerSource:
     """The Micro-Manager source ``cfg.source`` describes: attached (``mm_attach``) or headless
     (``mm_dir`` + ``mm_config``); ``max_frames`` 0 means until stopped."""
     src = cfg.source
-    defaults = camera_defaults_from_config(cfg.camera)
+    defaults = CameraModel.from_config(cfg.camera)
     max_frames = src.max_frames or None
     if src.mm_attach:
         return MicroManagerSource.attach(src.mm_port, camera_defaults=defaults, max_frames=max_frames)
