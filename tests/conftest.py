@@ -33,3 +33,16 @@ def shared_data(repo_root: Path) -> Path:
         pytest.skip(f"shared data folder {path} is absent (it lies beside the repository in the full "
                     "checkout and in CI)")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module: on a 2-core machine shared with other jobs, two
+    threads that wait for each other at every parallel region make small tensors many times slower
+    (torch's setting is process-wide, so it is restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

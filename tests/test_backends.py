@@ -32,7 +32,6 @@ from rtsmlm.infer.backends.tensorrt import (
     onnx_precision,
     shape_range,
 )
-from rtsmlm.infer.backends.torch_backend import TorchBackend
 from rtsmlm.infer.localizer import StreamingLocalizer, localize_movie
 from rtsmlm.model import checkpoint
 from rtsmlm.model.data import Scales
@@ -42,13 +41,7 @@ from rtsmlm.sources.base import CameraModel
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread (2-core machine shared with other jobs; process-wide, restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _env(**kw) -> Environment:

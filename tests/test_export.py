@@ -21,13 +21,7 @@ from rtsmlm.model.net import DecodeNet
 onnx = pytest.importorskip("onnx")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread (2-core machine shared with other jobs; process-wide, restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,7 @@ from rtsmlm.model.net import DecodeNet
 from rtsmlm.sources.base import CameraModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a 2-core machine shared with other jobs, two threads that wait for each
-    other at every parallel region make these small tensors many times slower (torch's setting is
-    process-wide, so it is restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("shape,tile,margin", [((50, 70), 16, 6), ((64, 64), 32, 8), ((10, 10), None, 0),
