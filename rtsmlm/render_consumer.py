@@ -69,7 +69,6 @@ class RenderConsumer:
         self._canvas_args = dict(mode=cfg.render.mode, min_sigma_nm=cfg.render.min_sigma_nm,
                                  max_sigma_nm=cfg.render.max_sigma_nm,
                                  half_block_frames=cfg.drift.block_frames)
-        self._Canvas = Canvas
         self.pixel_nm = cfg.render.pixel_size_nm
         self.canvas = Canvas(self.extent_nm, self.pixel_nm, **self._canvas_args)
         self._batches: list[np.ndarray] = []
@@ -81,7 +80,6 @@ class RenderConsumer:
         self._last_frc_t = time.perf_counter()
         self._frc_nm: float | None = None
         self._pending_settings: dict[str, Any] = {}
-        self.n_rerenders = 0
 
     # -------------------------------------------------------------------------------- settings
 
@@ -117,9 +115,10 @@ class RenderConsumer:
         if "mode" in settings:
             self._canvas_args["mode"] = settings["mode"]
         if settings:
-            self.canvas = self._Canvas(self.extent_nm, self.pixel_nm, **self._canvas_args)
+            from rtsmlm.render import Canvas
+
+            self.canvas = Canvas(self.extent_nm, self.pixel_nm, **self._canvas_args)
         self.canvas.rerender(self._corrected(concat(self._batches)))
-        self.n_rerenders += 1
         self._dirty = True
 
     def on_batch(self, batch: LocBatch) -> None:

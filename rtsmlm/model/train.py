@@ -17,6 +17,7 @@ import numpy as np
 
 from rtsmlm.config import Config, to_dict
 from rtsmlm.model.checkpoint import ModelMeta, save
+from rtsmlm.metrics import json_safe
 from rtsmlm.model.data import Batch, Scales, TrainingSimulator
 
 
@@ -31,22 +32,11 @@ def validate(model, val: Batch, scales: Scales, pixel_size_nm: float, is_3d: boo
     """Loss, Jaccard and lateral RMSE of ``model`` on a fixed simulated set."""
     import torch
 
+    from rtsmlm.infer.postprocess import Postprocessor
+    from rtsmlm.metrics import evaluate
     from rtsmlm.model.loss import decode_loss
 
-    try:
-        from rtsmlm.infer.postprocess import Postprocessor
-        from rtsmlm.metrics import evaluate
-    except ImportError:  # a partial checkout: validate on the loss alone
-        Postprocessor = evaluate = None
     frames, em, mask, bg = _to_torch(val)
-    if Postprocessor is None:
-        model.eval()
-        with torch.inference_mode():
-            loss = sum(float(decode_loss(model(frames[i:i + chunk]), em[i:i + chunk], mask[i:i + chunk],
-                                         bg[i:i + chunk], use_z=is_3d)[0]) * len(frames[i:i + chunk])
-                       for i in range(0, len(frames), chunk))
-        model.train()
-        return {"val_loss": loss / len(frames), "jaccard": None, "rmse_lat_nm": None}
     post = Postprocessor(pixel_size_nm=pixel_size_nm, photon_scale=scales.photon_scale,
                          z_scale=scales.z_scale, bg_scale=scales.bg_scale)
     losses, preds = [], []
@@ -95,6 +85,7 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
 
     t = cfg.train
     out_prefix = Path(out_prefix)
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
     state_path = out_prefix.with_name(out_prefix.name + ".state.pt")
     log_path = Path(log_path) if log_path else out_prefix.with_name(out_prefix.name + ".log.jsonl")
     if t.threads:
@@ -151,20 +142,17 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
             record = {"step": step, "train_loss": running, **v, "lr": sched.get_last_lr()[0],
                       "elapsed_s": time.perf_counter() - t0}
             with open(log_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+                fh.write(json.dumps(json_safe(record)) + "\n")
             rmse = v["rmse_lat_nm"]
-            if v["jaccard"] is None:
-                score = -v["val_loss"] - 1e6  # any later score with Jaccard wins
-            else:
-                score = v["jaccard"] - (rmse / 100.0 if rmse is not None and np.isfinite(rmse) else 1.0)
+            score = v["jaccard"] - (rmse / 100.0 if np.isfinite(rmse) else 1.0)
             if score > best:
                 best = score
-                save(out_prefix, model, ModelMeta(**meta_base, step=step, metrics=v))
+                save(out_prefix, model, ModelMeta(**meta_base, step=step, metrics=json_safe(v)))
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                         "step": step, "best": best}, state_path.with_suffix(".tmp"))
             state_path.with_suffix(".tmp").replace(state_path)
-            msg = (f"step {step}: val loss {v['val_loss']:.3f} jaccard {v['jaccard']} "
-                   f"rmse {v['rmse_lat_nm']} nm")
+            msg = (f"step {step}: val loss {v['val_loss']:.3f} jaccard {v['jaccard']:.3f} "
+                   f"rmse {v['rmse_lat_nm']:.1f} nm")
             (bar.write if bar else print)(msg)
     if bar:
         bar.close()
