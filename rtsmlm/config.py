@@ -94,13 +94,24 @@ class SourceConfig:
     kind: str = _f("simulator", choices=("simulator", "file", "micromanager"))
     path: str = _f("")
     fps: float = _f(0.0, range=(0.0, 1e6), doc="pacing; 0 = as fast as possible")
-    max_frames: int = _f(2000, range=(0, None), doc="0 = until the source ends")
+    max_frames: int = _f(-1, range=(-1, None),
+                         doc="-1 = the source's default (simulator 2000, a file the whole movie, a camera 2000); "
+                             "0 = until the source ends")
     loop: bool = _f(False, doc="file source: replay from the start when it ends")
     mm_config: str = _f("")
     mm_dir: str = _f("")
     mm_attach: bool = _f(False)
     mm_port: int = _f(4827, range=(1, 65535), doc="attach: Micro-Manager's server port")
     mm_buffer_mb: int = _f(512, range=(1, 1_000_000), doc="headless: MMCore circular buffer size")
+
+
+SOURCE_DEFAULT_MAX_FRAMES = {"simulator": 2000, "file": 0, "micromanager": 2000}
+"""What ``source.max_frames = -1`` means per source kind: a recorded movie is analysed whole."""
+
+
+def effective_max_frames(src: SourceConfig) -> int:
+    """The frame limit of ``src`` (0 = none), with -1 resolved to the source kind's default."""
+    return SOURCE_DEFAULT_MAX_FRAMES[src.kind] if src.max_frames < 0 else int(src.max_frames)
 
 
 @dataclass(frozen=True)
@@ -194,6 +205,16 @@ class TrainConfig:
     val_samples: int = _f(256, range=(1, 1_000_000))
     checkpoint_every: int = _f(500, range=(1, None))
     threads: int = _f(1, range=(0, 1024), doc="0 = all cores; 1 is robust on a shared machine")
+    input_transform: str = _f("linear", choices=("linear", "anscombe"),
+                              doc="photons → network input: linear (one camera) or anscombe (broad model)")
+    broad: bool = _f(False, doc="draw camera (EMCCD/sCMOS), PSF sigma, background (log) and brightness band "
+                                "per sample: one model for many microscopes")
+    sigma_min_px: float = _f(0.7, range=(0.1, 20.0), doc="broad: smallest PSF sigma in camera pixels")
+    sigma_max_px: float = _f(2.0, range=(0.1, 20.0), doc="broad: largest PSF sigma in camera pixels")
+    on_frames_min: float = _f(0.3, range=(0.01, 1e5), doc="broad: shortest mean on-time in frames")
+    on_frames_max: float = _f(0.0, range=(0.0, 1e5),
+                              doc="> 0: mean on-time drawn log-uniformly per sample from "
+                                  "[on_frames_min, on_frames_max]; 0: sim.mean_on_frames")
 
 
 @dataclass(frozen=True)

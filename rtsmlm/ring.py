@@ -20,6 +20,11 @@ Concurrency model
   that frame: the writer appends the evicted frame's source index to the reader's loss record and moves
   the cursor on. A reader that already claimed the frame (is copying it) is not touched; it finds the
   torn sequence number itself, so each lost frame is counted exactly once.
+* A reader has two positions: its *cursor* (next write not yet claimed) and its *release* mark (every
+  write below it has been copied out). A claimed slot stays busy until the copy is done; only then does
+  the release mark move and :meth:`RingBuffer.wait_for_space` see the slot as free. A producer that waits
+  (a file replay) therefore never overwrites a slot a reader is still copying, whatever the pace, frame
+  size or batch size; a live camera never waits, and a frame it overwrites mid-copy is counted as lost.
 """
 
 from __future__ import annotations
@@ -184,6 +189,7 @@ class RingBuffer:
                     if reader._cursor == evicted:
                         reader._record_loss(old_index)
                         reader._cursor = evicted + 1
+                        reader._released = max(reader._released, evicted + 1)
             self._seq[slot] = 2 * w + 1
             self._n_started = w + 1
         # The copy runs without the lock: readers keep claiming and validating other slots meanwhile.
@@ -203,7 +209,8 @@ class RingBuffer:
         """
         def room() -> bool:
             evicted = self._n_started - self._n
-            return self._closed or all(r._cursor > evicted for r in self._reader_tuple)
+            # _released, not _cursor: a slot claimed by a reader is free only once its copy is done.
+            return self._closed or all(r._released > evicted for r in self._reader_tuple)
 
         with self._cond:
             return self._cond.wait_for(room, timeout)
@@ -272,6 +279,7 @@ class RingReader:
         self._ring = ring
         self.name = name
         self._cursor = start  # next write number this reader has not claimed
+        self._released = start  # every write below this one is copied out (or lost): its slot is free
         self._n_read = 0
         self._n_lost = 0
         self._n_torn = 0
@@ -310,10 +318,12 @@ class RingReader:
                 indices = ring._index[slots].copy()
                 timestamps = ring._timestamp[slots].copy()
                 self._cursor = first + count  # claimed: the writer no longer counts these as ours to lose
-                ring._cond.notify_all()  # a producer in wait_for_space may now have room
             block = np.empty((count, *ring._shape), dtype=ring._dtype)
             ring._copy_out(first, count, block)
             with ring._cond:
+                # The copy is done: the slots are free for a waiting producer from now on.
+                self._released = max(self._released, first + count)
+                ring._cond.notify_all()
                 expected = 2 * np.arange(first, first + count, dtype=np.int64) + 2
                 intact = ring._seq[slots] == expected
                 for i in np.flatnonzero(~intact):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtsmlm.config import Config
+from rtsmlm.config import Config, effective_max_frames
 from rtsmlm.locs import LocBatch
 from rtsmlm.outputs import (SUMMARY_JSON, TRUTH_CSV, TRUTH_DRIFT_CSV, LocalizationFiles, TruthWriter, prepare_out_dir,
                             write_json_atomically)
@@ -30,7 +30,7 @@ log = logging.getLogger("rtsmlm.run")
 def open_source(cfg: Config, *, realtime: bool = False, on_truth=None) -> Source:
     """The frame source ``cfg.source`` names."""
     src = cfg.source
-    max_frames = src.max_frames or None
+    max_frames = effective_max_frames(src) or None
     if src.kind == "simulator":
         from rtsmlm.sources.simulated import SimulatedCamera
 
@@ -40,7 +40,7 @@ def open_source(cfg: Config, *, realtime: bool = False, on_truth=None) -> Source
 
         if not src.path:
             raise SourceError("source.kind is 'file' but source.path is empty (use --source FILE)")
-        return FileSource(src.path, fps=src.fps, max_frames=src.max_frames, camera=CameraModel.from_config(cfg.camera),
+        return FileSource(src.path, fps=src.fps, max_frames=effective_max_frames(src), camera=CameraModel.from_config(cfg.camera),
                           loop=src.loop)
     from rtsmlm.sources.micromanager import open_micromanager_source
 
@@ -210,9 +210,10 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
                                              "shape": list(source.shape), "camera": camera.describe()},
                 "backend": backend_info, "model": model_info, "output_dir": str(out)}
     write_json_atomically(out / SUMMARY_JSON, {**run_info, "status": "running"})
-    file_as_fast_as_possible = cfg.source.kind == "file" and cfg.source.fps == 0
+    # A recorded file has no camera to protect: at any replay pace the producer waits for the readers
+    # rather than lose a frame. A live camera never waits.
     pipeline = Pipeline(cfg, source, localizer, consumers=consumers, recorder=recorder, truth=truth,
-                        run_info=run_info, on_stats=on_stats, backpressure=file_as_fast_as_possible)
+                        run_info=run_info, on_stats=on_stats, backpressure=cfg.source.kind == "file")
     return Run(pipeline, out, run_id, backend_info, render)
 
 

@@ -461,14 +461,26 @@ def test_raw_writer_survives_sigkill(tmp_path: Path) -> None:
 def test_tiff_writer_survives_sigkill(tmp_path: Path) -> None:
     path = tmp_path / "killed.tif"
     kill_writer_midway(path, n_flushed=11, n_more=5)
+    # Other tools (tifffile here; Fiji reads the same IFD chain) see one page per flushed frame.
     with tifffile.TiffFile(path) as tif:
-        assert len(tif.pages) == 1  # tifffile writes the other pages' index only on close
+        assert 11 <= len(tif.pages) <= 16
+        data = np.stack([tif.pages[i].asarray() for i in range(11)])
+    np.testing.assert_array_equal(data, np.stack([expected_frame(i) for i in range(11)]))
     with open_movie(path) as m:
-        assert m.recovered
         assert 11 <= m.n_frames <= 16  # every flushed frame, plus unflushed ones that reached the disk
         assert m.pixel_size_nm == 123.0 and m.metadata == {"em_gain": 42.0}
         for i in range(m.n_frames):
             np.testing.assert_array_equal(m.read(i), expected_frame(i))
+
+
+def test_tiff_killed_with_a_cut_last_page_keeps_the_complete_pages(tmp_path: Path) -> None:
+    path = tmp_path / "killed.tif"
+    kill_writer_midway(path, n_flushed=9, n_more=0)
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])  # the kill cut the last page's pixels short
+    with open_movie(path) as m:
+        assert m.n_frames == 8
+        np.testing.assert_array_equal(m.read(7), expected_frame(7))
 
 
 def test_tiff_killed_while_closing_keeps_only_flushed_frames(tmp_path: Path) -> None:
@@ -480,5 +492,5 @@ def test_tiff_killed_while_closing_keeps_only_flushed_frames(tmp_path: Path) -> 
     data = data[:marker] + b'"state": "c"' + data[marker + 12:]
     path.write_bytes(data + bytes(range(256)) * 40)  # more than one frame of page-index bytes
     with open_movie(path) as m:
-        assert m.recovered and m.n_frames == 7
+        assert m.n_frames == 7
         np.testing.assert_array_equal(m.read(6), expected_frame(6))

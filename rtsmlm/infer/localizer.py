@@ -79,7 +79,7 @@ class StreamingLocalizer:
                               max_pixels=CPU_PIXELS_PER_CALL if backend.device == "cpu" else None)
         self.plan: TilePlan = sizing.plan
         self.batch_size = sizing.batch
-        self._offset, self._scale = self._input_transform(camera, meta.scales.input_scale)
+        self._offset, self._scale = self._input_transform(camera)
         k = self.plan.n_tiles
         backend.warmup(self.plan.tile_height, self.plan.tile_width, self.batch_size * k, self.batch_size * k)
         log.info("localizer: %dx%d frames, %d tile(s) of %dx%d (margin %d), batch %d frames",
@@ -93,12 +93,12 @@ class StreamingLocalizer:
         self.frames_done = 0
         self.sequences = 0
 
-    def _input_transform(self, camera: CameraModel, input_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Offset (ADU) and scale so that network input = (ADU - offset) * scale = photons / input_scale,
-        on the backend's device, as CameraModel.to_photons defines photons."""
+    def _input_transform(self, camera: CameraModel) -> tuple[torch.Tensor, torch.Tensor]:
+        """Offset (ADU) and scale so that photons = (ADU - offset) * scale, on the backend's device, as
+        CameraModel.to_photons defines photons; the model's Scales.network_input maps photons further."""
         offset = camera.offset_map if camera.offset_map is not None else camera.baseline_adu
         gain = camera.gain_map if camera.gain_map is not None else camera.e_per_adu
-        scale = np.asarray(gain, dtype=np.float64) / (camera.em_gain * camera.qe * input_scale)
+        scale = np.asarray(gain, dtype=np.float64) / (camera.em_gain * camera.qe)
         tensors = []
         for name, value in (("offset_map", offset), ("gain_map", scale)):
             arr = np.asarray(value, dtype=np.float32)
@@ -167,7 +167,7 @@ class StreamingLocalizer:
 
     def _encode(self, frames: np.ndarray) -> torch.Tensor:
         raw = self.backend.upload(frames)
-        x = (raw.to(torch.float32) - self._offset) * self._scale
+        x = self.meta.scales.network_input((raw.to(torch.float32) - self._offset) * self._scale)
         feats = self.backend.encode(self.plan.split(x))
         return feats.reshape(len(frames), self.plan.n_tiles, *feats.shape[1:])
 

@@ -382,6 +382,17 @@ def _tiff_reader(path: Path, tif: Any, series: Any, n_pages: int, warnings: list
                           shape=(n_frames, height, width))
     else:
         pages = list(series.pages)
+        if state in ("o", "c"):
+            # A page-per-frame file of a killed writer: keep the leading pages whose data are complete.
+            complete = 0
+            for page in pages:
+                if page is None or max((o + c for o, c in zip(page.dataoffsets, page.databytecounts)),
+                                       default=0) > size:
+                    break
+                complete += 1
+            if complete < len(pages):
+                log.warning("%s: %d of %d pages complete (the writer was killed)", path, complete, len(pages))
+            pages, n_frames = pages[:complete], complete
         if len(pages) != n_frames or any(p is None for p in pages):
             raise SourceError(f"{path}: {n_frames} frames are described but only "
                               f"{sum(p is not None for p in pages)} pages are present (truncated or damaged)")
@@ -825,13 +836,15 @@ class RawMovieWriter(_StreamingWriter):
 
 
 class TiffMovieWriter(_StreamingWriter):
-    """BigTIFF, one page per frame, written as frames come (tifffile ``TiffWriter``, contiguous series).
+    """BigTIFF, one page per frame, each page with its own IFD written with the frame (tifffile
+    ``TiffWriter``, one ``write`` per frame, not a contiguous series).
 
+    Because every page's IFD is on disk as soon as the frame is, a file whose writer was killed opens as
+    one page per flushed frame in any TIFF reader (tifffile, Fiji/ImageJ, napari), not only in rtsmlm.
     Pixel size goes into the resolution tags (pixels per cm) and, with ``metadata``, into a JSON
-    envelope in the private tag :data:`RTSMLM_TIFF_TAG` of the first page. tifffile writes the page
-    index only at :meth:`close`; the envelope records the writer state and the flushed frame count so
-    that :func:`open_movie` recovers every complete frame of a file whose writer was killed.
-    Files with no frame appended are not created.
+    envelope in the private tag :data:`RTSMLM_TIFF_TAG` of the first page; the envelope records the
+    writer state and the flushed frame count, so :func:`open_movie` drops a last page that the kill cut
+    short. Files with no frame appended are not created.
     """
 
     _STATE_WIDTH = 20
@@ -841,6 +854,7 @@ class TiffMovieWriter(_StreamingWriter):
                  fsync: bool = False) -> None:
         super().__init__(path, pixel_size_nm, metadata, overwrite, fsync)
         self._tif: Any = None
+        self._kwargs: dict[str, Any] = {}
         self._tail_offset = -1
         head = {_ENVELOPE_KEY: 1, "pixel_size_nm": self.pixel_size_nm, "metadata": self.metadata}
         self._envelope_head = json.dumps(head)[:-1]
@@ -860,7 +874,8 @@ class TiffMovieWriter(_StreamingWriter):
                 per_cm = 1e7 / self.pixel_size_nm
                 kwargs = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
             self._tif = tifffile.TiffWriter(self.path, bigtiff=True, ome=False)
-            self._tif.write(a, contiguous=True, photometric="minisblack", metadata={},
+            self._kwargs = kwargs
+            self._tif.write(a, contiguous=False, photometric="minisblack", metadata=None,
                             extratags=[(RTSMLM_TIFF_TAG, "s", 0, envelope, True)], **kwargs)
             self._tif.filehandle.flush()
             head = self.path.read_bytes()
@@ -869,7 +884,7 @@ class TiffMovieWriter(_StreamingWriter):
                 raise RuntimeError(f"{self.path}: cannot locate the metadata tag just written")
             self._tail_offset = found + len(self._envelope_head)
         else:
-            self._tif.write(a, contiguous=True)
+            self._tif.write(a, contiguous=False, photometric="minisblack", metadata=None, **self._kwargs)
         self._n += 1
 
     def _patch_state(self, state: str) -> None:

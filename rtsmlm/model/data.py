@@ -14,28 +14,51 @@ from dataclasses import dataclass
 import numpy as np
 
 from rtsmlm.config import Config
-from rtsmlm.sim.camera import camera_from_config
-from rtsmlm.sim.psf import psf_from_config
+from rtsmlm.sim.camera import EMCCD, SCMOS, camera_from_config
+from rtsmlm.sim.psf import GaussianPSF, psf_from_config
 from rtsmlm.sim.simulator import smooth_background
 
 EDGE_MARGIN_PX = 3.0
 """Emitters are also placed this far outside the patch so the net learns partial PSFs at the border."""
 
 
+INPUT_TRANSFORMS = ("linear", "anscombe")
+"""How photons become the network's input: ``linear`` = photons / input_scale (a model for one camera);
+``anscombe`` = (2·sqrt(photons + 3/8) − 2·sqrt(3/8)) / input_scale, which makes shot noise about equally
+strong at every background and compresses 1–1000 photons/px of background into one input range (the broad
+model)."""
+
+_ANSCOMBE_ZERO = 2.0 * np.sqrt(3.0 / 8.0)
+
+
 @dataclass(frozen=True)
 class Scales:
     """Normalisation of the network's input and outputs; stored in every checkpoint."""
 
-    input_scale: float  # network input = photons / input_scale
+    input_scale: float  # see INPUT_TRANSFORMS
     photon_scale: float
     bg_scale: float
     z_scale: float
+    input_transform: str = "linear"
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Scales":
         t = cfg.train
-        return cls(input_scale=max(t.bg_max, 1.0), photon_scale=1.2 * t.photons_max,
-                   bg_scale=2.0 * t.bg_max, z_scale=max(cfg.psf.z_range_nm, 1.0))
+        if t.input_transform == "anscombe":
+            input_scale = max(2.0 * np.sqrt(max(t.bg_max, 1.0)), 1.0)
+        else:
+            input_scale = max(t.bg_max, 1.0)
+        return cls(input_scale=float(input_scale), photon_scale=1.2 * t.photons_max,
+                   bg_scale=2.0 * t.bg_max, z_scale=max(cfg.psf.z_range_nm, 1.0),
+                   input_transform=t.input_transform)
+
+    def network_input(self, photons):
+        """Photons per pixel (numpy array or torch tensor) → the network's input, same type."""
+        if self.input_transform == "anscombe":
+            if isinstance(photons, np.ndarray):
+                return (2.0 * np.sqrt(np.maximum(photons, 0.0) + 0.375) - _ANSCOMBE_ZERO) / self.input_scale
+            return (2.0 * (photons.clamp(min=0.0) + 0.375).sqrt() - _ANSCOMBE_ZERO) / self.input_scale
+        return photons / self.input_scale
 
 
 @dataclass
@@ -61,12 +84,32 @@ class TrainingSimulator:
         self.scales = Scales.from_config(cfg)
         self.z_range = cfg.psf.z_range_nm if cfg.psf.model != "gaussian" else 0.0
 
+    def _log_uniform(self, lo: float, hi: float) -> float:
+        lo = max(lo, 1e-3)
+        return float(np.exp(self.rng.uniform(np.log(lo), np.log(max(hi, lo)))))
+
+    def _broad_camera(self):
+        """A random camera for the broad model: EMCCD or sCMOS (per-pixel maps), in photon terms only the
+        noise shape matters because the localizer converts ADU to photons with the known camera."""
+        rng, P = self.rng, self.P
+        if rng.random() < 0.5:
+            return EMCCD(self.px, qe=1.0, spurious_charge=rng.uniform(0.0, 0.01),
+                         em_gain=self._log_uniform(30.0, 300.0), read_noise_e=rng.uniform(20.0, 100.0),
+                         e_per_adu=self._log_uniform(5.0, 50.0), baseline_adu=100.0)
+        return SCMOS.random_maps((P, P), int(rng.integers(1 << 31)), baseline_adu=100.0,
+                                 offset_sigma_adu=rng.uniform(0.0, 3.0), e_per_adu=self._log_uniform(0.2, 3.0),
+                                 gain_sigma=rng.uniform(0.0, 0.05), read_noise_e=self._log_uniform(0.7, 3.0),
+                                 pixel_size_nm=self.px, qe=1.0)
+
     def _events(self, density: float):
         """Blinking events of one sample: positions (px, nm), start, duration, brightness."""
         t, sim, rng, P, T = self.cfg.train, self.cfg.sim, self.rng, self.P, self.T
         span = P + 2 * EDGE_MARGIN_PX
         area_um2 = (span * self.px / 1e3) ** 2
-        tau = sim.mean_on_frames
+        if t.on_frames_max > 0:
+            tau = self._log_uniform(t.on_frames_min, t.on_frames_max)
+        else:
+            tau = sim.mean_on_frames
         lead = 4.0 * tau  # events starting this long before the window can still be on in it
         rate = density * area_um2 / (tau + 1.0)  # events per frame
         n = rng.poisson(rate * (T + lead))
@@ -75,7 +118,14 @@ class TrainingSimulator:
         z = rng.uniform(-self.z_range, self.z_range, n) if self.z_range > 0 else np.zeros(n)
         start = rng.uniform(-lead, T, n)
         dur = rng.exponential(tau, n)
-        bright = rng.uniform(t.photons_min, t.photons_max, n)
+        if t.broad:
+            # Each sample has its own brightness band somewhere in the log range, so dim-only, bright-only
+            # and mixed fields are all seen.
+            lo = self._log_uniform(t.photons_min, t.photons_max)
+            hi = min(lo * self._log_uniform(1.0, 10.0), t.photons_max)
+            bright = rng.uniform(lo, hi, n)
+        else:
+            bright = rng.uniform(t.photons_min, t.photons_max, n)
         return x, y, z, start, dur, bright
 
     def sample(self):
@@ -83,7 +133,14 @@ class TrainingSimulator:
         t, rng, P, T = self.cfg.train, self.rng, self.P, self.T
         density = rng.uniform(t.density_min, t.density_max)
         x, y, z, start, dur, bright = self._events(density)
-        bg_level = rng.uniform(t.bg_min, t.bg_max)
+        if t.broad:
+            bg_level = self._log_uniform(max(t.bg_min, 0.1), t.bg_max)
+            camera = self._broad_camera()
+            camera_model = camera.model()
+            psf = GaussianPSF(rng.uniform(t.sigma_min_px, t.sigma_max_px))
+        else:
+            bg_level = rng.uniform(t.bg_min, t.bg_max)
+            camera, camera_model, psf = self.camera, self.camera_model, self.psf
         if rng.random() < 0.5:
             bg = smooth_background(rng, (P, P), bg_level, modulation=rng.uniform(0.0, 0.4), n_blobs=2)
         else:
@@ -95,9 +152,9 @@ class TrainingSimulator:
             overlap = np.clip(np.minimum(start + dur, f + 1) - np.maximum(start, f), 0.0, 1.0)
             on = overlap > 0
             photons = bright[on] * overlap[on]
-            img = self.psf.render(x[on], y[on], z[on], photons, (P, P)) + bg
-            adu = self.camera.expose(img, rng)
-            frames[f] = self.camera_model.to_photons(adu) / self.scales.input_scale
+            img = psf.render(x[on], y[on], z[on], photons, (P, P)) + bg
+            adu = camera.expose(img, rng)
+            frames[f] = self.scales.network_input(camera_model.to_photons(adu))
             if f == centre:
                 xs, ys, zs = x[on], y[on], z[on]
                 inside = (xs >= 0) & (xs < P) & (ys >= 0) & (ys < P)

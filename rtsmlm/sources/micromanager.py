@@ -709,9 +709,11 @@ class MicroManagerSource:
 def open_micromanager_source(cfg: Config) -> MicroManagerSource:
     """The Micro-Manager source ``cfg.source`` describes: attached (``mm_attach``) or headless
     (``mm_dir`` + ``mm_config``); ``max_frames`` 0 means until stopped."""
+    from rtsmlm.config import effective_max_frames
+
     src = cfg.source
     defaults = CameraModel.from_config(cfg.camera)
-    max_frames = src.max_frames or None
+    max_frames = effective_max_frames(src) or None
     if src.mm_attach:
         return MicroManagerSource.attach(src.mm_port, camera_defaults=defaults, max_frames=max_frames)
     missing = [flag for flag, value in (("--mm-dir (source.mm_dir)", src.mm_dir),
