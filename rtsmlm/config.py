@@ -137,6 +137,10 @@ class PipelineConfig:
     ring_frames: int = _f(512, range=(4, 1_000_000))
     stats_interval_s: float = _f(1.0, range=(0.05, 3600.0))
     max_batch: int = _f(16, range=(1, 4096))
+    hook_timeout_s: float = _f(5.0, range=(0.01, 3600.0),
+                               doc="a plugin hook that runs longer is abandoned and the plugin disabled")
+    drain_timeout_s: float = _f(30.0, range=(0.1, 86400.0),
+                                doc="after the last localization, a consumer still busy this long is abandoned")
 
 
 @dataclass(frozen=True)
@@ -320,7 +324,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load ``path`` (or the defaults when None) and apply ``section.key=value`` overrides."""
+    """Load ``path`` (or the defaults when None) and apply ``section.key=value`` overrides.
+
+    An error in the file names the file; an error in an override names that ``--set`` argument. Each
+    ``[plugins.NAME]`` table of a file learns the file's folder (reserved key ``config_dir``), where its
+    plugin is looked for first.
+    """
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -332,9 +341,15 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config file {p} does not exist") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        for table in (data.get("plugins") or {}).values():
+            if isinstance(table, dict):
+                table.setdefault("config_dir", str(p.resolve().parent))
+    cfg = from_dict(data, source)
     for ov in overrides or []:
-        _set_path(data, ov, source)
-    return from_dict(data, source)
+        label = f"--set {ov}"
+        _set_path(data, ov, label)
+        cfg = from_dict(data, label)
+    return cfg
 
 
 def _set_path(data: dict[str, Any], override: str, source: str) -> None:

@@ -102,6 +102,7 @@ class _ConsumerThread:
     stats_queue: deque = field(default_factory=lambda: deque(maxlen=8))
     error: str | None = None
     started: threading.Event = field(default_factory=threading.Event)
+    abandoned: bool = False
 
 
 class Pipeline:
@@ -147,6 +148,7 @@ class Pipeline:
         self._summary: dict[str, Any] | None = None
         self._disk_full = False
         self._truth_failed = False
+        self._t_localizer_done: float | None = None
 
     # ------------------------------------------------------------------------------------ threads
 
@@ -189,6 +191,7 @@ class Pipeline:
             self._fail("localizer")
         finally:
             self.stream.close()
+            self._t_localizer_done = time.perf_counter()
             self._localizer_done.set()
 
     def _emit(self, locs: np.ndarray, last_done: int, pending_ts: dict[int, float]) -> None:
@@ -255,7 +258,7 @@ class Pipeline:
                 if not batches and self.stream.closed and seq >= self.stream.n_batches:
                     break
             c.on_tick()
-        except Exception:
+        except BaseException:  # SystemExit from third-party code too: never end a thread silently
             ct.error = traceback.format_exc()
             self._fail(f"consumer {c.name}", ct.error, stop=getattr(c, "critical", True))
 
@@ -361,10 +364,17 @@ class Pipeline:
         for t in self._threads:
             if t.name == "rtsmlm-stats":
                 continue
-            remaining = None if deadline is None else max(0.0, deadline - time.perf_counter())
-            t.join(remaining)
-            if t.is_alive():
-                return False
+            ct = next((c for c in self._consumers if c.thread is t), None)
+            while t.is_alive() and not (ct is not None and ct.abandoned):
+                remaining = None if deadline is None else deadline - time.perf_counter()
+                if remaining is not None and remaining <= 0:
+                    return False
+                t.join(0.5 if remaining is None else min(remaining, 0.5))
+                # A consumer gets drain_timeout_s after the last localization, then it is abandoned:
+                # a hung consumer must not keep the run (and its summary) from finishing.
+                if (t.is_alive() and ct is not None and self._t_localizer_done is not None
+                        and time.perf_counter() - self._t_localizer_done >= self.cfg.pipeline.drain_timeout_s):
+                    self._abandon(ct)
         if self._t_end is None:
             self._t_end = time.perf_counter()
             self._done.set()
@@ -380,6 +390,16 @@ class Pipeline:
                     self._fail("ground truth writer (closing)")
             self.source.close()
         return True
+
+    def _abandon(self, ct: _ConsumerThread) -> None:
+        """Give up on a consumer still busy ``drain_timeout_s`` after the stream ended (its thread is a
+        daemon and stays blocked); the summary names it."""
+        ct.abandoned = True
+        ct.error = (f"did not finish within pipeline.drain_timeout_s = {self.cfg.pipeline.drain_timeout_s:g} s "
+                    "after the last localization; abandoned")
+        msg = f"consumer {ct.consumer.name}: {ct.error}"
+        self._errors.append(msg)
+        log.error("%s", msg)
 
     @property
     def running(self) -> bool:

@@ -19,6 +19,8 @@ Reserved keys of a ``[plugins.NAME]`` table (everything else is the plugin's own
 * ``class`` — the class name in that module; default: the module's ``PLUGIN`` attribute, else the one
   class defined in the module that has a hook.
 * ``enabled`` — false skips the table without removing it.
+* ``config_dir`` — set by :func:`rtsmlm.config.load` to the folder of the config file that holds the
+  table: ``plugins/`` there is searched first.
 
 Installed entry points (group ``rtsmlm.plugins``, ``NAME = "package.module:Class"``) are loaded only
 when a ``[plugins.NAME]`` table names them: a plugin that drives lasers must be switched on on purpose.
@@ -37,7 +39,6 @@ import inspect
 import logging
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -45,12 +46,13 @@ from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 
 from rtsmlm.locs import LocBatch
 from rtsmlm.sources.base import Control
+from rtsmlm.watchdog import HookWorker
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "rtsmlm.plugins"
 HOOKS = ("on_start", "on_localizations", "on_stats", "on_stop")
-RESERVED_KEYS = ("module", "class", "enabled")
+RESERVED_KEYS = ("module", "class", "enabled", "config_dir")
 # Files loaded from plugins/ directories live under this package name, so they cannot shadow (or be
 # shadowed by) an installed top-level "plugins" package.
 _FILE_MODULE_PREFIX = "rtsmlm_plugins"
@@ -114,6 +116,7 @@ class PluginState:
     calls: int = 0
     time_s: float = 0.0
     hooks: dict[str, Any] = field(default_factory=dict)
+    worker: HookWorker | None = None
 
 
 class PluginHost:
@@ -123,8 +126,12 @@ class PluginHost:
     each batch, :meth:`stats` at each stats interval, :meth:`stop` once at the end.
     """
 
-    def __init__(self, plugins: Iterable[tuple[str, Any]] = ()) -> None:
+    DEFAULT_HOOK_TIMEOUT_S = 5.0
+
+    def __init__(self, plugins: Iterable[tuple[str, Any]] = (), *,
+                 hook_timeout_s: float = DEFAULT_HOOK_TIMEOUT_S) -> None:
         self._plugins: list[PluginState] = []
+        self.hook_timeout_s = float(hook_timeout_s)
         for name, instance in plugins:
             self.add(name, instance)
 
@@ -134,7 +141,8 @@ class PluginHost:
         """Load every enabled ``[plugins.NAME]`` table (a :class:`~rtsmlm.config.Config` or its
         ``plugins`` dict). Raises :class:`PluginError` naming the table when one cannot be loaded."""
         tables = getattr(plugins_cfg, "plugins", plugins_cfg)
-        host = cls()
+        pipeline_cfg = getattr(plugins_cfg, "pipeline", None)
+        host = cls(hook_timeout_s=getattr(pipeline_cfg, "hook_timeout_s", cls.DEFAULT_HOOK_TIMEOUT_S))
         for name, table in (tables or {}).items():
             if not isinstance(table, Mapping):
                 raise PluginError(f"[plugins.{name}] must be a table, got {table!r}")
@@ -144,7 +152,7 @@ class PluginHost:
             if not enabled:
                 log.info("plugin %s is disabled in the config", name)
                 continue
-            plugin_cls, origin = load_plugin_class(name, table, config_dir=config_dir,
+            plugin_cls, origin = load_plugin_class(name, table, config_dir=config_dir or table.get("config_dir"),
                                                    search_dirs=search_dirs)
             own = {k: v for k, v in table.items() if k not in RESERVED_KEYS}
             instance = _instantiate(name, plugin_cls, own)
@@ -159,7 +167,8 @@ class PluginHost:
                               f"{', '.join(HOOKS)}")
         if any(p.name == name for p in self._plugins):
             raise PluginError(f"two plugins are named {name!r}")
-        self._plugins.append(PluginState(name, instance, origin or type(instance).__module__, hooks=hooks))
+        self._plugins.append(PluginState(name, instance, origin or type(instance).__module__, hooks=hooks,
+                                         worker=HookWorker(name)))
 
     # -- called by the pipeline ------------------------------------------------------------------
 
@@ -178,6 +187,9 @@ class PluginHost:
     def stop(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Call ``on_stop(summary)`` on every active plugin; return :meth:`report`."""
         self._call("on_stop", summary)
+        for p in self._plugins:
+            if p.worker is not None:
+                p.worker.close()
         return self.report()
 
     # -- inspection --------------------------------------------------------------------------------
@@ -217,6 +229,9 @@ class PluginHost:
         return out
 
     def _call(self, hook: str, arg: Any) -> None:
+        """Call ``hook`` on every active plugin, each on its own worker thread under the watchdog: a hook
+        that raises (anything, ``SystemExit`` included) or overruns ``hook_timeout_s`` disables its
+        plugin with one logged line; the acquisition and the other plugins go on."""
         for p in self._plugins:
             if not p.active:
                 continue
@@ -224,16 +239,20 @@ class PluginHost:
             if fn is None:
                 continue
             t0 = time.perf_counter()
-            try:
-                fn(arg)
-            except Exception as e:
-                p.active = False
-                p.error = f"{hook}: {type(e).__name__}: {e}"
+            assert p.worker is not None
+            outcome = p.worker.call(fn, arg, self.hook_timeout_s)
+            p.calls += 1
+            p.time_s += time.perf_counter() - t0
+            if outcome.ok:
+                continue
+            p.active = False
+            p.error = f"{hook}: {outcome.error}"
+            if outcome.timed_out:
+                log.error("plugin %s: %s %s; plugin disabled (pipeline.hook_timeout_s), the acquisition "
+                          "continues", p.name, hook, outcome.error)
+            else:
                 log.error("plugin %s raised in %s and is disabled; the acquisition continues\n%s",
-                          p.name, hook, traceback.format_exc())
-            finally:
-                p.calls += 1
-                p.time_s += time.perf_counter() - t0
+                          p.name, hook, outcome.traceback)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,7 +208,7 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
     # with drift-corrected coordinates.
     consumers: list[Consumer] = [files, render, *([plugins] if plugins else []),
                                  *([publisher] if publisher else []), *extra_consumers]
-    run_info = {"run_id": run_id, "source": {"kind": cfg.source.kind, "path": cfg.source.path,
+    run_info = {"run_id": run_id, "frame_limit": effective_max_frames(cfg.source) or None, "source": {"kind": cfg.source.kind, "path": cfg.source.path,
                                              "shape": list(source.shape), "camera": camera.describe()},
                 "backend": backend_info, "model": model_info, "output_dir": str(out)}
     write_json_atomically(out / SUMMARY_JSON, {**run_info, "status": "running"})
@@ -215,6 +217,40 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
     pipeline = Pipeline(cfg, source, localizer, consumers=consumers, recorder=recorder, truth=truth,
                         run_info=run_info, on_stats=on_stats, backpressure=cfg.source.kind == "file")
     return Run(pipeline, out, run_id, backend_info, render)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""Ctrl-C, and ``kill``/systemd/docker stop: both drain, flush and write the summary."""
+
+
+@contextmanager
+def stop_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
+    """Route SIGINT and SIGTERM to ``on_signal(signum)`` for the duration (main thread only; elsewhere
+    nothing is installed); the previous handlers are restored afterwards."""
+    previous: dict[int, Any] = {}
+    try:
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, lambda signum, frame: on_signal(signum))
+    except ValueError:  # not the main thread: signals are delivered there only
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def final_line(summary: dict[str, Any], out_dir: Path) -> str:
+    """The one line a run prints at its end: frames acquired, analysed, lost, and any frame limit."""
+    limit = summary.get("frame_limit")
+    limit_text = f" (source.max_frames = {limit})" if limit else ""
+    return (f"{summary['frames_acquired']} frames acquired{limit_text}, {summary['frames_localized']} localized, "
+            f"{summary['n_locs']} localizations, {summary['frames_lost_localizer']} frames lost by the "
+            f"localizer ({summary['localized_fps']:.0f} frames/s); outputs in {out_dir}")
 
 
 def format_stats(s: dict[str, Any]) -> str:
@@ -231,20 +267,20 @@ def run_cli(cfg: Config, *, realtime: bool = True, progress: bool = True) -> int
     p = run.pipeline
     interrupted = threading.Event()
 
-    def on_sigint(signum, frame):
+    def on_signal(signum: int) -> None:
         if interrupted.is_set():
             raise KeyboardInterrupt  # a second Ctrl-C: give up draining
         interrupted.set()
-        print("\nstopping: draining and flushing (Ctrl-C again to abort)", file=sys.stderr)
+        print(f"\nstopping ({signal_name(signum)}): draining and flushing (Ctrl-C again to abort)",
+              file=sys.stderr)
         p.stop()
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=p.source.n_frames, unit="frame", desc="localize", dynamic_ncols=True)
-    try:
+    with stop_signals(on_signal):
         p.start()
         while not p.wait(timeout=0.25):
             if bar:
@@ -252,15 +288,11 @@ def run_cli(cfg: Config, *, realtime: bool = True, progress: bool = True) -> int
                 if p.latest_stats:
                     bar.set_postfix_str(format_stats(p.latest_stats), refresh=False)
                 bar.refresh()
-    finally:
-        signal.signal(signal.SIGINT, previous)
     if bar:
         bar.n = p.n_localized_frames
         bar.close()
     summary = run.finish()
-    print(f"{summary['frames_localized']} frames, {summary['n_locs']} localizations, "
-          f"{summary['frames_lost_localizer']} frames lost by the localizer "
-          f"({summary['localized_fps']:.0f} frames/s); outputs in {run.out_dir}")
+    print(final_line(summary, run.out_dir))
     for e in summary["errors"]:
         print(f"rtsmlm: error: {e}", file=sys.stderr)
     return 1 if summary["errors"] else 0

@@ -156,7 +156,8 @@ def test_sigkill_mid_run_keeps_every_localization_older_than_one_second(tmp_path
 
 
 @pytest.mark.slow  # starts a process that loads torch and the model: ~15-40 s on a busy 2-core machine
-def test_sigint_stops_cleanly_drains_flushes_writes_the_summary_and_exits_0(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_stops_cleanly_drains_flushes_writes_the_summary_and_exits_0(tmp_path, stop_signal):
     from rtsmlm.io.locfiles import read_locs
     from rtsmlm.io.movies import open_movie
 
@@ -165,7 +166,7 @@ def test_sigint_stops_cleanly_drains_flushes_writes_the_summary_and_exits_0(tmp_
         proc, out, log = start_run(tmp_path, address)
         try:
             receive_until(sub, proc, log, 1.0)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(stop_signal)
             # The end-of-run marker follows the last batch once the run has drained.
             final = None
             deadline = time.monotonic() + GUARD_S

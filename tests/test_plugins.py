@@ -218,3 +218,87 @@ def test_the_shipped_plugin_is_found_from_any_working_directory(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     host = PluginHost.from_config({"activation_feedback": {"target_locs_per_frame": 5}})
     assert type(host.instance("activation_feedback")).__name__ == "ActivationFeedback"
+
+
+BLOCKING = '''
+import threading
+
+class Blocking:
+    """Blocks in its second on_localizations call (a device that never answers)."""
+    release = threading.Event()
+
+    def __init__(self, config):
+        self.seen = 0
+
+    def on_localizations(self, batch):
+        self.seen += 1
+        if self.seen == 2:
+            Blocking.release.wait(120)
+
+    def on_stop(self, summary):
+        raise AssertionError("a disabled plugin must not be called again")
+'''
+
+EXITING = '''
+import sys
+
+class Exiting:
+    def on_stats(self, stats):
+        sys.exit(3)
+'''
+
+
+def test_a_blocking_or_exiting_hook_disables_its_plugin_and_the_others_continue(tmp_path, caplog):
+    write_plugin(tmp_path, "recorder", RECORDER)
+    write_plugin(tmp_path, "blocking", BLOCKING)
+    write_plugin(tmp_path, "exiting", EXITING)
+    host = PluginHost.from_config({"blocking": {}, "exiting": {}, "recorder": {"tag": "r"}},
+                                  config_dir=tmp_path)
+    host.hook_timeout_s = 0.3
+    rec = host.instance("recorder")
+    rec.events.clear()
+    run, _ = small_run(tmp_path)
+    try:
+        with caplog.at_level(logging.ERROR, logger="rtsmlm.plugins"):
+            host.start(run)
+            for b in batches(4):
+                host.localizations(b)
+            host.stats({"n": 1})
+            report = host.stop({"frames": 4})
+    finally:
+        host.instance("blocking").release.set()
+    assert host.active == ["recorder"]
+    assert [e[2] for e in rec.events if e[0] == "locs"] == [0, 1, 2, 3]
+    assert report["blocking"]["active"] is False
+    assert report["blocking"]["error"] == "on_localizations: did not return within 0.3 s"
+    assert report["exiting"]["active"] is False and "SystemExit: 3" in report["exiting"]["error"]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "plugin blocking: on_localizations did not return within 0.3 s; plugin disabled" in logged
+
+
+@pytest.mark.slow  # a real run with the model: ~10 s
+def test_a_run_with_a_blocking_plugin_next_to_its_config_finishes_with_a_complete_summary(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from rtsmlm.cli import main
+
+    write_plugin(tmp_path, "blocking", BLOCKING)
+    (tmp_path / "rig.toml").write_text("[pipeline]\nhook_timeout_s = 0.5\n[plugins.blocking]\n", encoding="utf-8")
+    out = tmp_path / "run"
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # the plugin is found beside the config, not in the working directory
+    try:
+        rc = main(["run", "--quiet", "--no-stream", "--config", str(tmp_path / "rig.toml"), "--set",
+                   "backend.threads=1", "--max-frames", "40", "--out", str(out)])
+    finally:
+        module = next((m for name, m in sys.modules.items() if name.endswith(".blocking") and hasattr(m, "Blocking")),
+                      None)
+        if module is not None:
+            module.Blocking.release.set()
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["frames_acquired"] == 40
+    assert summary["plugins"]["blocking"]["active"] is False
+    assert "did not return within 0.5 s" in summary["plugins"]["blocking"]["error"]
+    assert (out / "render.tif").exists() and (out / "localizations.csv").exists()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from rtsmlm.config import Config
+from rtsmlm.run import final_line, signal_name, stop_signals
 from rtsmlm.gui import require_qt
 from rtsmlm.gui.display import DisplayWorker, LiveView, SRView, nice_ceil, percentile_levels, to_uint8
 from rtsmlm.gui.session import FAILED, FINISHED, IDLE, RUNNING, STARTING, STOPPING, LiveSession
@@ -723,35 +723,26 @@ def live_main(cfg: Config, *, realtime: bool = False, screenshot: str | os.PathL
     window.closed.connect(loop.quit)
     interrupted = []
 
-    def on_sigint(*_: object) -> None:
+    def on_signal(signum: int) -> None:
         # Runs between Qt events (the refresh timer lets Python see the signal); never raise from here.
         if interrupted:
-            print("rtsmlm: second Ctrl-C: leaving without waiting for the files", file=sys.stderr)
+            print("rtsmlm: second stop signal: leaving without waiting for the files", file=sys.stderr)
             loop.quit()
             return
         interrupted.append(True)
-        print("\nstopping: draining and flushing (Ctrl-C again to abort)", file=sys.stderr)
+        print(f"\nstopping ({signal_name(signum)}): draining and flushing (Ctrl-C again to abort)",
+              file=sys.stderr)
         window.close()
 
-    previous = None
-    try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
-    except ValueError:  # not the main thread: no Ctrl-C handling
-        pass
     t0 = time.perf_counter()
-    try:
+    with stop_signals(on_signal):
         loop.exec_()
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
     if window.session.active:  # left on a second Ctrl-C
         return 130
     summary = window.session.summary or {}
     run = window.session.run
     if summary:
-        print(f"{summary['frames_localized']} frames, {summary['n_locs']} localizations, "
-              f"{summary['frames_lost_localizer']} frames lost by the localizer "
-              f"({summary['localized_fps']:.0f} frames/s); outputs in {run.out_dir}")
+        print(final_line(summary, run.out_dir))
     log.debug("live window open for %.1f s", time.perf_counter() - t0)
     errors = summary.get("errors", []) if summary else ([window.session.error] if window.session.error else [])
     for e in errors:
