@@ -24,14 +24,53 @@ TRUTH_DRIFT_CSV = "ground_truth_drift.csv"
 SUMMARY_JSON = "summary.json"
 
 
+RUN_FILES = frozenset({
+    LOCS_CSV, LOCS_HDF5, "localizations.yaml", TRUTH_CSV, TRUTH_DRIFT_CSV, SUMMARY_JSON,
+    "raw.tif", "raw.raw", "raw.yaml", "render.tif", "render.png", "drift.csv",
+})
+"""Names of the files rtsmlm itself writes into a run's folder (plugins' files are listed in the
+summary's ``files``)."""
+
+
+def previous_run_files(out: Path) -> list[Path]:
+    """The files of an earlier run in ``out`` that ``--overwrite`` removes: rtsmlm's own files, the
+    files its summary.json lists, and their ``.tmp`` leftovers. Raises FileExistsError naming what
+    else the folder holds (rtsmlm never deletes a file it did not write)."""
+    allowed = set(RUN_FILES)
+    try:
+        listed = json.loads((out / SUMMARY_JSON).read_text()).get("files", [])
+        allowed.update(str(n) for n in listed if isinstance(n, str) and "/" not in n and "\\" not in n)
+    except (OSError, ValueError, AttributeError):
+        pass
+    entries = sorted(out.iterdir())
+    foreign = [p.name for p in entries
+               if not (p.is_file() and (p.name in allowed or p.name.removesuffix(".tmp") in allowed))]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise FileExistsError(f"output directory {out} holds files rtsmlm did not write ({shown}); "
+                              "--overwrite only replaces an earlier run: choose another --out")
+    return entries
+
+
 def prepare_out_dir(out: Path, overwrite: bool) -> Path:
-    """Create ``out``; refuse an existing non-empty directory unless ``overwrite``."""
+    """Create ``out``; refuse an existing non-empty directory unless ``overwrite``, and then refuse one
+    that holds anything but an earlier run's files (checked here, removed by :func:`clear_previous_run`
+    once everything that can fail has been opened)."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"output directory {out} exists and is not empty (use --overwrite)")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"output directory {out} exists and is not empty (use --overwrite)")
+        previous_run_files(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def clear_previous_run(out: Path) -> None:
+    """Remove an earlier run's files from ``out`` (``--overwrite``): the new run's folder holds only its
+    own files, so no stale raw movie or ground truth is ever taken for this run's."""
+    for path in previous_run_files(out):
+        path.unlink()
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:

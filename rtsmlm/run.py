@@ -21,8 +21,8 @@ from typing import Any
 
 from rtsmlm.config import Config, effective_max_frames
 from rtsmlm.locs import LocBatch
-from rtsmlm.outputs import (SUMMARY_JSON, TRUTH_CSV, TRUTH_DRIFT_CSV, LocalizationFiles, TruthWriter, prepare_out_dir,
-                            write_json_atomically)
+from rtsmlm.outputs import (SUMMARY_JSON, TRUTH_CSV, TRUTH_DRIFT_CSV, LocalizationFiles, TruthWriter,
+                            clear_previous_run, prepare_out_dir, write_json_atomically)
 from rtsmlm.pipeline import Consumer, Localizer, Pipeline
 from rtsmlm.sources.base import CameraModel, Source, SourceError
 
@@ -143,6 +143,8 @@ class Run:
             write_drift_csv(self.out_dir / TRUTH_DRIFT_CSV, source.drift_table(self.pipeline.n_acquired))
             summary.setdefault("outputs", {})["ground_truth_drift"] = TRUTH_DRIFT_CSV
         summary["status"] = "complete" if not summary["errors"] else "failed"
+        # Every file in the folder belongs to this run (plugins' logs too): a later --overwrite removes them.
+        summary["files"] = sorted({p.name for p in self.out_dir.iterdir() if p.is_file()} | {SUMMARY_JSON})
         try:
             write_json_atomically(self.out_dir / SUMMARY_JSON, summary)
         except OSError as e:  # e.g. a full disk: report it like any other error of the run
@@ -189,6 +191,7 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
         plugins = PluginConsumer(host, info)
     publisher = PublisherConsumer(cfg, run_id, camera.pixel_size_nm) if cfg.stream.enabled else None
     try:
+        clear_previous_run(out)
         files = LocalizationFiles(out, pixel_size_nm=camera.pixel_size_nm, shape=source.shape,
                                   csv_style=cfg.output.csv_style, psf_sigma_nm=cfg.psf.sigma_nm,
                                   include_z=cfg.psf.model != "gaussian", overwrite=True)

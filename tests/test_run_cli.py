@@ -82,7 +82,8 @@ def test_run_to_the_end_of_the_source_exits_0_with_every_output_complete(finishe
     assert summary["frames_acquired"] == summary["frames_recorded"] == N_FRAMES
     assert summary["frames_localized"] + summary["frames_lost_localizer"] == N_FRAMES
     assert summary["frames_lost_recorder"] == 0
-    assert f"{summary['frames_localized']} frames, {summary['n_locs']} localizations" in stdout
+    assert (f"{N_FRAMES} frames acquired (source.max_frames = {N_FRAMES}), {summary['frames_localized']} localized, "
+            f"{summary['n_locs']} localizations") in stdout
     # Every file is complete and closed: reading raises no warning about partial lines or open writers.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -116,6 +117,55 @@ def test_a_failed_overwrite_leaves_the_previous_run_intact(finished_run, tmp_pat
     assert run_cli("--max-frames", "5", "--out", str(previous), "--overwrite", f"--{bad}", str(missing)) == 2
     assert_one_line_error(capsys, str(missing))
     assert fingerprint(previous) == before
+
+
+@pytest.mark.slow  # reuses the module fixture's run
+def test_overwrite_leaves_only_the_new_runs_files(finished_run, tmp_path, capsys):
+    """A simulator run's folder overwritten by a file replay: no stale raw.tif or ground_truth.csv stays
+    (rtsmlm evaluate would silently score against the wrong truth)."""
+    from rtsmlm.io.movies import write_tiff_movie
+
+    previous = tmp_path / "previous"
+    shutil.copytree(finished_run[0], previous)
+    (previous / "summary.json.tmp").write_text("{}")  # a leftover of a killed run is ours too
+    assert (previous / TRUTH_CSV).exists() and (previous / "raw.tif").exists()
+    movie = tmp_path / "movie.tif"
+    write_tiff_movie(movie, np.full((6, 32, 32), 100, np.uint16), 100.0)
+    assert run_cli("--source", str(movie), "--out", str(previous), "--overwrite") == 0
+    names = {p.name for p in previous.iterdir()}
+    assert TRUTH_CSV not in names and "raw.tif" not in names and "summary.json.tmp" not in names
+    summary = json.loads((previous / SUMMARY_JSON).read_text())
+    assert names == set(summary["files"])
+    assert summary["frames_acquired"] == 6
+
+
+def test_overwrite_refuses_a_folder_holding_other_files(tmp_path, capsys):
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "chapter1.docx").write_text("months of work")
+    (folder / "localizations.csv").write_text("frame,x,y\n")
+    assert run_cli("--max-frames", "5", "--out", str(folder), "--overwrite") == 2
+    assert_one_line_error(capsys, str(folder), "chapter1.docx")
+    assert sorted(p.name for p in folder.iterdir()) == ["chapter1.docx", "localizations.csv"]
+
+
+@pytest.fixture(scope="module")
+def long_movie(tmp_path_factory) -> Path:
+    """A 2,500-frame simulated movie: longer than the ring (512) and than the simulator's 2,000 frames."""
+    out = tmp_path_factory.mktemp("long") / "sim"
+    assert main(["simulate", "--frames", "2500", "--size", "32", "--out", str(out), "--quiet"]) == 0
+    return out / "movie.tif"
+
+
+@pytest.mark.slow  # 2,500 frames through the model, twice: ~30 s on a busy 2-core machine
+@pytest.mark.parametrize("pace", [[], ["--fps", "3000"]], ids=["as-fast-as-possible", "paced"])
+def test_a_replayed_movie_is_analysed_whole_and_loses_no_frame(long_movie, tmp_path, pace):
+    out = tmp_path / "replay"
+    assert run_cli("--source", str(long_movie), "--out", str(out), "--set", "pipeline.max_batch=64", *pace) == 0
+    summary = json.loads((out / SUMMARY_JSON).read_text())
+    assert summary["frame_limit"] is None
+    assert summary["frames_acquired"] == summary["frames_localized"] == 2500
+    assert summary["frames_lost_localizer"] == 0 and summary["frames_lost_localizer_ranges"] == []
 
 
 # --------------------------------------------------------------------------------------------------
