@@ -464,6 +464,10 @@ class Pipeline:
             "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
             "errors": self.errors,
         }
+        nonfinite = getattr(self.localizer, "nonfinite", None)
+        if nonfinite:
+            out["nonfinite_frames"] = {"frames": len(nonfinite), "pixels": int(sum(nonfinite.values())),
+                                       "ranges": index_ranges(np.array(sorted(nonfinite)))}
         # A camera's own losses (e.g. Micro-Manager's circular buffer overflowing) and its description.
         source_info = out.setdefault("source", {})
         if isinstance(source_info, dict):

@@ -640,13 +640,19 @@ def listen_main(argv: list[str]) -> int:
 
 
 class _CsvSink:
-    """Appends every batch to a CSV with the columns of the first batch (later extras are ignored)."""
+    """Appends every batch to a CSV with the columns of the first batch.
+
+    The schema may change between batches (a run restarted with drift correction, a publisher of another
+    version): a column a later batch lacks is left empty in its rows, a column it adds is not written;
+    each change is reported once on stderr, naming the columns and the frame where it happened.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fh = path.open("w", newline="", encoding="utf-8")
         self._names: list[str] | None = None
         self._fmt: list[str] = []
+        self._reported: set[tuple[str, str]] = set()
 
     def write(self, msg: StreamMessage) -> None:
         if self._names is None:
@@ -656,12 +662,28 @@ class _CsvSink:
             csv.writer(self._fh).writerow(self._names)
         if msg.n == 0:
             return
-        cols = [msg.columns[n] if n in msg.columns else np.full(msg.n, np.nan) for n in self._names]
-        table = np.empty((msg.n, len(cols)), dtype=object)
-        for j, c in enumerate(cols):
-            table[:, j] = c
-        np.savetxt(self._fh, table, fmt=self._fmt, delimiter=",")
+        self._report_changes(msg)
+        cells = []
+        for name, fmt in zip(self._names, self._fmt):
+            col = msg.columns.get(name)
+            if col is None:
+                cells.append(np.full(msg.n, "", dtype=object))
+            else:
+                cells.append(np.char.mod(fmt, np.asarray(col)))
+        self._fh.write("".join(",".join(row) + "\n" for row in zip(*cells)))
         self._fh.flush()
+
+    def _report_changes(self, msg: StreamMessage) -> None:
+        assert self._names is not None
+        missing = [n for n in self._names if n not in msg.columns]
+        extra = [n for n in msg.columns if n not in self._names]
+        for kind, names, what in (("missing", missing, "left empty"), ("extra", extra, "not written")):
+            key = (kind, ",".join(names))
+            if names and key not in self._reported:
+                self._reported.add(key)
+                print(f"rtsmlm listen: from frame {msg.first_frame} the stream "
+                      f"{'lacks' if kind == 'missing' else 'adds'} column(s) {', '.join(names)}: {what} in "
+                      f"{self.path}", file=sys.stderr)
 
     def close(self) -> None:
         self._fh.close()

@@ -167,3 +167,27 @@ def test_bad_input_is_rejected_with_a_clear_message(opened) -> None:
         loc.push(_movie(1, 16, 16), np.array([1]))
     with pytest.raises(ValueError, match="offset_map"):
         StreamingLocalizer(backend, meta, CameraModel(offset_map=np.zeros((4, 4))), (16, 16), 0.5, 0.3)
+
+
+def test_nonfinite_pixels_are_contained_to_their_frame_and_counted(opened):
+    """NaN/inf in one frame of a float movie: the other frames' localizations are unchanged (the windows
+    that include the bad frame change only by what the replaced pixels carry), and the frame is counted."""
+    backend, meta = opened
+    camera = CameraModel("emccd", 100.0, 100.0, 45.0, 100.0, 1.0, 74.4, 10.0)
+    movie = _movie(12, 32, 32).astype(np.float32)
+    bad = movie.copy()
+    bad[5, 3:9, 4:20] = np.nan
+    bad[5, 20, 20] = np.inf
+
+    def run(m):
+        loc = StreamingLocalizer(backend, meta, camera, (32, 32), 0.5, 0.3, batch_size=4)
+        return loc, localize_movie(loc, m)
+
+    _, clean = run(movie)
+    loc, got = run(bad)
+    assert loc.nonfinite == {5: 6 * 16 + 1}
+    assert np.isfinite(got["x"]).all() and np.isfinite(got["photons"]).all()
+    far = lambda t: t[(t["frame"] < 4) | (t["frame"] > 6)]  # noqa: E731 - windows not touching frame 5
+    np.testing.assert_array_equal(far(got), far(clean))
+    for f in (4, 5, 6):
+        assert (got["frame"] == f).sum() > 0, f"frame {f} lost its localizations"

@@ -322,3 +322,38 @@ def test_a_filling_disk_stops_the_run_with_one_line_and_every_file_readable(smal
         with open_movie(out / "raw.tif") as movie:
             assert len(movie) == acquired
     assert shutil.disk_usage(small_disk).free > 0
+
+
+@pytest.mark.slow  # checkpoint loading imports torch first
+@pytest.mark.parametrize("edit, key", [
+    (lambda m: m.update(width=-4), "'width' is -4"),
+    (lambda m: m.update(width="16"), "'width' must be an integer"),
+    (lambda m: m.update(width=100000), "'width' is 100000"),
+    (lambda m: m["scales"].update(input_scale=0.0), "'scales.input_scale' is 0.0"),
+    (lambda m: m["scales"].update(input_scale=float("nan")), "'scales.input_scale' is nan"),
+    (lambda m: m.update(window=4), "'window' must be odd"),
+    (lambda m: m.pop("depth"), "'depth' is missing"),
+], ids=["negative", "string", "huge", "zero-scale", "nan-scale", "even-window", "missing"])
+def test_bad_checkpoint_metadata_is_one_line_naming_file_and_key(tmp_path, capsys, edit, key):
+    model = _checkpoint_copy(tmp_path, edit)
+    assert run_cli("--max-frames", "5", "--out", str(tmp_path / "o"), "--model", str(model)) == 2
+    assert_one_line_error(capsys, str(model), key)
+
+
+@pytest.mark.slow
+def test_checkpoint_metadata_that_is_a_list_or_nan_weights_is_one_line(tmp_path, capsys):
+    model = _checkpoint_copy(tmp_path, lambda m: None)
+    model.with_suffix(".json").write_text("[1, 2, 3]")
+    assert run_cli("--max-frames", "5", "--out", str(tmp_path / "o"), "--model", str(model)) == 2
+    assert_one_line_error(capsys, "must be a JSON object")
+
+    from safetensors.torch import load_file, save_file
+
+    (tmp_path / "nan").mkdir()
+    model = _checkpoint_copy(tmp_path / "nan", lambda m: None)
+    weights = load_file(str(model.with_suffix(".safetensors")))
+    first = sorted(weights)[0]
+    weights[first][...] = float("nan")
+    save_file(weights, str(model.with_suffix(".safetensors")))
+    assert run_cli("--max-frames", "5", "--out", str(tmp_path / "o2"), "--model", str(model)) == 2
+    assert_one_line_error(capsys, "NaN or infinite", first)

@@ -361,3 +361,37 @@ def test_a_real_run_streams_every_batch_in_order_identical_to_the_written_file(t
     assert len(streamed) == summary["n_locs"] > 0
     for name in LOC_DTYPE.names:
         np.testing.assert_array_equal(written[name], streamed[name], err_msg=name)
+
+
+def test_listen_csv_survives_a_schema_change_with_a_message(tmp_path, capsys):
+    """A later batch lacks a column of the first (left empty) or adds one (not written): no crash."""
+    from rtsmlm.locs import LocBatch
+
+    rng = np.random.default_rng(7)
+    full = random_locs(rng, 3, 0, 3)
+    fewer_dtype = np.dtype([(n, full.dtype[n]) for n in full.dtype.names if n != "photons"])
+    fewer = np.zeros(2, fewer_dtype)
+    for n in fewer_dtype.names:
+        fewer[n] = random_locs(rng, 2, 4, 7)[n]
+    more_dtype = np.dtype([*[(n, full.dtype[n]) for n in full.dtype.names], ("x_dc", "<f4")])
+    more = np.zeros(1, more_dtype)
+    more["frame"] = 9
+    batches = [LocBatch(0, 0, 3, full), LocBatch(1, 4, 7, fewer), LocBatch(2, 8, 11, more)]
+    csv_path = tmp_path / "live.csv"
+    with publisher() as pub:
+        t, out = run_in_thread(listen_main, ["--address", pub.address, "--csv", str(csv_path), "--until-end",
+                                             "--timeout", str(GUARD_S)])
+        assert pub.wait_for_subscribers(1, timeout=GUARD_S)
+        for b in batches:
+            pub.publish_locs(b)
+        pub.close()
+        t.join(GUARD_S)
+    assert out.get("value") == 0, out
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].split(",") == list(full.dtype.names) and len(lines) == 1 + 3 + 2 + 1
+    photons_col = list(full.dtype.names).index("photons")
+    assert all(line.split(",")[photons_col] == "" for line in lines[4:6])
+    assert lines[6].split(",")[0] == "9"
+    err = capsys.readouterr().err
+    assert "from frame 4 the stream lacks column(s) photons: left empty" in err
+    assert "from frame 8 the stream adds column(s) x_dc: not written" in err

@@ -92,6 +92,8 @@ class StreamingLocalizer:
         self.last_done = -1
         self.frames_done = 0
         self.sequences = 0
+        # Frames with NaN/inf pixels (float movies only): their index and how many pixels were replaced.
+        self.nonfinite: dict[int, int] = {}
 
     def _input_transform(self, camera: CameraModel) -> tuple[torch.Tensor, torch.Tensor]:
         """Offset (ADU) and scale so that photons = (ADU - offset) * scale, on the backend's device, as
@@ -142,8 +144,8 @@ class StreamingLocalizer:
         return self._finish_sequence(), self.last_done
 
     def _push_consecutive(self, frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        feats = self._encode(frames)  # (n, tiles, C, th, tw)
         rows = [int(i) for i in indices]
+        feats = self._encode(frames, rows)  # (n, tiles, C, th, tw)
         if self._feats is None:
             # New sequence: 'same' padding before its first frame.
             self.sequences += 1
@@ -165,7 +167,27 @@ class StreamingLocalizer:
         self._feats, self._rows = None, []
         return locs
 
-    def _encode(self, frames: np.ndarray) -> torch.Tensor:
+    def _contain_nonfinite(self, frames: np.ndarray, indices: list[int]) -> np.ndarray:
+        """NaN/inf pixels (a float movie from another tool) would spread through every window they touch:
+        replace each by its frame's median of finite pixels, and record the frame and the count."""
+        if frames.dtype.kind != "f":
+            return frames  # integer camera counts cannot be NaN: no cost for cameras
+        bad = ~np.isfinite(frames)
+        if not bad.any():
+            return frames
+        frames = frames.copy()
+        for k in np.flatnonzero(bad.any(axis=(1, 2))):
+            finite = frames[k][~bad[k]]
+            frames[k][bad[k]] = np.median(finite) if finite.size else 0.0
+            n = int(bad[k].sum())
+            if not self.nonfinite:
+                log.warning("frame %d has %d NaN/infinite pixels: replaced by the frame's median; further such "
+                            "frames are counted in the summary (nonfinite_frames)", indices[k], n)
+            self.nonfinite[int(indices[k])] = n
+        return frames
+
+    def _encode(self, frames: np.ndarray, indices: list[int]) -> torch.Tensor:
+        frames = self._contain_nonfinite(frames, indices)
         raw = self.backend.upload(frames)
         x = self.meta.scales.network_input((raw.to(torch.float32) - self._offset) * self._scale)
         feats = self.backend.encode(self.plan.split(x))

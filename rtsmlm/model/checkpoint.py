@@ -8,13 +8,14 @@ state (optimizer) through ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import rtsmlm
-from rtsmlm.model.data import Scales
+from rtsmlm.model.data import INPUT_TRANSFORMS, Scales
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL_NAME = "default_2d"
@@ -44,15 +45,77 @@ class ModelMeta:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], source: str) -> "ModelMeta":
+    def from_json(cls, d: Any, source: str) -> "ModelMeta":
+        """Validate the JSON metadata against :data:`_SCHEMA`: one sentence naming the file and key."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{source}: metadata must be a JSON object, got {type(d).__name__}")
         if d.get("format") != "rtsmlm-checkpoint-1":
             raise CheckpointError(f"{source}: not an rtsmlm checkpoint (format {d.get('format')!r})")
         d = {k: v for k, v in d.items() if k != "format"}
-        try:
-            d["scales"] = Scales(**d["scales"])
-            return cls(**d)
-        except (KeyError, TypeError) as e:
-            raise CheckpointError(f"{source}: metadata is incomplete or has unknown fields ({e})") from None
+        unknown = sorted(set(d) - set(_SCHEMA))
+        if unknown:
+            raise CheckpointError(f"{source}: unknown metadata key {unknown[0]!r}")
+        for key, (kind, lo, hi, required) in _SCHEMA.items():
+            if key not in d:
+                if required:
+                    raise CheckpointError(f"{source}: metadata key {key!r} is missing")
+                continue
+            _check_value(source, key, d[key], kind, lo, hi)
+        scales = d["scales"]
+        unknown = sorted(set(scales) - set(_SCALES_SCHEMA))
+        if unknown:
+            raise CheckpointError(f"{source}: unknown metadata key 'scales.{unknown[0]}'")
+        for key, (kind, lo, hi, required) in _SCALES_SCHEMA.items():
+            if key not in scales:
+                if required:
+                    raise CheckpointError(f"{source}: metadata key 'scales.{key}' is missing")
+                continue
+            _check_value(source, f"scales.{key}", scales[key], kind, lo, hi)
+        if scales.get("input_transform", "linear") not in INPUT_TRANSFORMS:
+            raise CheckpointError(f"{source}: metadata key 'scales.input_transform' is "
+                                  f"{scales['input_transform']!r}; allowed: {', '.join(INPUT_TRANSFORMS)}")
+        if d["window"] % 2 == 0:
+            raise CheckpointError(f"{source}: metadata key 'window' must be odd, got {d['window']}")
+        d["scales"] = Scales(**scales)
+        return cls(**d)
+
+
+# key: (type, min, max, required). Ranges are what a network this code builds can have; they turn a
+# corrupted or hand-edited file into one sentence instead of a traceback deep in torch.
+_SCHEMA: dict[str, tuple[type | tuple[type, ...], float | None, float | None, bool]] = {
+    "width": (int, 1, 1024, True),
+    "depth": (int, 0, 8, True),
+    "window": (int, 1, 31, True),
+    "pixel_size_nm": ((int, float), 1.0, 100_000.0, True),
+    "camera": (dict, None, None, True),
+    "psf": (dict, None, None, True),
+    "scales": (dict, None, None, True),
+    "train": (dict, None, None, True),
+    "step": (int, 0, None, False),
+    "rtsmlm_version": (str, None, None, False),
+    "metrics": ((dict, type(None)), None, None, False),
+}
+_SCALES_SCHEMA: dict[str, tuple[type | tuple[type, ...], float | None, float | None, bool]] = {
+    "input_scale": ((int, float), 1e-9, 1e12, True),
+    "photon_scale": ((int, float), 1e-9, 1e12, True),
+    "bg_scale": ((int, float), 1e-9, 1e12, True),
+    "z_scale": ((int, float), 1e-9, 1e12, True),
+    "input_transform": (str, None, None, False),
+}
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", dict: "an object", str: "a string", type(None): "null"}
+
+
+def _check_value(source: str, key: str, value: Any, kind: Any, lo: float | None, hi: float | None) -> None:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        names = " or ".join(_TYPE_NAMES[k] for k in kinds if not (k is int and float in kinds))
+        raise CheckpointError(f"{source}: metadata key {key!r} must be {names}, got {value!r}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f"{lo:g}..{hi:g}" if hi is not None else f">= {lo:g}"
+            raise CheckpointError(f"{source}: metadata key {key!r} is {value!r}; allowed: {bounds}")
 
 
 def shipped_models() -> list[str]:
@@ -116,6 +179,10 @@ def load(path_or_name: str | Path, device: str = "cpu"):
         raise CheckpointError(f"checkpoint weights {wpath} do not exist") from None
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{wpath}: cannot read weights ({e})") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise CheckpointError(f"{wpath}: weight tensor {name!r} holds NaN or infinite values "
+                                  "(a diverged or damaged training); use another checkpoint")
     model = DecodeNet(window=meta.window, width=meta.width, depth=meta.depth)
     try:
         model.load_state_dict(state)
