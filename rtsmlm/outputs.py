@@ -133,6 +133,8 @@ class LocalizationFiles:
         self.csv.close()
         self.hdf5.close()
         summary.setdefault("outputs", {})["localizations"] = [LOCS_CSV, LOCS_HDF5]
+        # Rows moved just inside the image so Picasso's loader keeps them (the CSV has exact values).
+        summary["outputs"]["picasso_rows_moved_inside"] = self.hdf5.n_moved_inside
 
 
 class TruthWriter:

@@ -61,6 +61,7 @@ class RenderConsumer:
         from rtsmlm.drift import OnlineDrift
         from rtsmlm.render import Canvas
 
+        _check_colormap(cfg.gui.colormap)
         self.cfg = cfg
         self.out_dir = out_dir
         self.extent_nm = (shape[0] * camera_pixel_nm, shape[1] * camera_pixel_nm)
@@ -258,10 +259,21 @@ class RenderConsumer:
         _write_png(self.out_dir / RENDER_PNG, display, self.cfg.gui.colormap)
 
 
+def _check_colormap(name: str) -> None:
+    """A colour map nobody knows is the user's typo: say so before the run, never silently use another."""
+    import matplotlib
+
+    if name not in matplotlib.colormaps:
+        from rtsmlm.config import ConfigError
+
+        known = ", ".join(("inferno", "magma", "hot", "viridis", "cividis", "turbo", "gray"))
+        raise ConfigError(f"gui.colormap {name!r} is not a matplotlib colour map (for example {known})")
+
+
 def _write_png(path: Path, image_u8: np.ndarray, colormap: str) -> None:
     """Colour-mapped PNG through matplotlib's image writer (no figure, no GUI backend)."""
     import matplotlib
     from matplotlib.image import imsave
 
-    cmap = matplotlib.colormaps[colormap] if colormap in matplotlib.colormaps else matplotlib.colormaps["inferno"]
+    cmap = matplotlib.colormaps[colormap]
     imsave(path, image_u8, cmap=cmap, vmin=0, vmax=255)

@@ -357,3 +357,8 @@ def test_checkpoint_metadata_that_is_a_list_or_nan_weights_is_one_line(tmp_path,
     save_file(weights, str(model.with_suffix(".safetensors")))
     assert run_cli("--max-frames", "5", "--out", str(tmp_path / "o2"), "--model", str(model)) == 2
     assert_one_line_error(capsys, "NaN or infinite", first)
+
+
+def test_an_unknown_colormap_is_one_line_exit_2(tmp_path, capsys):
+    assert run_cli("--max-frames", "5", "--out", str(tmp_path / "o"), "--set", 'gui.colormap="infernoo"') == 2
+    assert_one_line_error(capsys, "gui.colormap 'infernoo'")

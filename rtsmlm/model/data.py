@@ -89,15 +89,19 @@ class TrainingSimulator:
         return float(np.exp(self.rng.uniform(np.log(lo), np.log(max(hi, lo)))))
 
     def _broad_camera(self):
-        """A random camera for the broad model: EMCCD or sCMOS (per-pixel maps), in photon terms only the
-        noise shape matters because the localizer converts ADU to photons with the known camera."""
+        """A random camera for the broad model: EMCCD or sCMOS (per-pixel maps). In photon terms only the
+        noise shape matters (the localizer converts ADU to photons with the run's camera), so the ADU per
+        photon is drawn where real cameras are set up (0.3–5), which keeps 1000 photons/px of background
+        and bright emitters below 16-bit saturation."""
         rng, P = self.rng, self.P
+        adu_per_photon = self._log_uniform(0.3, 5.0)
         if rng.random() < 0.5:
-            return EMCCD(self.px, qe=1.0, spurious_charge=rng.uniform(0.0, 0.01),
-                         em_gain=self._log_uniform(30.0, 300.0), read_noise_e=rng.uniform(20.0, 100.0),
-                         e_per_adu=self._log_uniform(5.0, 50.0), baseline_adu=100.0)
+            em_gain = self._log_uniform(30.0, 300.0)
+            return EMCCD(self.px, qe=1.0, spurious_charge=rng.uniform(0.0, 0.01), em_gain=em_gain,
+                         read_noise_e=rng.uniform(20.0, 100.0), e_per_adu=em_gain / adu_per_photon,
+                         baseline_adu=100.0)
         return SCMOS.random_maps((P, P), int(rng.integers(1 << 31)), baseline_adu=100.0,
-                                 offset_sigma_adu=rng.uniform(0.0, 3.0), e_per_adu=self._log_uniform(0.2, 3.0),
+                                 offset_sigma_adu=rng.uniform(0.0, 3.0), e_per_adu=1.0 / adu_per_photon,
                                  gain_sigma=rng.uniform(0.0, 0.05), read_noise_e=self._log_uniform(0.7, 3.0),
                                  pixel_size_nm=self.px, qe=1.0)
 
@@ -131,7 +135,12 @@ class TrainingSimulator:
     def sample(self):
         """One window: (T, P, P) float32 input, central-frame emitters (n, 4), background (P, P)."""
         t, rng, P, T = self.cfg.train, self.rng, self.P, self.T
-        density = rng.uniform(t.density_min, t.density_max)
+        if t.broad:
+            # Sparse fields more often than dense ones (mean a third of the range): every density is
+            # seen, and the many easy samples keep the detection signal strong early in training.
+            density = t.density_min + (t.density_max - t.density_min) * rng.random() ** 2
+        else:
+            density = rng.uniform(t.density_min, t.density_max)
         x, y, z, start, dur, bright = self._events(density)
         if t.broad:
             bg_level = self._log_uniform(max(t.bg_min, 0.1), t.bg_max)
