@@ -63,13 +63,16 @@ class LocBatch:
     """Localizations of a contiguous range of frames, as appended by the localizer.
 
     ``first_frame``..``last_frame`` (inclusive) are the frames this batch covers, including frames with no
-    localization, so consumers can tell "analysed, nothing found" from "not analysed yet".
+    localization, so consumers can tell "analysed, nothing found" from "not analysed yet". ``late``
+    batches come after the acquisition, from frames the live localizer skipped or lost and analysed
+    from the raw recording (catch-up): their frames are older than those of earlier batches.
     """
 
     seq: int
     first_frame: int
     last_frame: int
     locs: np.ndarray
+    late: bool = False
 
 
 class LocalizationStream:
@@ -86,14 +89,14 @@ class LocalizationStream:
         self._closed = False
         self._cond = threading.Condition()
 
-    def append(self, first_frame: int, last_frame: int, locs: np.ndarray) -> LocBatch:
-        """Append the localizations found in frames ``first_frame..last_frame``."""
+    def append(self, first_frame: int, last_frame: int, locs: np.ndarray, *, late: bool = False) -> LocBatch:
+        """Append the localizations found in frames ``first_frame..last_frame`` (``late``: see LocBatch)."""
         if locs.dtype != LOC_DTYPE:
             raise TypeError(f"localization batch has dtype {locs.dtype}, expected rtsmlm.locs.LOC_DTYPE")
         with self._cond:
             if self._closed:
                 raise RuntimeError("the localization stream is closed")
-            batch = LocBatch(len(self._batches), first_frame, last_frame, locs)
+            batch = LocBatch(len(self._batches), first_frame, last_frame, locs, late)
             self._batches.append(batch)
             self._n_locs += len(locs)
             self._cond.notify_all()

@@ -35,8 +35,8 @@ import numpy as np
 
 import rtsmlm
 from rtsmlm.config import Config, to_dict
-from rtsmlm.locs import LocalizationStream, LocBatch
-from rtsmlm.ring import RingBuffer
+from rtsmlm.locs import LocalizationStream, LocBatch, concat
+from rtsmlm.ring import RingBuffer, add_to_runs, expand_runs
 from rtsmlm.sources.base import Source
 
 log = logging.getLogger("rtsmlm.pipeline")
@@ -82,6 +82,9 @@ class Localizer(Protocol):
 
     def finish(self) -> tuple[np.ndarray, int]:
         """End of the stream: analyse the frames still pending."""
+
+    def restart(self) -> None:
+        """After finish: accept earlier frame indices again (catch-up of skipped frames)."""
 
 
 def index_ranges(indices: np.ndarray) -> list[list[int]]:
@@ -149,6 +152,10 @@ class Pipeline:
         self._disk_full = False
         self._truth_failed = False
         self._t_localizer_done: float | None = None
+        self._recorded_runs: list[list[int]] = []
+        self.n_caught_up = 0
+        self._missing_final: np.ndarray | None = None
+        self._recorder_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------------ threads
 
@@ -172,8 +179,12 @@ class Pipeline:
         reader = self._loc_reader
         pending_ts: dict[int, float] = {}
         max_batch = self.cfg.pipeline.max_batch
+        # A live camera: skip frames older than the latency bound (a file waits for us instead).
+        max_age_s = 0.0 if self.backpressure else self.cfg.pipeline.max_latency_ms / 1e3
         try:
             while True:
+                if max_age_s > 0:
+                    reader.skip_stale(time.perf_counter() - max_age_s)
                 frames = reader.read_many(max_batch, timeout=0.5)
                 if not frames:
                     if reader.at_end:
@@ -187,12 +198,58 @@ class Pipeline:
                 self._emit(locs, last_done, pending_ts)
             locs, last_done = self.localizer.finish()
             self._emit(locs, last_done, pending_ts)
+            self._catch_up()
         except Exception:
             self._fail("localizer")
         finally:
             self.stream.close()
             self._t_localizer_done = time.perf_counter()
             self._localizer_done.set()
+
+    def _catch_up(self) -> None:
+        """After the acquisition: analyse the frames the live localizer skipped or lost from the raw
+        recording, each run with its recorded neighbours as context (so a frame's window is what it would
+        have been live), and append them as late batches: the final files miss no recorded frame."""
+        missing = np.union1d(self._loc_reader.skipped_indices, self._loc_reader.lost_indices)
+        if not len(missing):
+            self._missing_final = missing
+            return
+        if self.recorder is None or self._recorder_thread is None:
+            self._missing_final = missing
+            return
+        self._recorder_thread.join()  # the raw movie is complete and closed
+        path = getattr(self.recorder, "path", None)
+        recorded = expand_runs(self._recorded_runs)
+        if path is None or not len(recorded):
+            self._missing_final = missing
+            return
+        from rtsmlm.io.movies import open_movie
+
+        position = {int(i): k for k, i in enumerate(recorded)}
+        done: list[np.ndarray] = []
+        half = 1  # one neighbour on each side: the window's context (DECODE windows are 3 frames)
+        with open_movie(path) as movie:
+            for first, last in index_ranges(missing[np.isin(missing, recorded)]):
+                lo = first - half if first - half in position else first
+                hi = last + half if last + half in position else last
+                want = np.arange(lo, hi + 1)
+                want = want[np.isin(want, recorded)]
+                self.localizer.restart()
+                out = []
+                for start in range(0, len(want), 64):
+                    chunk = want[start:start + 64]
+                    frames = np.stack([movie.read(position[int(i)]) for i in chunk])
+                    out.append(self.localizer.push(frames, chunk)[0])
+                out.append(self.localizer.finish()[0])
+                locs = concat(out)
+                locs = locs[(locs["frame"] >= first) & (locs["frame"] <= last)]
+                self.stream.append(first, last, locs, late=True)
+                caught = missing[(missing >= first) & (missing <= last)]
+                done.append(caught)
+                self.n_caught_up += len(caught)
+        caught_all = np.concatenate(done) if done else np.empty(0, np.int64)
+        self._missing_final = np.setdiff1d(missing, caught_all)
+        log.info("caught up %d frames skipped or lost live, from the raw recording", self.n_caught_up)
 
     def _emit(self, locs: np.ndarray, last_done: int, pending_ts: dict[int, float]) -> None:
         if last_done <= self._last_done:
@@ -217,6 +274,7 @@ class Pipeline:
                 frames = reader.read_many(64, timeout=interval)
                 for f in frames:
                     self.recorder.append(f.data)
+                    add_to_runs(self._recorded_runs, f.index)  # source index → position in the raw movie
                 self.n_recorded += len(frames)
                 if time.perf_counter() >= next_flush:
                     self.recorder.flush()
@@ -340,6 +398,8 @@ class Pipeline:
         spawn.append(("rtsmlm-stats", self._stats_loop, ()))
         for name, target, args in spawn:
             t = threading.Thread(target=target, args=args, name=name, daemon=True)
+            if name == "rtsmlm-recorder":
+                self._recorder_thread = t
             t.start()
             self._threads.append(t)
         for ct, t in zip(self._consumers, self._threads[1:]):
@@ -447,6 +507,8 @@ class Pipeline:
         elapsed = (self._t_end or time.perf_counter()) - self._t_start
         lat = np.asarray(self._all_latencies) * 1e3
         lost_loc = self._loc_reader.lost_indices
+        missing_final = (self._missing_final if self._missing_final is not None
+                         else np.union1d(lost_loc, self._loc_reader.skipped_indices))
         out = {
             **self.run_info,
             "rtsmlm_version": rtsmlm.__version__,
@@ -457,6 +519,13 @@ class Pipeline:
             "frames_localized": self.n_localized_frames,
             "frames_lost_localizer": int(len(lost_loc)),
             "frames_lost_localizer_ranges": index_ranges(lost_loc),
+            # Skipped on purpose to keep the live latency bounded (pipeline.max_latency_ms), then
+            # analysed from the raw recording with the lost ones (caught up); what is still missing.
+            "frames_skipped_live": int(self._loc_reader.n_skipped),
+            "frames_skipped_live_ranges": index_ranges(self._loc_reader.skipped_indices),
+            "frames_caught_up": self.n_caught_up,
+            "frames_missing_final": int(len(missing_final)),
+            "frames_missing_final_ranges": index_ranges(missing_final),
             "n_locs": self.stream.n_locs,
             "camera_fps": self.n_acquired / max(elapsed, 1e-9),
             "localized_fps": self.n_localized_frames / max(elapsed, 1e-9),

@@ -126,7 +126,9 @@ class RenderConsumer:
         locs = batch.locs
         self._batches.append(locs)
         changed = False
-        if self.drift is not None:
+        if self.drift is not None and not batch.late:
+            # Catch-up batches (old frames, after the acquisition) are corrected with the estimate the
+            # live frames built; the final drift is refined over every localization in finish().
             changed = self.drift.add(locs, batch.last_frame)
         if self._pending_settings:
             self.rerender()

@@ -283,9 +283,10 @@ class RingReader:
         self._n_read = 0
         self._n_lost = 0
         self._n_torn = 0
-        # Lost source indices as [start, stop) runs: a reader stalled for hours costs a few runs, not a
-        # Python int per frame, because source indices are mostly consecutive.
+        # Lost source indices as [start, stop) runs (see add_to_runs).
         self._lost_runs: list[list[int]] = []
+        self._skipped_runs: list[list[int]] = []
+        self._n_skipped = 0
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -334,6 +335,26 @@ class RingReader:
             if n_good:
                 return [Frame(int(indices[i]), float(timestamps[i]), block[i]) for i in np.flatnonzero(intact)]
             # Everything claimed was overwritten during the copy: try again within the same deadline.
+
+    def skip_stale(self, older_than: float) -> int:
+        """Skip the unclaimed frames whose timestamp is before ``older_than`` (a live reader that fell
+        behind jumps to recent frames instead of working through a stale backlog). Skipped frames are
+        recorded in :attr:`skipped_indices`, apart from lost ones; returns how many were skipped."""
+        ring = self._ring
+        n = 0
+        with ring._cond:
+            while self._cursor < ring._n_written:
+                slot = self._cursor % ring._n
+                if ring._timestamp[slot] >= older_than:
+                    break
+                add_to_runs(self._skipped_runs, int(ring._index[slot]))
+                self._cursor += 1
+                n += 1
+            if n:
+                self._released = max(self._released, self._cursor)
+                self._n_skipped += n
+                ring._cond.notify_all()
+        return n
 
     def __iter__(self) -> Iterator[Frame]:
         """Frames until the end of the stream, blocking between them."""
@@ -396,9 +417,19 @@ class RingReader:
         """The source frame indices this reader lost, ascending (int64)."""
         with self._ring._cond:
             runs = [tuple(run) for run in self._lost_runs]  # expand outside the lock the writer needs
-        if not runs:
-            return np.empty(0, dtype=np.int64)
-        return np.sort(np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in runs]))
+        return expand_runs(runs)
+
+    @property
+    def n_skipped(self) -> int:
+        """Frames this reader skipped on purpose (:meth:`skip_stale`); not counted in :attr:`n_lost`."""
+        return self._n_skipped
+
+    @property
+    def skipped_indices(self) -> np.ndarray:
+        """The source frame indices skipped by :meth:`skip_stale`, ascending (int64)."""
+        with self._ring._cond:
+            runs = [tuple(run) for run in self._skipped_runs]
+        return expand_runs(runs)
 
     def stats(self) -> ReaderStats:
         """This reader's counters, taken at one instant."""
@@ -410,12 +441,24 @@ class RingReader:
         return ReaderStats(self.name, fill, fill / self._ring._n, self._n_read, self._n_lost)
 
     def _record_loss(self, index: int) -> None:
-        """With the condition held: add one lost source index (extends the last run when consecutive)."""
+        """With the condition held: add one lost source index."""
         self._n_lost += 1
-        if self._lost_runs and self._lost_runs[-1][1] == index:
-            self._lost_runs[-1][1] = index + 1
-        else:
-            self._lost_runs.append([index, index + 1])
+        add_to_runs(self._lost_runs, index)
 
     def __repr__(self) -> str:
         return f"RingReader({self.name!r}, read={self._n_read}, lost={self._n_lost})"
+
+
+def add_to_runs(runs: list[list[int]], index: int) -> None:
+    """Add one index to [start, stop) runs (extends the last run when consecutive): a reader stalled
+    for hours costs a few runs, not a Python int per frame, because source indices are mostly consecutive."""
+    if runs and runs[-1][1] == index:
+        runs[-1][1] = index + 1
+    else:
+        runs.append([index, index + 1])
+
+
+def expand_runs(runs: list[tuple[int, ...]] | list[list[int]]) -> np.ndarray:
+    if not runs:
+        return np.empty(0, dtype=np.int64)
+    return np.sort(np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in runs]))

@@ -112,6 +112,8 @@ class PluginConsumer:
         self.host.start(self.run_info)
 
     def on_batch(self, batch: LocBatch) -> None:
+        if batch.late:
+            return  # catch-up of old frames after the acquisition: nothing for feedback to act on
         self.host.localizations(batch)
 
     def on_tick(self) -> None:
@@ -251,9 +253,12 @@ def final_line(summary: dict[str, Any], out_dir: Path) -> str:
     """The one line a run prints at its end: frames acquired, analysed, lost, and any frame limit."""
     limit = summary.get("frame_limit")
     limit_text = f" (source.max_frames = {limit})" if limit else ""
-    return (f"{summary['frames_acquired']} frames acquired{limit_text}, {summary['frames_localized']} localized, "
-            f"{summary['n_locs']} localizations, {summary['frames_lost_localizer']} frames lost by the "
-            f"localizer ({summary['localized_fps']:.0f} frames/s); outputs in {out_dir}")
+    late = summary.get("frames_caught_up", 0)
+    late_text = f" (+{late} analysed after the acquisition)" if late else ""
+    missing = summary.get("frames_missing_final", summary["frames_lost_localizer"])
+    return (f"{summary['frames_acquired']} frames acquired{limit_text}, {summary['frames_localized']} localized "
+            f"live{late_text}, {summary['n_locs']} localizations, {missing} frames missing from the "
+            f"results ({summary['localized_fps']:.0f} frames/s); outputs in {out_dir}")
 
 
 def format_stats(s: dict[str, Any]) -> str:

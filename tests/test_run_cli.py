@@ -82,7 +82,7 @@ def test_run_to_the_end_of_the_source_exits_0_with_every_output_complete(finishe
     assert summary["frames_acquired"] == summary["frames_recorded"] == N_FRAMES
     assert summary["frames_localized"] + summary["frames_lost_localizer"] == N_FRAMES
     assert summary["frames_lost_recorder"] == 0
-    assert (f"{N_FRAMES} frames acquired (source.max_frames = {N_FRAMES}), {summary['frames_localized']} localized, "
+    assert (f"{N_FRAMES} frames acquired (source.max_frames = {N_FRAMES}), {summary['frames_localized']} localized live, "
             f"{summary['n_locs']} localizations") in stdout
     # Every file is complete and closed: reading raises no warning about partial lines or open writers.
     with warnings.catch_warnings():

@@ -170,8 +170,12 @@ def test_existing_output_directory_is_refused_and_left_alone(run_dir: Path, tmp_
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
     assert simulate(other, "--frames", "5", "--size", "16") == 2
+    # --overwrite replaces an earlier run only: a folder with someone's notes is refused, untouched.
+    assert simulate(other, "--frames", "5", "--size", "16", "--overwrite") == 2
+    assert "notes.txt" in capsys.readouterr().err
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
     assert (other / "notes.txt").read_text() == "keep me"
+    (other / "notes.txt").unlink()
     assert simulate(other, "--frames", "5", "--size", "16", "--drift", "--overwrite") == 0
     assert (other / "drift.csv").exists()
     # Overwriting with a run without drift leaves no drift.csv of the earlier run behind.

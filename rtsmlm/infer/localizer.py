@@ -143,6 +143,11 @@ class StreamingLocalizer:
         """End of run: finish the pending frames with edge padding."""
         return self._finish_sequence(), self.last_done
 
+    def restart(self) -> None:
+        """Forget the frame order after :meth:`finish`, so that earlier frames can be pushed again (the
+        catch-up analysis of frames skipped live). Frames still pending are dropped: call finish first."""
+        self._feats, self._rows, self._last_pushed = None, [], None
+
     def _push_consecutive(self, frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
         rows = [int(i) for i in indices]
         feats = self._encode(frames, rows)  # (n, tiles, C, th, tw)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from rtsmlm.config import Config, to_dict
-from rtsmlm.outputs import prepare_out_dir
+from rtsmlm.outputs import clear_previous_run, prepare_out_dir
 from rtsmlm.sim.simulator import Simulator
 
 TRUTH_HEADER = "frame,x,y,z,photons"
@@ -37,6 +37,7 @@ def simulate_to_dir(cfg: Config, out: Path, *, overwrite: bool = False, progress
     from rtsmlm.io.movies import open_movie_writer, write_tiff_movie
 
     prepare_out_dir(out, overwrite)
+    clear_previous_run(out)
     sim = Simulator(cfg)
     n = cfg.sim.frames
     cam = sim.camera.model()
@@ -70,8 +71,5 @@ def simulate_to_dir(cfg: Config, out: Path, *, overwrite: bool = False, progress
         writer.close()
     if cfg.sim.drift.enabled:
         write_drift_csv(out / "drift.csv", sim.drift_table(n))
-    else:
-        # An overwritten directory must not keep the drift of an earlier run that had drift.
-        (out / "drift.csv").unlink(missing_ok=True)
     (out / "simulation.json").write_text(json.dumps(to_dict(cfg), indent=2))
     return out
