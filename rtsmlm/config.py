@@ -135,6 +135,9 @@ class BackendConfig:
 @dataclass(frozen=True)
 class PipelineConfig:
     ring_frames: int = _f(512, range=(4, 1_000_000))
+    memory_mb: float = _f(4096.0, range=(64.0, 1e7),
+                          doc="memory budget of a run: the ring takes at most a quarter (fewer slots for "
+                              "large frames), the localizer sizes its tiles and batches from the rest")
     stats_interval_s: float = _f(1.0, range=(0.05, 3600.0))
     max_batch: int = _f(16, range=(1, 4096))
     max_latency_ms: float = _f(1000.0, range=(0.0, 3.6e6),
@@ -218,6 +221,8 @@ class TrainConfig:
                                 "per sample: one model for many microscopes")
     sigma_min_px: float = _f(0.7, range=(0.1, 20.0), doc="broad: smallest PSF sigma in camera pixels")
     sigma_max_px: float = _f(2.0, range=(0.1, 20.0), doc="broad: largest PSF sigma in camera pixels")
+    min_target_snr: float = _f(0.0, range=(0.0, 100.0),
+                               doc="broad: emitters of the central frame below this SNR are not targets")
     on_frames_min: float = _f(0.3, range=(0.01, 1e5), doc="broad: shortest mean on-time in frames")
     on_frames_max: float = _f(0.0, range=(0.0, 1e5),
                               doc="> 0: mean on-time drawn log-uniformly per sample from "

@@ -81,13 +81,36 @@ class LocalizationStream:
     One writer (the localizer) appends; any number of readers take cheap snapshots or iterate batches
     from their own position. Batches are never mutated after they are appended, so readers can hold
     them without copying.
+
+    ``retain=False`` keeps memory flat over an unbounded run: readers registered with
+    :meth:`add_reader` report with :meth:`consumed` how far they got, and batches every registered reader
+    has consumed are dropped (:meth:`snapshot` then holds only what is still retained).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, retain: bool = True) -> None:
         self._batches: list[LocBatch] = []
+        self._offset = 0  # sequence number of self._batches[0]
         self._n_locs = 0
         self._closed = False
+        self._retain = retain
+        self._positions: dict[str, int] = {}
         self._cond = threading.Condition()
+
+    def add_reader(self, name: str) -> None:
+        """Register a reader whose :meth:`consumed` reports decide what may be dropped (retain=False)."""
+        with self._cond:
+            self._positions[name] = self._offset
+
+    def consumed(self, name: str, seq: int) -> None:
+        """Reader ``name`` is done with every batch below sequence number ``seq``."""
+        with self._cond:
+            self._positions[name] = max(self._positions.get(name, 0), seq)
+            if self._retain or not self._positions:
+                return
+            drop = min(self._positions.values()) - self._offset
+            if drop > 0:
+                del self._batches[:drop]
+                self._offset += drop
 
     def append(self, first_frame: int, last_frame: int, locs: np.ndarray, *, late: bool = False) -> LocBatch:
         """Append the localizations found in frames ``first_frame..last_frame`` (``late``: see LocBatch)."""
@@ -96,7 +119,7 @@ class LocalizationStream:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the localization stream is closed")
-            batch = LocBatch(len(self._batches), first_frame, last_frame, locs, late)
+            batch = LocBatch(self._offset + len(self._batches), first_frame, last_frame, locs, late)
             self._batches.append(batch)
             self._n_locs += len(locs)
             self._cond.notify_all()
@@ -114,7 +137,7 @@ class LocalizationStream:
 
     @property
     def n_batches(self) -> int:
-        return len(self._batches)
+        return self._offset + len(self._batches)
 
     @property
     def n_locs(self) -> int:
@@ -126,9 +149,12 @@ class LocalizationStream:
         Returns an empty list on timeout or when the stream is closed with nothing new.
         """
         with self._cond:
-            if seq >= len(self._batches) and not self._closed and timeout != 0:
-                self._cond.wait_for(lambda: seq < len(self._batches) or self._closed, timeout)
-            return self._batches[seq:]
+            if seq >= self.n_batches and not self._closed and timeout != 0:
+                self._cond.wait_for(lambda: seq < self.n_batches or self._closed, timeout)
+            if seq < self._offset:
+                raise ValueError(f"batches before {self._offset} were dropped (asked from {seq}): register "
+                                 "the reader with add_reader before the first batch")
+            return self._batches[seq - self._offset:]
 
     def snapshot(self) -> np.ndarray:
         """All localizations so far, as one table (a copy)."""

@@ -87,6 +87,18 @@ class Localizer(Protocol):
         """After finish: accept earlier frame indices again (catch-up of skipped frames)."""
 
 
+def ring_slots(cfg: Config, shape: tuple[int, int], dtype: Any) -> int:
+    """``pipeline.ring_frames``, or fewer when that many frames would take more than a quarter of
+    ``pipeline.memory_mb`` (a 4096² camera: 32 MB a frame), but at least 4."""
+    frame_bytes = int(shape[0]) * int(shape[1]) * np.dtype(dtype).itemsize
+    fit = int(cfg.pipeline.memory_mb * 2**20 / 4 // max(frame_bytes, 1))
+    n = max(4, min(cfg.pipeline.ring_frames, fit))
+    if n < cfg.pipeline.ring_frames:
+        log.info("ring buffer: %d slots of %dx%d (pipeline.ring_frames = %d does not fit a quarter of "
+                 "pipeline.memory_mb = %g)", n, shape[0], shape[1], cfg.pipeline.ring_frames, cfg.pipeline.memory_mb)
+    return n
+
+
 def index_ranges(indices: np.ndarray) -> list[list[int]]:
     """[[first, last], ...] runs of consecutive indices — a compact, exact list of lost frames."""
     idx = np.asarray(indices, dtype=np.int64)
@@ -96,6 +108,31 @@ def index_ranges(indices: np.ndarray) -> list[list[int]]:
     starts = np.concatenate([[0], breaks + 1])
     ends = np.concatenate([breaks, [len(idx) - 1]])
     return [[int(idx[s]), int(idx[e])] for s, e in zip(starts, ends)]
+
+
+class LatencyHistogram:
+    """Whole-run latency percentiles in constant memory (a run may last days): log-spaced bins from
+    10 µs to 1000 s, 0.5 % wide, so a percentile is exact to 0.5 %."""
+
+    _LO, _HI, _BINS = 1e-5, 1e3, 3700
+
+    def __init__(self) -> None:
+        self._counts = np.zeros(self._BINS + 2, np.int64)  # + underflow and overflow
+        self._scale = self._BINS / np.log(self._HI / self._LO)
+        self.n = 0
+
+    def add(self, seconds: float) -> None:
+        k = int(np.log(max(seconds, 1e-12) / self._LO) * self._scale) + 1
+        self._counts[min(max(k, 0), self._BINS + 1)] += 1
+        self.n += 1
+
+    def percentile_ms(self, q: float) -> float | None:
+        """The q-th percentile in ms (bin centre), None before the first value."""
+        if not self.n:
+            return None
+        k = int(np.searchsorted(np.cumsum(self._counts), q / 100.0 * self.n))
+        k = min(max(k, 1), self._BINS)
+        return float(self._LO * np.exp((k - 0.5) / self._scale) * 1e3)
 
 
 @dataclass
@@ -117,14 +154,17 @@ class Pipeline:
 
     def __init__(self, cfg: Config, source: Source, localizer: Localizer, *,
                  consumers: list[Consumer] = (), recorder=None, truth: Any = None,
-                 run_info: dict[str, Any] | None = None, on_stats=None, backpressure: bool = False) -> None:
+                 run_info: dict[str, Any] | None = None, on_stats=None, backpressure: bool = False,
+                 keep_stream: bool = False) -> None:
         """``backpressure``: the source may wait for the readers (a file replayed as fast as possible);
-        a live camera never waits, and frames a reader cannot keep up with are lost to that reader."""
+        a live camera never waits, and frames a reader cannot keep up with are lost to that reader.
+        ``keep_stream``: keep every localization batch in :attr:`stream` (tests, scripts); by default a
+        batch is dropped once every consumer has taken it, so memory stays flat however long the run."""
         self.cfg = cfg
         self.source = source
         self.localizer = localizer
-        self.ring = RingBuffer.for_source(source, cfg.pipeline.ring_frames)
-        self.stream = LocalizationStream()
+        self.ring = RingBuffer.for_source(source, ring_slots(cfg, source.shape, source.dtype))
+        self.stream = LocalizationStream(retain=keep_stream)
         self._loc_reader = self.ring.add_reader("localizer")
         self._rec_reader = self.ring.add_reader("recorder") if recorder is not None else None
         self.recorder = recorder
@@ -132,6 +172,8 @@ class Pipeline:
         self.truth = truth
         self.run_info = dict(run_info or {})
         self._consumers = [_ConsumerThread(c) for c in consumers]
+        for ct in self._consumers:
+            self.stream.add_reader(ct.consumer.name)
         self._on_stats = on_stats
         self._threads: list[threading.Thread] = []
         self._done = threading.Event()
@@ -143,7 +185,7 @@ class Pipeline:
         self.n_recorded = 0
         self._last_done = -1
         self._latencies: deque[float] = deque(maxlen=20_000)
-        self._all_latencies: list[float] = []
+        self._all_latencies = LatencyHistogram()
         self.stats_history: deque[dict[str, Any]] = deque(maxlen=3600)
         self._t_start = 0.0
         self._t_end: float | None = None
@@ -261,7 +303,7 @@ class Pipeline:
         for i in done:
             lat = now - pending_ts.pop(i)
             self._latencies.append(lat)
-            self._all_latencies.append(lat)
+            self._all_latencies.add(lat)
         self.n_localized_frames += len(done)
         self._last_done = last_done
 
@@ -308,6 +350,7 @@ class Pipeline:
                 for b in batches:
                     c.on_batch(b)
                 seq += len(batches)
+                self.stream.consumed(c.name, seq)
                 while ct.stats_queue:
                     c.on_stats(ct.stats_queue.popleft())
                 if time.perf_counter() >= next_tick:
@@ -317,6 +360,7 @@ class Pipeline:
                     break
             c.on_tick()
         except BaseException:  # SystemExit from third-party code too: never end a thread silently
+            self.stream.consumed(c.name, 1 << 62)  # it takes no more batches: do not keep them for it
             ct.error = traceback.format_exc()
             self._fail(f"consumer {c.name}", ct.error, stop=getattr(c, "critical", True))
 
@@ -455,6 +499,7 @@ class Pipeline:
         """Give up on a consumer still busy ``drain_timeout_s`` after the stream ended (its thread is a
         daemon and stays blocked); the summary names it."""
         ct.abandoned = True
+        self.stream.consumed(ct.consumer.name, 1 << 62)
         ct.error = (f"did not finish within pipeline.drain_timeout_s = {self.cfg.pipeline.drain_timeout_s:g} s "
                     "after the last localization; abandoned")
         msg = f"consumer {ct.consumer.name}: {ct.error}"
@@ -487,7 +532,7 @@ class Pipeline:
             "frames_lost": lost,
             "ring_fill": fill,
             "n_locs": self.stream.n_locs,
-            "locs_per_frame": self.stream.n_locs / max(self.n_localized_frames, 1),
+            "locs_per_frame": self.stream.n_locs / max(self.n_localized_frames + self.n_caught_up, 1),
             # NaN until the first frame is localized (no percentile of nothing, no numpy warning).
             "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
             "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
@@ -505,7 +550,6 @@ class Pipeline:
         if self._summary is not None:
             return self._summary
         elapsed = (self._t_end or time.perf_counter()) - self._t_start
-        lat = np.asarray(self._all_latencies) * 1e3
         lost_loc = self._loc_reader.lost_indices
         missing_final = (self._missing_final if self._missing_final is not None
                          else np.union1d(lost_loc, self._loc_reader.skipped_indices))
@@ -529,8 +573,8 @@ class Pipeline:
             "n_locs": self.stream.n_locs,
             "camera_fps": self.n_acquired / max(elapsed, 1e-9),
             "localized_fps": self.n_localized_frames / max(elapsed, 1e-9),
-            "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
-            "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
+            "latency_ms_p50": self._all_latencies.percentile_ms(50),
+            "latency_ms_p99": self._all_latencies.percentile_ms(99),
             "errors": self.errors,
         }
         nonfinite = getattr(self.localizer, "nonfinite", None)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from rtsmlm.config import Config
-from rtsmlm.locs import LocBatch, concat
+from rtsmlm.locs import LOC_DTYPE, LocBatch, concat
 
 RENDER_TIF = "render.tif"
 RENDER_PNG = "render.png"
@@ -72,7 +72,10 @@ class RenderConsumer:
                                  half_block_frames=cfg.drift.block_frames)
         self.pixel_nm = cfg.render.pixel_size_nm
         self.canvas = Canvas(self.extent_nm, self.pixel_nm, **self._canvas_args)
-        self._batches: list[np.ndarray] = []
+        # Every localization of the run, for re-rendering and the final drift-corrected files: spilled to
+        # an anonymous temporary file so memory stays flat over an unbounded run; the recent ones are
+        # also kept in memory for redrawing what a drift update moves.
+        self._store = LocSpill()
         self._lock = threading.Lock()
         self._snapshot: RenderSnapshot | None = None
         self._dirty = False
@@ -119,12 +122,12 @@ class RenderConsumer:
             from rtsmlm.render import Canvas
 
             self.canvas = Canvas(self.extent_nm, self.pixel_nm, **self._canvas_args)
-        self.canvas.rerender(self._corrected(concat(self._batches)))
+        self.canvas.rerender(self._corrected(self._store.all()))
         self._dirty = True
 
     def on_batch(self, batch: LocBatch) -> None:
         locs = batch.locs
-        self._batches.append(locs)
+        self._store.append(locs)
         changed = False
         if self.drift is not None and not batch.late:
             # Catch-up batches (old frames, after the acquisition) are corrected with the estimate the
@@ -149,7 +152,7 @@ class RenderConsumer:
             return
         lo, hi = int(stale.min()), int(stale.max())
         # Every stored batch but the newest (not drawn yet) whose frames overlap the stale range.
-        drawn = concat([b for b in self._batches[:-1] if len(b) and b["frame"][-1] >= lo and b["frame"][0] <= hi])
+        drawn = self._store.frames_between(lo, hi, skip_newest=True)
         moved = drawn[np.isin(drawn["frame"], stale)]
         if len(moved):
             self.canvas.add(self.drift.as_applied(moved), weight=-1.0)
@@ -191,7 +194,7 @@ class RenderConsumer:
             frames, dx, dy = blocks.centre_frame, blocks.dx, blocks.dy
         else:
             frames = dx = dy = np.empty(0)
-        snap = RenderSnapshot(image, display, self.pixel_nm * f, sum(len(b) for b in self._batches),
+        snap = RenderSnapshot(image, display, self.pixel_nm * f, self._store.n,
                               np.asarray(frames), np.asarray(dx), np.asarray(dy), self._frc_nm)
         with self._lock:
             self._snapshot = snap
@@ -209,7 +212,7 @@ class RenderConsumer:
     # -------------------------------------------------------------------------------- finish
 
     def finish(self, summary: dict[str, Any]) -> None:
-        locs = concat(self._batches)
+        locs = self._store.all()
         info: dict[str, Any] = {"sr_pixel_nm": self.pixel_nm, "mode": self._canvas_args["mode"]}
         if self.drift is not None and len(locs):
             n_frames = int(locs["frame"].max()) + 1
@@ -259,6 +262,51 @@ class RenderConsumer:
                          overwrite=True)
         display, _ = to_display(image, self.cfg.gui.contrast_percentile, max_px=max(image.shape))
         _write_png(self.out_dir / RENDER_PNG, display, self.cfg.gui.colormap)
+
+
+class LocSpill:
+    """Append-only localization table on an anonymous temporary file (gone when closed or when the
+    process dies), with the newest ``tail_locs`` rows also in memory."""
+
+    def __init__(self, tail_locs: int = 200_000) -> None:
+        import tempfile
+
+        self._fh = tempfile.TemporaryFile(prefix="rtsmlm-locs-")
+        self.n = 0
+        self._tail: list[np.ndarray] = []
+        self._tail_n = 0
+        self._tail_locs = tail_locs
+
+    def append(self, locs: np.ndarray) -> None:
+        self._fh.write(np.ascontiguousarray(locs, dtype=LOC_DTYPE).tobytes())
+        self.n += len(locs)
+        self._tail.append(locs)
+        self._tail_n += len(locs)
+        while len(self._tail) > 1 and self._tail_n - len(self._tail[0]) >= self._tail_locs:
+            self._tail_n -= len(self._tail.pop(0))
+
+    def all(self) -> np.ndarray:
+        """Every row so far (read back from the file: a transient copy)."""
+        self._fh.flush()
+        self._fh.seek(0)
+        out = np.fromfile(self._fh, dtype=LOC_DTYPE, count=self.n)
+        self._fh.seek(0, 2)
+        return out
+
+    def frames_between(self, lo: int, hi: int, *, skip_newest: bool = False) -> np.ndarray:
+        """Rows of frames lo..hi of every batch (but the newest with ``skip_newest``); from memory when the
+        in-memory tail reaches back far enough, else from the file."""
+        batches = self._tail[:-1] if skip_newest else self._tail
+        first_in_tail = next((int(b["frame"][0]) for b in batches if len(b)), None)
+        if first_in_tail is None or (first_in_tail > lo and self._tail_n < self.n):
+            table = self.all()
+            if skip_newest and self._tail:
+                table = table[: len(table) - len(self._tail[-1])]
+            return table[(table["frame"] >= lo) & (table["frame"] <= hi)]
+        return concat([b for b in batches if len(b) and b["frame"][-1] >= lo and b["frame"][0] <= hi])
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 def _check_colormap(name: str) -> None:

@@ -156,8 +156,9 @@ class Run:
 
 
 def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None = None,
-              extra_consumers: list[Consumer] = (), on_stats=None) -> Run:
-    """Open everything a run needs; nothing is started. Errors name the file/key at fault."""
+              extra_consumers: list[Consumer] = (), on_stats=None, keep_stream: bool = False) -> Run:
+    """Open everything a run needs; nothing is started. Errors name the file/key at fault.
+    ``keep_stream`` keeps every localization batch in ``run.pipeline.stream`` (tests, scripts)."""
     out = prepare_out_dir(resolve_out_dir(cfg.output.dir), cfg.output.overwrite)
     run_id = uuid.uuid4().hex[:12]
     truth = TruthWriter(out / TRUTH_CSV) if cfg.source.kind == "simulator" else None
@@ -174,7 +175,8 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
         check_compatible(meta, camera.describe(), f"source {cfg.source.kind}")
         localizer = StreamingLocalizer(backend, meta, camera, source.shape, cfg.model.p_threshold,
                                        cfg.model.candidate_threshold, max_batch=cfg.pipeline.max_batch,
-                                       split_threshold=cfg.model.split_threshold)
+                                       split_threshold=cfg.model.split_threshold,
+                                       memory_bytes=int(cfg.pipeline.memory_mb * 2**20 * 3 / 4))
         backend_info = backend.describe()
         model_info = {"checkpoint": cfg.model.checkpoint, "step": meta.step, "width": meta.width,
                       "depth": meta.depth, "window": meta.window, "trained_metrics": meta.metrics}
@@ -220,7 +222,8 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
     # A recorded file has no camera to protect: at any replay pace the producer waits for the readers
     # rather than lose a frame. A live camera never waits.
     pipeline = Pipeline(cfg, source, localizer, consumers=consumers, recorder=recorder, truth=truth,
-                        run_info=run_info, on_stats=on_stats, backpressure=cfg.source.kind == "file")
+                        run_info=run_info, on_stats=on_stats, backpressure=cfg.source.kind == "file",
+                        keep_stream=keep_stream)
     return Run(pipeline, out, run_id, backend_info, render)
 
 

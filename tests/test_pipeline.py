@@ -168,7 +168,7 @@ def test_pipeline_localizations_equal_offline_analysis_of_the_recorded_frames(tm
 
     n = 160
     cfg = run_config(tmp_path / "run", n)  # the default ring (512 frames) holds the whole run: no loss
-    run = build_run(cfg)
+    run = build_run(cfg, keep_stream=True)
     summary = run_to_end(run)
     out = run.out_dir
 
@@ -227,7 +227,7 @@ def test_a_slow_localizer_is_overrun_while_the_recorder_keeps_every_frame(tmp_pa
 
     camera = SimulatedCamera(cfg)  # the camera model and frame shape the run's source will have
     slow = SlowLocalizer(offline_localizer(cfg, camera.camera, camera.shape, eager=True))
-    run = build_run(cfg, realtime=True, localizer=slow)
+    run = build_run(cfg, realtime=True, localizer=slow, keep_stream=True)
     slow.pipeline = run.pipeline
     summary = run_to_end(run)
 
@@ -290,7 +290,7 @@ def test_stop_mid_run_drains_flushes_and_accounts_for_every_frame(tmp_path):
 
     stopper = StopAfter(frame=40)
     cfg = run_config(tmp_path / "run", 0)  # max_frames 0: the simulated camera runs until stopped
-    run = build_run(cfg, realtime=True, extra_consumers=[stopper])
+    run = build_run(cfg, realtime=True, extra_consumers=[stopper], keep_stream=True)
     stopper.pipeline = run.pipeline
     summary = run_to_end(run)
 
@@ -357,3 +357,20 @@ def test_a_live_localizer_that_falls_behind_skips_to_recent_frames_and_catches_u
     frames_with_locs = set(np.unique(in_file["frame"]).tolist())
     skipped = {f for a, b in summary["frames_skipped_live_ranges"] for f in range(a, b + 1)}
     assert len(frames_with_locs & skipped) > 0.5 * len(skipped)  # the catch-up found their molecules
+
+
+def test_the_stream_drops_batches_every_consumer_has_taken():
+    from rtsmlm.locs import LocalizationStream
+
+    stream = LocalizationStream(retain=False)
+    stream.add_reader("files")
+    stream.add_reader("render")
+    for i in range(10):
+        stream.append(i, i, np.zeros(3, LOC_DTYPE))
+    stream.consumed("files", 10)
+    assert len(stream.batches_since(0)) == 10  # render has not taken them yet
+    stream.consumed("render", 6)
+    assert [b.seq for b in stream.batches_since(6)] == [6, 7, 8, 9]
+    assert len(stream.snapshot()) == 4 * 3 and stream.n_batches == 10 and stream.n_locs == 30
+    with pytest.raises(ValueError, match="dropped"):
+        stream.batches_since(2)

@@ -44,6 +44,7 @@ class StreamingLocalizer:
         tile: tile core size in pixels; None = chosen from free memory (whole frames when they fit).
         margin: tile overlap in pixels; None = the network's receptive-field radius (exact stitching).
         max_batch: upper bound of the automatic batch size.
+        memory_bytes: the run's memory budget for the localizer (None: only the free memory counts).
         maps_sink: optional callable receiving each batch of stitched output maps ``(B, 10, H, W)`` (a
             torch tensor on the backend's device) and the list of their frame indices, before
             post-processing (to save or display the maps, or to test the network path).
@@ -55,6 +56,7 @@ class StreamingLocalizer:
     def __init__(self, backend: Backend, meta: ModelMeta, camera: CameraModel, frame_shape: tuple[int, int],
                  p_threshold: float, candidate_threshold: float, *, batch_size: int = 0, tile: int | None = None,
                  margin: int | None = None, max_batch: int = 16, split_threshold: float = 0.6,
+                 memory_bytes: int | None = None,
                  maps_sink: Callable[[torch.Tensor, list[int]], None] | None = None) -> None:
         height, width = (int(v) for v in frame_shape)
         if backend.window != meta.window:
@@ -73,8 +75,14 @@ class StreamingLocalizer:
             p_threshold=p_threshold, candidate_threshold=candidate_threshold, split_threshold=split_threshold,
         )
         element_bytes = 4 if backend.precision == "fp32" else 2
+        free = available_memory_bytes(backend.device)
+        if memory_bytes:
+            # Within the run's budget: the feature cache of ``window`` whole frames comes first, tiles
+            # and batches share what is left.
+            cache = (backend.window + 1) * height * width * backend.feature_channels * element_bytes
+            free = min(free, max(int(memory_bytes) - cache, int(memory_bytes) // 8))
         sizing = choose_sizes(height, width, backend.size_multiple, backend.window, backend.feature_channels,
-                              element_bytes, available_memory_bytes(backend.device), max_batch=max_batch,
+                              element_bytes, free, max_batch=max_batch,
                               margin=margin, depth=meta.depth, tile=tile, batch=batch_size,
                               max_pixels=CPU_PIXELS_PER_CALL if backend.device == "cpu" else None)
         self.plan: TilePlan = sizing.plan

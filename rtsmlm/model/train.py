@@ -122,6 +122,7 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
     t0, running = time.perf_counter(), None
     while step < t.steps:
         sim.rng = np.random.default_rng([t.seed, step])  # data depend only on (seed, step): resumable
+        sim.progress = step / t.steps
         frames, em, mask, bg = _to_torch(sim.batch(t.batch_size))
         out = model(frames)
         loss, parts = decode_loss(out, em, mask, bg, use_z=is_3d)
