@@ -166,14 +166,39 @@ class TruthWriter:
         with self._write_lock:
             if self._closed:
                 return
-            if self._fh is None:
-                self._fh = open(self.path, "w")
-                self._fh.write(TRUTH_HEADER + "\n")
             with self._lock:
                 pending, self._pending = self._pending, []
-            for t in pending:
-                write_truth_csv(self._fh, t)
-            self._fh.flush()
+            start = 0
+            try:
+                if self._fh is None:
+                    self._fh = open(self.path, "w")
+                    self._fh.write(TRUTH_HEADER + "\n")
+                else:
+                    start = self._fh.tell()
+                for t in pending:
+                    write_truth_csv(self._fh, t)
+                self._fh.flush()
+            except OSError:
+                # A full disk: end the file on its last whole row (or remove it if not even the header
+                # fitted), so it opens in any CSV reader; the rows stay pending.
+                with self._lock:
+                    self._pending[:0] = pending
+                self._cut_back(start)
+                raise
+
+    def _cut_back(self, size: int) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.close()
+            except OSError:
+                pass
+            self._fh = None
+        if size == 0:
+            self.path.unlink(missing_ok=True)
+            return
+        with open(self.path, "r+b") as fh:
+            fh.truncate(size)
+        self._fh = open(self.path, "a")
 
     def close(self) -> None:
         try:

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import resource
 import shutil
@@ -48,6 +49,8 @@ DISK_RESERVE_BYTES = 16 * 2**20
 # Bytes the closing writes need per recorded frame (TIFF page index) and per localization (the
 # drift-corrected CSV and HDF5 rewritten at the end).
 _CLOSE_BYTES_PER_FRAME = 256
+# The recorder checks the free space each time it has written this much (see _record).
+DISK_CHECK_BYTES = 4 * 2**20
 _CLOSE_BYTES_PER_LOC = 400
 
 
@@ -192,6 +195,11 @@ class Pipeline:
         self.latest_stats: dict[str, Any] = {}
         self._summary: dict[str, Any] | None = None
         self._disk_full = False
+        self._disk_lock = threading.Lock()
+        # The final render (float32 TIFF + PNG) is written at the end: keep room for it too.
+        camera_px = float(getattr(getattr(source, "camera", None), "pixel_size_nm", 100.0) or 100.0)
+        sr_px = max(cfg.render.pixel_size_nm, 1e-3)
+        self._render_bytes = int(5 * source.shape[0] * source.shape[1] * (camera_px / sr_px) ** 2)
         self._truth_failed = False
         self._t_localizer_done: float | None = None
         self._recorded_runs: list[list[int]] = []
@@ -311,6 +319,8 @@ class Pipeline:
         reader = self._rec_reader
         interval = self.cfg.output.flush_interval_s
         next_flush = time.perf_counter() + interval
+        frame_bytes = self.ring.nbytes // self.ring.capacity
+        unchecked = 0
         try:
             while True:
                 frames = reader.read_many(64, timeout=interval)
@@ -318,6 +328,13 @@ class Pipeline:
                     self.recorder.append(f.data)
                     add_to_runs(self._recorded_runs, f.index)  # source index → position in the raw movie
                 self.n_recorded += len(frames)
+                # A fast camera fills a small disk within one stats interval: the recorder, which writes
+                # most, checks the free space every DISK_CHECK_BYTES it writes.
+                unchecked += len(frames) * frame_bytes
+                if unchecked >= DISK_CHECK_BYTES:
+                    unchecked = 0
+                    self._check_disk(camera_fps=self.latest_stats.get("camera_fps", 0.0),
+                                     interval=self.cfg.pipeline.stats_interval_s)
                 if time.perf_counter() >= next_flush:
                     self.recorder.flush()
                     next_flush = time.perf_counter() + interval
@@ -381,14 +398,18 @@ class Pipeline:
         """Free bytes the output disk must keep: the closing writes plus three stats intervals of raw
         frames at the current camera rate (the check runs once per interval)."""
         frame_bytes = self.ring.nbytes // self.ring.capacity if self.recorder is not None else 0
-        return int(DISK_RESERVE_BYTES + 3 * interval * camera_fps * frame_bytes
+        return int(DISK_RESERVE_BYTES + self._render_bytes + 3 * interval * camera_fps * frame_bytes
                    + _CLOSE_BYTES_PER_FRAME * self.n_recorded + _CLOSE_BYTES_PER_LOC * self.stream.n_locs)
 
     def _check_disk(self, camera_fps: float, interval: float) -> None:
         """Stop acquisition while the output disk can still take the run's closing writes."""
         out = self.run_info.get("output_dir")
-        if not out or self._disk_full:
-            return
+        with self._disk_lock:  # the stats thread and the recorder both check
+            if not out or self._disk_full:
+                return
+            self._check_disk_locked(out, camera_fps, interval)
+
+    def _check_disk_locked(self, out: str, camera_fps: float, interval: float) -> None:
         try:
             free = shutil.disk_usage(out).free
         except OSError:
@@ -421,9 +442,21 @@ class Pipeline:
         """Record and log a stage's failure; stop acquisition unless the stage is not critical (a
         display or stream failure must not end an experiment whose data are still being saved)."""
         tb = tb or traceback.format_exc()
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EDQUOT) or self._disk_full):
+            # One line for a full disk, however many writers hit it (each one's part is in the log).
+            log.info("%s: %s", where, exc)
+            if not self._disk_full:
+                self._disk_full = True
+                msg = (f"output disk of {self.run_info.get('output_dir')} is full: acquisition stopped after "
+                       f"{self.n_acquired} frames (free space, or choose another --out)")
+                self._errors.append(msg)
+                log.error(msg)
+            self.source.stop()
+            return
         line = f"{where}: {tb.strip().splitlines()[-1]}"
         self._errors.append(line)
-        if isinstance(sys.exc_info()[1], OSError):
+        if isinstance(exc, OSError):
             log.error("%s", line)  # the disk or the OS said no: the message is the whole story
         else:
             log.error("%s failed:\n%s", where, tb)

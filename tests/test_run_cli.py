@@ -362,3 +362,28 @@ def test_checkpoint_metadata_that_is_a_list_or_nan_weights_is_one_line(tmp_path,
 def test_an_unknown_colormap_is_one_line_exit_2(tmp_path, capsys):
     assert run_cli("--max-frames", "5", "--out", str(tmp_path / "o"), "--set", 'gui.colormap="infernoo"') == 2
     assert_one_line_error(capsys, "gui.colormap 'infernoo'")
+
+
+@pytest.mark.slow  # loads the model and runs until the disk fills
+def test_a_disk_filled_faster_than_the_stats_interval_gives_one_line_and_whole_rows(small_disk, capsys):
+    """A 256x256 camera free-running fills the 20 MiB disk in a fraction of a second."""
+    from rtsmlm.io.locfiles import read_locs
+    from rtsmlm.io.movies import open_movie
+
+    out = small_disk / "run"
+    rc = run_cli("--as-fast-as-possible", "--max-frames", "3000", "--out", str(out), "--set", "sim.size=256",
+                 "--set", "pipeline.ring_frames=32")
+    assert rc == 1
+    line = assert_one_line_error(capsys, "disk", str(out))
+    summary = json.loads((out / SUMMARY_JSON).read_text())
+    assert summary["status"] == "failed" and len(summary["errors"]) == 1 and summary["errors"][0] in line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in (LOCS_CSV, LOCS_HDF5):
+            read_locs(out / name)
+        if (out / TRUTH_CSV).exists():
+            assert (out / TRUTH_CSV).read_text().endswith("\n")
+        assert (out / LOCS_CSV).read_text().endswith("\n")
+        with open_movie(out / "raw.tif") as movie:
+            assert len(movie) == summary["frames_recorded"]
+    assert not [p.name for p in out.iterdir() if p.stat().st_size == 0]

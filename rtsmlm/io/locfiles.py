@@ -526,11 +526,28 @@ class CsvLocWriter:
         if self._file is None:
             return
         if self._pending:
-            self._file.write("".join(self._pending))
+            start = self._file.tell()
+            try:
+                self._file.write("".join(self._pending))
+                self._sync()
+            except OSError:
+                # A full disk mid-write: cut the file back to its last whole row, so it stays readable
+                # everywhere; the rows stay pending (a later flush may find space).
+                self._truncate_to(start)
+                raise
             self._pending.clear()
-            self._sync()
             self._n_written += self._n_pending
             self._n_pending = 0
+
+    def _truncate_to(self, size: int) -> None:
+        assert self._file is not None
+        try:
+            self._file.close()
+        except OSError:
+            pass  # the close's own flush of the buffer failed too: the truncation below settles it
+        with open(self.path, "r+b") as fh:
+            fh.truncate(size)
+        self._file = open(self.path, "a", encoding="utf-8", newline="\n")
 
     def _sync(self) -> None:
         assert self._file is not None
