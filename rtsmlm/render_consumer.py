@@ -11,6 +11,7 @@ fraction of an SR pixel, the canvas is re-rendered from all stored localizations
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +22,11 @@ import numpy as np
 
 from rtsmlm.config import Config
 from rtsmlm.locs import LOC_DTYPE, LocBatch, concat
+
+log = logging.getLogger("rtsmlm.render")
+
+MAX_CANVAS_SIDE = 8192
+"""Largest side of the SR canvas in pixels (three float32 maps of 8192²: 0.8 GB)."""
 
 RENDER_TIF = "render.tif"
 RENDER_PNG = "render.png"
@@ -70,7 +76,13 @@ class RenderConsumer:
         self._canvas_args = dict(mode=cfg.render.mode, min_sigma_nm=cfg.render.min_sigma_nm,
                                  max_sigma_nm=cfg.render.max_sigma_nm,
                                  half_block_frames=cfg.drift.block_frames)
-        self.pixel_nm = cfg.render.pixel_size_nm
+        # The canvas (and its two FRC halves) must fit in memory: a 4096² camera at 10 nm SR pixels would
+        # be 40960² pixels (20 GB). Coarser SR pixels keep it at MAX_CANVAS_SIDE per side.
+        self.pixel_nm = max(cfg.render.pixel_size_nm, max(self.extent_nm) / MAX_CANVAS_SIDE)
+        if self.pixel_nm > cfg.render.pixel_size_nm:
+            log.warning("render: %.1f nm SR pixels instead of render.pixel_size_nm = %g for a %.0f µm field "
+                        "(the image is at most %d pixels a side)", self.pixel_nm, cfg.render.pixel_size_nm,
+                        max(self.extent_nm) / 1e3, MAX_CANVAS_SIDE)
         self.canvas = Canvas(self.extent_nm, self.pixel_nm, **self._canvas_args)
         # Every localization of the run, for re-rendering and the final drift-corrected files: spilled to
         # an anonymous temporary file so memory stays flat over an unbounded run; the recent ones are
@@ -90,7 +102,7 @@ class RenderConsumer:
     def set_pixel_nm(self, nm: float) -> None:
         """Change the SR pixel size (applied on the consumer's thread by a re-render)."""
         with self._lock:
-            self._pending_settings["pixel_nm"] = float(nm)
+            self._pending_settings["pixel_nm"] = max(float(nm), max(self.extent_nm) / MAX_CANVAS_SIDE)
 
     def set_mode(self, mode: str) -> None:
         if mode not in ("histogram", "gaussian"):

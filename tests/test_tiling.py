@@ -96,6 +96,26 @@ def test_tiled_streaming_equals_untiled_with_a_full_margin(depth1) -> None:
     assert (tiled - whole).abs().max().item() <= 1e-4
 
 
+def test_tiles_run_a_few_at_a_time_give_the_same_maps(depth1, monkeypatch) -> None:
+    """A huge frame's tiles go through the backend a group at a time (bounded memory): same result."""
+    backend, meta = depth1
+    movie = np.random.default_rng(2).integers(90, 2000, size=(5, 70, 90)).astype(np.uint16)
+    together, loc = _maps(backend, meta, movie, tile=24)
+    calls = []
+    decode = backend.decode
+    monkeypatch.setattr(backend, "decode", lambda x: calls.append(len(x)) or decode(x))
+    original_init = StreamingLocalizer.__init__
+
+    def few_tiles(self, *a, **kw):
+        original_init(self, *a, **kw)
+        self._tiles_per_call = 3
+
+    monkeypatch.setattr(StreamingLocalizer, "__init__", few_tiles)
+    grouped, loc_grouped = _maps(backend, meta, movie, tile=24)
+    assert loc_grouped.plan.n_tiles > 3 and max(calls[1:]) <= 3  # calls[0]: the warm-up in __init__
+    assert (grouped - together).abs().max().item() <= 1e-5
+
+
 def test_tiled_streaming_with_a_small_margin_matches_away_from_tile_borders(depth1) -> None:
     backend, meta = depth1
     movie = np.random.default_rng(1).integers(90, 2000, size=(3, 96, 144)).astype(np.uint16)

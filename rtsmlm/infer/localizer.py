@@ -21,7 +21,8 @@ import torch
 
 from rtsmlm.infer.backends.protocol import Backend
 from rtsmlm.infer.postprocess import Postprocessor
-from rtsmlm.infer.tiling import CPU_PIXELS_PER_CALL, TilePlan, available_memory_bytes, choose_sizes
+from rtsmlm.infer.tiling import (CPU_PIXELS_PER_CALL, TilePlan, available_memory_bytes, bytes_per_pixel,
+                                 choose_sizes)
 from rtsmlm.locs import LOC_DTYPE, concat
 from rtsmlm.model.checkpoint import ModelMeta
 from rtsmlm.sources.base import CameraModel
@@ -89,7 +90,13 @@ class StreamingLocalizer:
         self.batch_size = sizing.batch
         self._offset, self._scale = self._input_transform(camera)
         k = self.plan.n_tiles
-        backend.warmup(self.plan.tile_height, self.plan.tile_width, self.batch_size * k, self.batch_size * k)
+        # Tiles per backend call: a 4096² frame cut into 49 tiles must not run them all at once (tens of
+        # GB of activations); whole small frames keep their batch.
+        tile_bytes = self.plan.tile_height * self.plan.tile_width * bytes_per_pixel(
+            backend.window, backend.feature_channels, element_bytes)
+        self._tiles_per_call = int(max(1, min(self.batch_size * k, free * 0.25 // max(tile_bytes, 1))))
+        calls = min(self.batch_size * k, self._tiles_per_call)
+        backend.warmup(self.plan.tile_height, self.plan.tile_width, calls, calls)
         log.info("localizer: %dx%d frames, %d tile(s) of %dx%d (margin %d), batch %d frames",
                  height, width, k, self.plan.tile_height, self.plan.tile_width, self.plan.margin, self.batch_size)
         # Feature cache of the current sequence: (rows, tiles, C, tile_h, tile_w), one row per frame in time
@@ -203,8 +210,15 @@ class StreamingLocalizer:
         frames = self._contain_nonfinite(frames, indices)
         raw = self.backend.upload(frames)
         x = self.meta.scales.network_input((raw.to(torch.float32) - self._offset) * self._scale)
-        feats = self.backend.encode(self.plan.split(x))
+        feats = self._in_chunks(self.backend.encode, self.plan.split(x))
         return feats.reshape(len(frames), self.plan.n_tiles, *feats.shape[1:])
+
+    def _in_chunks(self, fn: Callable[[torch.Tensor], torch.Tensor], tiles: torch.Tensor) -> torch.Tensor:
+        """``fn`` over the tile axis, at most ``_tiles_per_call`` tiles a call (bounded activation memory)."""
+        step = self._tiles_per_call
+        if len(tiles) <= step:
+            return fn(tiles)
+        return torch.cat([fn(tiles[i:i + step]) for i in range(0, len(tiles), step)])
 
     def _decode_ready(self) -> np.ndarray:
         """Decode every window whose frames are all cached, then keep only the rows later windows need."""
@@ -217,9 +231,18 @@ class StreamingLocalizer:
             # Window of centre row c = rows c-half..c+half: concatenating the shifted slices along the
             # channel axis gives frame-major channels (frame 0's features first), as DecodeNet.decode expects.
             block = self._feats[start : start + n + 2 * half]
-            windows = torch.cat([block[j : j + n] for j in range(t)], dim=2)
-            maps = self.backend.decode(windows.reshape(n * self.plan.n_tiles, *windows.shape[2:]))
-            maps = self.plan.stitch(maps)
+            k = self.plan.n_tiles
+            # Windows are built a group of tiles at a time: for a huge frame the whole window tensor would
+            # be window × the feature cache again.
+            per_group = max(1, self._tiles_per_call // n)
+            groups = []
+            for a in range(0, k, per_group):
+                b = min(k, a + per_group)
+                windows = torch.cat([block[j : j + n, a:b] for j in range(t)], dim=2)
+                maps = self.backend.decode(windows.reshape(n * (b - a), *windows.shape[2:]))
+                groups.append(maps.reshape(n, b - a, *maps.shape[1:]))
+            maps = groups[0] if len(groups) == 1 else torch.cat(groups, dim=1)
+            maps = self.plan.stitch(maps.reshape(n * k, *maps.shape[2:]))
             centres = self._rows[start + half : start + half + n]
             if self.maps_sink is not None:
                 self.maps_sink(maps, centres)
