@@ -211,3 +211,54 @@ def test_a_stop_signal_stops_cleanly_drains_flushes_writes_the_summary_and_exits
             assert len(movie) == acquired
         assert int(read_locs(out / TRUTH_CSV)["frame"].max()) < acquired
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+
+
+def _check_readable_after_kill(out: Path) -> None:
+    """Every file a killed run leaves opens in the tools users read it with."""
+    import h5py
+    import pandas as pd
+    import tifffile
+
+    for csv_name in (LOCS_CSV, TRUTH_CSV):
+        if (out / csv_name).exists():
+            table = pd.read_csv(out / csv_name, on_bad_lines="skip")
+            assert {"frame", "x", "y"} <= set(table.columns), csv_name
+    if (out / LOCS_HDF5).exists():
+        with h5py.File(out / LOCS_HDF5, "r", swmr=True) as f:
+            assert f["locs"].dtype.names[:3] == ("frame", "x", "y")
+    if (out / "raw.tif").exists():
+        with tifffile.TiffFile(out / "raw.tif") as tif:
+            for page in tif.pages[:-1]:  # every flushed frame is a page of its own (the last may be cut)
+                assert page.shape == tif.pages[0].shape
+    json.loads((out / SUMMARY_JSON).read_text())
+
+
+@pytest.mark.slow  # five killed runs per source: ~1-2 min on a busy 2-core machine
+@pytest.mark.parametrize("kind", ["simulator", "file"])
+def test_sigkill_at_random_moments_leaves_every_file_readable(tmp_path, kind):
+    rng = np.random.default_rng(11)
+    source = []
+    if kind == "file":
+        from rtsmlm.cli import main
+
+        assert main(["simulate", "--frames", "3000", "--size", "64", "--out", str(tmp_path / "sim"), "--quiet"]) == 0
+        source = ["--source", str(tmp_path / "sim" / "movie.tif")]
+    for trial in range(5):
+        out = tmp_path / f"run{trial}"
+        log = tmp_path / f"run{trial}.log"
+        cmd = [sys.executable, "-m", "rtsmlm.cli", "run", "--max-frames", "0", "--out", str(out), "--quiet",
+               "--no-stream", "--set", "backend.threads=1", *source]
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            deadline = time.monotonic() + GUARD_S
+            while not (out / SUMMARY_JSON).exists():  # the run has opened its outputs
+                assert proc.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(float(rng.uniform(0.2, 4.0)))  # a random moment of the run
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait(GUARD_S)
+        _check_readable_after_kill(out)
