@@ -188,3 +188,21 @@ def test_cuda_maps_give_the_cpu_result(post: Postprocessor) -> None:
     cpu = post(out, [0, 1])
     gpu = post(out.cuda(), [0, 1])
     assert cpu.tobytes() == gpu.tobytes()
+
+
+def test_strips_of_a_huge_map_give_the_same_localizations(monkeypatch):
+    """Post-processing in strips of rows (huge frames) equals the whole map, in the same order."""
+    import rtsmlm.infer.postprocess as pp
+
+    rng = np.random.default_rng(5)
+    out = torch.zeros(2, 10, 96, 64)
+    out[:, 0] = torch.from_numpy(rng.random((2, 96, 64)).astype(np.float32)) ** 4
+    out[:, 1:] = torch.from_numpy(rng.uniform(-0.9, 0.9, (2, 9, 96, 64)).astype(np.float32)).abs()
+    out[:, 2:4] = torch.from_numpy(rng.uniform(-0.5, 0.5, (2, 2, 96, 64)).astype(np.float32))
+    post = pp.Postprocessor(pixel_size_nm=100.0, photon_scale=5000.0, z_scale=1.0, bg_scale=200.0,
+                            p_threshold=0.5, candidate_threshold=0.3)
+    whole = post(out, [3, 4])
+    monkeypatch.setattr(pp, "STRIP_PIXELS", 64 * 7)  # strips of 7 rows
+    strips = post(out, [3, 4])
+    assert len(whole) > 50
+    np.testing.assert_array_equal(strips, whole)

@@ -43,6 +43,11 @@ from rtsmlm.model.net import (
 )
 
 MERGE_RADIUS_PX = 0.5
+
+STRIP_PIXELS = 4 * 2**20
+"""Above this many pixels a batch is post-processed in strips of rows (bounded float32 temporaries)."""
+STRIP_HALO = 2
+"""Rows of context around a strip: a detection depends on its neighbours' maxima, which depend on theirs."""
 """A split candidate reading out closer than this to an adjacent maximum is the same emitter. Two real
 emitters this close (50 nm at 100 nm pixels, well under the PSF width) cannot be told apart anyway."""
 
@@ -164,16 +169,35 @@ class Postprocessor:
             raise ValueError(
                 f"Postprocessor got {len(frames)} frame indices for a batch of {out.shape[0]} output maps."
             )
+        h = out.shape[-2]
+        if out.shape[0] * out.shape[-2] * out.shape[-1] > STRIP_PIXELS and h > 2 * STRIP_HALO + 1:
+            # A huge frame (4096²): strips of rows with a halo the detection cannot see past, so the
+            # float32 temporaries stay small; the same localizations, in the same order.
+            rows_per = max(1, STRIP_PIXELS // out.shape[-1])
+            parts = []
+            for k in range(out.shape[0]):
+                for r0 in range(0, h, rows_per):
+                    r1 = min(h, r0 + rows_per)
+                    lo, hi = max(0, r0 - STRIP_HALO), min(h, r1 + STRIP_HALO)
+                    part, det_rows = self._localize(out[k:k + 1, :, lo:hi], frames[k:k + 1], row_offset=lo)
+                    parts.append(part[(det_rows >= r0) & (det_rows < r1)])  # the strip's own rows only
+            return np.concatenate(parts) if parts else np.empty(0, LOC_DTYPE)
+        return self._localize(out, frames)[0]
+
+    def _localize(self, out: torch.Tensor, frames: np.ndarray, row_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Localizations of ``out`` (rows offset by ``row_offset`` in the frame) and each one's detection
+        pixel row."""
         with torch.no_grad():
             out = out.float()  # bf16/fp16 engines: do the arithmetic in float32
             detected, score = self.detection_map(out)
             b, i, j = detected.nonzero(as_tuple=True)
             values = out.permute(0, 2, 3, 1)[b, i, j]  # (N, 10)
+            frame_i = i + row_offset  # the pixel row in the whole frame
             px = self.pixel_size_nm
             columns = torch.stack(
                 [
                     (j.to(values.dtype) + 0.5 + values[:, CH_X]) * px,
-                    (i.to(values.dtype) + 0.5 + values[:, CH_Y]) * px,
+                    (frame_i.to(values.dtype) + 0.5 + values[:, CH_Y]) * px,
                     values[:, CH_Z] * self.z_scale,
                     values[:, CH_PHOT] * self.photon_scale,
                     values[:, CH_BG] * self.bg_scale,
@@ -188,8 +212,9 @@ class Postprocessor:
             # One device-to-host copy for all columns.
             host = columns.cpu().numpy()
             rows = b.cpu().numpy()
+            det_rows = frame_i.cpu().numpy()
         locs = np.empty(len(rows), dtype=LOC_DTYPE)
         locs["frame"] = frames[rows]
         for k, name in enumerate(("x", "y", "z", "photons", "bg", "sigma_x", "sigma_y", "sigma_z", "sigma_photons", "p")):
             locs[name] = host[:, k]
-        return locs
+        return locs, det_rows
