@@ -32,6 +32,7 @@ corrected coordinate is ``x_dc = x - dx`` (the simulator's ``drift.csv`` uses th
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -44,6 +45,8 @@ import numpy as np
 from rtsmlm.config import DriftConfig
 from rtsmlm.locs import with_drift_columns
 
+log = logging.getLogger("rtsmlm.drift")
+
 __all__ = [
     "DriftBlocks",
     "DriftTrajectory",
@@ -54,6 +57,7 @@ __all__ = [
 ]
 
 _PAGE_BINS = 512          # side of one page of the reference count map, in bins
+MAX_REFERENCE_BINS = 8192  # largest side of the reference count map, in bins (memory bound)
 _MIN_HALO_BINS = 48       # widest search radius (bins) one scoring call can cover
 _COARSE_POINTS = 4000     # points used for the integer-bin shift search
 _SUB_BLOCKS = 4           # online blocks are also measured in up to this many consecutive parts
@@ -554,7 +558,14 @@ class OnlineDrift:
         self.final_min_block_locs = final_min_block_locs or max(50, self.cfg.min_block_locs // 8)
         self.fiducial_radius_nm = float(fiducial_radius_nm)
         self.use_fiducials = use_fiducials
-        b = self.cfg.bin_nm
+        # The reference count map must fit in memory: a 4096² camera (410 µm) at 10 nm bins would need
+        # 1.7 G bins; coarser bins keep it at MAX_REFERENCE_BINS a side (the shift is still refined
+        # below a bin by the score's interpolation).
+        self.bin_nm = max(self.cfg.bin_nm, max(h, w) / MAX_REFERENCE_BINS)
+        if self.bin_nm > self.cfg.bin_nm:
+            log.warning("drift: %.1f nm reference bins instead of drift.bin_nm = %g for a %.0f µm field",
+                        self.bin_nm, self.cfg.bin_nm, max(h, w) / 1e3)
+        b = self.bin_nm
         self._radius0 = max(2, int(math.ceil(self.cfg.search_nm / b)))
         self._halo = max(_MIN_HALO_BINS, min(4 * self._radius0, 256))
         self._radius0 = min(self._radius0, self._halo)
@@ -583,7 +594,7 @@ class OnlineDrift:
         """Increments whenever the drift estimate changes (a block completes, or :meth:`finalize`)."""
 
     def _new_map(self) -> _PagedCountMap:
-        return _PagedCountMap(self.extent_nm, self.cfg.bin_nm, self._margin_nm, self._halo)
+        return _PagedCountMap(self.extent_nm, self.bin_nm, self._margin_nm, self._halo)
 
     # ---------------------------------------------------------------------------------------- online
 
@@ -666,7 +677,7 @@ class OnlineDrift:
             ky, kx, kf = y[keep], x[keep], frames[keep]
             shift = _find_shift(self._ref, ky, kx, (gy, gx), self._radius0, self._halo)
             row.update(dx_aim=shift.dx, dy_aim=shift.dy, peak_contrast=shift.contrast,
-                       search_radius_nm=shift.radius_bins * self.cfg.bin_nm, source="aim")
+                       search_radius_nm=shift.radius_bins * self.bin_nm, source="aim")
             dx, dy = shift.dx, shift.dy
             if shift.contrast <= 0:
                 dx, dy = gx, gy  # nothing matched (empty reference or block): keep the prediction
@@ -968,7 +979,7 @@ class OnlineDrift:
             is_fid[idx] = True
         ref = self._new_map()
         ref.add(yc[~is_fid], xc[~is_fid])
-        radius = max(3, int(math.ceil(30.0 / self.cfg.bin_nm)))
+        radius = max(3, int(math.ceil(30.0 / self.bin_nm)))
         blocks = []
         for start, stop in self._fine_blocks(frames):
             sel = np.arange(start, stop)
