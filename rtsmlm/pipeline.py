@@ -610,6 +610,9 @@ class Pipeline:
             "latency_ms_p99": self._all_latencies.percentile_ms(99),
             "errors": self.errors,
         }
+        verdict = getattr(self.localizer, "range_verdict", None)
+        if verdict is not None and verdict.frames:
+            out["model_range"] = verdict.to_json()
         nonfinite = getattr(self.localizer, "nonfinite", None)
         if nonfinite:
             out["nonfinite_frames"] = {"frames": len(nonfinite), "pixels": int(sum(nonfinite.values())),

@@ -191,3 +191,29 @@ def test_nonfinite_pixels_are_contained_to_their_frame_and_counted(opened):
     np.testing.assert_array_equal(far(got), far(clean))
     for f in (4, 5, 6):
         assert (got["frame"] == f).sum() > 0, f"frame {f} lost its localizations"
+
+
+@pytest.mark.slow  # simulates two short movies and fits their spots
+def test_the_range_guard_names_a_background_outside_the_training_range(caplog):
+    """The shipped model was trained on 20–150 photons/px of background: a 600 photons/px movie gets one
+    warning naming the quantity, the measured value and the trained range; a movie inside gets none."""
+    import logging
+
+    from rtsmlm.config import from_dict
+    from rtsmlm.infer.range_guard import check
+    from rtsmlm.sim import Simulator
+
+    meta = checkpoint.load_meta("default")
+    for bg, expect in ((60.0, []), (600.0, ["background_photons"])):
+        sim = Simulator(from_dict({"sim": {"size": 64, "bg_photons": bg, "density": 0.3, "seed": 7}}))
+        frames = np.stack([sim.step()[0] for _ in range(20)])
+        with caplog.at_level(logging.WARNING, logger="rtsmlm.range"):
+            caplog.clear()
+            verdict = check(sim.camera.model().to_photons(frames), meta)
+        assert verdict.out_of_range == expect
+        assert verdict.background_photons == pytest.approx(bg, rel=0.1)
+        assert verdict.psf_sigma_px == pytest.approx(1.3, rel=0.05)
+        if expect:
+            assert "background is 6" in caplog.text and "20–150 photons/px" in caplog.text
+        else:
+            assert caplog.text == ""

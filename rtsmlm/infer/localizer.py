@@ -14,13 +14,16 @@ overlapping tiles (:mod:`rtsmlm.infer.tiling`); batch and tile sizes come from f
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from rtsmlm.infer.backends.protocol import Backend
+from rtsmlm.infer import range_guard
 from rtsmlm.infer.postprocess import Postprocessor
+from rtsmlm.infer.range_guard import RangeVerdict
 from rtsmlm.infer.tiling import (CPU_PIXELS_PER_CALL, TilePlan, available_memory_bytes, bytes_per_pixel,
                                  choose_sizes)
 from rtsmlm.locs import LOC_DTYPE, concat
@@ -109,6 +112,10 @@ class StreamingLocalizer:
         self.sequences = 0
         # Frames with NaN/inf pixels (float movies only): their index and how many pixels were replaced.
         self.nonfinite: dict[int, int] = {}
+        # Is the movie inside the model's training range? Judged on the first frames (a central crop).
+        self.range_verdict: RangeVerdict | None = None
+        self._guard_frames: list[np.ndarray] = []
+        self._guard_thread: threading.Thread | None = None
 
     def _input_transform(self, camera: CameraModel) -> tuple[torch.Tensor, torch.Tensor]:
         """Offset (ADU) and scale so that photons = (ADU - offset) * scale, on the backend's device, as
@@ -140,6 +147,8 @@ class StreamingLocalizer:
             raise ValueError(f"push() got {len(frames)} frames but {len(indices)} indices.")
         if len(indices) == 0:
             return np.empty(0, LOC_DTYPE), self.last_done
+        if self.range_verdict is None:
+            self._watch_range(frames)
         if np.any(np.diff(indices) <= 0) or (self._last_pushed is not None and indices[0] <= self._last_pushed):
             raise ValueError(f"push() frame indices must increase strictly (last pushed {self._last_pushed}, "
                              f"got {indices[:8].tolist()}...).")
@@ -156,7 +165,44 @@ class StreamingLocalizer:
 
     def finish(self) -> tuple[np.ndarray, int]:
         """End of run: finish the pending frames with edge padding."""
+        if self.range_verdict is None and self._guard_frames:
+            self._judge_range()
+        if self._guard_thread is not None:
+            self._guard_thread.join()
         return self._finish_sequence(), self.last_done
+
+    def _watch_range(self, frames: np.ndarray) -> None:
+        h, w = self.frame_shape
+        y0, x0 = max(0, h // 2 - 128), max(0, w // 2 - 128)
+        for f in frames[: range_guard.FRAMES - len(self._guard_frames)]:
+            self._guard_frames.append(np.asarray(f[y0:y0 + 256, x0:x0 + 256]))
+        if len(self._guard_frames) >= range_guard.FRAMES:
+            self._judge_range()
+
+    def _judge_range(self) -> None:
+        h, w = self.frame_shape
+        y0, x0 = max(0, h // 2 - 128), max(0, w // 2 - 128)
+        crop = self.camera
+        if crop.offset_map is not None:  # per-pixel sCMOS maps: the crop's part of them
+            from dataclasses import replace
+
+            crop = replace(crop, offset_map=crop.offset_map[y0:y0 + 256, x0:x0 + 256],
+                           gain_map=None if crop.gain_map is None else crop.gain_map[y0:y0 + 256, x0:x0 + 256])
+        photons = crop.to_photons(np.stack(self._guard_frames))
+        self._guard_frames = []
+        self.range_verdict = range_guard.PENDING
+
+        def judge() -> None:
+            try:
+                self.range_verdict = range_guard.check(photons, self.meta)
+            except Exception as e:  # a check must never cost the run
+                self.range_verdict = None
+                log.warning("range check skipped: %s", e)
+
+        # Spot fits take about half a second: off the localizer's thread, so the first frames' latency
+        # does not pay for them.
+        self._guard_thread = threading.Thread(target=judge, name="rtsmlm-range-guard", daemon=True)
+        self._guard_thread.start()
 
     def restart(self) -> None:
         """Forget the frame order after :meth:`finish`, so that earlier frames can be pushed again (the

@@ -197,12 +197,18 @@ def load(path_or_name: str | Path, device: str = "cpu"):
     return model, meta
 
 
-CAMERA_KEYS = ("model", "pixel_size_nm", "baseline_adu", "e_per_adu", "em_gain", "qe")
+CAMERA_KEYS = ("model", "pixel_size_nm")
+"""Camera differences that matter to a model trained for one camera: the noise model and the pixel size
+(the PSF's width in pixels). Baseline, e⁻/ADU, EM gain and QE do not: the localizer converts ADU to photons
+with the run's camera. A broad model (trained over cameras and PSF widths) is checked by the range guard
+(rtsmlm.infer.range_guard) instead."""
 
 
 def check_compatible(meta: ModelMeta, camera: dict[str, Any], source: str = "the run") -> list[str]:
     """Differences between the camera a model was trained for and ``camera``; each is also warned."""
-    problems = []
+    problems: list[str] = []
+    if (meta.train or {}).get("broad"):
+        return problems
     for key in CAMERA_KEYS:
         trained, actual = meta.camera.get(key), camera.get(key)
         if trained is None or actual is None:
