@@ -52,25 +52,9 @@ class ModelMeta:
         if d.get("format") != "rtsmlm-checkpoint-1":
             raise CheckpointError(f"{source}: not an rtsmlm checkpoint (format {d.get('format')!r})")
         d = {k: v for k, v in d.items() if k != "format"}
-        unknown = sorted(set(d) - set(_SCHEMA))
-        if unknown:
-            raise CheckpointError(f"{source}: unknown metadata key {unknown[0]!r}")
-        for key, (kind, lo, hi, required) in _SCHEMA.items():
-            if key not in d:
-                if required:
-                    raise CheckpointError(f"{source}: metadata key {key!r} is missing")
-                continue
-            _check_value(source, key, d[key], kind, lo, hi)
+        _check_table(source, d, _SCHEMA, "")
         scales = d["scales"]
-        unknown = sorted(set(scales) - set(_SCALES_SCHEMA))
-        if unknown:
-            raise CheckpointError(f"{source}: unknown metadata key 'scales.{unknown[0]}'")
-        for key, (kind, lo, hi, required) in _SCALES_SCHEMA.items():
-            if key not in scales:
-                if required:
-                    raise CheckpointError(f"{source}: metadata key 'scales.{key}' is missing")
-                continue
-            _check_value(source, f"scales.{key}", scales[key], kind, lo, hi)
+        _check_table(source, scales, _SCALES_SCHEMA, "scales.")
         if scales.get("input_transform", "linear") not in INPUT_TRANSFORMS:
             raise CheckpointError(f"{source}: metadata key 'scales.input_transform' is "
                                   f"{scales['input_transform']!r}; allowed: {', '.join(INPUT_TRANSFORMS)}")
@@ -102,6 +86,18 @@ _SCALES_SCHEMA: dict[str, tuple[type | tuple[type, ...], float | None, float | N
     "z_scale": ((int, float), 1e-9, 1e12, True),
     "input_transform": (str, None, None, False),
 }
+
+
+def _check_table(source: str, table: dict[str, Any], schema: dict[str, Any], prefix: str) -> None:
+    """Every key of ``table`` known to ``schema``, every required one present, every value valid."""
+    unknown = sorted(set(table) - set(schema))
+    if unknown:
+        raise CheckpointError(f"{source}: unknown metadata key '{prefix}{unknown[0]}'")
+    for key, (kind, lo, hi, required) in schema.items():
+        if key in table:
+            _check_value(source, prefix + key, table[key], kind, lo, hi)
+        elif required:
+            raise CheckpointError(f"{source}: metadata key '{prefix}{key}' is missing")
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", dict: "an object", str: "a string", type(None): "null"}
