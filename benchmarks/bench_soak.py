@@ -56,10 +56,17 @@ def main() -> None:
         p = run.pipeline
         samples: list[tuple[int, float]] = []
         done = threading.Event()
+        at_end_of_acquisition: list[float] = []
 
         def sample() -> None:
             while not done.wait(args.sample_s):
                 samples.append((p.n_acquired, rss_mb()))
+                if p.ring.closed and not at_end_of_acquisition:
+                    at_end_of_acquisition.append(rss_mb())
+                    print(f"acquisition ended at {time.perf_counter() - t0:.0f} s, RSS {rss_mb():.0f} MB",
+                          flush=True)
+                elif len(samples) % 12 == 0:
+                    print(f"{p.n_acquired} frames, RSS {rss_mb():.0f} MB", flush=True)
 
         t0 = time.perf_counter()
         p.start()
@@ -70,8 +77,10 @@ def main() -> None:
         summary = run.finish()
         wall = time.perf_counter() - t0
 
-    warm = [rss for n, rss in samples if n >= 1000] or [rss for _, rss in samples]
-    start, middle, end = warm[0], warm[len(warm) // 2], warm[-1]
+    live = [rss for n, rss in samples if 1000 <= n < args.frames] or [rss for _, rss in samples]
+    start, middle = live[0], live[len(live) // 2]
+    end = at_end_of_acquisition[0] if at_end_of_acquisition else live[-1]
+    after = samples[-1][1] if samples else float("nan")
     print(f"load average {os.getloadavg()[0]:.1f}; {args.frames} frames of {args.size}x{args.size} at "
           f"{args.fps:g} frames/s, {wall:.0f} s")
     print(f"frames acquired {summary['frames_acquired']}, recorded {summary['frames_recorded']} "
@@ -81,8 +90,9 @@ def main() -> None:
           f"results {summary['frames_missing_final']}")
     print(f"localizations {summary['n_locs']}; latency p50 {summary['latency_ms_p50']:.1f} ms, "
           f"p99 {summary['latency_ms_p99']:.1f} ms")
-    print(f"RSS start {start:.0f} MB, middle {middle:.0f} MB, end {end:.0f} MB: growth {end - start:+.0f} MB "
-          f"(target <= 50 MB over 100,000 frames)")
+    print(f"RSS start {start:.0f} MB, middle {middle:.0f} MB, end of acquisition {end:.0f} MB: growth "
+          f"{end - start:+.0f} MB (target <= 50 MB over 100,000 frames); during the catch-up and finish "
+          f"{after:.0f} MB")
 
 
 if __name__ == "__main__":
