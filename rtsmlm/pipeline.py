@@ -563,6 +563,7 @@ class Pipeline:
             "frames_localized": self.n_localized_frames,
             "frames_recorded": self.n_recorded,
             "frames_lost": lost,
+            "frames_skipped_live": self._loc_reader.n_skipped,
             "ring_fill": fill,
             "n_locs": self.stream.n_locs,
             "locs_per_frame": self.stream.n_locs / max(self.n_localized_frames + self.n_caught_up, 1),

@@ -268,7 +268,8 @@ def format_stats(s: dict[str, Any]) -> str:
     lost = sum(s["frames_lost"].values()) if s.get("frames_lost") else 0
     return (f"cam {s.get('camera_fps', 0):.0f} fps | loc {s.get('localized_fps', 0):.0f} fps | "
             f"{s['locs_per_frame']:.1f} locs/frame | ring {max(s['ring_fill'].values(), default=0):.0%} | "
-            f"lost {lost} | latency p50 {s['latency_ms_p50']:.0f} / p99 {s['latency_ms_p99']:.0f} ms")
+            f"lost {lost} | skipped {s.get('frames_skipped_live', 0)} | "
+            f"latency p50 {s['latency_ms_p50']:.0f} / p99 {s['latency_ms_p99']:.0f} ms")
 
 
 def run_cli(cfg: Config, *, realtime: bool = True, progress: bool = True) -> int:

@@ -479,6 +479,9 @@ class LiveWindow(QtWidgets.QMainWindow):
             parts.append(_format_elapsed(stats.get("elapsed_s", 0.0)))
             lost = sum(stats.get("frames_lost", {}).values())
             parts.append(f"<span style='color:#ff6b6b'>{lost:,} frames lost</span>" if lost else "0 frames lost")
+            skipped = stats.get("frames_skipped_live", 0)
+            if skipped:  # behind the camera: recent frames first, the skipped ones after the acquisition
+                parts.append(f"<span style='color:#ffae42'>{skipped:,} skipped live (analysed at the end)</span>")
         if view is not None and view.frc_nm is not None:
             parts.append(f"FRC resolution {view.frc_nm:.0f} nm")
         if self._paused:
