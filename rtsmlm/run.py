@@ -296,12 +296,12 @@ def run_cli(cfg: Config, *, realtime: bool = True, progress: bool = True) -> int
         p.start()
         while not p.wait(timeout=0.25):
             if bar:
-                bar.n = p.n_localized_frames
+                bar.n = p.n_localized_frames + p.n_caught_up
                 if p.latest_stats:
                     bar.set_postfix_str(format_stats(p.latest_stats), refresh=False)
                 bar.refresh()
     if bar:
-        bar.n = p.n_localized_frames
+        bar.n = p.n_localized_frames + p.n_caught_up
         bar.close()
     summary = run.finish()
     print(final_line(summary, run.out_dir))
