@@ -217,3 +217,15 @@ def test_the_range_guard_names_a_background_outside_the_training_range(caplog):
             assert "background is 6" in caplog.text and "20–150 photons/px" in caplog.text
         else:
             assert caplog.text == ""
+
+
+def test_big_endian_frames_give_the_same_localizations(opened):
+    """A .dax movie arrives big-endian ('>u2'); the localizer takes it as the same counts."""
+    backend, meta = opened
+    camera = CameraModel("emccd", 100.0, 100.0, 45.0, 100.0, 1.0, 74.4, 10.0)
+    movie = _movie(6, 32, 32)
+
+    def run(m):
+        return localize_movie(StreamingLocalizer(backend, meta, camera, (32, 32), 0.5, 0.3, batch_size=3), m)
+
+    np.testing.assert_array_equal(run(movie.astype(">u2")), run(movie))

@@ -73,6 +73,9 @@ class HostUploader:
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         frames = np.ascontiguousarray(frames)
+        if not frames.dtype.isnative:
+            # A big-endian movie (a .dax file, '>u2'): torch.from_numpy refuses non-native byte order.
+            frames = frames.astype(frames.dtype.newbyteorder("="))
         if self._copy_stream is None:
             return torch.from_numpy(frames)
         # uint16 camera data travels as int16 (same bytes; torch's uint16 has few CUDA kernels) and is
