@@ -187,7 +187,12 @@ def test_cuda_maps_give_the_cpu_result(post: Postprocessor) -> None:
     out[1, CH_X, 5, 5] = 0.3
     cpu = post(out, [0, 1])
     gpu = post(out.cuda(), [0, 1])
-    assert cpu.tobytes() == gpu.tobytes()
+    # Same detections; values equal to float32 rounding: the score is a cuDNN convolution (TF32 by
+    # default, and its 5-term sum is order-dependent), so bytes may differ in the last bit.
+    assert len(cpu) == len(gpu)
+    np.testing.assert_array_equal(cpu["frame"], gpu["frame"])
+    for name in cpu.dtype.names[1:]:
+        np.testing.assert_allclose(gpu[name], cpu[name], rtol=2e-3, atol=1e-4, err_msg=name)
 
 
 def test_strips_of_a_huge_map_give_the_same_localizations(monkeypatch):
