@@ -189,6 +189,13 @@ class TorchBackend:
         self._use_graphs = cuda_graphs and dev.type == "cuda"
         self._graphs: dict[tuple[str, tuple[int, ...]], _CudaGraph] = {}
         self._uploader = HostUploader(self._dev)
+        if dev.type == "cuda":
+            # "fp32" on CUDA is TF32 in cuDNN convolutions by default (10 mantissa bits): an fp32 backend is
+            # the reference the others are compared with, so it computes in true fp32. Autocast runs
+            # (fp16/bf16) are unaffected. cudnn.benchmark picks the fastest kernels per streaming shape.
+            torch.backends.cudnn.allow_tf32 = precision != "fp32"
+            torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
+            torch.backends.cudnn.benchmark = True
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -279,6 +286,7 @@ class TorchBackend:
         if self._dev.type == "cuda":
             d["gpu"] = torch.cuda.get_device_name(self._dev)
             d["cuda_graphs"] = self._use_graphs
+            d["tf32"] = bool(torch.backends.cudnn.allow_tf32)
         else:
             d["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
             d["graph"] = "torchscript+onednn-fusion" if self._use_jit else "eager"
