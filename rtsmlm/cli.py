@@ -51,7 +51,7 @@ def _cmd_train(args) -> int:
 
     extra = [f"train.steps={args.steps}"] if args.steps else []
     cfg = _load_config(args, extra)
-    prefix = train(cfg, args.out, resume=not args.restart, progress=not args.quiet)
+    prefix = train(cfg, args.out, resume=not args.restart, progress=not args.quiet, init=args.init)
     print(f"checkpoint: {prefix}.safetensors / {prefix}.json")
     return 0
 
@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="PREFIX", help="checkpoint path prefix")
     p.add_argument("--steps", type=int, help="override train.steps")
     p.add_argument("--restart", action="store_true", help="ignore PREFIX.state.pt and start afresh")
+    p.add_argument("--init", metavar="MODEL", default=None,
+                   help="fine-tune: start from this checkpoint's weights and scales (a path, or a shipped "
+                        "model's name such as broad_2d or default); its width/depth/window are used")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
 

@@ -36,3 +36,21 @@ def test_train_writes_a_loadable_checkpoint_into_a_new_folder_and_resumes(tmp_pa
     log = [_strict_json(line) for line in prefix.with_name("model.log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
     assert "resuming" in capsys.readouterr().out
+
+
+def test_fine_tuning_starts_from_a_checkpoint_with_its_architecture_and_scales(tmp_path):
+    """`rtsmlm train --init default`: the shipped model's weights, width and scales, the config's data."""
+    import torch
+
+    from rtsmlm.model.checkpoint import load as load_ckpt
+
+    prefix = tmp_path / "tuned"
+    # A config asking for another width: the initial model's architecture wins.
+    assert main(["train", "--out", str(prefix), "--steps", "1", "--init", "default", "--set", "train.width=8",
+                 "--set", "train.lr=1e-7", *TINY]) == 0
+    tuned, meta = load_ckpt(prefix)
+    base, base_meta = load_ckpt("default")
+    assert meta.width == base_meta.width and meta.scales == base_meta.scales
+    # One step at a negligible learning rate: the weights are the initial model's.
+    for (name, a), (_, b) in zip(tuned.state_dict().items(), base.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-5), name

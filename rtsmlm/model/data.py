@@ -72,7 +72,7 @@ class Batch:
 class TrainingSimulator:
     """Draws batches of simulated windows; deterministic for a given seed."""
 
-    def __init__(self, cfg: Config, seed: int) -> None:
+    def __init__(self, cfg: Config, seed: int, scales: Scales | None = None) -> None:
         self.cfg = cfg
         self.rng = np.random.default_rng(seed)
         self.P = cfg.train.patch_size
@@ -81,7 +81,7 @@ class TrainingSimulator:
         self.psf = psf_from_config(cfg.psf, self.px)
         self.camera = camera_from_config(cfg.camera, (self.P, self.P))
         self.camera_model = self.camera.model()
-        self.scales = Scales.from_config(cfg)
+        self.scales = scales if scales is not None else Scales.from_config(cfg)
         self.z_range = cfg.psf.z_range_nm if cfg.psf.model != "gaussian" else 0.0
         # Fraction of the training done (set by the training loop each step): the broad model's density
         # range opens up over the first third (a curriculum: dense fields from the start kept the

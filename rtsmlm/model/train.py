@@ -76,13 +76,28 @@ def _ieee_floats():
 
 
 def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress: bool = True,
-          log_path: str | Path | None = None) -> Path:
-    """Train a model for ``cfg``'s camera and PSF; returns the checkpoint prefix."""
+          log_path: str | Path | None = None, init: str | Path | None = None) -> Path:
+    """Train a model for ``cfg``'s camera and PSF; returns the checkpoint prefix.
+
+    ``init``: fine-tune from that checkpoint — its weights, its architecture (width, depth, window) and
+    its input/output scales (the network's units must not change under it); the data are ``cfg``'s.
+    """
     import torch
 
     from rtsmlm.model.loss import decode_loss
     from rtsmlm.model.net import DecodeNet
 
+    init_state, init_meta = None, None
+    if init is not None:
+        from rtsmlm.config import replace as replace_config
+        from rtsmlm.model.checkpoint import load
+
+        init_model, init_meta = load(init)
+        init_state = init_model.state_dict()
+        # The architecture is the initial model's; the input transform too (its first layer expects it).
+        cfg = replace_config(cfg, train={**to_dict(cfg.train), "width": init_meta.width, "depth": init_meta.depth,
+                                         "window": init_meta.window,
+                                         "input_transform": init_meta.scales.input_transform})
     t = cfg.train
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +115,8 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
     # Step decay as DECODE: the rate drops 10× over the run in two steps.
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.6 * t.steps), int(0.85 * t.steps)], 0.3)
     step, best = 0, -np.inf
+    if init_state is not None:
+        model.load_state_dict(init_state)
     if resume and state_path.exists():
         st = torch.load(state_path, weights_only=True)
         model.load_state_dict(st["model"])
@@ -108,8 +125,9 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
         step, best = int(st["step"]), float(st["best"])
         print(f"resuming {state_path} at step {step}", flush=True)
 
-    sim = TrainingSimulator(cfg, t.seed)
-    val = TrainingSimulator(cfg, t.seed + 1_000_003).batch(t.val_samples)
+    scales = init_meta.scales if init_meta is not None else None
+    sim = TrainingSimulator(cfg, t.seed, scales=scales)
+    val = TrainingSimulator(cfg, t.seed + 1_000_003, scales=scales).batch(t.val_samples)
     meta_base = dict(width=t.width, depth=t.depth, window=t.window,
                      pixel_size_nm=cfg.camera.pixel_size_nm, camera=to_dict(cfg.camera),
                      psf=to_dict(cfg.psf), scales=sim.scales, train=to_dict(t))
