@@ -311,7 +311,10 @@ def _open_tiff(path: Path) -> MovieReader:
     tiff_log = logging.getLogger("tifffile")
     tiff_log.addHandler(capture)
     # Its damage reports become part of our one-sentence error; they must not also reach the terminal.
+    # The level too: another library (Picasso) may have silenced tifffile's logger process-wide.
     propagate, tiff_log.propagate = tiff_log.propagate, False
+    level = tiff_log.level
+    tiff_log.setLevel(logging.WARNING)
     tif = None
     try:
         try:
@@ -330,6 +333,7 @@ def _open_tiff(path: Path) -> MovieReader:
     finally:
         tiff_log.removeHandler(capture)
         tiff_log.propagate = propagate
+        tiff_log.setLevel(level)
     for message in capture.messages:
         log.warning("%s: %s", path, message)
     return reader
