@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_accuracy as acc  # noqa: E402  (shares the simulation, scoring and Picasso helpers)

@@ -101,6 +101,10 @@ class LocalizationStream:
         with self._cond:
             self._positions[name] = self._offset
 
+    def remove_reader(self, name: str) -> None:
+        """Reader ``name`` takes no more batches (it failed or was abandoned): keep none for it."""
+        self.consumed(name, 1 << 62)
+
     def consumed(self, name: str, seq: int) -> None:
         """Reader ``name`` is done with every batch below sequence number ``seq``."""
         with self._cond:

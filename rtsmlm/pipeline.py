@@ -261,17 +261,13 @@ class Pipeline:
         recording, each run with its recorded neighbours as context (so a frame's window is what it would
         have been live), and append them as late batches: the final files miss no recorded frame."""
         missing = np.union1d(self._loc_reader.skipped_indices, self._loc_reader.lost_indices)
-        if not len(missing):
-            self._missing_final = missing
-            return
-        if self.recorder is None or self._recorder_thread is None:
-            self._missing_final = missing
+        self._missing_final = missing
+        if not len(missing) or self._recorder_thread is None:
             return
         self._recorder_thread.join()  # the raw movie is complete and closed
         path = getattr(self.recorder, "path", None)
         recorded = expand_runs(self._recorded_runs)
         if path is None or not len(recorded):
-            self._missing_final = missing
             return
         from rtsmlm.io.movies import open_movie
 
@@ -377,7 +373,7 @@ class Pipeline:
                     break
             c.on_tick()
         except BaseException:  # SystemExit from third-party code too: never end a thread silently
-            self.stream.consumed(c.name, 1 << 62)  # it takes no more batches: do not keep them for it
+            self.stream.remove_reader(c.name)
             ct.error = traceback.format_exc()
             self._fail(f"consumer {c.name}", ct.error, stop=getattr(c, "critical", True))
 
@@ -532,7 +528,7 @@ class Pipeline:
         """Give up on a consumer still busy ``drain_timeout_s`` after the stream ended (its thread is a
         daemon and stays blocked); the summary names it."""
         ct.abandoned = True
-        self.stream.consumed(ct.consumer.name, 1 << 62)
+        self.stream.remove_reader(ct.consumer.name)
         ct.error = (f"did not finish within pipeline.drain_timeout_s = {self.cfg.pipeline.drain_timeout_s:g} s "
                     "after the last localization; abandoned")
         msg = f"consumer {ct.consumer.name}: {ct.error}"

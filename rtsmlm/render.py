@@ -21,6 +21,10 @@ import numpy as np
 
 from rtsmlm.config import RenderConfig
 
+COLORMAPS = ("inferno", "magma", "hot", "viridis", "cividis", "turbo", "gray")
+"""Colour maps offered in the live window and named in error messages (``gui.colormap`` may name any
+matplotlib colour map)."""
+
 __all__ = ["Canvas"]
 
 _TRUNCATE_SIGMAS = 2.5  # a Gaussian is drawn out to this many sigmas (98.8 % of it per axis)

@@ -310,15 +310,13 @@ class LocSpill:
         in-memory tail reaches back far enough, else from the file."""
         batches = self._tail[:-1] if skip_newest else self._tail
         first_in_tail = next((int(b["frame"][0]) for b in batches if len(b)), None)
-        if first_in_tail is None or (first_in_tail > lo and self._tail_n < self.n):
+        # The file only when rows older than the in-memory tail exist and may be wanted.
+        if self._tail_n < self.n and (first_in_tail is None or first_in_tail > lo):
             table = self.all()
             if skip_newest and self._tail:
                 table = table[: len(table) - len(self._tail[-1])]
             return table[(table["frame"] >= lo) & (table["frame"] <= hi)]
         return concat([b for b in batches if len(b) and b["frame"][-1] >= lo and b["frame"][0] <= hi])
-
-    def close(self) -> None:
-        self._fh.close()
 
 
 def _check_colormap(name: str) -> None:
@@ -328,7 +326,9 @@ def _check_colormap(name: str) -> None:
     if name not in matplotlib.colormaps:
         from rtsmlm.config import ConfigError
 
-        known = ", ".join(("inferno", "magma", "hot", "viridis", "cividis", "turbo", "gray"))
+        from rtsmlm.render import COLORMAPS
+
+        known = ", ".join(COLORMAPS)
         raise ConfigError(f"gui.colormap {name!r} is not a matplotlib colour map (for example {known})")
 
 

@@ -415,9 +415,7 @@ class RingReader:
     @property
     def lost_indices(self) -> np.ndarray:
         """The source frame indices this reader lost, ascending (int64)."""
-        with self._ring._cond:
-            runs = [tuple(run) for run in self._lost_runs]  # expand outside the lock the writer needs
-        return expand_runs(runs)
+        return self._indices(self._lost_runs)
 
     @property
     def n_skipped(self) -> int:
@@ -427,9 +425,13 @@ class RingReader:
     @property
     def skipped_indices(self) -> np.ndarray:
         """The source frame indices skipped by :meth:`skip_stale`, ascending (int64)."""
+        return self._indices(self._skipped_runs)
+
+    def _indices(self, runs: list[list[int]]) -> np.ndarray:
+        """The indices of ``runs``, copied under the lock and expanded outside it (the writer needs it)."""
         with self._ring._cond:
-            runs = [tuple(run) for run in self._skipped_runs]
-        return expand_runs(runs)
+            snapshot = [tuple(run) for run in runs]
+        return expand_runs(snapshot)
 
     def stats(self) -> ReaderStats:
         """This reader's counters, taken at one instant."""

@@ -42,8 +42,8 @@ def open_source(cfg: Config, *, realtime: bool = False, on_truth=None) -> Source
 
         if not src.path:
             raise SourceError("source.kind is 'file' but source.path is empty (use --source FILE)")
-        return FileSource(src.path, fps=src.fps, max_frames=effective_max_frames(src), camera=CameraModel.from_config(cfg.camera),
-                          loop=src.loop)
+        return FileSource(src.path, fps=src.fps, max_frames=effective_max_frames(src),
+                          camera=CameraModel.from_config(cfg.camera), loop=src.loop)
     from rtsmlm.sources.micromanager import open_micromanager_source
 
     return open_micromanager_source(cfg)
@@ -215,8 +215,9 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
     # with drift-corrected coordinates.
     consumers: list[Consumer] = [files, render, *([plugins] if plugins else []),
                                  *([publisher] if publisher else []), *extra_consumers]
-    run_info = {"run_id": run_id, "frame_limit": effective_max_frames(cfg.source) or None, "source": {"kind": cfg.source.kind, "path": cfg.source.path,
-                                             "shape": list(source.shape), "camera": camera.describe()},
+    run_info = {"run_id": run_id, "frame_limit": effective_max_frames(cfg.source) or None,
+                "source": {"kind": cfg.source.kind, "path": cfg.source.path, "shape": list(source.shape),
+                           "camera": camera.describe()},
                 "backend": backend_info, "model": model_info, "output_dir": str(out)}
     write_json_atomically(out / SUMMARY_JSON, {**run_info, "status": "running"})
     # A recorded file has no camera to protect: at any replay pace the producer waits for the readers

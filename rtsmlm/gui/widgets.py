@@ -8,11 +8,10 @@ import numpy as np
 
 from rtsmlm.gui import require_qt
 from rtsmlm.gui.display import format_length, nice_length
+from rtsmlm.render import COLORMAPS
 
 QtCore, QtGui, QtWidgets, pg = require_qt()
 
-COLORMAPS = ("inferno", "magma", "hot", "viridis", "cividis", "turbo", "gray")
-"""Colour maps offered in the window (``gui.colormap`` may name any matplotlib or pyqtgraph map)."""
 
 ACCENT = {"camera": "#7fb3ff", "localized": "#ffae42", "x": "#ff6b6b", "y": "#4ecdc4",
           "localizer": "#ffae42", "recorder": "#7fdc8a", "locs": "#e9e4f0"}

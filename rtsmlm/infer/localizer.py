@@ -116,6 +116,8 @@ class StreamingLocalizer:
         self.range_verdict: RangeVerdict | None = None
         self._guard_frames: list[np.ndarray] = []
         self._guard_thread: threading.Thread | None = None
+        y0, x0 = max(0, height // 2 - 128), max(0, width // 2 - 128)
+        self._guard_crop = (slice(y0, y0 + 256), slice(x0, x0 + 256))  # the central 256² at most
 
     def _input_transform(self, camera: CameraModel) -> tuple[torch.Tensor, torch.Tensor]:
         """Offset (ADU) and scale so that photons = (ADU - offset) * scale, on the backend's device, as
@@ -172,22 +174,18 @@ class StreamingLocalizer:
         return self._finish_sequence(), self.last_done
 
     def _watch_range(self, frames: np.ndarray) -> None:
-        h, w = self.frame_shape
-        y0, x0 = max(0, h // 2 - 128), max(0, w // 2 - 128)
         for f in frames[: range_guard.FRAMES - len(self._guard_frames)]:
-            self._guard_frames.append(np.asarray(f[y0:y0 + 256, x0:x0 + 256]))
+            self._guard_frames.append(np.asarray(f[self._guard_crop]))
         if len(self._guard_frames) >= range_guard.FRAMES:
             self._judge_range()
 
     def _judge_range(self) -> None:
-        h, w = self.frame_shape
-        y0, x0 = max(0, h // 2 - 128), max(0, w // 2 - 128)
         crop = self.camera
         if crop.offset_map is not None:  # per-pixel sCMOS maps: the crop's part of them
             from dataclasses import replace
 
-            crop = replace(crop, offset_map=crop.offset_map[y0:y0 + 256, x0:x0 + 256],
-                           gain_map=None if crop.gain_map is None else crop.gain_map[y0:y0 + 256, x0:x0 + 256])
+            crop = replace(crop, offset_map=crop.offset_map[self._guard_crop],
+                           gain_map=None if crop.gain_map is None else crop.gain_map[self._guard_crop])
         photons = crop.to_photons(np.stack(self._guard_frames))
         self._guard_frames = []
         self.range_verdict = range_guard.PENDING

@@ -3,7 +3,7 @@
 A network fails quietly outside its training range: on a background five times higher than any it saw
 it reports thousands of false positives and wrong photon counts, with no error. The guard estimates,
 from the first frames converted to photons with the run's camera, the background (median photons per
-pixel), the PSF width (second moments of the brightest isolated spots) and the spots' brightness, and
+pixel), the PSF width (pixel-integrated Gaussians fitted to the brightest spots) and their brightness, and
 compares them with the ranges stored in the checkpoint's training config. Differences the input
 conversion makes harmless (baseline, e⁻/ADU, EM gain) are not the guard's concern.
 

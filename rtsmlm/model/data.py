@@ -177,8 +177,7 @@ class TrainingSimulator:
                     # sliver of the frame, 100 photons on 1000/px of background) are invisible to any
                     # method; as targets they only add noise to the count and mixture terms. Keep those
                     # a fitter could see: SNR = N / sqrt(N + 4πσ²·b) (Thompson-style, shot noise).
-                    sigma_px = getattr(psf, "sigma_px", 1.0)
-                    snr = photons / np.sqrt(photons + 4.0 * np.pi * sigma_px**2 * bg_level + 1e-9)
+                    snr = photons / np.sqrt(photons + 4.0 * np.pi * psf.sigma_px**2 * bg_level + 1e-9)
                     inside &= snr >= t.min_target_snr
                 target = np.column_stack([xs[inside], ys[inside], zs[inside] / self.scales.z_scale,
                                           photons[inside] / self.scales.photon_scale]).astype(np.float32)
