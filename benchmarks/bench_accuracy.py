@@ -8,7 +8,7 @@ Other models: ``--model PATH`` (default 'default', the shipped model), ``--storm
 rtsmlm/models/storm_analysis; the section is skipped with a message when it is missing). Sizes:
 ``--low-frames``, ``--high-frames``, ``--size``; ``--no-picasso`` skips the classical fitter.
 
-What it measures (all coordinates nm, DESIGN.md convention; matching = rtsmlm.metrics.match, SMLM
+What it measures (all coordinates nm, DESIGN.md convention; matching = rtsmlm.analysis.metrics.match, SMLM
 Challenge 2016 style, tolerance 250 nm on simulations):
 
 1. Low density — two movies of the default camera (EMCCD, EM gain 100, 100 nm pixels, PSF σ 130 nm) at
@@ -20,9 +20,9 @@ Challenge 2016 style, tolerance 250 nm on simulations):
    truth first; a prediction paired with an excluded (dim) emitter then counts neither as TP nor FP, and
    excluded emitters are never FN. Targets are judged on that population.
    *Precision vs CRLB*: per photon bin (edges 1000…5000), per-axis RMSE against √CRLB per axis, with
-   Mortensen 2010 Eq. 5 and the Fisher bound (Mortensen Eq. 6, :func:`rtsmlm.metrics.crlb_mle_lateral_nm`,
+   Mortensen 2010 Eq. 5 and the Fisher bound (Mortensen Eq. 6, :func:`rtsmlm.analysis.metrics.crlb_mle_lateral_nm`,
    equal to the numerical Fisher information of the pixelated Gaussian to < 1 %; a numerical
-   :func:`rtsmlm.metrics.crlb_fisher_lateral_nm` value at the bin's mean photons is printed as a
+   :func:`rtsmlm.analysis.metrics.crlb_fisher_lateral_nm` value at the bin's mean photons is printed as a
    cross-check), excess-noise factor F = 2 (EMCCD). **The 1.2× target is judged against the Fisher bound,
    the physical limit**; Eq. 5 (the least-squares precision, ~4 % larger here) is shown for reference.
    The CRLB table uses matched emitters at least ``--crlb-border-px`` (4) pixels from the frame edge,
@@ -41,7 +41,7 @@ Challenge 2016 style, tolerance 250 nm on simulations):
    reference (Jaccard 0.989, RMSE ≈ 10 nm); the default model (transfer check) and the storm-analysis
    model.
 
-RMSE convention: ``rmse_lat_nm`` is radial, sqrt(mean(dx²+dy²)) (rtsmlm.metrics.evaluate); the CRLB
+RMSE convention: ``rmse_lat_nm`` is radial, sqrt(mean(dx²+dy²)) (rtsmlm.analysis.metrics.evaluate); the CRLB
 table is per axis (radial / √2). The model runs with config.toml's thresholds (p 0.6, candidate 0.3)
 unless ``--config`` says otherwise, through the same StreamingLocalizer as a live run, torch fp32 on the
 CPU by default (``--backend``, ``--precision``).
@@ -63,11 +63,11 @@ from typing import Any
 
 import numpy as np
 
-from rtsmlm import config as rconfig
-from rtsmlm.locs import LOC_DTYPE
-from rtsmlm.metrics import (Match, crlb_fisher_lateral_nm, json_safe, match, metrics_from_match,
-                            precision_vs_crlb)
-from rtsmlm.sources.base import CameraModel
+from rtsmlm.acquisition.source import CameraModel
+from rtsmlm.analysis.metrics import Match, crlb_fisher_lateral_nm, match, metrics_from_match, precision_vs_crlb
+from rtsmlm.core import config as rconfig
+from rtsmlm.core.jsonio import to_jsonable
+from rtsmlm.core.locs import LOC_DTYPE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STORM_DIR = REPO_ROOT.parent / "shared" / "data" / "storm-analysis-test"
@@ -117,7 +117,7 @@ def simulate_movie(cfg: rconfig.Config, name: str, n_frames: int) -> Movie:
     for i in range(n_frames):
         frames[i], t = sim.step()
         truths.append(t)
-    camera = sim.camera.model()
+    camera = sim.camera
     emccd = camera.model == "emccd" and camera.em_gain > 1.0
     return Movie(name, frames, np.concatenate(truths), camera, sim.seed, cfg.sim.density, cfg.sim.bg_photons,
                  cfg.psf.sigma_nm, 2.0 if emccd else 1.0)
@@ -135,7 +135,7 @@ def snapshot_checkpoint(checkpoint: str, into: Path) -> tuple[str, Any]:
     The weights and metadata are copied and the metadata re-read afterwards: when training replaced them
     in between (their steps differ), the copy is repeated, so the step reported is that of the weights run.
     """
-    from rtsmlm.model.checkpoint import load_meta, resolve
+    from rtsmlm.localization.checkpoint import load_meta, resolve
 
     src = resolve(checkpoint)
     into.mkdir(parents=True, exist_ok=True)
@@ -289,7 +289,7 @@ def run_model(localizer: Any, frames: np.ndarray, camera: CameraModel) -> tuple[
 
 def open_model(checkpoint: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig) -> Any:
     """An OfflineLocalizer for ``checkpoint`` with the config's detection thresholds."""
-    from rtsmlm.infer.offline import OfflineLocalizer
+    from rtsmlm.localization.offline import OfflineLocalizer
 
     return OfflineLocalizer(checkpoint, backend_cfg, model_cfg.p_threshold, model_cfg.candidate_threshold)
 
@@ -430,9 +430,9 @@ def high_density(base: rconfig.Config, args: argparse.Namespace, localizer: Any,
 
 def storm_movie(args: argparse.Namespace, localizers: dict[str, Any], log=print) -> dict[str, Any]:
     """Section 3: the storm-analysis test movie with each available model."""
+    from rtsmlm.acquisition.source import CameraModel
     from rtsmlm.io.locfiles import read_locs
     from rtsmlm.io.movies import open_movie
-    from rtsmlm.sources.base import CameraModel
 
     movie_path = args.storm_dir / "test.dax"
     truth_path = args.storm_dir / "truth.csv"
@@ -465,12 +465,12 @@ def storm_movie(args: argparse.Namespace, localizers: dict[str, Any], log=print)
 
 def write_plots(low: dict[str, Any], plot: Path, step: int) -> list[str]:
     """One RMSE-vs-CRLB PNG per low-density movie: ``plot`` with ``_bgN`` added to its name."""
-    from rtsmlm.evaluate import plot_precision_vs_crlb
+    from rtsmlm.analysis.evaluate import plot_precision_vs_crlb
 
     paths = []
     for s in low["movies"]:
         path = plot.with_name(f"{plot.stem}_bg{s['bg_photons']:g}{plot.suffix or '.png'}")
-        plot_precision_vs_crlb(json_safe(s["crlb"]), path, title=f"{s['movie']}, model step {step}")
+        plot_precision_vs_crlb(to_jsonable(s["crlb"]), path, title=f"{s['movie']}, model step {step}")
         paths.append(str(path))
     return paths
 
@@ -624,7 +624,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     """Run the selected sections; returns the JSON-ready result (also used by the smoke test)."""
-    from rtsmlm.model.checkpoint import CheckpointError, resolve
+    from rtsmlm.localization.checkpoint import CheckpointError, resolve
 
     t_start = time.perf_counter()
     base = rconfig.load(args.config)
@@ -668,7 +668,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
                     "pass --storm-model PATH once it is trained")
             result["storm"] = storm_movie(args, localizers, log)
     result["seconds"] = time.perf_counter() - t_start
-    return json_safe(result)
+    return to_jsonable(result)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,12 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_accuracy as acc  # noqa: E402  (shares the simulation, scoring and Picasso helpers)
 
-from rtsmlm import config as rconfig  # noqa: E402
-from rtsmlm.metrics import json_safe  # noqa: E402
+from rtsmlm.core import config as rconfig  # noqa: E402
+from rtsmlm.core.jsonio import to_jsonable  # noqa: E402
 
 # name: camera keys, PSF sigma (nm), background (photons/px), photons (mean brightness)
 CAMERAS = {
@@ -118,7 +117,7 @@ def main() -> None:
         if "skipped" in storm:
             print(f"storm-analysis test.dax: {storm['skipped']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(json_safe({"results": results, "storm": storm, "time": time.time()}),
+        Path(args.json).write_text(json.dumps(to_jsonable({"results": results, "storm": storm, "time": time.time()}),
                                               indent=1))
 
 

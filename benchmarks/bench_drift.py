@@ -6,8 +6,8 @@
 
 The sample is the simulator's own physics without the camera: ``rtsmlm.sim.structures.filaments``
 labels, ``rtsmlm.sim.photophysics`` blinking and bleaching, ``rtsmlm.sim.drift`` stage drift (random
-walk + sinusoid + linear creep, written to drift.csv by ``rtsmlm.sim.export.write_drift_csv`` and read
-back through ``rtsmlm.drift.read_drift_csv``). Each emitting label becomes a localization displaced by
+walk + sinusoid + linear creep, written to drift.csv by ``rtsmlm.io.tables.write_drift_csv`` and read
+back through ``rtsmlm.io.tables.read_drift_csv``). Each emitting label becomes a localization displaced by
 its Cramér-Rao precision (Mortensen et al. 2010, EMCCD excess noise, the simulator's PSF, photons and
 background); dim ones (< 200 photons) are missed, as a detector would. Optional fiducials
 (``--fiducials N``) are always-on bright emitters.
@@ -40,12 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rtsmlm.config import DriftConfig, load, replace
-from rtsmlm.drift import OnlineDrift, read_drift_csv
-from rtsmlm.locs import LOC_DTYPE, LocalizationStream
+from rtsmlm.analysis.drift import OnlineDrift
+from rtsmlm.core.config import DriftConfig, load, replace
+from rtsmlm.core.locs import LOC_DTYPE, LocalizationStream
+from rtsmlm.io.tables import read_drift_csv, write_drift_csv
 from rtsmlm.sim import structures
-from rtsmlm.sim.drift import DriftTrajectory as SimDrift
-from rtsmlm.sim.export import write_drift_csv as sim_write_drift_csv
+from rtsmlm.sim.drift import SimulatedDrift as SimDrift
 from rtsmlm.sim.photophysics import Photophysics, activation_rate_for_density
 
 
@@ -75,7 +75,7 @@ def simulate_localizations(frames: int, size_px: int, seed: int, fiducials: int,
     drift = SimDrift(sim.drift, seed + 7919)
     table = np.column_stack([np.arange(frames), drift.at(np.arange(frames))])
     drift_csv = out_dir / "drift.csv"
-    sim_write_drift_csv(drift_csv, table)
+    write_drift_csv(drift_csv, table[:, 0], table[:, 1], table[:, 2])
     chunks = []
     for f in range(frames):
         idx, photons = phys.step(sim.activation_power)

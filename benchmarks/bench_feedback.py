@@ -38,11 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rtsmlm.config import from_dict
-from rtsmlm.locs import LOC_DTYPE, LocalizationStream
-from rtsmlm.plugins import PluginHost, RunInfo
+from rtsmlm.acquisition.simulated import SimulatorControl
+from rtsmlm.core.config import from_dict
+from rtsmlm.core.locs import LOC_DTYPE, LocalizationStream
+from rtsmlm.engine.plugins import PluginHost, RunInfo
 from rtsmlm.sim import Simulator
-from rtsmlm.sources.simulated import SimulatorControl
 
 BAND = 0.10  # ±10 % of the target
 SETTLE_LIMIT_S = 30.0

@@ -112,8 +112,8 @@ def _worker_costs(n: int) -> list[tuple[str, float]]:
 
 
 def _simulate(frames: int, size: int) -> Path:
-    from rtsmlm import config
-    from rtsmlm.sim.export import simulate_to_dir
+    from rtsmlm.cli.simulate import simulate_to_dir
+    from rtsmlm.core import config
 
     out = Path(tempfile.mkdtemp(prefix="bench_gui_movie_"))
     cfg = config.load(None, ['sim.structure="filaments"', "sim.density=1.0", f"sim.size={size}",
@@ -125,7 +125,7 @@ def _simulate(frames: int, size: int) -> Path:
 def _one_run(mode: str, movie: Path, frames: int, refresh_hz: float) -> dict:
     from PyQt5 import QtCore
 
-    from rtsmlm import config
+    from rtsmlm.core import config
     from rtsmlm.gui.probe import EventDelayProbe
 
     out = Path(tempfile.mkdtemp(prefix=f"bench_gui_{mode}_")) / "run"
@@ -142,8 +142,8 @@ def _one_run(mode: str, movie: Path, frames: int, refresh_hz: float) -> dict:
         window.run_finished.connect(loop.quit)
         start = window.start_acquisition
     else:
+        from rtsmlm.engine.run import build_run
         from rtsmlm.gui.session import LiveSession
-        from rtsmlm.run import build_run
 
         session = LiveSession(cfg, run=build_run(cfg))
         timer = QtCore.QTimer()

@@ -10,7 +10,7 @@ and writes bench_inference.json with the machine and its load average.
 
 import sys
 
-from rtsmlm.infer.bench import bench_main
+from rtsmlm.cli.bench import bench_main
 
 if __name__ == "__main__":
     raise SystemExit(bench_main(sys.argv[1:]))

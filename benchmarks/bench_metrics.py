@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rtsmlm.analysis.metrics import evaluate
+from rtsmlm.core.locs import LOC_DTYPE
 from rtsmlm.io.locfiles import CsvLocWriter, PicassoHdf5Writer, read_locs
-from rtsmlm.locs import LOC_DTYPE
-from rtsmlm.metrics import evaluate
 
 
 def make_case(n: int, per_frame: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

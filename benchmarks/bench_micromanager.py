@@ -121,7 +121,7 @@ def main() -> int:
     parser.add_argument("--baseline", action="store_true", help="also measure a busy-polling consumer")
     args = parser.parse_args()
 
-    from rtsmlm.sources.micromanager import MicroManagerSource
+    from rtsmlm.acquisition.micromanager import MicroManagerSource
 
     adapter = build_adapter()
     load = os.getloadavg()[0]

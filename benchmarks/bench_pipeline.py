@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtsmlm.config import Config, load
+from rtsmlm.core.config import Config, load
 
 
 def free_port() -> int:
@@ -64,20 +64,20 @@ class Model:
     """The backend opened once; :meth:`localizer` builds a fresh StreamingLocalizer as build_run does."""
 
     def __init__(self, cfg: Config, eager: bool) -> None:
-        from rtsmlm.infer.backends import open_backend
+        from rtsmlm.localization.backends import open_backend
 
         self.cfg = cfg
         self.backend, self.meta = open_backend(cfg.backend, cfg.model.checkpoint, jit=not eager)
 
     def localizer(self, camera, shape):
-        from rtsmlm.infer.localizer import StreamingLocalizer
+        from rtsmlm.localization.localizer import StreamingLocalizer
 
         return StreamingLocalizer(self.backend, self.meta, camera, shape, self.cfg.model.p_threshold,
                                   self.cfg.model.candidate_threshold)
 
 
 def simulated(cfg: Config, n: int):
-    from rtsmlm.sources.simulated import SimulatedCamera
+    from rtsmlm.acquisition.simulated import SimulatedCamera
 
     cam = SimulatedCamera(cfg, max_frames=n)
     cam.start()
@@ -115,8 +115,8 @@ def calibrate(model: Model, cfg: Config, n: int) -> tuple[float, float]:
 
 
 def run_pipeline(cfg: Config, model: Model):
-    from rtsmlm.run import build_run
-    from rtsmlm.sources.simulated import SimulatedCamera
+    from rtsmlm.acquisition.simulated import SimulatedCamera
+    from rtsmlm.engine.run import build_run
 
     cam = SimulatedCamera(cfg)  # the camera model and frame shape the run's source will have
     run = build_run(cfg, realtime=True, localizer=model.localizer(cam.camera, cam.shape))
@@ -127,8 +127,8 @@ def run_pipeline(cfg: Config, model: Model):
 
 def offline_locs(model: Model, run, lost_ranges: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Localize the recorded movie again, pushing exactly the frames the run's localizer got."""
+    from rtsmlm.core.locs import concat
     from rtsmlm.io.movies import open_movie
-    from rtsmlm.locs import concat
 
     with open_movie(run.out_dir / "raw.tif") as movie:
         keep = np.ones(len(movie), bool)
@@ -200,8 +200,8 @@ def main() -> None:
         print(f"  latency frame arrival -> localization: p50 {s['latency_ms_p50']:.1f} ms, p99 {p99:.1f} ms "
               f"(target <= {target:.1f} ms = 100 ms + one frame period: {'met' if p99 <= target else 'NOT met'})")
 
+        from rtsmlm.analysis.metrics import evaluate
         from rtsmlm.io.locfiles import read_locs
-        from rtsmlm.metrics import evaluate
 
         t0 = time.perf_counter()
         streamed = run.pipeline.stream.snapshot()

@@ -26,9 +26,9 @@ import time
 
 import numpy as np
 
-from rtsmlm.frc import frc
-from rtsmlm.locs import LOC_DTYPE
-from rtsmlm.render import Canvas
+from rtsmlm.analysis.frc import frc
+from rtsmlm.analysis.render import Canvas
+from rtsmlm.core.locs import LOC_DTYPE
 
 
 def filament_locs(n: int, extent_nm: float, rng: np.random.Generator) -> np.ndarray:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def rtsmlm(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "rtsmlm.cli", *args], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "rtsmlm", *args], check=True, stdout=subprocess.DEVNULL)
 
 
 def main() -> None:

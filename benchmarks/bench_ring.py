@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from rtsmlm.ring import RingBuffer, RingReader
+from rtsmlm.acquisition.ring import RingBuffer, RingReader
 
 SHAPE = (256, 256)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtsmlm import config
+from rtsmlm.core import config
 from rtsmlm.sim import Simulator
 
 TARGET_FPS = {64: 500.0, 256: 30.0}
@@ -75,7 +75,7 @@ def stage_times(sim: Simulator, n: int) -> dict[str, float]:
 
 def time_simulate(cfg: config.Config) -> tuple[float, float]:
     """frames/s of simulate_to_dir (steps + ground-truth CSV + TIFF), in wall time and per CPU-second."""
-    from rtsmlm.sim.export import simulate_to_dir
+    from rtsmlm.cli.simulate import simulate_to_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         start, cpu_start = time.perf_counter(), time.process_time()

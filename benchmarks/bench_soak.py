@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from rtsmlm.config import load
+from rtsmlm.core.config import load
 
 
 def rss_mb() -> float:
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
 
-    from rtsmlm.run import build_run
+    from rtsmlm.engine.run import build_run
 
     with tempfile.TemporaryDirectory(prefix="rtsmlm-soak-") as tmp:
         out = Path(tmp) / "run"

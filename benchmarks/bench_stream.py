@@ -32,10 +32,9 @@ import time
 
 import numpy as np
 
-from rtsmlm.config import StreamConfig, from_dict
-from rtsmlm.locs import LOC_DTYPE, LocBatch
-from rtsmlm.stream import Publisher, Subscriber
-
+from rtsmlm.core.config import StreamConfig, from_dict
+from rtsmlm.core.locs import LOC_DTYPE, LocBatch
+from rtsmlm.outputs.stream import Publisher, Subscriber
 
 # ------------------------------------------------------------------------------ subscriber processes
 
@@ -196,10 +195,10 @@ class PacedPublisher(threading.Thread):
 
 
 def make_localizer(size: int, threads: int):
-    from rtsmlm.infer.backends import open_backend
-    from rtsmlm.infer.localizer import StreamingLocalizer
+    from rtsmlm.acquisition.simulated import SimulatedCamera
+    from rtsmlm.localization.backends import open_backend
+    from rtsmlm.localization.localizer import StreamingLocalizer
     from rtsmlm.sim import Simulator
-    from rtsmlm.sources.simulated import SimulatedCamera
 
     cfg = from_dict({"sim": {"size": size, "density": 0.5},
                      "backend": {"name": "torch", "device": "auto", "threads": threads}})

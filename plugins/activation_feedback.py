@@ -47,8 +47,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from rtsmlm.locs import LocBatch
-from rtsmlm.plugins import RunInfo
+from rtsmlm.core.locs import LocBatch
+from rtsmlm.engine.plugins import RunInfo
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from rtsmlm.locs import LOC_DTYPE
-from rtsmlm.metrics import match
+from rtsmlm.analysis.metrics import match
+from rtsmlm.core.locs import LOC_DTYPE
 from rtsmlm.sim import TRUTH_DTYPE
 
 # The interim shipped model (step 4500 of 15000) reaches 0.91 on this population, a fully trained one more;

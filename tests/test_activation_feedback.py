@@ -13,10 +13,10 @@ import math
 import numpy as np
 import pytest
 
-from rtsmlm.config import from_dict
-from rtsmlm.locs import LOC_DTYPE, LocalizationStream
-from rtsmlm.plugins import PluginError, PluginHost, RunInfo, load_plugin_module
-from rtsmlm.sources.simulated import LASER_DEVICE, LASER_PROPERTY, SimulatedCamera
+from rtsmlm.acquisition.simulated import LASER_DEVICE, LASER_PROPERTY, SimulatedCamera
+from rtsmlm.core.config import from_dict
+from rtsmlm.core.locs import LOC_DTYPE, LocalizationStream
+from rtsmlm.engine.plugins import PluginError, PluginHost, RunInfo, load_plugin_module
 
 fb = load_plugin_module("activation_feedback")
 
@@ -182,10 +182,10 @@ def test_bad_plugin_settings_fail_before_the_run():
 def test_through_the_real_pipeline_the_plugin_turns_a_too_high_power_down(tmp_path):
     """Simulated camera → ring → default model on CPU → plugin host on its consumer thread, with the
     laser starting far too high for the target."""
-    from rtsmlm.infer.backends import open_backend
-    from rtsmlm.infer.localizer import StreamingLocalizer
-    from rtsmlm.pipeline import Pipeline
-    from rtsmlm.run import PluginConsumer, open_source
+    from rtsmlm.engine.pipeline import Pipeline
+    from rtsmlm.engine.run import PluginConsumer, open_source
+    from rtsmlm.localization.backends import open_backend
+    from rtsmlm.localization.localizer import StreamingLocalizer
 
     cfg = from_dict({"sim": {"size": 32, "density": 1.0, "activation_power": 5.0, "seed": 2},
                      "source": {"max_frames": 300},

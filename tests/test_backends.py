@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from rtsmlm.config import BackendConfig
-from rtsmlm.infer.backends import (
+from rtsmlm.acquisition.source import CameraModel
+from rtsmlm.core.config import BackendConfig
+from rtsmlm.localization import checkpoint
+from rtsmlm.localization.backends import (
     Backend,
     BackendError,
     Environment,
@@ -24,7 +26,7 @@ from rtsmlm.infer.backends import (
     open_backend,
     probe_environment,
 )
-from rtsmlm.infer.backends.tensorrt import (
+from rtsmlm.localization.backends.tensorrt import (
     EngineKey,
     ShapeRange,
     is_strongly_typed,
@@ -32,11 +34,9 @@ from rtsmlm.infer.backends.tensorrt import (
     onnx_precision,
     shape_range,
 )
-from rtsmlm.infer.localizer import StreamingLocalizer, localize_movie
-from rtsmlm.model import checkpoint
-from rtsmlm.model.data import Scales
-from rtsmlm.model.net import DecodeNet
-from rtsmlm.sources.base import CameraModel
+from rtsmlm.localization.localizer import StreamingLocalizer, localize_movie
+from rtsmlm.localization.net import DecodeNet
+from rtsmlm.localization.scales import Scales
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -135,7 +135,7 @@ def reference(ckpt):
 
 
 def test_open_backend_logs_the_choice_and_describes_itself(ckpt, caplog) -> None:
-    with caplog.at_level(logging.INFO, logger="rtsmlm.infer"):
+    with caplog.at_level(logging.INFO, logger="rtsmlm.localization"):
         backend, meta = open_backend(BackendConfig(name="torch", device="cpu", precision="fp32", threads=1),
                                      ckpt, jit=False)
     assert isinstance(backend, Backend)
@@ -187,7 +187,7 @@ def test_torch_cuda_backend_streams_the_same_maps(ckpt, reference, precision, to
 
 
 def test_uint16_frames_travel_as_int16_and_widen_exactly() -> None:
-    from rtsmlm.infer.backends.torch_backend import widen_uint16
+    from rtsmlm.localization.backends.torch_backend import widen_uint16
 
     frames = np.arange(0, 65536, dtype=np.uint16).reshape(1, 256, 256)
     raw = torch.from_numpy(frames.view(np.int16))  # what the CUDA upload copies to the device
@@ -231,7 +231,7 @@ def test_precision_handling_by_tensorrt_version() -> None:
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed: the missing-package message cannot be shown")
 def test_tensorrt_backend_without_tensorrt_says_what_to_install(tmp_path) -> None:
-    from rtsmlm.infer.backends.tensorrt import TensorRTBackend
+    from rtsmlm.localization.backends.tensorrt import TensorRTBackend
 
     with pytest.raises(BackendError, match="pip install tensorrt"):
         TensorRTBackend(DecodeNet(width=4), "0" * 64, tmp_path)
@@ -257,7 +257,7 @@ def test_tensorrt_backend_streams_close_maps_and_caches_engines(ckpt, reference,
 def test_bench_main_times_each_backend_and_writes_json(ckpt, tmp_path, capsys) -> None:
     import json
 
-    from rtsmlm.infer.bench import bench_main
+    from rtsmlm.cli.bench import bench_main
 
     out = tmp_path / "bench.json"
     code = bench_main(["--checkpoint", ckpt, "--backends", "torch:fp32", "--sizes", "16,20", "--threads", "1",
@@ -280,7 +280,7 @@ def test_bench_main_times_each_backend_and_writes_json(ckpt, tmp_path, capsys) -
 def test_bench_accuracy_scores_every_backend_with_the_evaluate_code(ckpt, tmp_path, capsys) -> None:
     import json
 
-    from rtsmlm.infer.bench import bench_main
+    from rtsmlm.cli.bench import bench_main
 
     out = tmp_path / "acc.json"
     code = bench_main(["--checkpoint", ckpt, "--backends", "torch:fp32,torch:bf16", "--sizes", "16", "--threads",
@@ -295,7 +295,7 @@ def test_bench_accuracy_scores_every_backend_with_the_evaluate_code(ckpt, tmp_pa
 
 
 def test_bench_rejects_a_malformed_backend_spec(capsys) -> None:
-    from rtsmlm.infer.bench import bench_main
+    from rtsmlm.cli.bench import bench_main
 
     assert bench_main(["--backends", "torch:fp32:cpu:extra", "--json", ""]) == 2
     assert "NAME[:PRECISION[:DEVICE]]" in capsys.readouterr().err

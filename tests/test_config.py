@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from rtsmlm import config
-from rtsmlm.cli import main
-from rtsmlm.config import ConfigError
+from rtsmlm.cli.main import main
+from rtsmlm.core import config
+from rtsmlm.core.config import ConfigError
 
 
 def load_text(tmp_path: Path, text: str, overrides: list[str] | None = None) -> config.Config:

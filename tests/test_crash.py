@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtsmlm.config import Config, load
-from rtsmlm.outputs import LOCS_CSV, LOCS_HDF5, SUMMARY_JSON, TRUTH_CSV
-from rtsmlm.stream import TOPIC_LOCS, Subscriber
+from rtsmlm.core.config import Config, load
+from rtsmlm.outputs.files import LOCS_CSV, LOCS_HDF5, SUMMARY_JSON, TRUTH_CSV
+from rtsmlm.outputs.stream import TOPIC_LOCS, Subscriber
 
 # Guard against a hung child process or a silent stream (model loading on a busy 2-core machine takes
 # tens of seconds); never used to order events.
@@ -53,7 +53,7 @@ def start_run(tmp_path: Path, address: str) -> tuple[subprocess.Popen, Path, Pat
     """``rtsmlm run`` on the simulated camera at its real frame rate, until stopped (max-frames 0)."""
     out = tmp_path / "run"
     log = tmp_path / "run.log"
-    cmd = [sys.executable, "-m", "rtsmlm.cli", "run", "--realtime", "--max-frames", "0", "--out", str(out),
+    cmd = [sys.executable, "-m", "rtsmlm", "run", "--realtime", "--max-frames", "0", "--out", str(out),
            "--quiet"]
     for ov in run_overrides(address):
         cmd += ["--set", ov]
@@ -79,7 +79,7 @@ def receive_until(sub: Subscriber, proc: subprocess.Popen, log: Path, seconds_af
 
 def simulated_frames_and_truth(cfg: Config, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Frames and truth rows the (deterministic) simulated camera delivers first for ``cfg``."""
-    from rtsmlm.sources.simulated import SimulatedCamera
+    from rtsmlm.acquisition.simulated import SimulatedCamera
 
     truths = []
     cam = SimulatedCamera(cfg, max_frames=n, on_truth=lambda i, t: truths.append(t))
@@ -242,14 +242,14 @@ def test_sigkill_at_random_moments_leaves_every_file_readable(tmp_path, kind):
     rng = np.random.default_rng(11)
     source = []
     if kind == "file":
-        from rtsmlm.cli import main
+        from rtsmlm.cli.main import main
 
         assert main(["simulate", "--frames", "3000", "--size", "64", "--out", str(tmp_path / "sim"), "--quiet"]) == 0
         source = ["--source", str(tmp_path / "sim" / "movie.tif")]
     for trial in range(5):
         out = tmp_path / f"run{trial}"
         log = tmp_path / f"run{trial}.log"
-        cmd = [sys.executable, "-m", "rtsmlm.cli", "run", "--max-frames", "0", "--out", str(out), "--quiet",
+        cmd = [sys.executable, "-m", "rtsmlm", "run", "--max-frames", "0", "--out", str(out), "--quiet",
                "--no-stream", "--set", "backend.threads=1", *source]
         with open(log, "wb") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path)

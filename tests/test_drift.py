@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtsmlm.config import DriftConfig, DriftSimConfig, replace
-from rtsmlm.drift import OnlineDrift, read_drift_csv, write_drift_csv
-from rtsmlm.locs import LOC_DTYPE, LocalizationStream
+from rtsmlm.analysis.drift import OnlineDrift
+from rtsmlm.core.config import DriftConfig, DriftSimConfig, replace
+from rtsmlm.core.locs import LOC_DTYPE, LocalizationStream
+from rtsmlm.io.tables import read_drift_csv, write_drift_csv
 from rtsmlm.sim import structures
-from rtsmlm.sim.drift import DriftTrajectory as SimDrift
-from rtsmlm.sim.export import write_drift_csv as sim_write_drift_csv
+from rtsmlm.sim.drift import SimulatedDrift as SimDrift
 from rtsmlm.sim.photophysics import Photophysics, activation_rate_for_density
 
 EXTENT = (6400.0, 6400.0)
@@ -155,7 +155,7 @@ def test_final_refinement_improves_on_the_online_estimate(run, tmp_path):
 
 def test_reads_the_simulators_drift_csv(tmp_path):
     table = np.column_stack([np.arange(50), sim_drift(50)])
-    sim_write_drift_csv(tmp_path / "drift.csv", table)
+    write_drift_csv(tmp_path / "drift.csv", table[:, 0], table[:, 1], table[:, 2])
     back = read_drift_csv(tmp_path / "drift.csv")
     assert np.array_equal(back.frames, np.arange(50))
     assert np.allclose(back.dx, table[:, 1], atol=1e-3) and np.allclose(back.dy, table[:, 2], atol=1e-3)
@@ -215,7 +215,7 @@ def test_max_change_tells_when_to_rerender():
 
 def test_redrawing_stale_frames_matches_a_full_rerender():
     """The live view's cheap path: take back only the frames whose correction moved, draw them again."""
-    from rtsmlm.render import Canvas
+    from rtsmlm.analysis.render import Canvas
 
     frames = 900
     drift = sim_drift(frames, seed=6)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from rtsmlm.infer.export import (
+from rtsmlm.localization.net import DecodeNet
+from rtsmlm.localization.onnx_export import (
     DECODER_INPUT,
     DECODER_OUTPUT,
     ENCODER_INPUT,
@@ -16,7 +17,6 @@ from rtsmlm.infer.export import (
     cached_onnx,
     export_onnx,
 )
-from rtsmlm.model.net import DecodeNet
 
 onnx = pytest.importorskip("onnx")
 
@@ -109,9 +109,9 @@ def test_bad_precision_is_rejected(net, tmp_path) -> None:
 
 
 def test_export_command_writes_both_graphs_and_names_a_bad_checkpoint(net, tmp_path, capsys) -> None:
-    from rtsmlm.infer.export import export_main
-    from rtsmlm.model import checkpoint
-    from rtsmlm.model.data import Scales
+    from rtsmlm.cli.export import export_main
+    from rtsmlm.localization import checkpoint
+    from rtsmlm.training.data import Scales
 
     meta = checkpoint.ModelMeta(width=6, depth=2, window=3, pixel_size_nm=100.0, camera={}, psf={},
                                 scales=Scales(50.0, 5000.0, 200.0, 1.0), train={})

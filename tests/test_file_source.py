@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rtsmlm.acquisition.file import FileSource, FrameSchedule, camera_from_metadata
+from rtsmlm.acquisition.source import CameraModel, Source, SourceError
 from rtsmlm.io.movies import RawMovieWriter, write_tiff_movie
-from rtsmlm.sources.base import CameraModel, Source, SourceError
-from rtsmlm.sources.file import FileSource, FrameSchedule, camera_from_metadata
 
 
 def frames_of(n: int = 10) -> np.ndarray:

@@ -21,9 +21,8 @@ pytest.importorskip("PyQt5")
 pytest.importorskip("pyqtgraph")
 pytest.importorskip("pytestqt")
 
-from rtsmlm import config  # noqa: E402
-from rtsmlm.gui.display import (format_length, nice_length, percentile_levels, pool,  # noqa: E402
-                                series_from_stats, to_uint8)
+from rtsmlm.core import config  # noqa: E402
+from rtsmlm.gui.display import format_length, nice_length, percentile_levels, pool, series_from_stats, to_uint8  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # Display preparation (no Qt)
@@ -366,7 +365,7 @@ def test_next_output_dir_skips_used_folders(tmp_path):
 def test_rtsmlm_live_screenshot(tmp_path, qapp):
     from PyQt5 import QtGui
 
-    from rtsmlm.cli import main
+    from rtsmlm.cli.main import main
 
     png, out = tmp_path / "live.png", tmp_path / "run"
     argv = ["live", "--screenshot", str(png), "--max-frames", "80", "--out", str(out), "--no-stream"]

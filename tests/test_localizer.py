@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rtsmlm.config import BackendConfig
-from rtsmlm.infer.backends import open_backend
-from rtsmlm.infer.localizer import StreamingLocalizer, localize_movie
-from rtsmlm.locs import LOC_DTYPE
-from rtsmlm.model import checkpoint
-from rtsmlm.model.data import Scales
-from rtsmlm.model.net import DecodeNet
-from rtsmlm.sources.base import CameraModel
+from rtsmlm.acquisition.source import CameraModel
+from rtsmlm.core.config import BackendConfig
+from rtsmlm.core.locs import LOC_DTYPE
+from rtsmlm.localization import checkpoint
+from rtsmlm.localization.backends import open_backend
+from rtsmlm.localization.localizer import StreamingLocalizer, localize_movie
+from rtsmlm.localization.net import DecodeNet
+from rtsmlm.training.data import Scales
 
 INPUT_SCALE = 50.0
 
@@ -199,8 +199,8 @@ def test_the_range_guard_names_a_background_outside_the_training_range(caplog):
     warning naming the quantity, the measured value and the trained range; a movie inside gets none."""
     import logging
 
-    from rtsmlm.config import from_dict
-    from rtsmlm.infer.range_guard import check
+    from rtsmlm.core.config import from_dict
+    from rtsmlm.localization.range_guard import check
     from rtsmlm.sim import Simulator
 
     meta = checkpoint.load_meta("default")
@@ -209,7 +209,7 @@ def test_the_range_guard_names_a_background_outside_the_training_range(caplog):
         frames = np.stack([sim.step()[0] for _ in range(20)])
         with caplog.at_level(logging.WARNING, logger="rtsmlm.range"):
             caplog.clear()
-            verdict = check(sim.camera.model().to_photons(frames), meta)
+            verdict = check(sim.camera.to_photons(frames), meta)
         assert verdict.out_of_range == expect
         assert verdict.background_photons == pytest.approx(bg, rel=0.1)
         assert verdict.psf_sigma_px == pytest.approx(1.3, rel=0.05)

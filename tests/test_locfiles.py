@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from rtsmlm.core.locs import LOC_DTYPE, LOC_DTYPE_DC, with_drift_columns
 from rtsmlm.io.locfiles import (
     THUNDERSTORM_COLUMNS,
     CsvLocWriter,
@@ -25,7 +26,6 @@ from rtsmlm.io.locfiles import (
     write_csv,
     write_picasso_hdf5,
 )
-from rtsmlm.locs import LOC_DTYPE, LOC_DTYPE_DC, with_drift_columns
 
 PIXEL = 100.0
 
@@ -173,7 +173,7 @@ def test_unrecognised_and_broken_files_name_the_file(tmp_path: Path) -> None:
 
 def test_writers_refuse_to_overwrite_and_bad_tables(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "a.csv", make_locs(3))
-    with pytest.raises(LocFileError, match="already exists"):
+    with pytest.raises(FileExistsError, match="file exists"):
         write_csv(path, make_locs(3))
     write_csv(path, make_locs(5), overwrite=True)
     assert len(read_locs(path)) == 5

@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import distributions as D
 
-from rtsmlm.model.loss import DecodeLoss, decode_loss
-from rtsmlm.model.net import (
+from rtsmlm.localization.net import (
     CH_BG,
     CH_P,
     CH_PHOT,
@@ -23,6 +22,7 @@ from rtsmlm.model.net import (
     CH_Z,
     DecodeNet,
 )
+from rtsmlm.training.loss import DecodeLoss, decode_loss
 
 
 def _random_output(b: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:

@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtsmlm.locs import LOC_DTYPE
-from rtsmlm.metrics import (
+from rtsmlm.analysis.metrics import (
     crlb_fisher_lateral_nm,
     crlb_lateral_nm,
     crlb_mle_lateral_nm,
     evaluate,
-    json_safe,
     match,
     precision_vs_crlb,
 )
+from rtsmlm.core.jsonio import to_jsonable
+from rtsmlm.core.locs import LOC_DTYPE
 
 
 def table(rows: list[tuple[int, float, float]] | list[tuple[int, float, float, float]]) -> np.ndarray:
@@ -174,7 +174,7 @@ def test_empty_inputs_and_json_safety() -> None:
     r = evaluate(empty, table([(0, 1, 1)]))
     assert (r["tp"], r["fp"], r["fn"], r["jaccard"]) == (0, 0, 1, 0.0)
     assert math.isnan(r["rmse_lat_nm"])
-    safe = json_safe(r)
+    safe = to_jsonable(r)
     assert safe["rmse_lat_nm"] is None and safe["rmse_ax_nm"] is None
     json.dumps(safe, allow_nan=False)  # valid strict JSON
     assert math.isnan(evaluate(empty, empty)["jaccard"])
@@ -290,7 +290,7 @@ def test_precision_vs_crlb_with_explicit_edges_and_per_emitter_background() -> N
 
 
 def test_evaluate_files_with_crlb_table_and_plot(tmp_path: Path) -> None:
-    from rtsmlm.evaluate import evaluate_files
+    from rtsmlm.analysis.evaluate import evaluate_files
     from rtsmlm.io.locfiles import write_csv, write_picasso_hdf5
 
     rng = np.random.default_rng(5)
@@ -324,7 +324,7 @@ def test_evaluate_files_with_crlb_table_and_plot(tmp_path: Path) -> None:
 
 
 def test_evaluate_files_skips_crlb_without_photons(tmp_path: Path, shared_data: Path) -> None:
-    from rtsmlm.evaluate import evaluate_files
+    from rtsmlm.analysis.evaluate import evaluate_files
     from rtsmlm.io.locfiles import read_locs, write_csv
 
     truth_path = shared_data / "storm-analysis-test" / "truth.csv"

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtsmlm import config
-from rtsmlm.sources.base import Control, Source, SourceError
-from rtsmlm.sources.micromanager import MicroManagerSource, open_micromanager_source
+from rtsmlm.acquisition.micromanager import MicroManagerSource, open_micromanager_source
+from rtsmlm.acquisition.source import Control, Source, SourceError
+from rtsmlm.core import config
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN = REPO / "plugins" / "micromanager"
@@ -380,7 +380,7 @@ def test_control_reports_device_errors_with_the_devices_reason(adapter_dir):
 def test_open_micromanager_source_from_config(adapter_dir, spot_movie, tmp_path):
     path, frames, _ = spot_movie
     cfg_file = movie_cfg(tmp_path, path, loop=True, exposure_ms=0)
-    cfg = config.load(None, [f'source.kind="micromanager"', f'source.mm_dir="{adapter_dir}"',
+    cfg = config.load(None, ['source.kind="micromanager"', f'source.mm_dir="{adapter_dir}"',
                              f'source.mm_config="{cfg_file}"', "source.max_frames=25",
                              "camera.qe=0.8"])
     with open_micromanager_source(cfg) as src:
@@ -429,7 +429,7 @@ def test_attach_without_a_running_micromanager_names_the_port():
 # ------------------------------------------------------------------------------------------ rtsmlm run
 
 def _rtsmlm(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "rtsmlm.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "rtsmlm", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
     assert proc.returncode == 0, f"rtsmlm {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -442,7 +442,7 @@ def test_rtsmlm_run_streams_a_simulated_movie_through_micromanager(adapter_dir, 
     replayed from the file (and match its ground truth just as well)."""
     import json
 
-    from rtsmlm.evaluate import evaluate_files
+    from rtsmlm.analysis.evaluate import evaluate_files
     from rtsmlm.io.movies import open_movie
 
     sim = tmp_path / "sim"

@@ -15,6 +15,7 @@ import pytest
 import tifffile
 import yaml
 
+from rtsmlm.acquisition.source import SourceError
 from rtsmlm.io.movies import (
     MovieWriter,
     RawMovieWriter,
@@ -23,7 +24,6 @@ from rtsmlm.io.movies import (
     open_movie_writer,
     write_tiff_movie,
 )
-from rtsmlm.sources.base import SourceError
 
 DAX_PIXEL_NM = 160.0  # storm-analysis test movie (its README)
 

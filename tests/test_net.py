@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rtsmlm.model.net import (
+from rtsmlm.localization.net import (
     CH_BG,
     CH_P,
     CH_PHOT,

@@ -1,4 +1,4 @@
-"""The streaming pipeline assembled by ``rtsmlm.run.build_run``, run in-process on the simulated camera.
+"""The streaming pipeline assembled by ``rtsmlm.engine.run.build_run``, run in-process on the simulated camera.
 
 Real components throughout: the physics simulator, the shipped model on the CPU backend, the ring
 buffer, the BigTIFF recorder and the localization files in ``tmp_path``. The properties checked are
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtsmlm.config import Config, load
-from rtsmlm.locs import LOC_DTYPE, LocBatch, concat
-from rtsmlm.outputs import LOCS_CSV, LOCS_HDF5, SUMMARY_JSON, TRUTH_CSV
-from rtsmlm.pipeline import index_ranges
+from rtsmlm.core.config import Config, load
+from rtsmlm.core.locs import LOC_DTYPE, LocBatch, concat
+from rtsmlm.engine.pipeline import index_ranges
+from rtsmlm.outputs.files import LOCS_CSV, LOCS_HDF5, SUMMARY_JSON, TRUTH_CSV
 
 # Generous bound on how long any single wait in these tests may take on a loaded 2-core machine; it is a
 # guard against a hung pipeline, never a synchronisation.
@@ -35,7 +35,7 @@ def run_config(out: Path, frames: int, *extra: str) -> Config:
 
 def simulated_frames(cfg: Config, n: int) -> np.ndarray:
     """The frames the simulated camera delivers for ``cfg`` (it is deterministic for a given seed)."""
-    from rtsmlm.sources.simulated import SimulatedCamera
+    from rtsmlm.acquisition.simulated import SimulatedCamera
 
     cam = SimulatedCamera(cfg, max_frames=n)
     cam.start()
@@ -49,8 +49,8 @@ def offline_localizer(cfg: Config, camera, shape, *, eager: bool = False):
     specialised per batch shape and re-optimised after its first calls, so its bf16 results depend
     (by ~0.1 nm) on how the frames were batched; eager mode gives the same numbers for any batching.
     """
-    from rtsmlm.infer.backends import open_backend
-    from rtsmlm.infer.localizer import StreamingLocalizer
+    from rtsmlm.localization.backends import open_backend
+    from rtsmlm.localization.localizer import StreamingLocalizer
 
     backend, meta = open_backend(cfg.backend, cfg.model.checkpoint, jit=not eager)
     return StreamingLocalizer(backend, meta, camera, shape, cfg.model.p_threshold,
@@ -161,10 +161,10 @@ class StopAfter:
 
 @pytest.mark.slow  # loads the model twice and localizes 160 frames twice: ~10-20 s on a loaded 2-core box
 def test_pipeline_localizations_equal_offline_analysis_of_the_recorded_frames(tmp_path):
-    from rtsmlm.infer.localizer import localize_movie
+    from rtsmlm.analysis.metrics import evaluate, match
+    from rtsmlm.engine.run import build_run
     from rtsmlm.io.locfiles import read_locs
-    from rtsmlm.metrics import evaluate, match
-    from rtsmlm.run import build_run
+    from rtsmlm.localization.localizer import localize_movie
 
     n = 160
     cfg = run_config(tmp_path / "run", n)  # the default ring (512 frames) holds the whole run: no loss
@@ -214,16 +214,16 @@ def test_pipeline_localizations_equal_offline_analysis_of_the_recorded_frames(tm
 
 @pytest.mark.slow  # loads the model twice: ~10-20 s on a loaded 2-core machine
 def test_a_slow_localizer_is_overrun_while_the_recorder_keeps_every_frame(tmp_path):
+    from rtsmlm.analysis.metrics import evaluate
+    from rtsmlm.engine.run import build_run
     from rtsmlm.io.locfiles import read_locs
-    from rtsmlm.metrics import evaluate
-    from rtsmlm.run import build_run
 
     n = 300
     # Camera paced at 5 ms/frame so the 64-frame ring gives the recorder a third of a second of slack
     # even on a busy machine; the localizer takes at most 4 frames per call and is held back each time.
     cfg = run_config(tmp_path / "run", n, "pipeline.ring_frames=64", "pipeline.max_batch=4",
                      "camera.exposure_ms=5.0", "pipeline.max_latency_ms=0")
-    from rtsmlm.sources.simulated import SimulatedCamera
+    from rtsmlm.acquisition.simulated import SimulatedCamera
 
     camera = SimulatedCamera(cfg)  # the camera model and frame shape the run's source will have
     slow = SlowLocalizer(offline_localizer(cfg, camera.camera, camera.shape, eager=True))
@@ -285,8 +285,8 @@ def test_a_slow_localizer_is_overrun_while_the_recorder_keeps_every_frame(tmp_pa
 
 @pytest.mark.slow  # loads the model: ~5-10 s on a loaded 2-core machine
 def test_stop_mid_run_drains_flushes_and_accounts_for_every_frame(tmp_path):
+    from rtsmlm.engine.run import build_run
     from rtsmlm.io.locfiles import read_locs
-    from rtsmlm.run import build_run
 
     stopper = StopAfter(frame=40)
     cfg = run_config(tmp_path / "run", 0)  # max_frames 0: the simulated camera runs until stopped
@@ -338,9 +338,9 @@ def test_a_live_localizer_that_falls_behind_skips_to_recent_frames_and_catches_u
     """A 200 frames/s camera, a localizer good for ~40: without a bound the backlog (and the latency
     feedback plugins act on) grows by seconds; with pipeline.max_latency_ms it stays bounded, and the
     skipped frames are analysed from the raw recording after the acquisition: nothing missing."""
+    from rtsmlm.acquisition.simulated import SimulatedCamera
+    from rtsmlm.engine.run import build_run
     from rtsmlm.io.locfiles import read_locs
-    from rtsmlm.run import build_run
-    from rtsmlm.sources.simulated import SimulatedCamera
 
     n = 400
     cfg = run_config(tmp_path / "run", n, "pipeline.max_batch=4", "camera.exposure_ms=5.0",
@@ -363,7 +363,7 @@ def test_a_live_localizer_that_falls_behind_skips_to_recent_frames_and_catches_u
 
 
 def test_the_stream_drops_batches_every_consumer_has_taken():
-    from rtsmlm.locs import LocalizationStream
+    from rtsmlm.core.locs import LocalizationStream
 
     stream = LocalizationStream(retain=False)
     stream.add_reader("files")

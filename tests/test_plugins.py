@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtsmlm.config import from_dict
-from rtsmlm.locs import LOC_DTYPE, LocalizationStream
-from rtsmlm.plugins import PluginError, PluginHost, RunInfo, load_plugin_class
-from rtsmlm.sources.simulated import LASER_DEVICE, LASER_PROPERTY, SimulatedCamera
+from rtsmlm.acquisition.simulated import LASER_DEVICE, LASER_PROPERTY, SimulatedCamera
+from rtsmlm.core.config import from_dict
+from rtsmlm.core.locs import LOC_DTYPE, LocalizationStream
+from rtsmlm.engine.plugins import PluginError, PluginHost, RunInfo, load_plugin_class
 
 RECORDER = '''
-from rtsmlm.plugins import RunInfo
+from rtsmlm.engine.plugins import RunInfo
 
 class Recorder:
     """Records every hook call in a shared list so the test sees the order."""
@@ -114,7 +114,7 @@ def test_a_raising_plugin_is_disabled_with_a_traceback_and_the_others_continue(t
     rec = host.instance("recorder")
     rec.events.clear()
     run, _ = small_run(tmp_path)
-    with caplog.at_level(logging.ERROR, logger="rtsmlm.plugins"):
+    with caplog.at_level(logging.ERROR, logger="rtsmlm.engine.plugins"):
         host.start(run)
         for b in batches(4):
             host.localizations(b)
@@ -170,7 +170,7 @@ def test_entry_points_of_the_rtsmlm_plugins_group_are_loaded_when_named(tmp_path
     dist = site / "epdemo-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: epdemo\nVersion: 0.1\n", encoding="utf-8")
-    (dist / "entry_points.txt").write_text("[rtsmlm.plugins]\ncounter = epdemo_pkg:Counter\n",
+    (dist / "entry_points.txt").write_text("[rtsmlm.engine.plugins]\ncounter = epdemo_pkg:Counter\n",
                                            encoding="utf-8")
     monkeypatch.syspath_prepend(str(site))
     host = PluginHost.from_config({"counter": {"limit": 3}}, search_dirs=[tmp_path / "none"])
@@ -259,7 +259,7 @@ def test_a_blocking_or_exiting_hook_disables_its_plugin_and_the_others_continue(
     rec.events.clear()
     run, _ = small_run(tmp_path)
     try:
-        with caplog.at_level(logging.ERROR, logger="rtsmlm.plugins"):
+        with caplog.at_level(logging.ERROR, logger="rtsmlm.engine.plugins"):
             host.start(run)
             for b in batches(4):
                 host.localizations(b)
@@ -281,7 +281,7 @@ def test_a_run_with_a_blocking_plugin_next_to_its_config_finishes_with_a_complet
     import json
     import sys
 
-    from rtsmlm.cli import main
+    from rtsmlm.cli.main import main
 
     write_plugin(tmp_path, "blocking", BLOCKING)
     (tmp_path / "rig.toml").write_text("[pipeline]\nhook_timeout_s = 0.5\n[plugins.blocking]\n", encoding="utf-8")

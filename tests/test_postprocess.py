@@ -7,20 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from rtsmlm.infer.postprocess import Postprocessor
-from rtsmlm.locs import LOC_DTYPE
-from rtsmlm.model.net import (
-    CH_BG,
-    CH_P,
-    CH_PHOT,
-    CH_SIG_PHOT,
-    CH_SIG_X,
-    CH_SIG_Y,
-    CH_SIG_Z,
-    CH_X,
-    CH_Y,
-    CH_Z,
-)
+from rtsmlm.core.locs import LOC_DTYPE
+from rtsmlm.localization.net import CH_BG, CH_P, CH_PHOT, CH_SIG_PHOT, CH_SIG_X, CH_SIG_Y, CH_SIG_Z, CH_X, CH_Y, CH_Z
+from rtsmlm.localization.postprocess import Postprocessor
 
 PX = 100.0
 
@@ -197,7 +186,7 @@ def test_cuda_maps_give_the_cpu_result(post: Postprocessor) -> None:
 
 def test_strips_of_a_huge_map_give_the_same_localizations(monkeypatch):
     """Post-processing in strips of rows (huge frames) equals the whole map, in the same order."""
-    import rtsmlm.infer.postprocess as pp
+    import rtsmlm.localization.postprocess as pp
 
     rng = np.random.default_rng(5)
     out = torch.zeros(2, 10, 96, 64)

@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from rtsmlm.config import RenderConfig
-from rtsmlm.frc import FRC_THRESHOLD, frc
-from rtsmlm.locs import LOC_DTYPE, with_drift_columns
-from rtsmlm.render import Canvas
+from rtsmlm.analysis.frc import FRC_THRESHOLD, frc
+from rtsmlm.analysis.render import Canvas
+from rtsmlm.core.config import RenderConfig
+from rtsmlm.core.locs import LOC_DTYPE, with_drift_columns
 from rtsmlm.sim import structures
 
 

@@ -11,8 +11,8 @@ import threading
 import numpy as np
 import pytest
 
-from rtsmlm.ring import RingBuffer, RingClosed, RingReader
-from rtsmlm.sources.base import Frame
+from rtsmlm.acquisition.ring import RingBuffer, RingClosed, RingReader
+from rtsmlm.acquisition.source import Frame
 
 SHAPE = (8, 6)
 JOIN_S = 30.0  # generous guard against a deadlocked test on a loaded 2-core machine

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from rtsmlm.ring import RingBuffer
+from rtsmlm.acquisition.ring import RingBuffer
 
 JOIN_S = 120.0
 

@@ -1,4 +1,4 @@
-"""``rtsmlm run`` through the real command-line entry point (``rtsmlm.cli.main``).
+"""``rtsmlm run`` through the real command-line entry point (``rtsmlm.cli.main.main``).
 
 End of source: exit 0, every output complete and consistent with the summary. Bad input (unreadable
 source, a model for another camera, a broken checkpoint, an existing output directory, a full disk):
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtsmlm.cli import main
-from rtsmlm.outputs import LOCS_CSV, LOCS_HDF5, SUMMARY_JSON, TRUTH_CSV
+from rtsmlm.cli.main import main
+from rtsmlm.outputs.files import LOCS_CSV, LOCS_HDF5, SUMMARY_JSON, TRUTH_CSV
 
 N_FRAMES = 30
 # One inference thread: the test machine is shared. No ZeroMQ: no port to pick in these tests.
@@ -218,7 +218,7 @@ def test_an_unreadable_source_is_one_line_exit_2_and_no_output(tmp_path, capsys,
 def test_the_terminal_shows_one_line_for_a_truncated_source(tmp_path):
     """As a user sees it: the real process, stderr as printed (log records of libraries included)."""
     source = _truncated_tiff(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "rtsmlm.cli", "run", *COMMON, "--source", str(source),
+    proc = subprocess.run([sys.executable, "-m", "rtsmlm", "run", *COMMON, "--source", str(source),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     lines = error_lines(proc.stderr)
@@ -237,7 +237,7 @@ def test_a_bad_config_value_is_one_line_exit_2(tmp_path, capsys):
 
 
 def _checkpoint_copy(folder: Path, edit) -> Path:
-    from rtsmlm.model.checkpoint import resolve
+    from rtsmlm.localization.checkpoint import resolve
 
     src = resolve("default")
     prefix = folder / "model"

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rtsmlm import config
+from rtsmlm.core import config
 from rtsmlm.sim import Simulator
-from rtsmlm.sim.camera import EMCCD, SCMOS, SCMOS_PRESET, camera_from_config
+from rtsmlm.sim.camera import SCMOS_PRESET, camera_from_config, emccd, scmos_random_maps
 
 Z = 5.0  # standard errors allowed
 ROUNDING_VAR = 1.0 / 12.0  # rounding to whole ADU adds a uniform(-0.5, 0.5) error
@@ -36,7 +36,7 @@ def mean_and_variance_with_errors(values: np.ndarray) -> tuple[float, float, flo
 
 @pytest.mark.parametrize("photons", [0.0, 12.0])
 def test_emccd_mean_adu_and_excess_noise_factor_at_high_gain(photons: float) -> None:
-    cam = EMCCD(qe=0.9, spurious_charge=0.0015, em_gain=300.0, read_noise_e=74.4, e_per_adu=45.0,
+    cam = emccd(qe=0.9, spurious_charge=0.0015, em_gain=300.0, read_noise_e=74.4, e_per_adu=45.0,
                 baseline_adu=100.0)
     rng = np.random.default_rng(11)
     frames = np.stack([cam.expose(np.full((256, 256), photons), rng) for _ in range(4)])
@@ -63,7 +63,7 @@ def test_emccd_mean_adu_and_excess_noise_factor_at_high_gain(photons: float) -> 
 
 def test_emccd_photon_image_maps_to_adu_pixel_by_pixel() -> None:
     """A bright spot stays where it is and each pixel's mean follows the linear ADU model."""
-    cam = EMCCD()
+    cam = emccd()
     rng = np.random.default_rng(3)
     expected = np.full((16, 16), 50.0)
     expected[4, 11] = 2000.0  # row 4, column 11
@@ -106,7 +106,7 @@ def test_simulator_background_and_photons_in_adu_match_the_camera_model() -> Non
 
     # The localizer's conversion (CameraModel.to_photons) gives the photons back: background per pixel
     # and the fiducials' photons over the frame.
-    model = cam.model()
+    model = cam
     photons_back = model.to_photons(frame).astype(np.float64)
     expected_back = (cfg.sim.bg_photons * npix + cfg.sim.fiducials * cfg.sim.fiducial_photons
                      + npix * cam.spurious_charge / cam.qe)
@@ -118,7 +118,7 @@ def test_simulator_background_and_photons_in_adu_match_the_camera_model() -> Non
 
 def test_scmos_per_pixel_offset_and_gain() -> None:
     """Dark frames reproduce the offset map, illuminated frames the gain map, pixel by pixel."""
-    cam = SCMOS.random_maps((24, 24), seed=5, baseline_adu=100.0, offset_sigma_adu=2.0, e_per_adu=0.5,
+    cam = scmos_random_maps((24, 24), seed=5, baseline_adu=100.0, offset_sigma_adu=2.0, e_per_adu=0.5,
                             gain_sigma=0.05, read_noise_e=1.6, qe=0.8)
     rng = np.random.default_rng(8)
     photons = 200.0
@@ -151,7 +151,7 @@ def test_scmos_per_pixel_offset_and_gain() -> None:
     assert lo < var_ratio.min() and var_ratio.max() < hi, (var_ratio.min(), var_ratio.max())
 
     # The localizer's conversion undoes the maps: every pixel gives back the photons.
-    model = cam.model()
+    model = cam
     assert model.offset_map is cam.offset_map and model.gain_map is cam.gain_map
     back = model.to_photons(lit.astype(np.uint16)).mean(axis=0)
     se_back = np.sqrt(lit_var / n) * cam.gain_map / cam.qe
@@ -165,7 +165,7 @@ def test_scmos_from_config_maps_follow_the_map_seed() -> None:
     a1 = camera_from_config(cfg_a.camera, (32, 40))
     a2 = camera_from_config(cfg_a.camera, (32, 40))
     b = camera_from_config(cfg_b.camera, (32, 40))
-    assert isinstance(a1, SCMOS) and a1.offset_map.shape == (32, 40)
+    assert a1.model == "scmos" and a1.offset_map.shape == (32, 40)
     assert np.array_equal(a1.offset_map, a2.offset_map) and np.array_equal(a1.gain_map, a2.gain_map)
     assert not np.array_equal(a1.offset_map, b.offset_map)
     # The maps are drawn around the configured values with the configured spreads.
@@ -174,7 +174,7 @@ def test_scmos_from_config_maps_follow_the_map_seed() -> None:
     assert abs(a1.offset_map.mean() - cam_cfg.baseline_adu) < Z * cam_cfg.scmos_offset_sigma_adu / np.sqrt(n)
     gain_sd = cam_cfg.e_per_adu * cam_cfg.scmos_gain_sigma
     assert abs(a1.gain_map.mean() - cam_cfg.e_per_adu) < Z * gain_sd / np.sqrt(n)
-    model = a1.model()
+    model = a1
     assert model.model == "scmos" and model.em_gain == 1.0 and model.qe == cam_cfg.qe
 
 
@@ -182,6 +182,6 @@ def test_emccd_from_config_carries_every_setting() -> None:
     cfg = config.load(overrides=["camera.em_gain=250", "camera.e_per_adu=12.5", "camera.qe=0.95",
                                  "camera.baseline_adu=400", "camera.pixel_size_nm=117"])
     cam = camera_from_config(cfg.camera, (8, 8))
-    model = cam.model()
+    model = cam
     assert (model.model, model.em_gain, model.e_per_adu, model.qe, model.baseline_adu, model.pixel_size_nm) \
         == ("emccd", 250.0, 12.5, 0.95, 400.0, 117.0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rtsmlm import config
+from rtsmlm.core import config
 from rtsmlm.sim import Simulator
 from rtsmlm.sim.photophysics import BLEACHED, OFF, ON, Photophysics, activation_rate_for_density
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rtsmlm import config
+from rtsmlm.core import config
 from rtsmlm.sim.psf import AstigmaticPSF, GaussianPSF, psf_from_config
 
 PATCH_HALF_WIDTH_SIGMA = 4.5

@@ -12,9 +12,9 @@ import pytest
 from scipy import stats
 from scipy.cluster.hierarchy import fcluster, linkage
 
-from rtsmlm import config
+from rtsmlm.core import config
 from rtsmlm.sim import structures
-from rtsmlm.sim.drift import DriftTrajectory
+from rtsmlm.sim.drift import SimulatedDrift
 
 Z = 5.0
 EXTENT = (6400.0, 6400.0)  # (height, width) nm: 64 px of 100 nm
@@ -149,17 +149,17 @@ def drift_cfg(**overrides: object) -> config.DriftSimConfig:
 
 def test_drift_starts_at_zero_and_is_deterministic_by_seed() -> None:
     cfg = drift_cfg()
-    a = DriftTrajectory(cfg, seed=5).at(np.arange(6000))
+    a = SimulatedDrift(cfg, seed=5).at(np.arange(6000))
     assert a.shape == (6000, 2)
     assert np.array_equal(a[0], [0.0, 0.0])
-    assert np.array_equal(DriftTrajectory(cfg, seed=5).at(0), [0.0, 0.0])
+    assert np.array_equal(SimulatedDrift(cfg, seed=5).at(0), [0.0, 0.0])
     # Same seed, any order of queries (and across the generator's internal chunks): the same path.
-    late_first = DriftTrajectory(cfg, seed=5)
+    late_first = SimulatedDrift(cfg, seed=5)
     tail = late_first.at(np.arange(5000, 6000))
     head = late_first.at(np.arange(5000))
     assert np.array_equal(np.concatenate([head, tail]), a)
-    assert not np.array_equal(DriftTrajectory(cfg, seed=6).at(np.arange(100)), a[:100])
-    off = DriftTrajectory(config.DriftSimConfig(enabled=False), seed=5).at(np.arange(50))
+    assert not np.array_equal(SimulatedDrift(cfg, seed=6).at(np.arange(100)), a[:100])
+    off = SimulatedDrift(config.DriftSimConfig(enabled=False), seed=5).at(np.arange(50))
     assert np.all(off == 0.0)
 
 
@@ -167,7 +167,7 @@ def test_drift_steps_are_the_configured_random_walk() -> None:
     """With only the random walk on, frame-to-frame steps are Gaussian with the configured sd."""
     sigma = 0.7
     cfg = drift_cfg(random_walk_nm_per_frame=sigma, sinusoid_amplitude_nm=0.0, linear_nm_per_frame=0.0)
-    steps = np.diff(DriftTrajectory(cfg, seed=1).at(np.arange(20_001)), axis=0).ravel()
+    steps = np.diff(SimulatedDrift(cfg, seed=1).at(np.arange(20_001)), axis=0).ravel()
     n = len(steps)
     assert abs(steps.mean()) < Z * sigma / np.sqrt(n)
     # n·s²/σ² ~ chi²(n): sd of s²/σ² is sqrt(2/n).
@@ -178,7 +178,7 @@ def test_drift_without_random_walk_is_smooth_and_follows_sinusoid_plus_creep() -
     amplitude, period, creep = 150.0, 2000.0, 0.05
     cfg = drift_cfg(random_walk_nm_per_frame=0.0, sinusoid_amplitude_nm=amplitude,
                     sinusoid_period_frames=period, linear_nm_per_frame=creep)
-    d = DriftTrajectory(cfg, seed=2).at(np.arange(5000))
+    d = SimulatedDrift(cfg, seed=2).at(np.arange(5000))
     step = np.hypot(*np.diff(d, axis=0).T)
     # Speed bound: the sinusoid moves at most A·2π/T per frame on each axis, the creep |v|.
     assert step.max() <= np.sqrt(2) * amplitude * 2 * np.pi / period + abs(creep) + 1e-9

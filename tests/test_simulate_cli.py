@@ -1,4 +1,4 @@
-"""``rtsmlm simulate`` through ``rtsmlm.cli.main``: the files, their metadata, and that they agree.
+"""``rtsmlm simulate`` through ``rtsmlm.cli.main.main``: the files, their metadata, and that they agree.
 
 The movie must open in tifffile/Fiji calibrated, the ground truth must explain the movie (its emitters
 sit on the bright pixels, with the brightness the camera model predicts), and the truth of fixed
@@ -17,8 +17,8 @@ import pytest
 import tifffile
 from scipy import stats
 
-from rtsmlm import config
-from rtsmlm.cli import main
+from rtsmlm.cli.main import main
+from rtsmlm.core import config
 from rtsmlm.sim import Simulator
 from rtsmlm.sim.camera import camera_from_config
 from rtsmlm.sim.psf import psf_from_config
@@ -80,7 +80,7 @@ def test_movie_opens_in_tifffile_as_a_calibrated_imagej_stack(run_dir: Path) -> 
     assert info["pixel_size_nm"] == PIXEL_NM
     camera = info["metadata"]["camera"]
     cfg = run_config(run_dir)
-    expected_camera = camera_from_config(cfg.camera, (SIZE, SIZE)).model().describe()
+    expected_camera = camera_from_config(cfg.camera, (SIZE, SIZE)).describe()
     assert camera == json.loads(json.dumps(expected_camera))
     assert camera["model"] == "emccd" and camera["pixel_size_nm"] == PIXEL_NM
     # The file is the acquisition simulation.json describes: regenerating it gives the same pixels.

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rtsmlm import config
+from rtsmlm.acquisition.simulated import LASER_DEVICE, LASER_PROPERTY, SimulatedCamera
+from rtsmlm.acquisition.source import Control, Source, SourceError
+from rtsmlm.core import config
 from rtsmlm.sim import Simulator
-from rtsmlm.sources.base import Control, Source, SourceError
-from rtsmlm.sources.simulated import LASER_DEVICE, LASER_PROPERTY, SimulatedCamera
 
 JOIN_S = 30.0
 

@@ -16,10 +16,18 @@ import numpy as np
 import pytest
 import zmq
 
-from rtsmlm.config import StreamConfig, from_dict
-from rtsmlm.locs import LOC_DTYPE, LocalizationStream, concat
-from rtsmlm.stream import (SCHEMA, SCHEMA_VERSION, Publisher, StreamError, Subscriber, is_local_address,
-                           listen_main, subscribe)
+from rtsmlm.cli.listen import listen_main
+from rtsmlm.core.config import StreamConfig, from_dict
+from rtsmlm.core.locs import LOC_DTYPE, LocalizationStream, concat
+from rtsmlm.outputs.stream import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    Publisher,
+    StreamError,
+    Subscriber,
+    is_local_address,
+    subscribe,
+)
 
 ANY_PORT = "tcp://127.0.0.1:*"
 GUARD_S = 30.0  # generous guard against a hung test on a loaded 2-core machine
@@ -176,7 +184,7 @@ def test_sequence_gaps_and_foreign_messages_are_counted_not_fatal(caplog):
                                "run_id": "r", "seq": 0}).encode()],
     ]
     try:
-        with caplog.at_level(logging.WARNING, logger="rtsmlm.stream"), Subscriber(address) as sub:
+        with caplog.at_level(logging.WARNING, logger="rtsmlm.outputs.stream"), Subscriber(address) as sub:
             assert raw.poll(int(GUARD_S * 1000))  # the subscription reached the publisher
             raw.recv()
             for parts in malformed:
@@ -205,7 +213,7 @@ def test_port_in_use_is_a_clear_error_or_moves_to_the_next_port(caplog):
         taken = first.address
         with pytest.raises(StreamError, match="already in use"):
             publisher(address=taken)
-        with caplog.at_level(logging.WARNING, logger="rtsmlm.stream"):
+        with caplog.at_level(logging.WARNING, logger="rtsmlm.outputs.stream"):
             with publisher(address=taken, on_port_in_use="next") as second:
                 assert second.address != taken
                 assert int(second.address.rsplit(":", 1)[1]) > int(taken.rsplit(":", 1)[1])
@@ -322,12 +330,12 @@ def free_port() -> int:
 def test_a_real_run_streams_every_batch_in_order_identical_to_the_written_file(tmp_path):
     """Simulated camera → ring → default model on CPU → localization stream → file writer and ZeroMQ
     publisher on their own threads (the pipeline's real consumers); a subscriber on loopback."""
-    from rtsmlm.infer.backends import open_backend
-    from rtsmlm.infer.localizer import StreamingLocalizer
+    from rtsmlm.engine.pipeline import Pipeline
+    from rtsmlm.engine.run import PublisherConsumer, open_source
     from rtsmlm.io.locfiles import read_locs
-    from rtsmlm.outputs import LOCS_CSV, LocalizationFiles
-    from rtsmlm.pipeline import Pipeline
-    from rtsmlm.run import PublisherConsumer, open_source
+    from rtsmlm.localization.backends import open_backend
+    from rtsmlm.localization.localizer import StreamingLocalizer
+    from rtsmlm.outputs.files import LOCS_CSV, LocalizationFiles
 
     address = f"tcp://127.0.0.1:{free_port()}"
     cfg = from_dict({"sim": {"size": 32, "density": 1.0, "seed": 7}, "source": {"max_frames": 80},
@@ -365,7 +373,7 @@ def test_a_real_run_streams_every_batch_in_order_identical_to_the_written_file(t
 
 def test_listen_csv_survives_a_schema_change_with_a_message(tmp_path, capsys):
     """A later batch lacks a column of the first (left empty) or adds one (not written): no crash."""
-    from rtsmlm.locs import LocBatch
+    from rtsmlm.core.locs import LocBatch
 
     rng = np.random.default_rng(7)
     full = random_locs(rng, 3, 0, 3)

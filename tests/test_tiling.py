@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from rtsmlm.infer.backends.torch_backend import TorchBackend
-from rtsmlm.infer.localizer import StreamingLocalizer, localize_movie
-from rtsmlm.infer.tiling import bytes_per_pixel, choose_sizes, make_plan, receptive_radius
-from rtsmlm.model import checkpoint
-from rtsmlm.model.data import Scales
-from rtsmlm.model.net import DecodeNet
-from rtsmlm.sources.base import CameraModel
-
+from rtsmlm.acquisition.source import CameraModel
+from rtsmlm.localization import checkpoint
+from rtsmlm.localization.backends.torch_backend import TorchBackend
+from rtsmlm.localization.localizer import StreamingLocalizer, localize_movie
+from rtsmlm.localization.net import DecodeNet
+from rtsmlm.localization.tiling import bytes_per_pixel, choose_sizes, make_plan, receptive_radius
+from rtsmlm.training.data import Scales
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-from rtsmlm.cli import main
-from rtsmlm.model.checkpoint import load
+from rtsmlm.cli.main import main
+from rtsmlm.localization.checkpoint import load
 
 TINY = ["--set", "train.batch_size=2", "--set", "train.val_samples=4", "--set", "train.checkpoint_every=1",
         "--set", "train.patch_size=16", "--quiet"]
@@ -42,7 +42,7 @@ def test_fine_tuning_starts_from_a_checkpoint_with_its_architecture_and_scales(t
     """`rtsmlm train --init default`: the shipped model's weights, width and scales, the config's data."""
     import torch
 
-    from rtsmlm.model.checkpoint import load as load_ckpt
+    from rtsmlm.localization.checkpoint import load as load_ckpt
 
     prefix = tmp_path / "tuned"
     # A config asking for another width: the initial model's architecture wins.

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from rtsmlm.core.errors import RtsmlmError
 
-class GuiUnavailableError(RuntimeError):
+
+class GuiUnavailableError(RtsmlmError, RuntimeError):
     """PyQt5 or pyqtgraph (or a system library Qt needs) is not installed."""
 
 
 def require_qt() -> tuple[Any, Any, Any, Any]:
     """Import and return ``(QtCore, QtGui, QtWidgets, pyqtgraph)``, or say what to install."""
     try:
-        from PyQt5 import QtCore, QtGui, QtWidgets
         import pyqtgraph
+        from PyQt5 import QtCore, QtGui, QtWidgets
     except ImportError as e:
         raise GuiUnavailableError(
             f"the live view needs PyQt5 and pyqtgraph (pip install 'rtsmlm[gui]'; on Linux also the "

@@ -33,16 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from rtsmlm.config import Config
-from rtsmlm.run import final_line, signal_name, stop_signals
+from rtsmlm.core.config import Config
+from rtsmlm.engine.run import final_line, signal_name, stop_signals
 from rtsmlm.gui import require_qt
 from rtsmlm.gui.display import DisplayWorker, LiveView, SRView, nice_ceil, percentile_levels, to_uint8
 from rtsmlm.gui.session import FAILED, FINISHED, IDLE, RUNNING, STARTING, STOPPING, LiveSession
 
 QtCore, QtGui, QtWidgets, pg = require_qt()
 
-from rtsmlm.gui.widgets import (ACCENT, COLORMAPS, ScaleBar, TimedGraphicsWidget,  # noqa: E402
-                                apply_dark_theme, lookup_table)
+from rtsmlm.gui.widgets import ACCENT, COLORMAPS, ScaleBar, TimedGraphicsWidget, apply_dark_theme, lookup_table  # noqa: E402
 
 log = logging.getLogger("rtsmlm.gui")
 
@@ -694,7 +693,7 @@ def open_live_window(cfg: Config, *, realtime: bool = False, run: Any = None, au
     """Build the run (unless given), open the window on it and (by default) start acquisition."""
     ensure_app()
     if run is None:
-        from rtsmlm.run import build_run
+        from rtsmlm.engine.run import build_run
 
         run = build_run(cfg, realtime=realtime)
     session = LiveSession(cfg, realtime=realtime, run=run)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rtsmlm.render import pool
+from rtsmlm.analysis.render import pool
 
 __all__ = [
     "CameraView",
@@ -213,7 +213,7 @@ def series_from_stats(history: list[dict[str, Any]], drift: tuple[np.ndarray, np
 
 
 class DisplayWorker:
-    """A thread that prepares :class:`LiveView` records from a running :class:`rtsmlm.run.Run`.
+    """A thread that prepares :class:`LiveView` records from a running :class:`rtsmlm.engine.run.Run`.
 
     It never touches a Qt object. The GUI thread calls :meth:`latest` from its refresh timer and gets
     the newest complete record (or the same one again if nothing changed). Settings (:meth:`set_percentile`)
@@ -223,7 +223,7 @@ class DisplayWorker:
     def __init__(self, run: Any, *, refresh_hz: float = 20.0, percentile: float = 99.5,
                  render_percentile: float | None = None, camera_percentiles: tuple[float, float] = (0.5, 99.9),
                  max_px: int = DISPLAY_MAX_PX, camera_hz: float = 10.0, sr_hz: float = 5.0) -> None:
-        """``run`` is an :class:`rtsmlm.run.Run` (pipeline, render). ``render_percentile`` is the
+        """``run`` is an :class:`rtsmlm.engine.run.Run` (pipeline, render). ``render_percentile`` is the
         percentile the renderer already maps its ``display`` image at; when the requested percentile is
         the same, that image is used as is instead of mapping the float image again.
 

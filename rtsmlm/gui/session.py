@@ -1,6 +1,6 @@
 """The run behind the live window: start, stop, drain and finish it without blocking the GUI thread.
 
-A :class:`LiveSession` holds the current :class:`rtsmlm.run.Run`. :meth:`LiveSession.start` starts its
+A :class:`LiveSession` holds the current :class:`rtsmlm.engine.run.Run`. :meth:`LiveSession.start` starts its
 pipeline and a supervisor thread that does what ``rtsmlm run`` does in its main loop: wait until the
 pipeline has drained (source ended or :meth:`LiveSession.stop` called), then ``run.finish()``, which lets
 every consumer flush and writes ``summary.json``. The GUI polls :attr:`LiveSession.state` from its
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rtsmlm.config import Config, replace, to_dict
+from rtsmlm.core.config import Config, replace, to_dict
 
 log = logging.getLogger("rtsmlm.gui")
 
@@ -41,10 +41,10 @@ class LiveSession:
 
     def __init__(self, cfg: Config, *, realtime: bool = False, run: Any = None,
                  build: Callable[..., Any] | None = None) -> None:
-        """``run``: an already built (not started) :class:`rtsmlm.run.Run` for the first acquisition;
-        without it the first :meth:`start` builds one. ``build`` defaults to :func:`rtsmlm.run.build_run`."""
+        """``run``: an already built (not started) :class:`rtsmlm.engine.run.Run` for the first acquisition;
+        without it the first :meth:`start` builds one. ``build`` defaults to :func:`rtsmlm.engine.run.build_run`."""
         if build is None:
-            from rtsmlm.run import build_run as build
+            from rtsmlm.engine.run import build_run as build
         self.cfg = cfg
         self.realtime = realtime
         self._build = build

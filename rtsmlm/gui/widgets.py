@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
+from rtsmlm.analysis.render import COLORMAPS
 from rtsmlm.gui import require_qt
 from rtsmlm.gui.display import format_length, nice_length
-from rtsmlm.render import COLORMAPS
 
 QtCore, QtGui, QtWidgets, pg = require_qt()
 

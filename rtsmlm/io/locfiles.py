@@ -1,7 +1,7 @@
 """Localization files: rtsmlm CSV, ThunderSTORM CSV and Picasso HDF5, read and written (also live).
 
 Inside rtsmlm a localization table is a structured array with the columns of
-:data:`rtsmlm.locs.LOC_DTYPE` (nm, origin at the top-left corner of the top-left pixel, 0-based frames;
+:data:`rtsmlm.core.locs.LOC_DTYPE` (nm, origin at the top-left corner of the top-left pixel, 0-based frames;
 drift-corrected tables add ``x_dc``, ``y_dc``). Other conventions are converted here, at the edge:
 
 * **rtsmlm CSV** — a header line with the table's column names (``frame,x,y,z,photons,bg,sigma_x,...``),
@@ -40,7 +40,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from rtsmlm.locs import DRIFT_COLUMNS, LOC_DTYPE, LOC_DTYPE_DC
+from rtsmlm.core.errors import RtsmlmError
+from rtsmlm.core.locs import DRIFT_COLUMNS, LOC_DTYPE, LOC_DTYPE_DC
+from rtsmlm.io.paths import check_new_file
 
 __all__ = [
     "LocFileError",
@@ -58,7 +60,7 @@ __all__ = [
 ]
 
 
-class LocFileError(ValueError):
+class LocFileError(RtsmlmError, ValueError):
     """A localization file cannot be read or written; the message names the file and the problem."""
 
 
@@ -306,7 +308,7 @@ def _check_table(locs: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
     missing = [n for n in dtype.names if n not in names]
     if missing:
         raise LocFileError(f"{path}: the localization table lacks {', '.join(missing)} "
-                           f"(expected rtsmlm.locs.LOC_DTYPE{'_DC' if dtype == LOC_DTYPE_DC else ''})")
+                           f"(expected rtsmlm.core.locs.LOC_DTYPE{'_DC' if dtype == LOC_DTYPE_DC else ''})")
     return locs
 
 
@@ -427,13 +429,6 @@ def _write_yaml_atomically(path: Path, info: dict[str, Any]) -> None:
     os.replace(tmp, path)  # readers see the old or the new file, never half of one
 
 
-def _check_new_file(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise LocFileError(f"{path} already exists; pass overwrite=True (output.overwrite) to replace it")
-    if not path.parent.is_dir():
-        raise LocFileError(f"cannot write {path}: folder {path.parent} does not exist")
-
-
 # --------------------------------------------------------------------------------------------------
 # Streaming writers
 
@@ -481,7 +476,7 @@ class CsvLocWriter:
         if style not in ("rtsmlm", "thunderstorm"):
             raise LocFileError(f"{path}: CSV style {style!r} is not one of 'rtsmlm', 'thunderstorm'")
         if np.dtype(dtype) not in (LOC_DTYPE, LOC_DTYPE_DC):
-            raise LocFileError(f"{path}: dtype must be rtsmlm.locs.LOC_DTYPE or LOC_DTYPE_DC")
+            raise LocFileError(f"{path}: dtype must be rtsmlm.core.locs.LOC_DTYPE or LOC_DTYPE_DC")
         self.path = Path(path)
         self.style = style
         self.dtype = np.dtype(dtype)
@@ -490,7 +485,7 @@ class CsvLocWriter:
         self._pending: list[str] = []
         self._n_pending = 0
         self._n_written = 0
-        _check_new_file(self.path, overwrite)
+        check_new_file(self.path, overwrite)
         if style == "rtsmlm":
             header = ",".join(self.dtype.names)
         else:
@@ -594,14 +589,14 @@ class PicassoHdf5Writer:
         import h5py
 
         if np.dtype(dtype) not in (LOC_DTYPE, LOC_DTYPE_DC):
-            raise LocFileError(f"{path}: dtype must be rtsmlm.locs.LOC_DTYPE or LOC_DTYPE_DC")
+            raise LocFileError(f"{path}: dtype must be rtsmlm.core.locs.LOC_DTYPE or LOC_DTYPE_DC")
         if not (pixel_size_nm and pixel_size_nm > 0):
             raise LocFileError(f"{path}: pixel_size_nm must be positive, got {pixel_size_nm!r}")
         self.path = Path(path)
         self.yaml_path = picasso_yaml_path(self.path)
         if self.yaml_path == self.path:
             raise LocFileError(f"{path}: a Picasso file needs an .hdf5 suffix (its metadata goes to .yaml)")
-        _check_new_file(self.path, overwrite)
+        check_new_file(self.path, overwrite)
         self.dtype = np.dtype(dtype)
         self.pixel_size_nm = float(pixel_size_nm)
         self.psf_sigma_nm = psf_sigma_nm

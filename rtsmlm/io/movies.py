@@ -39,7 +39,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from rtsmlm.sources.base import SourceError
+from rtsmlm.core.errors import SourceError
+from rtsmlm.core.jsonio import to_jsonable
+from rtsmlm.io.paths import check_new_file
 
 __all__ = [
     "MovieReader",
@@ -79,7 +81,7 @@ class MovieReader:
     ``shape`` is (height, width) = (rows, columns) = (y, x); ``dtype`` is native byte order;
     ``pixel_size_nm`` is None when the file does not say; ``metadata`` holds what the file records
     besides the pixels (camera settings when present, under the field names of
-    :class:`rtsmlm.sources.base.CameraModel` for files this package wrote). ``recovered`` is True when
+    :class:`rtsmlm.acquisition.source.CameraModel` for files this package wrote). ``recovered`` is True when
     the file is the remains of a writer that was killed and the frames were recovered from it.
     Reads are thread-safe; every :meth:`read` returns a new array the caller owns.
     """
@@ -151,7 +153,7 @@ def open_movie(path: str | os.PathLike[str]) -> MovieReader:
     """Open a movie file for reading; the format follows the file name (see the module docstring).
 
     A ``.yaml`` or ``.inf`` sidecar path opens its ``.raw`` or ``.dax`` movie. Raises
-    :class:`~rtsmlm.sources.base.SourceError` with one sentence naming the file and the problem when the
+    :class:`~rtsmlm.acquisition.source.SourceError` with one sentence naming the file and the problem when the
     file is missing, unreadable, truncated or inconsistent with its header.
     """
     p = Path(path)
@@ -606,24 +608,10 @@ def _jsonable(metadata: dict[str, Any] | None, where: str) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         raise TypeError(f"{where}: metadata must be a dict, got {type(metadata).__name__}")
 
-    def convert(obj: Any) -> Any:
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-        if isinstance(obj, os.PathLike):
-            return os.fspath(obj)
-        raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
-
     try:
-        return json.loads(json.dumps(metadata, default=convert))
+        return to_jsonable(metadata, strict=True)
     except (TypeError, ValueError) as e:
         raise TypeError(f"{where}: metadata cannot be stored ({e})") from None
-
-
-def _check_new_file(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: file exists (pass overwrite=True to replace it)")
 
 
 def _pixel_size(value: float | None, where: str) -> float | None:
@@ -661,7 +649,7 @@ def write_tiff_movie(path: str | os.PathLike[str], frames: np.ndarray | Sequence
     import tifffile
 
     p = Path(path)
-    _check_new_file(p, overwrite)
+    check_new_file(p, overwrite)
     px = _pixel_size(pixel_size_nm, str(p))
     md = _jsonable(metadata, str(p))
     if isinstance(frames, np.ndarray):
@@ -743,7 +731,7 @@ class _StreamingWriter:
         self._n = 0
         self._n_flushed = 0
         self._closed = False
-        _check_new_file(self.path, overwrite)
+        check_new_file(self.path, overwrite)
 
     @property
     def frames_written(self) -> int:
@@ -793,7 +781,7 @@ class RawMovieWriter(_StreamingWriter):
         clash = [k for k in self.metadata if k in _PICASSO_KEYS or k in _PICASSO_PIXEL_KEYS]
         if clash:
             raise ValueError(f"{self.path}: metadata key {clash[0]!r} is reserved by the Picasso header")
-        _check_new_file(self.sidecar, overwrite)
+        check_new_file(self.sidecar, overwrite)
         self._fh = open(self.path, "wb")
 
     def append(self, frame: np.ndarray) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 
-class DriftTrajectory:
+class SimulatedDrift:
     """Drift generated on demand, deterministic by seed, for any number of frames."""
 
     _CHUNK = 4096

@@ -97,7 +97,7 @@ class AstigmaticPSF:
 
 
 def psf_from_config(psf_cfg, pixel_size_nm: float) -> PSF:
-    """Build the PSF a :class:`rtsmlm.config.PSFConfig` describes."""
+    """Build the PSF a :class:`rtsmlm.core.config.PSFConfig` describes."""
     sigma_px = psf_cfg.sigma_nm / pixel_size_nm
     if psf_cfg.model == "gaussian":
         return GaussianPSF(sigma_px)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from rtsmlm.config import Config
-from rtsmlm.sim import structures
+import rtsmlm.sim.structures as structures
+from rtsmlm.core.config import Config
 from rtsmlm.sim.camera import camera_from_config
-from rtsmlm.sim.drift import DriftTrajectory
+from rtsmlm.sim.drift import SimulatedDrift
 from rtsmlm.sim.photophysics import Photophysics, activation_rate_for_density
 from rtsmlm.sim.psf import psf_from_config
 
@@ -62,7 +62,7 @@ class Simulator:
                                           np.zeros(sim.fiducials)])
         self.psf = psf_from_config(cfg.psf, self.pixel_size_nm)
         self.camera = camera_from_config(cfg.camera, self.shape)
-        self.drift = DriftTrajectory(sim.drift, self.seed + 7919)
+        self.drift = SimulatedDrift(sim.drift, self.seed + 7919)
         if sim.bg_structured:
             self.background = smooth_background(self.rng, self.shape, sim.bg_photons)
         else:

@@ -82,7 +82,7 @@ def rings(rng: np.random.Generator, extent_nm: tuple[float, float], rings_per_um
 
 def from_config(rng: np.random.Generator, sim_cfg, extent_nm: tuple[float, float],
                 z_range_nm: float = 0.0) -> np.ndarray:
-    """The structure a :class:`rtsmlm.config.SimConfig` names."""
+    """The structure a :class:`rtsmlm.core.config.SimConfig` names."""
     if sim_cfg.structure == "uniform":
         return uniform(rng, extent_nm, sim_cfg.labels_per_um2, z_range_nm)
     if sim_cfg.structure == "filaments":

@@ -1,0 +1,7 @@
+"""``python -m rtsmlm``: the ``rtsmlm`` command."""
+
+import sys
+
+from rtsmlm.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,340 @@
+"""The live super-resolution image of a run: online drift correction + incremental rendering + FRC.
+
+A pipeline consumer (its own thread). Each localization batch feeds the online drift estimator; the
+batch is rendered with the current drift estimate into the canvas and into one of two half-canvases
+(even/odd drift blocks) for the Fourier ring correlation. When the drift estimate moves by more than a
+fraction of an SR pixel, the canvas is re-rendered from all stored localizations. The live view pulls
+:meth:`RenderConsumer.snapshot`; at the end of the run the global drift refinement is written to
+``drift.csv``, the localization files are rewritten with ``x_dc``/``y_dc``, and the final image goes to
+``render.tif`` (32-bit, pixel size in the metadata) and ``render.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtsmlm.core.config import Config
+from rtsmlm.core.locs import LOC_DTYPE, LocBatch, concat
+
+log = logging.getLogger("rtsmlm.analysis.render")
+
+MAX_CANVAS_SIDE = 8192
+"""Largest side of the SR canvas in pixels (three float32 maps of 8192²: 0.8 GB)."""
+
+RENDER_TIF = "render.tif"
+RENDER_PNG = "render.png"
+DRIFT_CSV = "drift.csv"
+_DISPLAY_MAX_PX = 1024  # the display image is downsampled to at most this size (pyqtgraph cost)
+
+
+@dataclass(frozen=True)
+class RenderSnapshot:
+    """What the live view shows; built on the consumer's thread, read on the GUI thread."""
+
+    image: np.ndarray  # float32 SR image (drift-corrected)
+    display: np.ndarray  # uint8, contrast-mapped, possibly downsampled
+    pixel_nm: float  # SR pixel size of ``display``
+    n_locs: int
+    drift_frames: np.ndarray
+    drift_dx: np.ndarray
+    drift_dy: np.ndarray
+    frc_nm: float | None
+
+
+def to_display(image: np.ndarray, percentile: float, max_px: int = _DISPLAY_MAX_PX) -> tuple[np.ndarray, int]:
+    """Downsample (sum-pool) to at most ``max_px`` and map to uint8 at the given upper percentile."""
+    from rtsmlm.analysis.render import pool
+
+    image, f = pool(image, max_px, "sum")
+    nz = image[image > 0]
+    top = float(np.percentile(nz, percentile)) if nz.size else 1.0
+    scaled = np.clip(image * (255.0 / max(top, 1e-12)), 0, 255)
+    return scaled.astype(np.uint8), f
+
+
+class RenderConsumer:
+    name = "render"
+    critical = False  # the image can always be re-rendered from the saved localizations
+
+    def __init__(self, cfg: Config, out_dir: Path | None, camera_pixel_nm: float, shape: tuple[int, int]) -> None:
+        from rtsmlm.analysis.drift import OnlineDrift
+        from rtsmlm.analysis.render import Canvas
+
+        _check_colormap(cfg.gui.colormap)
+        self.cfg = cfg
+        self.out_dir = out_dir
+        self.extent_nm = (shape[0] * camera_pixel_nm, shape[1] * camera_pixel_nm)
+        self.drift = OnlineDrift(cfg.drift, self.extent_nm) if cfg.drift.enabled else None
+        # Even/odd drift blocks alternate between the canvas halves (independent halves for the FRC).
+        self._canvas_args = dict(mode=cfg.render.mode, min_sigma_nm=cfg.render.min_sigma_nm,
+                                 max_sigma_nm=cfg.render.max_sigma_nm,
+                                 half_block_frames=cfg.drift.block_frames)
+        # The canvas (and its two FRC halves) must fit in memory: a 4096² camera at 10 nm SR pixels would
+        # be 40960² pixels (20 GB). Coarser SR pixels keep it at MAX_CANVAS_SIDE per side.
+        self.pixel_nm = max(cfg.render.pixel_size_nm, max(self.extent_nm) / MAX_CANVAS_SIDE)
+        if self.pixel_nm > cfg.render.pixel_size_nm:
+            log.warning("render: %.1f nm SR pixels instead of render.pixel_size_nm = %g for a %.0f µm field "
+                        "(the image is at most %d pixels a side)", self.pixel_nm, cfg.render.pixel_size_nm,
+                        max(self.extent_nm) / 1e3, MAX_CANVAS_SIDE)
+        self.canvas = Canvas(self.extent_nm, self.pixel_nm, **self._canvas_args)
+        # Every localization of the run, for re-rendering and the final drift-corrected files: spilled to
+        # an anonymous temporary file so memory stays flat over an unbounded run; the recent ones are
+        # also kept in memory for redrawing what a drift update moves.
+        self._store = LocSpill()
+        self._lock = threading.Lock()
+        self._snapshot: RenderSnapshot | None = None
+        self._dirty = False
+        self._wanted = False
+        self._last_snapshot_t = 0.0
+        self._last_frc_t = time.perf_counter()
+        self._frc_nm: float | None = None
+        self._pending_settings: dict[str, Any] = {}
+
+    # -------------------------------------------------------------------------------- settings
+
+    def set_pixel_nm(self, nm: float) -> None:
+        """Change the SR pixel size (applied on the consumer's thread by a re-render)."""
+        with self._lock:
+            self._pending_settings["pixel_nm"] = max(float(nm), max(self.extent_nm) / MAX_CANVAS_SIDE)
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in ("histogram", "gaussian"):
+            raise ValueError(f"render mode must be 'histogram' or 'gaussian', got {mode!r}")
+        with self._lock:
+            self._pending_settings["mode"] = mode
+
+    # -------------------------------------------------------------------------------- consumer
+
+    def start(self, run: dict[str, Any]) -> None:
+        pass
+
+    def _corrected(self, locs: np.ndarray) -> np.ndarray:
+        if self.drift is None:
+            from rtsmlm.core.locs import with_drift_columns
+
+            return with_drift_columns(locs)
+        return self.drift.correct(locs)
+
+    def rerender(self) -> None:
+        """Rebuild the canvas from every stored localization with the current drift and settings."""
+        with self._lock:
+            settings, self._pending_settings = self._pending_settings, {}
+        if "pixel_nm" in settings:
+            self.pixel_nm = settings["pixel_nm"]
+        if "mode" in settings:
+            self._canvas_args["mode"] = settings["mode"]
+        if settings:
+            from rtsmlm.analysis.render import Canvas
+
+            self.canvas = Canvas(self.extent_nm, self.pixel_nm, **self._canvas_args)
+        self.canvas.rerender(self._corrected(self._store.all()))
+        self._dirty = True
+
+    def on_batch(self, batch: LocBatch) -> None:
+        locs = batch.locs
+        self._store.append(locs)
+        changed = False
+        if self.drift is not None and not batch.late:
+            # Catch-up batches (old frames, after the acquisition) are corrected with the estimate the
+            # live frames built; the final drift is refined over every localization in finish().
+            changed = self.drift.add(locs, batch.last_frame)
+        if self._pending_settings:
+            self.rerender()
+        else:
+            if changed:
+                self._redraw_stale()
+            if len(locs):
+                self.canvas.add(self._corrected(locs))
+        self._dirty = True
+        self._maybe_publish()
+
+    def _redraw_stale(self) -> None:
+        """Move the localizations whose drift correction changed by more than half an SR pixel: take
+        them off the canvas as they were drawn and draw them again with the new estimate (far cheaper
+        than re-rendering everything, since usually only recent frames move)."""
+        stale = self.drift.stale_frames(0.5 * self.pixel_nm)
+        if not len(stale):
+            return
+        lo, hi = int(stale.min()), int(stale.max())
+        # Every stored batch but the newest (not drawn yet) whose frames overlap the stale range.
+        drawn = self._store.frames_between(lo, hi, skip_newest=True)
+        moved = drawn[np.isin(drawn["frame"], stale)]
+        if len(moved):
+            self.canvas.add(self.drift.as_applied(moved), weight=-1.0)
+            self.canvas.add(self.drift.correct(moved))
+
+    def on_tick(self) -> None:
+        if self._pending_settings:
+            self.rerender()
+        now = time.perf_counter()
+        if now - self._last_frc_t >= self.cfg.render.frc_interval_s:
+            self._last_frc_t = now
+            self._frc_nm = self.frc()
+        self._maybe_publish()
+
+    def _maybe_publish(self) -> None:
+        """Build a new snapshot only when a viewer asked for one since the last, at most 5 times a
+        second: a headless run pays nothing for the live view."""
+        if self._dirty and self._wanted and time.perf_counter() - self._last_snapshot_t >= 0.2:
+            self._publish_snapshot()
+
+    def on_stats(self, stats: dict[str, Any]) -> None:
+        pass
+
+    def frc(self) -> float | None:
+        """FRC resolution (nm) of the two half images, None while it cannot be read off the curve."""
+        from rtsmlm.analysis.frc import frc
+
+        a, b = self.canvas.halves
+        if not (a.any() and b.any()):
+            return None
+        res = frc(a, b, self.pixel_nm).resolution_nm
+        return float(res) if np.isfinite(res) else None
+
+    def _publish_snapshot(self) -> None:
+        image = self.canvas.image.copy()
+        display, f = to_display(image, self.cfg.gui.contrast_percentile)
+        blocks = self.drift.block_estimates() if self.drift is not None else None
+        if blocks is not None and len(blocks):
+            frames, dx, dy = blocks.centre_frame, blocks.dx, blocks.dy
+        else:
+            frames = dx = dy = np.empty(0)
+        snap = RenderSnapshot(image, display, self.pixel_nm * f, self._store.n,
+                              np.asarray(frames), np.asarray(dx), np.asarray(dy), self._frc_nm)
+        with self._lock:
+            self._snapshot = snap
+            self._wanted = False
+        self._dirty = False
+        self._last_snapshot_t = time.perf_counter()
+
+    def snapshot(self) -> RenderSnapshot | None:
+        """The latest rendered state (thread-safe; None before the first one is built). Calling it asks
+        the consumer's thread to build a fresh one."""
+        with self._lock:
+            self._wanted = True
+            return self._snapshot
+
+    # -------------------------------------------------------------------------------- finish
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        locs = self._store.all()
+        info: dict[str, Any] = {"sr_pixel_nm": self.pixel_nm, "mode": self._canvas_args["mode"]}
+        if self.drift is not None and len(locs):
+            n_frames = int(locs["frame"].max()) + 1
+            traj = self.drift.finalize(locs, n_frames)
+            info["drift"] = {"max_abs_nm": float(np.max(np.hypot(traj.dx, traj.dy))) if len(traj.dx) else 0.0,
+                             "fiducials": self.drift.fiducials.describe()}
+            if self.out_dir is not None:
+                from rtsmlm.io.tables import write_drift_csv
+
+                write_drift_csv(self.out_dir / DRIFT_CSV, traj.frames, traj.dx, traj.dy)
+                info["drift"]["file"] = DRIFT_CSV
+                self._rewrite_locs(self.drift.correct(locs), summary)
+        self.rerender()
+        self._frc_nm = self.frc()
+        info["frc_resolution_nm"] = self._frc_nm
+        self._publish_snapshot()
+        if self.out_dir is not None and len(locs):
+            self._write_images()
+            info["files"] = [RENDER_TIF, RENDER_PNG]
+        summary["render"] = info
+
+    def _rewrite_locs(self, corrected: np.ndarray, summary: dict[str, Any]) -> None:
+        """Replace the streamed localization files by the drift-corrected table (atomic renames)."""
+        from rtsmlm.io.locfiles import write_csv, write_picasso_hdf5
+        from rtsmlm.outputs.files import LOCS_CSV, LOCS_HDF5
+
+        out = self.out_dir
+        shape = summary.get("source", {}).get("shape", [0, 0])
+        px = summary.get("source", {}).get("camera", {}).get("pixel_size_nm", self.cfg.camera.pixel_size_nm)
+        tmp_csv = out / (LOCS_CSV + ".dc.tmp")
+        write_csv(tmp_csv, corrected, self.cfg.output.csv_style, psf_sigma_nm=self.cfg.psf.sigma_nm,
+                  overwrite=True)
+        tmp_h5 = out / "localizations_dc.tmp.hdf5"
+        h5, yml = write_picasso_hdf5(tmp_h5, corrected, px, int(shape[1]), int(shape[0]),
+                                     psf_sigma_nm=self.cfg.psf.sigma_nm,
+                                     include_z=self.cfg.psf.model != "gaussian", overwrite=True)
+        tmp_csv.replace(out / LOCS_CSV)
+        Path(h5).replace(out / LOCS_HDF5)
+        Path(yml).replace(out / LOCS_HDF5.replace(".hdf5", ".yaml"))
+
+    def _write_images(self) -> None:
+        from rtsmlm.io.movies import write_tiff_movie
+
+        image = self.canvas.image.astype(np.float32)
+        write_tiff_movie(self.out_dir / RENDER_TIF, image[None], self.pixel_nm,
+                         {"content": "super-resolution render", "mode": self._canvas_args["mode"]},
+                         overwrite=True)
+        display, _ = to_display(image, self.cfg.gui.contrast_percentile, max_px=max(image.shape))
+        _write_png(self.out_dir / RENDER_PNG, display, self.cfg.gui.colormap)
+
+
+class LocSpill:
+    """Append-only localization table on an anonymous temporary file (gone when closed or when the
+    process dies), with the newest ``tail_locs`` rows also in memory."""
+
+    def __init__(self, tail_locs: int = 200_000) -> None:
+        import tempfile
+
+        self._fh = tempfile.TemporaryFile(prefix="rtsmlm-locs-")
+        self.n = 0
+        self._tail: list[np.ndarray] = []
+        self._tail_n = 0
+        self._tail_locs = tail_locs
+
+    def append(self, locs: np.ndarray) -> None:
+        self._fh.write(np.ascontiguousarray(locs, dtype=LOC_DTYPE).tobytes())
+        self.n += len(locs)
+        self._tail.append(locs)
+        self._tail_n += len(locs)
+        while len(self._tail) > 1 and self._tail_n - len(self._tail[0]) >= self._tail_locs:
+            self._tail_n -= len(self._tail.pop(0))
+
+    def all(self) -> np.ndarray:
+        """Every row so far (read back from the file: a transient copy)."""
+        self._fh.flush()
+        self._fh.seek(0)
+        out = np.fromfile(self._fh, dtype=LOC_DTYPE, count=self.n)
+        self._fh.seek(0, 2)
+        return out
+
+    def frames_between(self, lo: int, hi: int, *, skip_newest: bool = False) -> np.ndarray:
+        """Rows of frames lo..hi of every batch (but the newest with ``skip_newest``); from memory when the
+        in-memory tail reaches back far enough, else from the file."""
+        batches = self._tail[:-1] if skip_newest else self._tail
+        first_in_tail = next((int(b["frame"][0]) for b in batches if len(b)), None)
+        # The file only when rows older than the in-memory tail exist and may be wanted.
+        if self._tail_n < self.n and (first_in_tail is None or first_in_tail > lo):
+            table = self.all()
+            if skip_newest and self._tail:
+                table = table[: len(table) - len(self._tail[-1])]
+            return table[(table["frame"] >= lo) & (table["frame"] <= hi)]
+        return concat([b for b in batches if len(b) and b["frame"][-1] >= lo and b["frame"][0] <= hi])
+
+
+def _check_colormap(name: str) -> None:
+    """A colour map nobody knows is the user's typo: say so before the run, never silently use another."""
+    import matplotlib
+
+    if name not in matplotlib.colormaps:
+        from rtsmlm.analysis.render import COLORMAPS
+        from rtsmlm.core.config import ConfigError
+
+        known = ", ".join(COLORMAPS)
+        raise ConfigError(f"gui.colormap {name!r} is not a matplotlib colour map (for example {known})")
+
+
+def _write_png(path: Path, image_u8: np.ndarray, colormap: str) -> None:
+    """Colour-mapped PNG through matplotlib's image writer (no figure, no GUI backend)."""
+    import matplotlib
+    from matplotlib.image import imsave
+
+    cmap = matplotlib.colormaps[colormap]
+    imsave(path, image_u8, cmap=cmap, vmin=0, vmax=255)

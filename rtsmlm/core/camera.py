@@ -1,0 +1,91 @@
+"""The camera model shared by the simulator (photons → ADU) and the localizer (ADU → photons)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+ADU_MAX = 65535
+
+
+def _to_adu(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(values), 0, ADU_MAX).astype(np.uint16)
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    """The one camera model: how photons become counts (ADU) and back.
+
+    Forward (the simulator, :meth:`expose`): photons → photo-electrons (Poisson, ``qe``, plus spurious
+    charge) → EM register (gamma-distributed gain, EMCCD) → read noise → ADU (``e_per_adu``, baseline,
+    or the per-pixel sCMOS maps) → rounding and 16-bit clipping.
+    Inverse (the localizer, :meth:`to_photons`): photo-electrons = (ADU - baseline) * e_per_adu / em_gain;
+    photons = photo-electrons / qe. ``offset_map`` (ADU) / ``gain_map`` (e⁻/ADU) / ``variance_map``
+    (read-noise variance, ADU²) are per-pixel sCMOS maps when known (else None).
+    """
+
+    model: str = "emccd"  # "emccd" | "scmos"
+    pixel_size_nm: float = 100.0
+    baseline_adu: float = 100.0
+    e_per_adu: float = 45.0
+    em_gain: float = 100.0
+    qe: float = 1.0
+    read_noise_e: float = 74.4
+    exposure_ms: float = 10.0
+    offset_map: np.ndarray | None = None
+    gain_map: np.ndarray | None = None
+    variance_map: np.ndarray | None = None
+    spurious_charge: float = 0.0  # electrons per pixel and frame (clock-induced charge, EMCCD)
+
+    @classmethod
+    def from_config(cls, camera) -> "CameraModel":
+        """The camera a :class:`rtsmlm.core.config.CameraConfig` describes (no pixel maps; EM gain 1 for sCMOS).
+
+        Used where the frames do not say: files without camera metadata, camera properties
+        Micro-Manager does not report."""
+        em_gain = camera.em_gain if camera.model == "emccd" else 1.0
+        return cls(camera.model, camera.pixel_size_nm, camera.baseline_adu, camera.e_per_adu, em_gain,
+                   camera.qe, camera.read_noise_e, camera.exposure_ms)
+
+    # -- forward: photons → ADU (simulation) ---------------------------------------------------------
+
+    def expose(self, expected_photons: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One noisy uint16 frame from an image of expected photons per pixel."""
+        if self.model == "emccd" and self.gain_map is None:
+            electrons = rng.poisson(self.qe * expected_photons + self.spurious_charge)
+            amplified = rng.gamma(shape=electrons, scale=self.em_gain)  # shape 0 gives 0
+            amplified += rng.normal(0.0, self.read_noise_e, size=amplified.shape)
+            return _to_adu(amplified / self.e_per_adu + self.baseline_adu)
+        electrons = rng.poisson(self.qe * expected_photons + self.spurious_charge)
+        gain = self.gain_map if self.gain_map is not None else self.e_per_adu
+        offset = self.offset_map if self.offset_map is not None else self.baseline_adu
+        variance = (self.variance_map if self.variance_map is not None
+                    else (self.read_noise_e / self.e_per_adu) ** 2)
+        adu = electrons * self.em_gain / gain + offset
+        adu = adu + rng.normal(0.0, 1.0, size=adu.shape) * np.sqrt(variance)
+        return _to_adu(adu)
+
+    def mean_adu(self, expected_photons: np.ndarray) -> np.ndarray:
+        """Expected ADU (before clipping) of an image of expected photons per pixel."""
+        electrons = self.qe * np.asarray(expected_photons) + self.spurious_charge
+        gain = self.gain_map if self.gain_map is not None else self.e_per_adu
+        offset = self.offset_map if self.offset_map is not None else self.baseline_adu
+        return electrons * self.em_gain / gain + offset
+
+    # -- inverse: ADU → photons (localization) --------------------------------------------------------
+
+    def to_photons(self, adu: np.ndarray) -> np.ndarray:
+        """Convert raw counts to photons (float32), pixel maps included when present."""
+        offset = self.offset_map if self.offset_map is not None else self.baseline_adu
+        gain = self.gain_map if self.gain_map is not None else self.e_per_adu
+        scale = np.asarray(gain, dtype=np.float32) / np.float32(self.em_gain * self.qe)
+        return (adu.astype(np.float32) - np.asarray(offset, dtype=np.float32)) * scale
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly summary (maps reduced to their means)."""
+        d = {k: getattr(self, k) for k in ("model", "pixel_size_nm", "baseline_adu", "e_per_adu",
+                                           "em_gain", "qe", "read_noise_e", "exposure_ms")}
+        d["has_pixel_maps"] = self.offset_map is not None
+        return d

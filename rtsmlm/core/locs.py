@@ -1,0 +1,167 @@
+"""The localization table schema and the append-only localization stream.
+
+Units and origin follow DESIGN.md: nanometres, origin at the top-left corner of the top-left pixel,
+x along columns, 0-based frames. Columns are added, never renamed.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+LOC_DTYPE = np.dtype(
+    [
+        ("frame", "<i8"),
+        ("x", "<f4"),
+        ("y", "<f4"),
+        ("z", "<f4"),
+        ("photons", "<f4"),
+        ("bg", "<f4"),
+        ("sigma_x", "<f4"),
+        ("sigma_y", "<f4"),
+        ("sigma_z", "<f4"),
+        ("sigma_photons", "<f4"),
+        ("p", "<f4"),
+    ]
+)
+"""One localization. ``bg`` is photons per pixel; ``sigma_*`` are the network's predicted uncertainties
+(nm for positions, photons for ``sigma_photons``); ``p`` is the detection probability."""
+
+DRIFT_COLUMNS = ("x_dc", "y_dc")
+LOC_DTYPE_DC = np.dtype(LOC_DTYPE.descr + [("x_dc", "<f4"), ("y_dc", "<f4")])
+"""The table of a drift-corrected run: the raw columns plus drift-corrected ``x_dc``, ``y_dc`` (nm)."""
+
+
+def empty(n: int = 0, dtype: np.dtype = LOC_DTYPE) -> np.ndarray:
+    """A zero-filled localization table with ``n`` rows."""
+    return np.zeros(n, dtype=dtype)
+
+
+def concat(tables: list[np.ndarray], dtype: np.dtype = LOC_DTYPE) -> np.ndarray:
+    """Concatenate localization tables (an empty list gives an empty table)."""
+    if not tables:
+        return empty(0, dtype)
+    return np.concatenate(tables)
+
+
+def with_drift_columns(locs: np.ndarray) -> np.ndarray:
+    """Return ``locs`` with ``x_dc``/``y_dc`` columns (initialised to the raw coordinates)."""
+    if "x_dc" in locs.dtype.names:
+        return locs
+    out = np.empty(len(locs), dtype=LOC_DTYPE_DC)
+    for name in LOC_DTYPE.names:
+        out[name] = locs[name]
+    out["x_dc"] = locs["x"]
+    out["y_dc"] = locs["y"]
+    return out
+
+
+@dataclass(frozen=True)
+class LocBatch:
+    """Localizations of a contiguous range of frames, as appended by the localizer.
+
+    ``first_frame``..``last_frame`` (inclusive) are the frames this batch covers, including frames with no
+    localization, so consumers can tell "analysed, nothing found" from "not analysed yet". ``late``
+    batches come after the acquisition, from frames the live localizer skipped or lost and analysed
+    from the raw recording (catch-up): their frames are older than those of earlier batches.
+    """
+
+    seq: int
+    first_frame: int
+    last_frame: int
+    locs: np.ndarray
+    late: bool = False
+
+
+class LocalizationStream:
+    """Append-only, thread-safe store of localization batches.
+
+    One writer (the localizer) appends; any number of readers take cheap snapshots or iterate batches
+    from their own position. Batches are never mutated after they are appended, so readers can hold
+    them without copying.
+
+    ``retain=False`` keeps memory flat over an unbounded run: readers registered with
+    :meth:`add_reader` report with :meth:`consumed` how far they got, and batches every registered reader
+    has consumed are dropped (:meth:`snapshot` then holds only what is still retained).
+    """
+
+    def __init__(self, *, retain: bool = True) -> None:
+        self._batches: list[LocBatch] = []
+        self._offset = 0  # sequence number of self._batches[0]
+        self._n_locs = 0
+        self._closed = False
+        self._retain = retain
+        self._positions: dict[str, int] = {}
+        self._cond = threading.Condition()
+
+    def add_reader(self, name: str) -> None:
+        """Register a reader whose :meth:`consumed` reports decide what may be dropped (retain=False)."""
+        with self._cond:
+            self._positions[name] = self._offset
+
+    def remove_reader(self, name: str) -> None:
+        """Reader ``name`` takes no more batches (it failed or was abandoned): keep none for it."""
+        self.consumed(name, 1 << 62)
+
+    def consumed(self, name: str, seq: int) -> None:
+        """Reader ``name`` is done with every batch below sequence number ``seq``."""
+        with self._cond:
+            self._positions[name] = max(self._positions.get(name, 0), seq)
+            if self._retain or not self._positions:
+                return
+            drop = min(self._positions.values()) - self._offset
+            if drop > 0:
+                del self._batches[:drop]
+                self._offset += drop
+
+    def append(self, first_frame: int, last_frame: int, locs: np.ndarray, *, late: bool = False) -> LocBatch:
+        """Append the localizations found in frames ``first_frame..last_frame`` (``late``: see LocBatch)."""
+        if locs.dtype != LOC_DTYPE:
+            raise TypeError(f"localization batch has dtype {locs.dtype}, expected rtsmlm.core.locs.LOC_DTYPE")
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the localization stream is closed")
+            batch = LocBatch(self._offset + len(self._batches), first_frame, last_frame, locs, late)
+            self._batches.append(batch)
+            self._n_locs += len(locs)
+            self._cond.notify_all()
+        return batch
+
+    def close(self) -> None:
+        """Mark the end of the run; readers waiting in :meth:`batches_since` return."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def n_batches(self) -> int:
+        return self._offset + len(self._batches)
+
+    @property
+    def n_locs(self) -> int:
+        return self._n_locs
+
+    def batches_since(self, seq: int, timeout: float | None = None) -> list[LocBatch]:
+        """Batches with sequence number ≥ ``seq``; waits up to ``timeout`` s if there are none yet.
+
+        Returns an empty list on timeout or when the stream is closed with nothing new.
+        """
+        with self._cond:
+            if seq >= self.n_batches and not self._closed and timeout != 0:
+                self._cond.wait_for(lambda: seq < self.n_batches or self._closed, timeout)
+            if seq < self._offset:
+                raise ValueError(f"batches before {self._offset} were dropped (asked from {seq}): register "
+                                 "the reader with add_reader before the first batch")
+            return self._batches[seq - self._offset:]
+
+    def snapshot(self) -> np.ndarray:
+        """All localizations so far, as one table (a copy)."""
+        with self._cond:
+            batches = list(self._batches)
+        return concat([b.locs for b in batches])

@@ -1,0 +1,79 @@
+"""The small CSV tables other tools read: ground truth and drift, each with its save/load pair.
+
+* ``ground_truth.csv`` — ``frame,x,y,z,photons`` (0-based frames, nm): the simulator's emitters.
+* ``drift.csv`` — ``frame,dx,dy`` (0-based frames, nm, the sample's displacement; ``x_dc = x - dx``):
+  the estimated drift of a run, or the simulated one (``ground_truth_drift.csv``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO, NamedTuple
+
+import numpy as np
+
+TRUTH_HEADER = "frame,x,y,z,photons"
+DRIFT_HEADER = "frame,dx,dy"
+
+
+class DriftTrajectory(NamedTuple):
+    """Per-frame drift: ``frames`` (int64, 0-based) and ``dx``, ``dy`` (nm, the sample's displacement)."""
+
+    frames: np.ndarray
+    dx: np.ndarray
+    dy: np.ndarray
+
+
+def write_truth_rows(fh: IO[str], truth: np.ndarray) -> None:
+    """Append ground-truth rows (fields frame, x, y, z, photons) to an open text file whose header
+    (:data:`TRUTH_HEADER`) is already written."""
+    if len(truth):
+        np.savetxt(fh, np.column_stack([truth["frame"], truth["x"], truth["y"], truth["z"],
+                                        truth["photons"]]), fmt=["%d", "%.2f", "%.2f", "%.2f", "%.1f"],
+                   delimiter=",")
+
+
+def read_truth_csv(path: str | Path) -> np.ndarray:
+    """Read ``ground_truth.csv`` into a structured array with fields frame, x, y, z, photons."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            header = fh.readline().strip().replace(" ", "")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"ground-truth file {path} does not exist") from None
+    if header != TRUTH_HEADER:
+        raise ValueError(f"{path}: expected the header {TRUTH_HEADER!r}, got {header!r}")
+    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2).reshape(-1, 5)
+    out = np.zeros(len(data), dtype=[("frame", "<i8"), ("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+                                     ("photons", "<f4")])
+    for k, name in enumerate(out.dtype.names):
+        out[name] = data[:, k]
+    return out
+
+
+def write_drift_csv(path: str | Path, frames: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> Path:
+    """Write ``frame,dx,dy`` (0-based frames, nm)."""
+    frames = np.asarray(frames, dtype=np.int64)
+    dx = np.asarray(dx, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    if not (frames.shape == dx.shape == dy.shape) or frames.ndim != 1:
+        raise ValueError(f"drift for {path}: frames, dx and dy must be 1-D arrays of one length, got "
+                         f"{frames.shape}, {dx.shape}, {dy.shape}")
+    path = Path(path)
+    np.savetxt(path, np.column_stack([frames, dx, dy]), fmt=["%d", "%.4f", "%.4f"], delimiter=",",
+               header=DRIFT_HEADER, comments="")
+    return path
+
+
+def read_drift_csv(path: str | Path) -> DriftTrajectory:
+    """Read a ``frame,dx,dy`` file (a run's estimate or the simulated truth)."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            header = fh.readline().strip().replace(" ", "")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"drift file {path} does not exist") from None
+    if header.split(",")[:3] != ["frame", "dx", "dy"]:
+        raise ValueError(f"{path}: expected the header 'frame,dx,dy', got {header!r}")
+    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, usecols=(0, 1, 2))
+    return DriftTrajectory(data[:, 0].astype(np.int64), data[:, 1].copy(), data[:, 2].copy())

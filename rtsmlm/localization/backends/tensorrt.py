@@ -1,0 +1,265 @@
+"""TensorRT backend (the production path on NVIDIA GPUs).
+
+The encoder and decoder graphs are exported to ONNX (:mod:`rtsmlm.localization.onnx_export`, dynamic batch and
+image size) and each is built into an engine with one optimization profile covering batch 1..B and
+image sizes from ``2**depth`` up to the streaming tile size. FP16: TensorRT 10 takes an fp32 ONNX and
+the FP16 builder flag; TensorRT >= 11 is strongly typed, so the ONNX itself is exported in fp16.
+Serialized engines are cached on disk under a key of model hash, shape range, precision, TensorRT
+version and GPU name (:class:`EngineKey`); any change gives a different file, hence a rebuild. Engines
+run with ``execute_async_v3`` on torch's current CUDA stream, tensors bound with
+``set_tensor_address`` to CUDA torch tensors, so they order with the torch ops around them.
+
+What has been run: the export, the cache keys, the shape ranges and the fallback decision are unit-tested
+(tests/test_backends.py, tests/test_export.py). TensorRT itself cannot be installed where this was
+written, so :class:`TensorRTBackend` (engine build, deserialization, execution) has NOT been run; it is
+written against the TensorRT 10 Python API documentation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rtsmlm.localization.backends.protocol import BackendError
+from rtsmlm.localization.net import DecodeNet, parameter_count
+from rtsmlm.localization.onnx_export import DECODER_INPUT, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUT, cached_onnx
+
+log = logging.getLogger("rtsmlm.localization")
+
+WORKSPACE_BYTES = 2 << 30
+"""Builder scratch memory limit (tactics needing more are skipped)."""
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """An optimization profile: the min / opt / max input shape (N, C, H, W) of one graph."""
+
+    min: tuple[int, int, int, int]
+    opt: tuple[int, int, int, int]
+    max: tuple[int, int, int, int]
+
+    def covers(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == 4 and all(lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max))
+
+
+def shape_range(channels: int, height: int, width: int, batch: int, size_multiple: int) -> ShapeRange:
+    """Profile for streaming ``batch`` images of ``height`` x ``width``: optimised for exactly that,
+    valid down to one image of ``size_multiple`` pixels (the last, partial batches of a run)."""
+    for name, v in (("height", height), ("width", width)):
+        if v < size_multiple or v % size_multiple:
+            raise ValueError(f"TensorRT profile {name} {v} is not a positive multiple of {size_multiple}.")
+    if batch < 1:
+        raise ValueError(f"TensorRT profile batch must be >= 1, got {batch}.")
+    opt = (batch, channels, height, width)
+    return ShapeRange((1, channels, size_multiple, size_multiple), opt, opt)
+
+
+def merged(a: ShapeRange, shape: tuple[int, int, int, int]) -> ShapeRange:
+    """``a`` widened so that its max covers ``shape`` (for a rebuild when a larger input arrives)."""
+    mx = tuple(max(x, s) for x, s in zip(a.max, shape))
+    return ShapeRange(a.min, a.opt, mx)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything a serialized engine depends on; its digest names the cache file."""
+
+    part: str  # 'encoder' or 'decoder'
+    model_hash: str
+    precision: str
+    shapes: ShapeRange
+    tensorrt_version: str
+    gpu_name: str
+
+    def digest(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:24]
+
+    def filename(self) -> str:
+        return f"{self.part}-{self.model_hash[:12]}-{self.precision}-{self.digest()}.engine"
+
+
+def is_strongly_typed(tensorrt_version: str) -> bool:
+    """TensorRT 11 and later build strongly typed networks only: precision comes from the ONNX."""
+    return int(tensorrt_version.split(".")[0]) >= 11
+
+
+def onnx_precision(tensorrt_version: str, precision: str) -> str:
+    """Precision of the ONNX to export for ``precision`` on this TensorRT version."""
+    return precision if is_strongly_typed(tensorrt_version) else "fp32"
+
+
+def _import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BackendError("the tensorrt backend needs NVIDIA TensorRT (pip install tensorrt, on a machine "
+                           "with an NVIDIA GPU and driver); set backend.name = 'auto' to fall back.") from None
+    return trt
+
+
+def build_serialized_engine(trt: Any, onnx_path: Path, input_name: str, shapes: ShapeRange, precision: str,
+                            workspace_bytes: int = WORKSPACE_BYTES) -> bytes:
+    """Parse ``onnx_path`` and build a serialized engine with one optimization profile."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    strongly = is_strongly_typed(trt.__version__)
+    if strongly and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BackendError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if precision == "fp16" and not strongly:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_name, shapes.min, shapes.opt, shapes.max)
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BackendError(f"TensorRT failed to build an engine from {onnx_path} for shapes {shapes}.")
+    return bytes(serialized)
+
+
+def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
+    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+    if hasattr(trt.DataType, "BF16"):
+        table[trt.DataType.BF16] = torch.bfloat16
+    if dtype not in table:
+        raise BackendError(f"TensorRT engine tensor has unsupported data type {dtype}.")
+    return table[dtype]
+
+
+class _Engine:
+    """One deserialized engine with its execution context and I/O names."""
+
+    def __init__(self, trt: Any, runtime: Any, blob: bytes, shapes: ShapeRange, input_name: str,
+                 output_name: str) -> None:
+        self.engine = runtime.deserialize_cuda_engine(blob)
+        if self.engine is None:
+            raise BackendError("TensorRT could not deserialize the cached engine.")
+        self.context = self.engine.create_execution_context()
+        self.shapes = shapes
+        self.input_name, self.output_name = input_name, output_name
+        self.in_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype(input_name))
+        self.out_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype(output_name))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.in_dtype).contiguous()
+        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+            raise BackendError(f"TensorRT rejected input shape {tuple(x.shape)} (profile {self.shapes}).")
+        out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.out_dtype,
+                          device=x.device)
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        self.context.set_tensor_address(self.output_name, out.data_ptr())
+        # torch's current stream: the engine runs after the ops that produced x and before those using
+        # out; the caching allocator keeps both alive in stream order.
+        stream = torch.cuda.current_stream(x.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise BackendError("TensorRT execute_async_v3 failed.")
+        return out
+
+
+class TensorRTBackend:
+    """Runs the encoder and decoder as two TensorRT engines on a CUDA GPU.
+
+    Engines are built (or loaded from ``cache_dir``) in :meth:`warmup`, when the streaming shapes are
+    known; an input larger than the profile triggers a rebuild with a widened profile.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, model: DecodeNet, model_hash: str, cache_dir: str | Path, precision: str = "fp16",
+                 device: str = "cuda") -> None:
+        self._trt = _import_tensorrt()
+        if not torch.cuda.is_available():
+            raise BackendError("the tensorrt backend needs a CUDA GPU, and torch sees none.")
+        if precision not in ("fp16", "fp32"):
+            raise BackendError(f"backend.precision {precision!r} is not supported by TensorRT here; use 'fp16' or 'fp32'.")
+        from rtsmlm.localization.backends.torch_backend import HostUploader
+
+        self.device = str(torch.device(device))
+        self._dev = torch.device(device)
+        self.precision = precision
+        self.window = model.window
+        self.feature_channels = model.width
+        self.size_multiple = model.size_multiple
+        self.threads = 0
+        self.n_parameters = parameter_count(model)
+        self.model_hash = model_hash
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.gpu_name = torch.cuda.get_device_name(self._dev)
+        self.exported = cached_onnx(model, model_hash, self.cache_dir,
+                                    onnx_precision(self._trt.__version__, precision))
+        self._runtime = self._trt.Runtime(self._trt.Logger(self._trt.Logger.WARNING))
+        self._engines: dict[str, _Engine] = {}
+        self._uploader = HostUploader(self._dev)
+
+    def _load_or_build(self, part: str, shapes: ShapeRange) -> _Engine:
+        onnx_path = self.exported.encoder if part == "encoder" else self.exported.decoder
+        in_name, out_name = ((ENCODER_INPUT, ENCODER_OUTPUT) if part == "encoder" else (DECODER_INPUT, DECODER_OUTPUT))
+        key = EngineKey(part, self.model_hash, self.precision, shapes, self._trt.__version__, self.gpu_name)
+        folder = self.cache_dir / "tensorrt"
+        path = folder / key.filename()
+        if path.is_file():
+            try:
+                return _Engine(self._trt, self._runtime, path.read_bytes(), shapes, in_name, out_name)
+            except BackendError:
+                log.warning("cached TensorRT engine %s is unreadable; rebuilding", path)
+        log.info("building TensorRT %s engine (%s, %s) — this takes a minute", part, self.precision, shapes)
+        blob = build_serialized_engine(self._trt, onnx_path, in_name, shapes, self.precision)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_bytes(blob)
+        tmp.replace(path)
+        path.with_suffix(".json").write_text(json.dumps(asdict(key), indent=2))
+        return _Engine(self._trt, self._runtime, blob, shapes, in_name, out_name)
+
+    def _engine(self, part: str, shape: tuple[int, int, int, int]) -> _Engine:
+        engine = self._engines.get(part)
+        if engine is None or not engine.shapes.covers(shape):
+            base = engine.shapes if engine is not None else shape_range(shape[1], shape[2], shape[3], shape[0],
+                                                                         self.size_multiple)
+            engine = self._engines[part] = self._load_or_build(part, merged(base, shape))
+        return engine
+
+    def warmup(self, height: int, width: int, encode_batch: int, decode_batch: int) -> None:
+        c = self.feature_channels
+        self._engines["encoder"] = self._load_or_build("encoder", shape_range(1, height, width, encode_batch,
+                                                                              self.size_multiple))
+        self._engines["decoder"] = self._load_or_build(
+            "decoder", shape_range(self.window * c, height, width, decode_batch, self.size_multiple))
+        feats = self.encode(torch.zeros(encode_batch, 1, height, width, device=self._dev))
+        self.decode(torch.zeros(decode_batch, self.window * c, height, width, device=self._dev, dtype=feats.dtype))
+        torch.cuda.synchronize(self._dev)
+
+    def upload(self, frames: np.ndarray) -> torch.Tensor:
+        return self._uploader(frames)
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        frames = frames.to(self._dev, non_blocking=True)
+        return self._engine("encoder", tuple(frames.shape))(frames)  # type: ignore[arg-type]
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        features = features.to(self._dev, non_blocking=True)
+        return self._engine("decoder", tuple(features.shape))(features)  # type: ignore[arg-type]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "device": self.device, "precision": self.precision, "threads": self.threads,
+            "parameters": self.n_parameters, "window": self.window, "width": self.feature_channels,
+            "size_multiple": self.size_multiple, "tensorrt": self._trt.__version__, "gpu": self.gpu_name,
+            "strongly_typed": is_strongly_typed(self._trt.__version__),
+        }

@@ -1,0 +1,222 @@
+"""Model checkpoints: ``NAME.safetensors`` (weights) + ``NAME.json`` (everything needed to use them).
+
+The metadata records architecture, window, pixel size, camera, PSF, input/output scaling, the training
+config and the rtsmlm version. Nothing is unpickled: weights load through safetensors, the training
+state (optimizer) through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import rtsmlm
+from rtsmlm.core.errors import RtsmlmError
+from rtsmlm.localization.scales import INPUT_TRANSFORMS, Scales
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODEL_NAME = "default_2d"
+
+
+class CheckpointError(RtsmlmError, ValueError):
+    """A checkpoint is missing, unreadable or inconsistent."""
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    width: int
+    depth: int
+    window: int
+    pixel_size_nm: float
+    camera: dict[str, Any]
+    psf: dict[str, Any]
+    scales: Scales
+    train: dict[str, Any]
+    step: int = 0
+    rtsmlm_version: str = rtsmlm.__version__
+    metrics: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["format"] = "rtsmlm-checkpoint-1"
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any, source: str) -> "ModelMeta":
+        """Validate the JSON metadata against :data:`_SCHEMA`: one sentence naming the file and key."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{source}: metadata must be a JSON object, got {type(d).__name__}")
+        if d.get("format") != "rtsmlm-checkpoint-1":
+            raise CheckpointError(f"{source}: not an rtsmlm checkpoint (format {d.get('format')!r})")
+        d = {k: v for k, v in d.items() if k != "format"}
+        _check_table(source, d, _SCHEMA, "")
+        scales = d["scales"]
+        _check_table(source, scales, _SCALES_SCHEMA, "scales.")
+        if scales.get("input_transform", "linear") not in INPUT_TRANSFORMS:
+            raise CheckpointError(f"{source}: metadata key 'scales.input_transform' is "
+                                  f"{scales['input_transform']!r}; allowed: {', '.join(INPUT_TRANSFORMS)}")
+        if d["window"] % 2 == 0:
+            raise CheckpointError(f"{source}: metadata key 'window' must be odd, got {d['window']}")
+        d["scales"] = Scales(**scales)
+        return cls(**d)
+
+
+# key: (type, min, max, required). Ranges are what a network this code builds can have; they turn a
+# corrupted or hand-edited file into one sentence instead of a traceback deep in torch.
+_SCHEMA: dict[str, tuple[type | tuple[type, ...], float | None, float | None, bool]] = {
+    "width": (int, 1, 1024, True),
+    "depth": (int, 0, 8, True),
+    "window": (int, 1, 31, True),
+    "pixel_size_nm": ((int, float), 1.0, 100_000.0, True),
+    "camera": (dict, None, None, True),
+    "psf": (dict, None, None, True),
+    "scales": (dict, None, None, True),
+    "train": (dict, None, None, True),
+    "step": (int, 0, None, False),
+    "rtsmlm_version": (str, None, None, False),
+    "metrics": ((dict, type(None)), None, None, False),
+}
+_SCALES_SCHEMA: dict[str, tuple[type | tuple[type, ...], float | None, float | None, bool]] = {
+    "input_scale": ((int, float), 1e-9, 1e12, True),
+    "photon_scale": ((int, float), 1e-9, 1e12, True),
+    "bg_scale": ((int, float), 1e-9, 1e12, True),
+    "z_scale": ((int, float), 1e-9, 1e12, True),
+    "input_transform": (str, None, None, False),
+}
+
+
+def _check_table(source: str, table: dict[str, Any], schema: dict[str, Any], prefix: str) -> None:
+    """Every key of ``table`` known to ``schema``, every required one present, every value valid."""
+    unknown = sorted(set(table) - set(schema))
+    if unknown:
+        raise CheckpointError(f"{source}: unknown metadata key '{prefix}{unknown[0]}'")
+    for key, (kind, lo, hi, required) in schema.items():
+        if key in table:
+            _check_value(source, prefix + key, table[key], kind, lo, hi)
+        elif required:
+            raise CheckpointError(f"{source}: metadata key '{prefix}{key}' is missing")
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", dict: "an object", str: "a string", type(None): "null"}
+
+
+def _check_value(source: str, key: str, value: Any, kind: Any, lo: float | None, hi: float | None) -> None:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        names = " or ".join(_TYPE_NAMES[k] for k in kinds if not (k is int and float in kinds))
+        raise CheckpointError(f"{source}: metadata key {key!r} must be {names}, got {value!r}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f"{lo:g}..{hi:g}" if hi is not None else f">= {lo:g}"
+            raise CheckpointError(f"{source}: metadata key {key!r} is {value!r}; allowed: {bounds}")
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped inside the package (usable as ``model.checkpoint``)."""
+    return sorted(p.stem for p in DEFAULT_MODEL_DIR.glob("*.json"))
+
+
+def resolve(path_or_name: str | Path) -> Path:
+    """Path prefix of a checkpoint: 'default' or the name of a shipped model (e.g. 'storm_analysis'),
+    else a path with or without its suffix."""
+    name = str(path_or_name)
+    if name == "default":
+        return DEFAULT_MODEL_DIR / DEFAULT_MODEL_NAME
+    if "/" not in name and "\\" not in name and name in shipped_models():
+        return DEFAULT_MODEL_DIR / name
+    p = Path(path_or_name).expanduser()
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p
+
+
+def save(prefix: str | Path, model, meta: ModelMeta) -> Path:
+    """Write ``prefix.safetensors`` and ``prefix.json`` atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = prefix.with_name(prefix.name + ".tmp.safetensors")
+    save_file(state, str(tmp))
+    tmp.replace(prefix.with_suffix(".safetensors"))
+    tmpj = prefix.with_name(prefix.name + ".tmp.json")
+    tmpj.write_text(json.dumps(meta.to_json(), indent=2))
+    tmpj.replace(prefix.with_suffix(".json"))
+    return prefix
+
+
+def load_meta(path_or_name: str | Path) -> ModelMeta:
+    prefix = resolve(path_or_name)
+    jpath = prefix.with_suffix(".json")
+    try:
+        data = json.loads(jpath.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint metadata {jpath} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{jpath}: not valid JSON ({e})") from None
+    return ModelMeta.from_json(data, str(jpath))
+
+
+def load(path_or_name: str | Path, device: str = "cpu"):
+    """Load (model in eval mode, metadata) from a checkpoint."""
+    from safetensors.torch import load_file
+
+    from rtsmlm.localization.net import DecodeNet
+
+    meta = load_meta(path_or_name)
+    wpath = resolve(path_or_name).with_suffix(".safetensors")
+    try:
+        state = load_file(str(wpath), device=device)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint weights {wpath} do not exist") from None
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{wpath}: cannot read weights ({e})") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise CheckpointError(f"{wpath}: weight tensor {name!r} holds NaN or infinite values "
+                                  "(a diverged or damaged training); use another checkpoint")
+    model = DecodeNet(window=meta.window, width=meta.width, depth=meta.depth)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        # torch lists every mismatching tensor over many lines: name the first problem only.
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
+        raise CheckpointError(f"{wpath}: weights do not fit the architecture in its metadata "
+                              f"(width {meta.width}, depth {meta.depth}, window {meta.window}): "
+                              f"{detail[:200]}") from None
+    model.to(device).eval()
+    return model, meta
+
+
+CAMERA_KEYS = ("model", "pixel_size_nm")
+"""Camera differences that matter to a model trained for one camera: the noise model and the pixel size
+(the PSF's width in pixels). Baseline, e⁻/ADU, EM gain and QE do not: the localizer converts ADU to photons
+with the run's camera. A broad model (trained over cameras and PSF widths) is checked by the range guard
+(rtsmlm.localization.range_guard) instead."""
+
+
+def check_compatible(meta: ModelMeta, camera: dict[str, Any], source: str = "the run") -> list[str]:
+    """Differences between the camera a model was trained for and ``camera``; each is also warned."""
+    problems: list[str] = []
+    if (meta.train or {}).get("broad"):
+        return problems
+    for key in CAMERA_KEYS:
+        trained, actual = meta.camera.get(key), camera.get(key)
+        if trained is None or actual is None:
+            continue
+        if isinstance(trained, str) or isinstance(actual, str):
+            differs = trained != actual
+        else:
+            differs = abs(float(trained) - float(actual)) > 1e-6 * max(1.0, abs(float(trained)))
+        if differs:
+            problems.append(f"camera.{key}: model trained for {trained}, {source} has {actual}")
+    for p in problems:
+        warnings.warn(f"model/camera mismatch — {p}; localizations may be biased "
+                      "(train a model for this camera with `rtsmlm train`)", stacklevel=2)
+    return problems

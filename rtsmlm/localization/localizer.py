@@ -1,0 +1,315 @@
+"""Streaming localization: raw camera frames in, localization tables out, one batch at a time.
+
+The frame encoder runs once per frame; its features are cached and reused by the ``window`` windows the
+frame belongs to, so a window of T frames costs one encoder pass, not T. A run is a sequence of
+consecutive frame indices; its first and last frames are analysed with edge padding (the missing
+neighbours replaced by copies of the edge frame, DECODE's 'same' padding), and a gap in the indices
+(frames lost upstream) ends one sequence and starts another, so no window ever mixes frames that are not
+neighbours in time.
+
+Frames of any size work: they are padded to the network's size multiple and, when large, cut into
+overlapping tiles (:mod:`rtsmlm.localization.tiling`); batch and tile sizes come from free memory unless given.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from rtsmlm.core.camera import CameraModel
+from rtsmlm.core.locs import LOC_DTYPE, concat
+from rtsmlm.localization import range_guard
+from rtsmlm.localization.backends.protocol import Backend
+from rtsmlm.localization.checkpoint import ModelMeta
+from rtsmlm.localization.postprocess import Postprocessor
+from rtsmlm.localization.range_guard import RangeVerdict
+from rtsmlm.localization.tiling import (
+    CPU_PIXELS_PER_CALL,
+    TilePlan,
+    available_memory_bytes,
+    bytes_per_pixel,
+    choose_sizes,
+)
+
+log = logging.getLogger("rtsmlm.localization")
+
+
+class StreamingLocalizer:
+    """Localizes molecules in a stream of raw frames with a frame-feature cache.
+
+    Args:
+        backend: an opened :class:`rtsmlm.localization.backends.Backend`.
+        meta: the checkpoint metadata (window, depth, output scales, input scale).
+        camera: converts ADU to photons (per-pixel sCMOS maps included) and gives the pixel size in nm.
+        frame_shape: (height, width) of the raw frames, any size.
+        p_threshold, candidate_threshold, split_threshold: passed to
+            :class:`rtsmlm.localization.postprocess.Postprocessor`.
+        batch_size: frames per backend call; 0 = chosen from free memory (at most ``max_batch``; on the
+            CPU at most 65536 pixels per call, which keeps activations in the caches).
+        tile: tile core size in pixels; None = chosen from free memory (whole frames when they fit).
+        margin: tile overlap in pixels; None = the network's receptive-field radius (exact stitching).
+        max_batch: upper bound of the automatic batch size.
+        memory_bytes: the run's memory budget for the localizer (None: only the free memory counts).
+        maps_sink: optional callable receiving each batch of stitched output maps ``(B, 10, H, W)`` (a
+            torch tensor on the backend's device) and the list of their frame indices, before
+            post-processing (to save or display the maps, or to test the network path).
+
+    Called from one thread: :meth:`push` for each batch of frames as they arrive, :meth:`finish` at the
+    end of the run (or before a deliberate restart).
+    """
+
+    def __init__(self, backend: Backend, meta: ModelMeta, camera: CameraModel, frame_shape: tuple[int, int],
+                 p_threshold: float, candidate_threshold: float, *, batch_size: int = 0, tile: int | None = None,
+                 margin: int | None = None, max_batch: int = 16, split_threshold: float = 0.6,
+                 memory_bytes: int | None = None,
+                 maps_sink: Callable[[torch.Tensor, list[int]], None] | None = None) -> None:
+        height, width = (int(v) for v in frame_shape)
+        if backend.window != meta.window:
+            raise ValueError(f"backend runs a window of {backend.window} frames but the checkpoint metadata "
+                             f"says {meta.window}.")
+        self.backend = backend
+        self.meta = meta
+        self.camera = camera
+        self.frame_shape = (height, width)
+        self.window = backend.window
+        self.maps_sink = maps_sink
+        self._half = backend.window // 2
+        self.postprocessor = Postprocessor(
+            pixel_size_nm=camera.pixel_size_nm, photon_scale=meta.scales.photon_scale,
+            z_scale=meta.scales.z_scale, bg_scale=meta.scales.bg_scale,
+            p_threshold=p_threshold, candidate_threshold=candidate_threshold, split_threshold=split_threshold,
+        )
+        element_bytes = 4 if backend.precision == "fp32" else 2
+        free = available_memory_bytes(backend.device)
+        if memory_bytes:
+            # Within the run's budget: the feature cache of ``window`` whole frames comes first, tiles
+            # and batches share what is left.
+            cache = (backend.window + 1) * height * width * backend.feature_channels * element_bytes
+            free = min(free, max(int(memory_bytes) - cache, int(memory_bytes) // 8))
+        sizing = choose_sizes(height, width, backend.size_multiple, backend.window, backend.feature_channels,
+                              element_bytes, free, max_batch=max_batch,
+                              margin=margin, depth=meta.depth, tile=tile, batch=batch_size,
+                              max_pixels=CPU_PIXELS_PER_CALL if backend.device == "cpu" else None)
+        self.plan: TilePlan = sizing.plan
+        self.batch_size = sizing.batch
+        self._offset, self._scale = self._input_transform(camera)
+        k = self.plan.n_tiles
+        # Tiles per backend call: a 4096² frame cut into 49 tiles must not run them all at once (tens of
+        # GB of activations); whole small frames keep their batch.
+        tile_bytes = self.plan.tile_height * self.plan.tile_width * bytes_per_pixel(
+            backend.window, backend.feature_channels, element_bytes)
+        self._tiles_per_call = int(max(1, min(self.batch_size * k, free * 0.25 // max(tile_bytes, 1))))
+        calls = min(self.batch_size * k, self._tiles_per_call)
+        backend.warmup(self.plan.tile_height, self.plan.tile_width, calls, calls)
+        log.info("localizer: %dx%d frames, %d tile(s) of %dx%d (margin %d), batch %d frames",
+                 height, width, k, self.plan.tile_height, self.plan.tile_width, self.plan.margin, self.batch_size)
+        # Feature cache of the current sequence: (rows, tiles, C, tile_h, tile_w), one row per frame in time
+        # order with edge-padding rows at the start; _rows[i] is the frame index of row i.
+        self._feats: torch.Tensor | None = None
+        self._rows: list[int] = []
+        self._last_pushed: int | None = None
+        self.last_done = -1
+        self.frames_done = 0
+        self.sequences = 0
+        # Frames with NaN/inf pixels (float movies only): their index and how many pixels were replaced.
+        self.nonfinite: dict[int, int] = {}
+        # Is the movie inside the model's training range? Judged on the first frames (a central crop).
+        self.range_verdict: RangeVerdict | None = None
+        self._guard_frames: list[np.ndarray] = []
+        self._guard_thread: threading.Thread | None = None
+        y0, x0 = max(0, height // 2 - 128), max(0, width // 2 - 128)
+        self._guard_crop = (slice(y0, y0 + 256), slice(x0, x0 + 256))  # the central 256² at most
+
+    def _input_transform(self, camera: CameraModel) -> tuple[torch.Tensor, torch.Tensor]:
+        """Offset (ADU) and scale so that photons = (ADU - offset) * scale, on the backend's device, as
+        CameraModel.to_photons defines photons; the model's Scales.network_input maps photons further."""
+        offset = camera.offset_map if camera.offset_map is not None else camera.baseline_adu
+        gain = camera.gain_map if camera.gain_map is not None else camera.e_per_adu
+        scale = np.asarray(gain, dtype=np.float64) / (camera.em_gain * camera.qe)
+        tensors = []
+        for name, value in (("offset_map", offset), ("gain_map", scale)):
+            arr = np.asarray(value, dtype=np.float32)
+            if arr.ndim and arr.shape != self.frame_shape:
+                raise ValueError(f"camera {name} has shape {arr.shape} but the frames are {self.frame_shape}.")
+            tensors.append(torch.as_tensor(arr, device=self.backend.device))
+        return tensors[0], tensors[1]
+
+    # -- streaming -----------------------------------------------------------------------------------
+
+    def push(self, frames: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, int]:
+        """frames (n,H,W) raw camera counts (uint16), indices their frame numbers (increasing).
+        Returns (LOC_DTYPE table, last_done) for every frame whose window is now complete; a gap in
+        indices (lost frames) is a sequence break: frames before the gap are finished with edge padding
+        and a new sequence starts. last_done = highest frame index fully analysed (-1 if none)."""
+        frames = np.asarray(frames)
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if frames.ndim != 3 or tuple(frames.shape[1:]) != self.frame_shape:
+            raise ValueError(f"push() expects frames of shape (n, {self.frame_shape[0]}, {self.frame_shape[1]}), "
+                             f"got {frames.shape}.")
+        if len(indices) != len(frames):
+            raise ValueError(f"push() got {len(frames)} frames but {len(indices)} indices.")
+        if len(indices) == 0:
+            return np.empty(0, LOC_DTYPE), self.last_done
+        if self.range_verdict is None:
+            self._watch_range(frames)
+        if np.any(np.diff(indices) <= 0) or (self._last_pushed is not None and indices[0] <= self._last_pushed):
+            raise ValueError(f"push() frame indices must increase strictly (last pushed {self._last_pushed}, "
+                             f"got {indices[:8].tolist()}...).")
+        out: list[np.ndarray] = []
+        # Split at gaps: each run of consecutive indices continues (or starts) one sequence.
+        breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+        for seg_frames, seg_idx in zip(np.split(frames, breaks), np.split(indices, breaks)):
+            if self._last_pushed is not None and seg_idx[0] != self._last_pushed + 1:
+                out.append(self._finish_sequence())
+            for start in range(0, len(seg_idx), self.batch_size):
+                out.append(self._push_consecutive(seg_frames[start : start + self.batch_size],
+                                                  seg_idx[start : start + self.batch_size]))
+        return concat(out), self.last_done
+
+    def finish(self) -> tuple[np.ndarray, int]:
+        """End of run: finish the pending frames with edge padding."""
+        if self.range_verdict is None and self._guard_frames:
+            self._judge_range()
+        if self._guard_thread is not None:
+            self._guard_thread.join()
+        return self._finish_sequence(), self.last_done
+
+    def _watch_range(self, frames: np.ndarray) -> None:
+        for f in frames[: range_guard.FRAMES - len(self._guard_frames)]:
+            self._guard_frames.append(np.asarray(f[self._guard_crop]))
+        if len(self._guard_frames) >= range_guard.FRAMES:
+            self._judge_range()
+
+    def _judge_range(self) -> None:
+        crop = self.camera
+        if crop.offset_map is not None:  # per-pixel sCMOS maps: the crop's part of them
+            from dataclasses import replace
+
+            crop = replace(crop, offset_map=crop.offset_map[self._guard_crop],
+                           gain_map=None if crop.gain_map is None else crop.gain_map[self._guard_crop])
+        photons = crop.to_photons(np.stack(self._guard_frames))
+        self._guard_frames = []
+        self.range_verdict = range_guard.PENDING
+
+        def judge() -> None:
+            try:
+                self.range_verdict = range_guard.check(photons, self.meta)
+            except Exception as e:  # a check must never cost the run
+                self.range_verdict = None
+                log.warning("range check skipped: %s", e)
+
+        # Spot fits take about half a second: off the localizer's thread, so the first frames' latency
+        # does not pay for them.
+        self._guard_thread = threading.Thread(target=judge, name="rtsmlm-range-guard", daemon=True)
+        self._guard_thread.start()
+
+    def restart(self) -> None:
+        """Forget the frame order after :meth:`finish`, so that earlier frames can be pushed again (the
+        catch-up analysis of frames skipped live). Frames still pending are dropped: call finish first."""
+        self._feats, self._rows, self._last_pushed = None, [], None
+
+    def _push_consecutive(self, frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        rows = [int(i) for i in indices]
+        feats = self._encode(frames, rows)  # (n, tiles, C, th, tw)
+        if self._feats is None:
+            # New sequence: 'same' padding before its first frame.
+            self.sequences += 1
+            self._feats = torch.cat([feats[:1].expand(self._half, *feats.shape[1:]), feats])
+            self._rows = [rows[0]] * self._half + rows
+        else:
+            self._feats = torch.cat([self._feats, feats])
+            self._rows += rows
+        self._last_pushed = rows[-1]
+        return self._decode_ready()
+
+    def _finish_sequence(self) -> np.ndarray:
+        if self._feats is None:
+            return np.empty(0, LOC_DTYPE)
+        last = self._feats[-1:]
+        self._feats = torch.cat([self._feats, last.expand(self._half, *last.shape[1:])])
+        self._rows += [self._rows[-1]] * self._half
+        locs = self._decode_ready()
+        self._feats, self._rows = None, []
+        return locs
+
+    def _contain_nonfinite(self, frames: np.ndarray, indices: list[int]) -> np.ndarray:
+        """NaN/inf pixels (a float movie from another tool) would spread through every window they touch:
+        replace each by its frame's median of finite pixels, and record the frame and the count."""
+        if frames.dtype.kind != "f":
+            return frames  # integer camera counts cannot be NaN: no cost for cameras
+        bad = ~np.isfinite(frames)
+        if not bad.any():
+            return frames
+        frames = frames.copy()
+        for k in np.flatnonzero(bad.any(axis=(1, 2))):
+            finite = frames[k][~bad[k]]
+            frames[k][bad[k]] = np.median(finite) if finite.size else 0.0
+            n = int(bad[k].sum())
+            if not self.nonfinite:
+                log.warning("frame %d has %d NaN/infinite pixels: replaced by the frame's median; further such "
+                            "frames are counted in the summary (nonfinite_frames)", indices[k], n)
+            self.nonfinite[int(indices[k])] = n
+        return frames
+
+    def _encode(self, frames: np.ndarray, indices: list[int]) -> torch.Tensor:
+        frames = self._contain_nonfinite(frames, indices)
+        raw = self.backend.upload(frames)
+        x = self.meta.scales.network_input((raw.to(torch.float32) - self._offset) * self._scale)
+        feats = self._in_chunks(self.backend.encode, self.plan.split(x))
+        return feats.reshape(len(frames), self.plan.n_tiles, *feats.shape[1:])
+
+    def _in_chunks(self, fn: Callable[[torch.Tensor], torch.Tensor], tiles: torch.Tensor) -> torch.Tensor:
+        """``fn`` over the tile axis, at most ``_tiles_per_call`` tiles a call (bounded activation memory)."""
+        step = self._tiles_per_call
+        if len(tiles) <= step:
+            return fn(tiles)
+        return torch.cat([fn(tiles[i:i + step]) for i in range(0, len(tiles), step)])
+
+    def _decode_ready(self) -> np.ndarray:
+        """Decode every window whose frames are all cached, then keep only the rows later windows need."""
+        assert self._feats is not None
+        t, half = self.window, self._half
+        n_ready = self._feats.shape[0] - 2 * half
+        out = []
+        for start in range(0, max(n_ready, 0), self.batch_size):
+            n = min(self.batch_size, n_ready - start)
+            # Window of centre row c = rows c-half..c+half: concatenating the shifted slices along the
+            # channel axis gives frame-major channels (frame 0's features first), as DecodeNet.decode expects.
+            block = self._feats[start : start + n + 2 * half]
+            k = self.plan.n_tiles
+            # Windows are built a group of tiles at a time: for a huge frame the whole window tensor would
+            # be window × the feature cache again.
+            per_group = max(1, self._tiles_per_call // n)
+            groups = []
+            for a in range(0, k, per_group):
+                b = min(k, a + per_group)
+                windows = torch.cat([block[j : j + n, a:b] for j in range(t)], dim=2)
+                maps = self.backend.decode(windows.reshape(n * (b - a), *windows.shape[2:]))
+                groups.append(maps.reshape(n, b - a, *maps.shape[1:]))
+            maps = groups[0] if len(groups) == 1 else torch.cat(groups, dim=1)
+            maps = self.plan.stitch(maps.reshape(n * k, *maps.shape[2:]))
+            centres = self._rows[start + half : start + half + n]
+            if self.maps_sink is not None:
+                self.maps_sink(maps, centres)
+            out.append(self.postprocessor(maps, centres))
+            self.last_done = centres[-1]
+            self.frames_done += n
+        if n_ready > 0:
+            self._feats = self._feats[n_ready:]
+            self._rows = self._rows[n_ready:]
+        return concat(out)
+
+
+def localize_movie(localizer: StreamingLocalizer, movie: np.ndarray, first_index: int = 0) -> np.ndarray:
+    """Offline convenience: push a whole ``(n, H, W)`` movie in batches, finish, return all localizations."""
+    out = []
+    for start in range(0, len(movie), localizer.batch_size):
+        chunk = movie[start : start + localizer.batch_size]
+        locs, _ = localizer.push(chunk, np.arange(first_index + start, first_index + start + len(chunk)))
+        out.append(locs)
+    out.append(localizer.finish()[0])
+    return concat(out)

@@ -1,0 +1,220 @@
+"""From the network's output maps to a localization table (DECODE's spatial integration).
+
+The network spreads the detection probability of one emitter over the pixel it sits in and, when it lies
+near a pixel border, that pixel's neighbours. Spatial integration turns the map into discrete detections:
+
+1. candidates are pixels whose p is the maximum of their 3x3 neighbourhood and above
+   ``candidate_threshold``. Exact ties (an emitter on a pixel border, p split evenly) are broken in raster
+   order: a pixel must be strictly greater than its neighbours above/left of it and at least equal to the
+   ones below/right, so a plateau of equal values yields one candidate, not two;
+2. each candidate's score is p summed over the pixel and its 4-connected neighbours (the probability mass
+   of one emitter);
+3. pixels that are not maxima but have p above ``split_threshold`` are candidates of their own with the
+   same summed score, so two emitters in adjacent pixels are both reported — unless such a pixel's
+   read-out position (pixel centre + predicted offset) lies within ``MERGE_RADIUS_PX`` of an adjacent
+   maximum's: then both pixels describe the same molecule and only the maximum is kept;
+4. candidates with score > ``p_threshold`` become localizations read out at the candidate pixel.
+
+The heavy part (masks, sums, gathering) runs in torch on the device of ``out`` (GPU when the network runs
+there); only the selected rows are copied to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rtsmlm.core.locs import LOC_DTYPE
+from rtsmlm.localization.net import (
+    CH_BG,
+    CH_P,
+    CH_PHOT,
+    CH_SIG_PHOT,
+    CH_SIG_X,
+    CH_SIG_Y,
+    CH_SIG_Z,
+    CH_X,
+    CH_Y,
+    CH_Z,
+    N_OUT_CHANNELS,
+)
+
+MERGE_RADIUS_PX = 0.5
+
+STRIP_PIXELS = 4 * 2**20
+"""Above this many pixels a batch is post-processed in strips of rows (bounded float32 temporaries)."""
+STRIP_HALO = 2
+"""Rows of context around a strip: a detection depends on its neighbours' maxima, which depend on theirs."""
+"""A split candidate reading out closer than this to an adjacent maximum is the same emitter. Two real
+emitters this close (50 nm at 100 nm pixels, well under the PSF width) cannot be told apart anyway."""
+
+# Neighbour offsets (row, column) before and after a pixel in raster order; used for tie-breaking.
+_EARLIER = ((-1, -1), (-1, 0), (-1, 1), (0, -1))
+_LATER = ((0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _neighbour_max(padded: torch.Tensor, offsets: tuple[tuple[int, int], ...], h: int, w: int) -> torch.Tensor:
+    """Element-wise maximum over the given neighbour offsets of a map padded by one pixel."""
+    shifted = [padded[:, 1 + di : 1 + di + h, 1 + dj : 1 + dj + w] for di, dj in offsets]
+    result = shifted[0]
+    for s in shifted[1:]:
+        result = torch.maximum(result, s)
+    return result
+
+
+class Postprocessor:
+    """Turns ``(B, 10, H, W)`` network output maps into localizations (``rtsmlm.core.locs.LOC_DTYPE``).
+
+    Args:
+        pixel_size_nm: camera pixel size in the sample plane, nm.
+        photon_scale, z_scale, bg_scale: the scales the network was trained with (from its checkpoint):
+            photons = channel * photon_scale, z (nm) = channel * z_scale, background (photons/pixel) =
+            channel * bg_scale.
+        p_threshold: minimum integrated probability of a detection.
+        candidate_threshold: minimum p of a local maximum to be considered at all.
+        split_threshold: p above which a non-maximum pixel is a detection of its own (adjacent emitters).
+    """
+
+    def __init__(
+        self,
+        pixel_size_nm: float,
+        photon_scale: float,
+        z_scale: float,
+        bg_scale: float,
+        p_threshold: float = 0.6,
+        candidate_threshold: float = 0.3,
+        split_threshold: float = 0.6,
+    ) -> None:
+        for name, value in (
+            ("pixel_size_nm", pixel_size_nm),
+            ("photon_scale", photon_scale),
+            ("z_scale", z_scale),
+            ("bg_scale", bg_scale),
+        ):
+            if not value > 0:
+                raise ValueError(f"Postprocessor {name} must be a positive number, got {value!r}.")
+        for name, value in (
+            ("candidate_threshold", candidate_threshold),
+            ("split_threshold", split_threshold),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"Postprocessor {name} must lie in [0, 1], got {value!r}.")
+        if not p_threshold >= 0.0:
+            raise ValueError(f"Postprocessor p_threshold must be >= 0, got {p_threshold!r}.")
+        self.pixel_size_nm = float(pixel_size_nm)
+        self.photon_scale = float(photon_scale)
+        self.z_scale = float(z_scale)
+        self.bg_scale = float(bg_scale)
+        self.p_threshold = float(p_threshold)
+        self.candidate_threshold = float(candidate_threshold)
+        self.split_threshold = float(split_threshold)
+
+    def detection_map(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(detected, score)``: a ``(B, H, W)`` bool mask of detection pixels and the ``(B, H, W)``
+        integrated probability (p summed over each pixel and its 4-connected neighbours)."""
+        p = out[:, CH_P]
+        h, w = p.shape[-2], p.shape[-1]
+        padded = F.pad(p, (1, 1, 1, 1), value=float("-inf"))
+        is_max = (
+            (p > _neighbour_max(padded, _EARLIER, h, w))
+            & (p >= _neighbour_max(padded, _LATER, h, w))
+            & (p > self.candidate_threshold)
+        )
+        plus = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], device=p.device, dtype=p.dtype)
+        score = F.conv2d(p.unsqueeze(1), plus.reshape(1, 1, 3, 3), padding=1).squeeze(1)
+        split = ~is_max & (p > self.split_threshold)
+        maxima = is_max & (score > self.p_threshold)
+        split = split & (score > self.p_threshold) & ~self._same_emitter_as_neighbour(out, split, maxima)
+        return maxima | split, score
+
+    @staticmethod
+    def _same_emitter_as_neighbour(out: torch.Tensor, split: torch.Tensor, maxima: torch.Tensor) -> torch.Tensor:
+        """Split pixels whose read-out position is within ``MERGE_RADIUS_PX`` of that of an adjacent
+        maximum: both pixels point at the same molecule (a duplicate), whereas a true adjacent pair of
+        emitters points at two different places."""
+        h, w = out.shape[-2], out.shape[-1]
+        cols = torch.arange(w, device=out.device, dtype=out.dtype) + 0.5
+        rows = torch.arange(h, device=out.device, dtype=out.dtype) + 0.5
+        x = out[:, CH_X] + cols  # read-out position of every pixel, in pixels
+        y = out[:, CH_Y] + rows[:, None]
+        far = torch.full_like(x, float("inf"))
+        x_max = F.pad(torch.where(maxima, x, far), (1, 1, 1, 1), value=float("inf"))
+        y_max = F.pad(torch.where(maxima, y, far), (1, 1, 1, 1), value=float("inf"))
+        duplicate = torch.zeros_like(split)
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                if di == 0 and dj == 0:
+                    continue
+                nx = x_max[:, 1 + di : 1 + di + h, 1 + dj : 1 + dj + w]
+                ny = y_max[:, 1 + di : 1 + di + h, 1 + dj : 1 + dj + w]
+                duplicate |= (x - nx) ** 2 + (y - ny) ** 2 < MERGE_RADIUS_PX**2
+        return split & duplicate
+
+    def __call__(self, out: torch.Tensor, frame_indices: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+        """Localizations of a batch of output maps; row ``b`` of ``out`` belongs to frame
+        ``frame_indices[b]``. Rows are ordered by batch row, then raster order of the pixel."""
+        if not isinstance(out, torch.Tensor):
+            out = torch.as_tensor(np.asarray(out))
+        if out.ndim != 4 or out.shape[1] != N_OUT_CHANNELS:
+            raise ValueError(
+                f"Postprocessor expects network output of shape (B, {N_OUT_CHANNELS}, H, W), got {tuple(out.shape)}."
+            )
+        frames = np.asarray(
+            frame_indices.cpu().numpy() if isinstance(frame_indices, torch.Tensor) else frame_indices, dtype=np.int64
+        ).reshape(-1)
+        if len(frames) != out.shape[0]:
+            raise ValueError(
+                f"Postprocessor got {len(frames)} frame indices for a batch of {out.shape[0]} output maps."
+            )
+        h = out.shape[-2]
+        if out.shape[0] * out.shape[-2] * out.shape[-1] > STRIP_PIXELS and h > 2 * STRIP_HALO + 1:
+            # A huge frame (4096²): strips of rows with a halo the detection cannot see past, so the
+            # float32 temporaries stay small; the same localizations, in the same order.
+            rows_per = max(1, STRIP_PIXELS // out.shape[-1])
+            parts = []
+            for k in range(out.shape[0]):
+                for r0 in range(0, h, rows_per):
+                    r1 = min(h, r0 + rows_per)
+                    lo, hi = max(0, r0 - STRIP_HALO), min(h, r1 + STRIP_HALO)
+                    part, det_rows = self._localize(out[k:k + 1, :, lo:hi], frames[k:k + 1], row_offset=lo)
+                    parts.append(part[(det_rows >= r0) & (det_rows < r1)])  # the strip's own rows only
+            return np.concatenate(parts) if parts else np.empty(0, LOC_DTYPE)
+        return self._localize(out, frames)[0]
+
+    def _localize(self, out: torch.Tensor, frames: np.ndarray, row_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Localizations of ``out`` (rows offset by ``row_offset`` in the frame) and each one's detection
+        pixel row."""
+        with torch.no_grad():
+            out = out.float()  # bf16/fp16 engines: do the arithmetic in float32
+            detected, score = self.detection_map(out)
+            b, i, j = detected.nonzero(as_tuple=True)
+            values = out.permute(0, 2, 3, 1)[b, i, j]  # (N, 10)
+            frame_i = i + row_offset  # the pixel row in the whole frame
+            px = self.pixel_size_nm
+            columns = torch.stack(
+                [
+                    (j.to(values.dtype) + 0.5 + values[:, CH_X]) * px,
+                    (frame_i.to(values.dtype) + 0.5 + values[:, CH_Y]) * px,
+                    values[:, CH_Z] * self.z_scale,
+                    values[:, CH_PHOT] * self.photon_scale,
+                    values[:, CH_BG] * self.bg_scale,
+                    values[:, CH_SIG_X] * px,
+                    values[:, CH_SIG_Y] * px,
+                    values[:, CH_SIG_Z] * self.z_scale,
+                    values[:, CH_SIG_PHOT] * self.photon_scale,
+                    score[b, i, j].clamp_max(1.0),
+                ],
+                dim=1,
+            )
+            # One device-to-host copy for all columns.
+            host = columns.cpu().numpy()
+            rows = b.cpu().numpy()
+            det_rows = frame_i.cpu().numpy()
+        locs = np.empty(len(rows), dtype=LOC_DTYPE)
+        locs["frame"] = frames[rows]
+        for k, name in enumerate(("x", "y", "z", "photons", "bg", "sigma_x", "sigma_y", "sigma_z", "sigma_photons", "p")):
+            locs[name] = host[:, k]
+        return locs, det_rows

@@ -1,0 +1,186 @@
+"""What a run writes to its output directory, as consumers of the localization stream.
+
+Files (see the README): ``localizations.csv``, ``localizations.hdf5`` + ``localizations.yaml``
+(Picasso), ``ground_truth.csv`` (simulated sources), ``raw.tif``/``raw.raw`` (camera sources, written
+by the pipeline's recorder), ``render.tif``/``render.png`` and ``drift.csv`` (render/drift consumer),
+``summary.json``. Everything is flushed at least every ``output.flush_interval_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtsmlm.core.locs import LocBatch
+
+LOCS_CSV = "localizations.csv"
+LOCS_HDF5 = "localizations.hdf5"
+TRUTH_CSV = "ground_truth.csv"
+TRUTH_DRIFT_CSV = "ground_truth_drift.csv"
+SUMMARY_JSON = "summary.json"
+
+
+RUN_FILES = frozenset({
+    LOCS_CSV, LOCS_HDF5, "localizations.yaml", TRUTH_CSV, TRUTH_DRIFT_CSV, SUMMARY_JSON,
+    "raw.tif", "raw.raw", "raw.yaml", "render.tif", "render.png", "drift.csv",
+    "movie.tif", "simulation.json",  # rtsmlm simulate
+})
+"""Names of the files rtsmlm itself writes into a run's (or a simulation's) folder; plugins' files are
+listed in the summary's ``files``."""
+
+
+def previous_run_files(out: Path) -> list[Path]:
+    """The files of an earlier run in ``out`` that ``--overwrite`` removes: rtsmlm's own files, the
+    files its summary.json lists, and their ``.tmp`` leftovers. Raises FileExistsError naming what
+    else the folder holds (rtsmlm never deletes a file it did not write)."""
+    allowed = set(RUN_FILES)
+    try:
+        listed = json.loads((out / SUMMARY_JSON).read_text()).get("files", [])
+        allowed.update(str(n) for n in listed if isinstance(n, str) and "/" not in n and "\\" not in n)
+    except (OSError, ValueError, AttributeError):
+        pass
+    entries = sorted(out.iterdir())
+    foreign = [p.name for p in entries
+               if not (p.is_file() and (p.name in allowed or p.name.removesuffix(".tmp") in allowed))]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise FileExistsError(f"output directory {out} holds files rtsmlm did not write ({shown}); "
+                              "--overwrite only replaces an earlier run: choose another --out")
+    return entries
+
+
+def prepare_out_dir(out: Path, overwrite: bool) -> Path:
+    """Create ``out``; refuse an existing non-empty directory unless ``overwrite``, and then refuse one
+    that holds anything but an earlier run's files (checked here, removed by :func:`clear_previous_run`
+    once everything that can fail has been opened)."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"output directory {out} exists and is not empty (use --overwrite)")
+        previous_run_files(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def clear_previous_run(out: Path) -> None:
+    """Remove an earlier run's files from ``out`` (``--overwrite``): the new run's folder holds only its
+    own files, so no stale raw movie or ground truth is ever taken for this run's."""
+    for path in previous_run_files(out):
+        path.unlink()
+
+
+class LocalizationFiles:
+    """Consumer writing the localization stream to CSV and Picasso HDF5, flushed periodically."""
+
+    name = "files"
+    critical = True
+
+    def __init__(self, out_dir: Path, *, pixel_size_nm: float, shape: tuple[int, int], csv_style: str,
+                 psf_sigma_nm: float | None, include_z: bool, overwrite: bool) -> None:
+        from rtsmlm.io.locfiles import CsvLocWriter, PicassoHdf5Writer
+
+        self.csv = CsvLocWriter(out_dir / LOCS_CSV, csv_style, psf_sigma_nm=psf_sigma_nm,
+                                overwrite=overwrite)
+        self.hdf5 = PicassoHdf5Writer(out_dir / LOCS_HDF5, pixel_size_nm, shape[1], shape[0],
+                                      psf_sigma_nm=psf_sigma_nm, include_z=include_z, overwrite=overwrite)
+        self.n_rows = 0
+
+    def start(self, run: dict[str, Any]) -> None:
+        pass
+
+    def on_batch(self, batch: LocBatch) -> None:
+        if len(batch.locs):
+            self.csv.append(batch.locs)
+            self.hdf5.append(batch.locs)
+            self.n_rows += len(batch.locs)
+
+    def on_tick(self) -> None:
+        self.csv.flush()
+        self.hdf5.flush()
+
+    def on_stats(self, stats: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.csv.close()
+        self.hdf5.close()
+        summary.setdefault("outputs", {})["localizations"] = [LOCS_CSV, LOCS_HDF5]
+        # Rows moved just inside the image so Picasso's loader keeps them (the CSV has exact values).
+        summary["outputs"]["picasso_rows_moved_inside"] = self.hdf5.n_moved_inside
+
+
+class TruthWriter:
+    """Ground truth of the frames a simulated camera delivered, appended from the producer thread.
+
+    The producer only appends rows to a list under a lock (microseconds); the file is written by
+    :meth:`flush`, which the pipeline calls from its stats thread, and by :meth:`close`. Flushes are
+    serialised by a second lock so rows stay in frame order; a flush after close does nothing. The file
+    is created at the first flush, not here, so a run that fails to start (a bad model) leaves the
+    ground truth of a previous run in the same folder untouched.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = None
+        self._closed = False
+        self._pending: list[np.ndarray] = []
+        self._lock = threading.Lock()  # guards _pending; the producer holds it only to append
+        self._write_lock = threading.Lock()  # one writer of the file at a time
+
+    def __call__(self, frame_index: int, truth: np.ndarray) -> None:
+        with self._lock:
+            self._pending.append(truth)
+
+    def flush(self) -> None:
+        from rtsmlm.io.tables import TRUTH_HEADER, write_truth_rows
+
+        with self._write_lock:
+            if self._closed:
+                return
+            with self._lock:
+                pending, self._pending = self._pending, []
+            start = 0
+            try:
+                if self._fh is None:
+                    self._fh = open(self.path, "w")
+                    self._fh.write(TRUTH_HEADER + "\n")
+                else:
+                    start = self._fh.tell()
+                for t in pending:
+                    write_truth_rows(self._fh, t)
+                self._fh.flush()
+            except OSError:
+                # A full disk: end the file on its last whole row (or remove it if not even the header
+                # fitted), so it opens in any CSV reader; the rows stay pending.
+                with self._lock:
+                    self._pending[:0] = pending
+                self._cut_back(start)
+                raise
+
+    def _cut_back(self, size: int) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.close()
+            except OSError:
+                pass
+            self._fh = None
+        if size == 0:
+            self.path.unlink(missing_ok=True)
+            return
+        with open(self.path, "r+b") as fh:
+            fh.truncate(size)
+        self._fh = open(self.path, "a")
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            with self._write_lock:
+                self._closed = True
+                if self._fh is not None:
+                    self._fh.close()
