@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rtsmlm.core.locs import LocBatch
-from rtsmlm.engine.plugins import RunInfo
+from rtsmlm.engine.listener import Listener, RunEnd, RunStart
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,11 @@ class ActivationController:
         return SetPoint(frame, t, self.power, m, s.target_locs_per_frame, saturated)
 
 
-class ActivationFeedback:
-    """The plugin: drives ``device.property`` from the live localization stream."""
+class ActivationFeedback(Listener):
+    """The plugin: drives ``device.property`` from the live localization stream (a
+    :class:`~rtsmlm.engine.listener.Listener` with three hooks)."""
+
+    name = "activation_feedback"
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.settings = FeedbackSettings.from_table(config)
@@ -206,7 +209,7 @@ class ActivationFeedback:
         self._last_written: float | None = None
         self._was_saturated = False
 
-    def on_start(self, run: RunInfo) -> None:
+    def on_run_start(self, run: RunStart) -> None:
         s = self.settings
         if run.control is None:
             raise RuntimeError("this source has no device control (file replay?); activation feedback "
@@ -234,15 +237,15 @@ class ActivationFeedback:
         self._apply(SetPoint(-1, 0.0, self.controller.power, float("nan"), s.target_locs_per_frame,
                              False))
 
-    def on_localizations(self, batch: LocBatch) -> None:
-        if self.controller is None:
-            return
+    def on_batch(self, batch: LocBatch) -> None:
+        if self.controller is None or batch.late:
+            return  # late: frames caught up after the acquisition, nothing left to act on
         sp = self.controller.add(batch.first_frame, batch.last_frame, len(batch.locs))
         if sp is not None and (self._last_written is None
                                or abs(sp.power / self._last_written - 1.0) > 1e-3):
             self._apply(sp)
 
-    def on_stop(self, summary: dict[str, Any]) -> None:
+    def on_run_end(self, end: RunEnd) -> None:
         if self._log_fh is not None:
             self._log_fh.close()
             self._log_fh = None
@@ -265,11 +268,11 @@ class ActivationFeedback:
             self._log.writerow([sp.frame, f"{sp.time_s:.6g}", f"{sp.power:.6g}", f"{sp.measured:.6g}",
                                 f"{sp.target:g}"])
             self._log_fh.flush()  # a crash must not lose the record of what the laser did
-        self._was_saturated = sp.saturated
         if sp.saturated and not self._was_saturated:
             log.info("activation power at its %s limit (%.4g) with %.3g locs/frame for target %g",
                      "upper" if sp.power >= s.max_power * (1 - 1e-9) else "lower", sp.power, sp.measured,
                      sp.target)
+        self._was_saturated = sp.saturated
 
 
 PLUGIN = ActivationFeedback

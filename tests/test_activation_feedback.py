@@ -180,10 +180,10 @@ def test_bad_plugin_settings_fail_before_the_run():
 
 @pytest.mark.slow  # loads torch and the default model: a few seconds on a 2-core machine
 def test_through_the_real_pipeline_the_plugin_turns_a_too_high_power_down(tmp_path):
-    """Simulated camera → ring → default model on CPU → plugin host on its consumer thread, with the
+    """Simulated camera → ring → default model on CPU → the plugin on its own listener thread, with the
     laser starting far too high for the target."""
+    from rtsmlm.acquisition.registry import open_source
     from rtsmlm.engine.pipeline import Pipeline
-    from rtsmlm.engine.run import PluginConsumer, open_source
     from rtsmlm.localization.backends import open_backend
     from rtsmlm.localization.localizer import StreamingLocalizer
 
@@ -196,9 +196,8 @@ def test_through_the_real_pipeline_the_plugin_turns_a_too_high_power_down(tmp_pa
     localizer = StreamingLocalizer(backend, meta, source.camera, source.shape, cfg.model.p_threshold,
                                    cfg.model.candidate_threshold)
     host = PluginHost.from_config(cfg)
-    info = RunInfo("pipeline", source.control, tmp_path, source.camera.exposure_ms,
-                   source.camera.pixel_size_nm, source.shape, cfg)
-    pipeline = Pipeline(cfg, source, localizer, consumers=[PluginConsumer(host, info)])
+    pipeline = Pipeline(cfg, source, localizer, plugins=host.loaded,
+                        run_info={"run_id": "pipeline", "output_dir": str(tmp_path)})
     pipeline.start()
     assert pipeline.wait(timeout=240)
     summary = pipeline.summary()

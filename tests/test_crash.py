@@ -82,7 +82,8 @@ def simulated_frames_and_truth(cfg: Config, n: int) -> tuple[np.ndarray, np.ndar
     from rtsmlm.acquisition.simulated import SimulatedCamera
 
     truths = []
-    cam = SimulatedCamera(cfg, max_frames=n, on_truth=lambda i, t: truths.append(t))
+    cam = SimulatedCamera(cfg, max_frames=n)
+    cam.set_truth_sink(lambda r: truths.append(r.emitters))
     cam.start()
     frames = np.stack([f.data for f in cam.frames()])
     return frames, np.concatenate(truths)

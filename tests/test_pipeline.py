@@ -127,7 +127,8 @@ class SlowLocalizer:
 
 
 class StopAfter:
-    """A consumer that asks the pipeline to stop once a batch reaches ``frame`` (as Ctrl-C would)."""
+    """A listener with only the hooks it needs: asks the pipeline to stop once a batch reaches ``frame``
+    (as Ctrl-C would), and reports that frame in the summary."""
 
     name = "stop-after"
 
@@ -137,23 +138,14 @@ class StopAfter:
         self.stopped_at: int | None = None
         self.batches: list[LocBatch] = []
 
-    def start(self, run) -> None:
-        pass
-
     def on_batch(self, batch: LocBatch) -> None:
         self.batches.append(batch)
         if self.stopped_at is None and batch.last_frame >= self.frame:
             self.stopped_at = batch.last_frame
             self.pipeline.stop()
 
-    def on_tick(self) -> None:
-        pass
-
-    def on_stats(self, stats) -> None:
-        pass
-
-    def finish(self, summary) -> None:
-        summary["stop_after"] = self.stopped_at
+    def on_run_end(self, end):
+        return {"stop_after": self.stopped_at}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,7 +282,7 @@ def test_stop_mid_run_drains_flushes_and_accounts_for_every_frame(tmp_path):
 
     stopper = StopAfter(frame=40)
     cfg = run_config(tmp_path / "run", 0)  # max_frames 0: the simulated camera runs until stopped
-    run = build_run(cfg, realtime=True, extra_consumers=[stopper], keep_stream=True)
+    run = build_run(cfg, realtime=True, extra_listeners=[stopper], keep_stream=True)
     stopper.pipeline = run.pipeline
     summary = run_to_end(run)
 

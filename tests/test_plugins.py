@@ -170,7 +170,7 @@ def test_entry_points_of_the_rtsmlm_plugins_group_are_loaded_when_named(tmp_path
     dist = site / "epdemo-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: epdemo\nVersion: 0.1\n", encoding="utf-8")
-    (dist / "entry_points.txt").write_text("[rtsmlm.engine.plugins]\ncounter = epdemo_pkg:Counter\n",
+    (dist / "entry_points.txt").write_text("[rtsmlm.plugins]\ncounter = epdemo_pkg:Counter\n",
                                            encoding="utf-8")
     monkeypatch.syspath_prepend(str(site))
     host = PluginHost.from_config({"counter": {"limit": 3}}, search_dirs=[tmp_path / "none"])

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from rtsmlm.acquisition.simulated import LASER_DEVICE, LASER_PROPERTY, SimulatedCamera
-from rtsmlm.acquisition.source import Control, Source, SourceError
+from rtsmlm.acquisition.source import Control, PublishesTruth, Source, SourceError, TruthRecord
 from rtsmlm.core import config
 from rtsmlm.sim import Simulator
 
@@ -28,12 +28,14 @@ def test_frames_come_in_order_with_their_truth_first() -> None:
     events: list[tuple[str, int]] = []
     truths: dict[int, np.ndarray] = {}
 
-    def on_truth(index: int, truth: np.ndarray) -> None:
-        events.append(("truth", index))
-        truths[index] = truth
+    def on_truth(record: TruthRecord) -> None:
+        events.append(("truth", record.frame))
+        truths[record.frame] = record.emitters
+        assert record.drift_nm is None  # no drift simulated
 
-    cam = SimulatedCamera(small_cfg(), max_frames=25, on_truth=on_truth)
-    assert isinstance(cam, Source) and isinstance(cam.control, Control)
+    cam = SimulatedCamera(small_cfg(), max_frames=25)
+    assert isinstance(cam, Source) and isinstance(cam.control, Control) and isinstance(cam, PublishesTruth)
+    cam.set_truth_sink(on_truth)
     assert cam.shape == (32, 32) and cam.dtype == np.uint16 and cam.n_frames == 25
     cam.start()
     frames = []
@@ -44,7 +46,7 @@ def test_frames_come_in_order_with_their_truth_first() -> None:
     assert [f.index for f in frames] == list(range(25))
     assert all(f.data.shape == (32, 32) and f.data.dtype == np.uint16 for f in frames)
     assert all(b.timestamp >= a.timestamp for a, b in itertools.pairwise(frames))
-    # Exactly one truth callback per frame, delivered before that frame.
+    # Exactly one truth record per frame, delivered before that frame.
     assert events == [e for i in range(25) for e in (("truth", i), ("frame", i))]
     assert all(np.all(truths[i]["frame"] == i) for i in truths)
     assert sum(len(t) for t in truths.values()) > 0
@@ -55,8 +57,6 @@ def test_camera_model_matches_the_config() -> None:
     cam = SimulatedCamera(cfg, max_frames=1)
     assert cam.camera.pixel_size_nm == 160.0 and cam.camera.em_gain == 200.0
     assert cam.camera.model == "emccd"
-    table = cam.drift_table(10)
-    assert table.shape == (10, 3) and np.array_equal(table[:, 0], np.arange(10))
 
 
 def test_same_seed_same_movie_and_truth_and_the_seed_argument_overrides_the_config() -> None:
@@ -64,7 +64,8 @@ def test_same_seed_same_movie_and_truth_and_the_seed_argument_overrides_the_conf
 
     def record(seed: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         truths: list[np.ndarray] = []
-        cam = SimulatedCamera(cfg, max_frames=15, seed=seed, on_truth=lambda i, t: truths.append(t))
+        cam = SimulatedCamera(cfg, max_frames=15, seed=seed)
+        cam.set_truth_sink(lambda r: truths.append(r.emitters))
         cam.start()
         return np.stack([f.data for f in cam.frames()]), truths
 

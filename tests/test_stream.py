@@ -329,13 +329,14 @@ def free_port() -> int:
 @pytest.mark.slow  # loads torch and the default model: a few seconds on a 2-core machine
 def test_a_real_run_streams_every_batch_in_order_identical_to_the_written_file(tmp_path):
     """Simulated camera → ring → default model on CPU → localization stream → file writer and ZeroMQ
-    publisher on their own threads (the pipeline's real consumers); a subscriber on loopback."""
+    publisher on their own threads (the pipeline's real listeners); a subscriber on loopback."""
+    from rtsmlm.acquisition.registry import open_source
     from rtsmlm.engine.pipeline import Pipeline
-    from rtsmlm.engine.run import PublisherConsumer, open_source
     from rtsmlm.io.locfiles import read_locs
     from rtsmlm.localization.backends import open_backend
     from rtsmlm.localization.localizer import StreamingLocalizer
     from rtsmlm.outputs.files import LOCS_CSV, LocalizationFiles
+    from rtsmlm.outputs.stream import StreamListener
 
     address = f"tcp://127.0.0.1:{free_port()}"
     cfg = from_dict({"sim": {"size": 32, "density": 1.0, "seed": 7}, "source": {"max_frames": 80},
@@ -349,7 +350,7 @@ def test_a_real_run_streams_every_batch_in_order_identical_to_the_written_file(t
     files = LocalizationFiles(tmp_path, pixel_size_nm=source.camera.pixel_size_nm, shape=source.shape,
                               csv_style="rtsmlm", psf_sigma_nm=None, include_z=False, overwrite=True)
     pipeline = Pipeline(cfg, source, localizer,
-                        consumers=[files, PublisherConsumer(cfg, "real-run", source.camera.pixel_size_nm)])
+                        listeners=[files, StreamListener(cfg, "real-run", source.camera.pixel_size_nm)])
 
     t, out = run_in_thread(lambda: list(subscribe(address, timeout=GUARD_S)))
     pipeline.start()

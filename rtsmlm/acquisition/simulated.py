@@ -14,15 +14,12 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from rtsmlm.acquisition.source import CameraModel, Frame, SourceError
+from rtsmlm.acquisition.source import CameraModel, Frame, SourceError, TruthRecord
 from rtsmlm.core.config import Config
 from rtsmlm.sim import Simulator
 
 LASER_DEVICE = "ActivationLaser"
 LASER_PROPERTY = "Power"
-
-TruthCallback = Callable[[int, np.ndarray], None]
-
 
 class SimulatorControl:
     """Device properties of the simulated microscope."""
@@ -52,17 +49,19 @@ class SimulatorControl:
 class SimulatedCamera:
     """A camera that images the simulated sample.
 
-    ``on_truth(frame_index, truth_rows)`` is called for every frame before it is delivered, so a run can
-    write the ground truth of exactly the frames it acquired.
+    It publishes its ground truth (:class:`~rtsmlm.acquisition.source.PublishesTruth`): the emitters and
+    the sample's true drift of every frame, before the frame is delivered, so a run can write the ground
+    truth of exactly the frames it acquired.
     """
 
     def __init__(self, cfg: Config, *, realtime: bool = False, max_frames: int | None = None,
-                 on_truth: TruthCallback | None = None, seed: int | None = None) -> None:
+                 seed: int | None = None) -> None:
         self.sim = Simulator(cfg, seed=seed)
         self._realtime = realtime
         self._period = cfg.camera.exposure_ms / 1000.0
         self._max_frames = max_frames if max_frames else None
-        self._on_truth = on_truth
+        self._truth_sink: Callable[[TruthRecord], None] | None = None
+        self._drift = cfg.sim.drift.enabled
         self._stop = threading.Event()
         self._control = SimulatorControl(self.sim)
         self._camera = self.sim.camera
@@ -87,6 +86,9 @@ class SimulatedCamera:
     def control(self) -> SimulatorControl:
         return self._control
 
+    def set_truth_sink(self, sink: Callable[[TruthRecord], None]) -> None:
+        self._truth_sink = sink
+
     def start(self) -> None:
         self._stop.clear()
 
@@ -100,8 +102,9 @@ class SimulatedCamera:
                 delay = t0 + (i + 1) * self._period - time.perf_counter()
                 if delay > 0 and self._stop.wait(delay):
                     break
-            if self._on_truth is not None:
-                self._on_truth(i, truth)
+            if self._truth_sink is not None:
+                dx, dy = self.sim.drift.at(i) if self._drift else (0.0, 0.0)
+                self._truth_sink(TruthRecord(i, truth, (float(dx), float(dy)) if self._drift else None))
             yield Frame(i, time.perf_counter(), data)
             i += 1
 
@@ -110,7 +113,3 @@ class SimulatedCamera:
 
     def close(self) -> None:
         self._stop.set()
-
-    def drift_table(self, n_frames: int) -> np.ndarray:
-        """frame, dx, dy (nm) of the simulated drift for frames 0..n-1."""
-        return self.sim.drift_table(n_frames)

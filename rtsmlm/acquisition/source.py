@@ -6,14 +6,15 @@ sources."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
 from rtsmlm.core.camera import CameraModel
 from rtsmlm.core.errors import SourceError
 
-__all__ = ["CameraModel", "Control", "Frame", "Source", "SourceError"]
+__all__ = ["CameraModel", "Control", "Frame", "PublishesTruth", "ReportsCameraLosses", "Source", "SourceError",
+           "TruthRecord"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,46 @@ class Source(Protocol):
 
     def close(self) -> None:
         """Release the device or file. Called once after the last frame was consumed."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Optional capabilities: a source declares one by implementing it; the engine asks with isinstance.
+
+
+@dataclass(frozen=True)
+class TruthRecord:
+    """The ground truth of one frame a simulated source delivered: its emitters (fields frame, x, y, z,
+    photons; nm) and the sample's true displacement (dx, dy nm) at that frame, None without drift."""
+
+    frame: int
+    emitters: np.ndarray
+    drift_nm: tuple[float, float] | None = None
+
+
+@runtime_checkable
+class PublishesTruth(Protocol):
+    """A source that knows the truth of its frames (the simulator)."""
+
+    def set_truth_sink(self, sink: Callable[[TruthRecord], None]) -> None:
+        """Called once before :meth:`Source.start`: ``sink`` takes each frame's truth, called from the
+        producer thread before the frame is delivered (it only queues: microseconds)."""
+
+
+@runtime_checkable
+class ReportsCameraLosses(Protocol):
+    """A source whose device can drop frames before rtsmlm sees them (Micro-Manager's circular buffer)."""
+
+    @property
+    def lost_frames(self) -> int:
+        """Frames the device dropped so far."""
+
+
+@runtime_checkable
+class DescribesDevice(Protocol):
+    """A source with device details and counters worth keeping in the run summary."""
+
+    def describe(self) -> dict[str, Any]:
+        """The device: name, model, settings (JSON types)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the device (frames read, dropped, buffer use) at the end of the run."""

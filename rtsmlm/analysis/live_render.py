@@ -1,11 +1,12 @@
 """The live super-resolution image of a run: online drift correction + incremental rendering + FRC.
 
-A pipeline consumer (its own thread). Each localization batch feeds the online drift estimator; the
+A listener of the run (its own thread). Each localization batch feeds the online drift estimator; the
 batch is rendered with the current drift estimate into the canvas and into one of two half-canvases
 (even/odd drift blocks) for the Fourier ring correlation. When the drift estimate moves by more than a
 fraction of an SR pixel, the canvas is re-rendered from all stored localizations. The live view pulls
-:meth:`RenderConsumer.snapshot`; at the end of the run the global drift refinement is written to
-``drift.csv``, the localization files are rewritten with ``x_dc``/``y_dc``, and the final image goes to
+:meth:`RenderListener.snapshot`; at the end of the run the global drift refinement is written to
+``drift.csv`` and handed on (:meth:`RenderListener.final_drift`; the localization files add ``x_dc``/``y_dc``
+with it), and the final image goes to
 ``render.tif`` (32-bit, pixel size in the metadata) and ``render.png``.
 """
 
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from rtsmlm.core.config import Config
-from rtsmlm.core.locs import LOC_DTYPE, LocBatch, concat
+from rtsmlm.core.locs import LocBatch, LocSpill
+from rtsmlm.io.tables import DriftTrajectory, write_drift_csv
 
 log = logging.getLogger("rtsmlm.analysis.render")
 
@@ -31,16 +33,14 @@ MAX_CANVAS_SIDE = 8192
 RENDER_TIF = "render.tif"
 RENDER_PNG = "render.png"
 DRIFT_CSV = "drift.csv"
-_DISPLAY_MAX_PX = 1024  # the display image is downsampled to at most this size (pyqtgraph cost)
 
 
 @dataclass(frozen=True)
 class RenderSnapshot:
     """What the live view shows; built on the consumer's thread, read on the GUI thread."""
 
-    image: np.ndarray  # float32 SR image (drift-corrected)
-    display: np.ndarray  # uint8, contrast-mapped, possibly downsampled
-    pixel_nm: float  # SR pixel size of ``display``
+    image: np.ndarray  # float32 SR image (drift-corrected); the viewer maps it for display
+    pixel_nm: float  # SR pixel size of ``image``
     n_locs: int
     drift_frames: np.ndarray
     drift_dx: np.ndarray
@@ -48,18 +48,9 @@ class RenderSnapshot:
     frc_nm: float | None
 
 
-def to_display(image: np.ndarray, percentile: float, max_px: int = _DISPLAY_MAX_PX) -> tuple[np.ndarray, int]:
-    """Downsample (sum-pool) to at most ``max_px`` and map to uint8 at the given upper percentile."""
-    from rtsmlm.analysis.render import pool
+class RenderListener:
+    """Listener: online drift correction, the growing SR image, FRC; final ``drift.csv`` and render files."""
 
-    image, f = pool(image, max_px, "sum")
-    nz = image[image > 0]
-    top = float(np.percentile(nz, percentile)) if nz.size else 1.0
-    scaled = np.clip(image * (255.0 / max(top, 1e-12)), 0, 255)
-    return scaled.astype(np.uint8), f
-
-
-class RenderConsumer:
     name = "render"
     critical = False  # the image can always be re-rendered from the saved localizations
 
@@ -96,6 +87,7 @@ class RenderConsumer:
         self._last_frc_t = time.perf_counter()
         self._frc_nm: float | None = None
         self._pending_settings: dict[str, Any] = {}
+        self._final_drift: DriftTrajectory | None = None
 
     # -------------------------------------------------------------------------------- settings
 
@@ -110,10 +102,7 @@ class RenderConsumer:
         with self._lock:
             self._pending_settings["mode"] = mode
 
-    # -------------------------------------------------------------------------------- consumer
-
-    def start(self, run: dict[str, Any]) -> None:
-        pass
+    # -------------------------------------------------------------------------------- listener
 
     def _corrected(self, locs: np.ndarray) -> np.ndarray:
         if self.drift is None:
@@ -185,9 +174,6 @@ class RenderConsumer:
         if self._dirty and self._wanted and time.perf_counter() - self._last_snapshot_t >= 0.2:
             self._publish_snapshot()
 
-    def on_stats(self, stats: dict[str, Any]) -> None:
-        pass
-
     def frc(self) -> float | None:
         """FRC resolution (nm) of the two half images, None while it cannot be read off the curve."""
         from rtsmlm.analysis.frc import frc
@@ -200,13 +186,12 @@ class RenderConsumer:
 
     def _publish_snapshot(self) -> None:
         image = self.canvas.image.copy()
-        display, f = to_display(image, self.cfg.gui.contrast_percentile)
         blocks = self.drift.block_estimates() if self.drift is not None else None
         if blocks is not None and len(blocks):
             frames, dx, dy = blocks.centre_frame, blocks.dx, blocks.dy
         else:
             frames = dx = dy = np.empty(0)
-        snap = RenderSnapshot(image, display, self.pixel_nm * f, self._store.n,
+        snap = RenderSnapshot(image, self.pixel_nm, self._store.n,
                               np.asarray(frames), np.asarray(dx), np.asarray(dy), self._frc_nm)
         with self._lock:
             self._snapshot = snap
@@ -223,20 +208,18 @@ class RenderConsumer:
 
     # -------------------------------------------------------------------------------- finish
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def on_run_end(self, end: Any) -> dict[str, Any]:
         locs = self._store.all()
         info: dict[str, Any] = {"sr_pixel_nm": self.pixel_nm, "mode": self._canvas_args["mode"]}
         if self.drift is not None and len(locs):
             n_frames = int(locs["frame"].max()) + 1
             traj = self.drift.finalize(locs, n_frames)
+            self._final_drift = traj
             info["drift"] = {"max_abs_nm": float(np.max(np.hypot(traj.dx, traj.dy))) if len(traj.dx) else 0.0,
                              "fiducials": self.drift.fiducials.describe()}
             if self.out_dir is not None:
-                from rtsmlm.io.tables import write_drift_csv
-
                 write_drift_csv(self.out_dir / DRIFT_CSV, traj.frames, traj.dx, traj.dy)
                 info["drift"]["file"] = DRIFT_CSV
-                self._rewrite_locs(self.drift.correct(locs), summary)
         self.rerender()
         self._frc_nm = self.frc()
         info["frc_resolution_nm"] = self._frc_nm
@@ -244,26 +227,11 @@ class RenderConsumer:
         if self.out_dir is not None and len(locs):
             self._write_images()
             info["files"] = [RENDER_TIF, RENDER_PNG]
-        summary["render"] = info
+        return {"render": info}
 
-    def _rewrite_locs(self, corrected: np.ndarray, summary: dict[str, Any]) -> None:
-        """Replace the streamed localization files by the drift-corrected table (atomic renames)."""
-        from rtsmlm.io.locfiles import write_csv, write_picasso_hdf5
-        from rtsmlm.outputs.files import LOCS_CSV, LOCS_HDF5
-
-        out = self.out_dir
-        shape = summary.get("source", {}).get("shape", [0, 0])
-        px = summary.get("source", {}).get("camera", {}).get("pixel_size_nm", self.cfg.camera.pixel_size_nm)
-        tmp_csv = out / (LOCS_CSV + ".dc.tmp")
-        write_csv(tmp_csv, corrected, self.cfg.output.csv_style, psf_sigma_nm=self.cfg.psf.sigma_nm,
-                  overwrite=True)
-        tmp_h5 = out / "localizations_dc.tmp.hdf5"
-        h5, yml = write_picasso_hdf5(tmp_h5, corrected, px, int(shape[1]), int(shape[0]),
-                                     psf_sigma_nm=self.cfg.psf.sigma_nm,
-                                     include_z=self.cfg.psf.model != "gaussian", overwrite=True)
-        tmp_csv.replace(out / LOCS_CSV)
-        Path(h5).replace(out / LOCS_HDF5)
-        Path(yml).replace(out / LOCS_HDF5.replace(".hdf5", ".yaml"))
+    def final_drift(self) -> DriftTrajectory | None:
+        """The run's final drift (after :meth:`on_run_end`), None without drift correction."""
+        return self._final_drift
 
     def _write_images(self) -> None:
         from rtsmlm.io.movies import write_tiff_movie
@@ -272,51 +240,10 @@ class RenderConsumer:
         write_tiff_movie(self.out_dir / RENDER_TIF, image[None], self.pixel_nm,
                          {"content": "super-resolution render", "mode": self._canvas_args["mode"]},
                          overwrite=True)
-        display, _ = to_display(image, self.cfg.gui.contrast_percentile, max_px=max(image.shape))
-        _write_png(self.out_dir / RENDER_PNG, display, self.cfg.gui.colormap)
+        from rtsmlm.analysis.render import percentile_levels, to_uint8
 
-
-class LocSpill:
-    """Append-only localization table on an anonymous temporary file (gone when closed or when the
-    process dies), with the newest ``tail_locs`` rows also in memory."""
-
-    def __init__(self, tail_locs: int = 200_000) -> None:
-        import tempfile
-
-        self._fh = tempfile.TemporaryFile(prefix="rtsmlm-locs-")
-        self.n = 0
-        self._tail: list[np.ndarray] = []
-        self._tail_n = 0
-        self._tail_locs = tail_locs
-
-    def append(self, locs: np.ndarray) -> None:
-        self._fh.write(np.ascontiguousarray(locs, dtype=LOC_DTYPE).tobytes())
-        self.n += len(locs)
-        self._tail.append(locs)
-        self._tail_n += len(locs)
-        while len(self._tail) > 1 and self._tail_n - len(self._tail[0]) >= self._tail_locs:
-            self._tail_n -= len(self._tail.pop(0))
-
-    def all(self) -> np.ndarray:
-        """Every row so far (read back from the file: a transient copy)."""
-        self._fh.flush()
-        self._fh.seek(0)
-        out = np.fromfile(self._fh, dtype=LOC_DTYPE, count=self.n)
-        self._fh.seek(0, 2)
-        return out
-
-    def frames_between(self, lo: int, hi: int, *, skip_newest: bool = False) -> np.ndarray:
-        """Rows of frames lo..hi of every batch (but the newest with ``skip_newest``); from memory when the
-        in-memory tail reaches back far enough, else from the file."""
-        batches = self._tail[:-1] if skip_newest else self._tail
-        first_in_tail = next((int(b["frame"][0]) for b in batches if len(b)), None)
-        # The file only when rows older than the in-memory tail exist and may be wanted.
-        if self._tail_n < self.n and (first_in_tail is None or first_in_tail > lo):
-            table = self.all()
-            if skip_newest and self._tail:
-                table = table[: len(table) - len(self._tail[-1])]
-            return table[(table["frame"] >= lo) & (table["frame"] <= hi)]
-        return concat([b for b in batches if len(b) and b["frame"][-1] >= lo and b["frame"][0] <= hi])
+        _, white = percentile_levels(image, 0.0, self.cfg.gui.contrast_percentile, nonzero=True)
+        _write_png(self.out_dir / RENDER_PNG, to_uint8(image, 0.0, white), self.cfg.gui.colormap)
 
 
 def _check_colormap(name: str) -> None:

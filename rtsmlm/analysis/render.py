@@ -297,3 +297,40 @@ def pool(image: np.ndarray, max_px: int, reducer: str = "sum") -> tuple[np.ndarr
     if reducer == "mean":
         pooled *= np.float32(1.0 / (factor * factor))
     return pooled, factor
+
+
+# --------------------------------------------------------------------------------------------------
+# Intensity mapping (the live view and render.png)
+
+_LEVEL_SAMPLES = 1 << 18
+"""Percentiles are taken on at most this many pixels (a regular subsample); exact enough for contrast."""
+
+
+def percentile_levels(image: np.ndarray, low: float, high: float, *, nonzero: bool = False) -> tuple[float, float]:
+    """Contrast limits at the ``low`` and ``high`` percentiles of ``image``.
+
+    With ``nonzero`` only pixels > 0 count — an SR image is mostly empty, and a percentile over all
+    pixels would put the white point at 0. Large images are subsampled on a regular grid. The result
+    always has ``hi > lo`` so a mapping never divides by zero.
+    """
+    values = image.ravel()
+    if values.size > _LEVEL_SAMPLES:
+        values = values[:: values.size // _LEVEL_SAMPLES]
+    if nonzero:
+        values = values[values > 0]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
+    if nonzero:
+        lo = 0.0  # empty SR pixels stay black
+    if not hi > lo:
+        hi = lo + 1.0  # a flat image: any positive span shows it uniformly
+    return lo, hi
+
+
+def to_uint8(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map ``[lo, hi]`` linearly onto 0..255 (clipped), ready for a 256-entry lookup table."""
+    scale = np.float32(255.0 / max(hi - lo, 1e-12))
+    out = (image.astype(np.float32, copy=False) - np.float32(lo)) * scale
+    np.clip(out, 0.0, 255.0, out=out)
+    return out.astype(np.uint8)

@@ -165,3 +165,49 @@ class LocalizationStream:
         with self._cond:
             batches = list(self._batches)
         return concat([b.locs for b in batches])
+
+
+class LocSpill:
+    """Append-only localization table on an anonymous temporary file (gone when closed or when the
+    process dies), with the newest ``tail_locs`` rows also in memory."""
+
+    def __init__(self, tail_locs: int = 200_000) -> None:
+        import tempfile
+
+        self._fh = tempfile.TemporaryFile(prefix="rtsmlm-locs-")
+        self.n = 0
+        self._tail: list[np.ndarray] = []
+        self._tail_n = 0
+        self._tail_locs = tail_locs
+
+    def append(self, locs: np.ndarray) -> None:
+        self._fh.write(np.ascontiguousarray(locs, dtype=LOC_DTYPE).tobytes())
+        self.n += len(locs)
+        self._tail.append(locs)
+        self._tail_n += len(locs)
+        while len(self._tail) > 1 and self._tail_n - len(self._tail[0]) >= self._tail_locs:
+            self._tail_n -= len(self._tail.pop(0))
+
+    def all(self) -> np.ndarray:
+        """Every row so far (read back from the file: a transient copy)."""
+        self._fh.flush()
+        self._fh.seek(0)
+        out = np.fromfile(self._fh, dtype=LOC_DTYPE, count=self.n)
+        self._fh.seek(0, 2)
+        return out
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def frames_between(self, lo: int, hi: int, *, skip_newest: bool = False) -> np.ndarray:
+        """Rows of frames lo..hi of every batch (but the newest with ``skip_newest``); from memory when the
+        in-memory tail reaches back far enough, else from the file."""
+        batches = self._tail[:-1] if skip_newest else self._tail
+        first_in_tail = next((int(b["frame"][0]) for b in batches if len(b)), None)
+        # The file only when rows older than the in-memory tail exist and may be wanted.
+        if self._tail_n < self.n and (first_in_tail is None or first_in_tail > lo):
+            table = self.all()
+            if skip_newest and self._tail:
+                table = table[: len(table) - len(self._tail[-1])]
+            return table[(table["frame"] >= lo) & (table["frame"] <= hi)]
+        return concat([b for b in batches if len(b) and b["frame"][-1] >= lo and b["frame"][0] <= hi])

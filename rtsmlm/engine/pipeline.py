@@ -1,10 +1,10 @@
-"""The streaming pipeline: all threads of a run live here, and only here.
+"""The streaming pipeline: the threads of a run (the relays' threads are started from here too).
 
 ::
 
-    producer ──▶ RingBuffer ──▶ localizer ──▶ LocalizationStream ──▶ one thread per consumer
-    (Source)        │                                                (files, render/drift, ZeroMQ,
-                    └──▶ recorder (raw frames to disk)                plugins, the live view)
+    producer ──▶ RingBuffer ──▶ localizer ──▶ LocalizationStream ──▶ one relay thread per listener
+    (Source)        │                                                (files, ground truth, render/drift,
+                    └──▶ recorder (raw frames to disk)                ZeroMQ, plugins)
 
 * The **producer** moves frames from the source into the ring and never waits on anything downstream.
 * The **localizer** reads whatever frames are waiting (a batch when it is behind, one frame when it keeps
@@ -12,10 +12,12 @@
   overruns it: the lost frame indices are recorded exactly and reported.
 * The **recorder** writes every camera frame to disk (camera sources); it is a separate ring reader, so
   it never waits for the localizer.
-* **Consumers** each run on their own thread and follow the localization stream from their own position,
-  so a slow consumer (a plugin, a subscriber) never slows the localizer.
+* **Listeners** (:mod:`rtsmlm.engine.listener`) each run on their own relay thread
+  (:mod:`rtsmlm.engine.relay`) and follow the localization stream from their own position, so a slow
+  listener (a plugin, a subscriber) never slows the localizer; ground truth a simulated source publishes
+  and the stats reach them through the same relays.
 * A **stats** tick once per ``pipeline.stats_interval_s`` measures rates, ring fill, losses, latency
-  and memory, hands them to every consumer and to the terminal.
+  and memory, hands them to every listener and to the terminal.
 """
 
 from __future__ import annotations
@@ -29,16 +31,22 @@ import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 import rtsmlm
 from rtsmlm.acquisition.ring import RingBuffer, add_to_runs, expand_runs
-from rtsmlm.acquisition.source import Source
+from rtsmlm.acquisition.source import DescribesDevice, PublishesTruth, ReportsCameraLosses, Source, TruthRecord
 from rtsmlm.core.config import Config, to_dict
-from rtsmlm.core.locs import LocalizationStream, LocBatch, concat
+from rtsmlm.core.locs import LocalizationStream, concat
+from rtsmlm.engine.listener import ProvidesDrift, RunEnd, RunStart
+from rtsmlm.engine.plugins import plugin_report
+from rtsmlm.engine.relay import START_TIMEOUT_S, ListenerRelay, merge_section
+from rtsmlm.engine.summary import SUMMARY_VERSION, FrameCounts
 
 log = logging.getLogger("rtsmlm.engine.pipeline")
 
@@ -52,29 +60,6 @@ _CLOSE_BYTES_PER_FRAME = 256
 # The recorder checks the free space each time it has written this much (see _record).
 DISK_CHECK_BYTES = 4 * 2**20
 _CLOSE_BYTES_PER_LOC = 400
-
-
-class Consumer(Protocol):
-    """A stage fed by the localization stream, on a thread of its own.
-
-    ``start`` is called once before the first batch; ``on_batch`` for every localization batch in frame
-    order; ``on_tick`` about every ``output.flush_interval_s`` (flush files here); ``on_stats`` with each
-    stats record; ``finish`` once after the last batch, with the run summary it may add to.
-    """
-
-    name: str
-    critical: bool
-    """True when the run must stop if this consumer fails (it writes the data)."""
-
-    def start(self, run: dict[str, Any]) -> None: ...
-
-    def on_batch(self, batch: LocBatch) -> None: ...
-
-    def on_tick(self) -> None: ...
-
-    def on_stats(self, stats: dict[str, Any]) -> None: ...
-
-    def finish(self, summary: dict[str, Any]) -> None: ...
 
 
 class Localizer(Protocol):
@@ -138,31 +123,26 @@ class LatencyHistogram:
         return float(self._LO * np.exp((k - 0.5) / self._scale) * 1e3)
 
 
-@dataclass
-class _ConsumerThread:
-    consumer: Any
-    thread: threading.Thread | None = None
-    stats_queue: deque = field(default_factory=lambda: deque(maxlen=8))
-    error: str | None = None
-    started: threading.Event = field(default_factory=threading.Event)
-    abandoned: bool = False
-
-
 class Pipeline:
-    """One run: source → ring → localizer → localization stream → consumers.
+    """One run: source → ring → localizer → localization stream → listeners.
 
     Drive it with :meth:`start`, then :meth:`wait` (or :meth:`stop` from any thread); :meth:`summary`
     afterwards. Every stage is a plain object; this class owns the threads.
     """
 
     def __init__(self, cfg: Config, source: Source, localizer: Localizer, *,
-                 consumers: list[Consumer] = (), recorder=None, truth: Any = None,
-                 run_info: dict[str, Any] | None = None, on_stats=None, backpressure: bool = False,
+                 listeners: Sequence[object] = (), plugins: Sequence[tuple[str, object, str]] = (),
+                 recorder: Any = None, run_info: dict[str, Any] | None = None,
+                 on_stats: Callable[[dict[str, Any]], None] | None = None, backpressure: bool = False,
                  keep_stream: bool = False) -> None:
         """``backpressure``: the source may wait for the readers (a file replayed as fast as possible);
         a live camera never waits, and frames a reader cannot keep up with are lost to that reader.
-        ``keep_stream``: keep every localization batch in :attr:`stream` (tests, scripts); by default a
-        batch is dropped once every consumer has taken it, so memory stays flat however long the run."""
+        ``listeners`` are rtsmlm's own (hooks called directly on their relay's thread), in the order they
+        end (a listener finds the sections of those before it in ``RunEnd``; files after the render, so
+        they get its final drift); ``plugins`` are (name, object, origin) of third-party listeners, whose
+        hooks run under the watchdog. ``keep_stream``: keep every localization batch in :attr:`stream`
+        (tests, scripts); by default a batch is dropped once every listener has taken it, so memory stays
+        flat however long the run."""
         self.cfg = cfg
         self.source = source
         self.localizer = localizer
@@ -172,11 +152,17 @@ class Pipeline:
         self._rec_reader = self.ring.add_reader("recorder") if recorder is not None else None
         self.recorder = recorder
         self.backpressure = backpressure
-        self.truth = truth
         self.run_info = dict(run_info or {})
-        self._consumers = [_ConsumerThread(c) for c in consumers]
-        for ct in self._consumers:
-            self.stream.add_reader(ct.consumer.name)
+        flush = cfg.output.flush_interval_s
+        self.relays = [ListenerRelay(x, self.stream, flush_interval_s=flush, on_failure=self._fail_listener)
+                       for x in listeners]
+        self._plugin_relays = [ListenerRelay(obj, self.stream, flush_interval_s=flush, on_failure=self._fail_listener,
+                                             hook_timeout_s=cfg.pipeline.hook_timeout_s, name=name, origin=origin)
+                               for name, obj, origin in plugins]
+        self.relays += self._plugin_relays
+        names = [r.name for r in self.relays]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two listeners share a name: {', '.join(sorted(n for n in set(names) if names.count(n) > 1))}")
         self._on_stats = on_stats
         self._threads: list[threading.Thread] = []
         self._done = threading.Event()
@@ -190,6 +176,7 @@ class Pipeline:
         self._latencies: deque[float] = deque(maxlen=20_000)
         self._all_latencies = LatencyHistogram()
         self.stats_history: deque[dict[str, Any]] = deque(maxlen=3600)
+        self._stats_lock = threading.Lock()  # stats_history is appended by the stats thread, copied by viewers
         self._t_start = 0.0
         self._t_end: float | None = None
         self.latest_stats: dict[str, Any] = {}
@@ -200,7 +187,6 @@ class Pipeline:
         camera_px = float(getattr(getattr(source, "camera", None), "pixel_size_nm", 100.0) or 100.0)
         sr_px = max(cfg.render.pixel_size_nm, 1e-3)
         self._render_bytes = int(5 * source.shape[0] * source.shape[1] * (camera_px / sr_px) ** 2)
-        self._truth_failed = False
         self._t_localizer_done: float | None = None
         self._recorded_runs: list[list[int]] = []
         self.n_caught_up = 0
@@ -313,6 +299,7 @@ class Pipeline:
 
     def _record(self) -> None:
         reader = self._rec_reader
+        assert reader is not None  # the recorder thread exists only with a recorder
         interval = self.cfg.output.flush_interval_s
         next_flush = time.perf_counter() + interval
         frame_bytes = self.ring.nbytes // self.ring.capacity
@@ -344,38 +331,13 @@ class Pipeline:
             except Exception:
                 self._fail("recorder (closing the raw movie)")
 
-    def _consume(self, ct: _ConsumerThread) -> None:
-        """Feed one consumer; a consumer with ``critical = False`` that fails is dropped, the run goes on."""
-        c = ct.consumer
-        interval = self.cfg.output.flush_interval_s
-        seq = 0
-        next_tick = time.perf_counter() + interval
-        try:
-            try:
-                c.start(self.run_info)
-            finally:
-                ct.started.set()
-            while True:
-                # Wake no later than the next tick, so a batch is flushed at most one interval after
-                # it was appended (the crash-safety promise), however quiet the stream is.
-                wait = min(0.2, max(0.0, next_tick - time.perf_counter()))
-                batches = self.stream.batches_since(seq, timeout=wait)
-                for b in batches:
-                    c.on_batch(b)
-                seq += len(batches)
-                self.stream.consumed(c.name, seq)
-                while ct.stats_queue:
-                    c.on_stats(ct.stats_queue.popleft())
-                if time.perf_counter() >= next_tick:
-                    c.on_tick()
-                    next_tick = time.perf_counter() + interval
-                if not batches and self.stream.closed and seq >= self.stream.n_batches:
-                    break
-            c.on_tick()
-        except BaseException:  # SystemExit from third-party code too: never end a thread silently
-            self.stream.remove_reader(c.name)
-            ct.error = traceback.format_exc()
-            self._fail(f"consumer {c.name}", ct.error, stop=getattr(c, "critical", True))
+    def _publish_truth(self, record: TruthRecord) -> None:
+        """The source's ground truth of one frame, to every listener that takes it (producer thread)."""
+        for relay in self.relays:
+            relay.post("on_truth", record)
+
+    def _fail_listener(self, where: str, text: str, stop: bool, exc: BaseException | None = None) -> None:
+        self._fail(where, text, stop=stop, exc=exc)
 
     def _stats_loop(self) -> None:
         interval = self.cfg.pipeline.stats_interval_s
@@ -383,12 +345,6 @@ class Pipeline:
         while not self._done.wait(interval):
             last = self._tick_stats(last)
             self._check_disk(camera_fps=self.latest_stats.get("camera_fps", 0.0), interval=interval)
-            if self.truth is not None and not self._truth_failed:
-                try:
-                    self.truth.flush()
-                except Exception:
-                    self._truth_failed = True
-                    self._fail("ground truth writer")
 
     def disk_reserve_bytes(self, camera_fps: float, interval: float) -> int:
         """Free bytes the output disk must keep: the closing writes plus three stats intervals of raw
@@ -420,25 +376,26 @@ class Pipeline:
             log.error(msg)
             self.source.stop()
 
-    def _tick_stats(self, last):
+    def _tick_stats(self, last: tuple[float, int, int]) -> tuple[float, int, int]:
         now = time.perf_counter()
         t_prev, acq_prev, loc_prev = last
         dt = max(now - t_prev, 1e-9)
         stats = self.stats(camera_fps=(self.n_acquired - acq_prev) / dt,
                            localized_fps=(self.n_localized_frames - loc_prev) / dt)
         self.latest_stats = stats
-        self.stats_history.append(stats)
-        for ct in self._consumers:
-            ct.stats_queue.append(stats)
+        with self._stats_lock:
+            self.stats_history.append(stats)
+        for relay in self.relays:
+            relay.post("on_stats", stats)
         if self._on_stats is not None:
             self._on_stats(stats)
         return now, self.n_acquired, self.n_localized_frames
 
-    def _fail(self, where: str, tb: str | None = None, *, stop: bool = True) -> None:
+    def _fail(self, where: str, tb: str | None = None, *, stop: bool = True, exc: BaseException | None = None) -> None:
         """Record and log a stage's failure; stop acquisition unless the stage is not critical (a
         display or stream failure must not end an experiment whose data are still being saved)."""
         tb = tb or traceback.format_exc()
-        exc = sys.exc_info()[1]
+        exc = exc if exc is not None else sys.exc_info()[1]
         if isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EDQUOT) or self._disk_full):
             # One line for a full disk, however many writers hit it (each one's part is in the log).
             log.info("%s: %s", where, exc)
@@ -461,28 +418,39 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------------- control
 
+    def run_start(self) -> RunStart:
+        """What every listener is told in ``on_run_start``."""
+        camera = self.source.camera
+        out = self.run_info.get("output_dir")
+        return RunStart(str(self.run_info.get("run_id", "")), self.source.control, Path(out) if out else None,
+                        float(camera.exposure_ms), float(camera.pixel_size_nm),
+                        (int(self.source.shape[0]), int(self.source.shape[1])),
+                        self.cfg, dict(self.run_info))
+
     def start(self) -> None:
         self._t_start = time.perf_counter()
         self.run_info.setdefault("started_unix", time.time())
-        spawn = [("rtsmlm-localizer", self._localize, ()),
-                 *[(f"rtsmlm-{ct.consumer.name}", self._consume, (ct,)) for ct in self._consumers]]
+        if isinstance(self.source, PublishesTruth):
+            self.source.set_truth_sink(self._publish_truth)
+        spawn = [("rtsmlm-localizer", self._localize)]
         if self.recorder is not None:
-            spawn.append(("rtsmlm-recorder", self._record, ()))
-        spawn.append(("rtsmlm-stats", self._stats_loop, ()))
-        for name, target, args in spawn:
-            t = threading.Thread(target=target, args=args, name=name, daemon=True)
+            spawn.append(("rtsmlm-recorder", self._record))
+        spawn.append(("rtsmlm-stats", self._stats_loop))
+        for name, target in spawn:
+            t = threading.Thread(target=target, name=name, daemon=True)
             if name == "rtsmlm-recorder":
                 self._recorder_thread = t
             t.start()
             self._threads.append(t)
-        for ct, t in zip(self._consumers, self._threads[1:]):
-            ct.thread = t
-        # The producer starts last, once every consumer has started (a plugin's on_start sees no frame
-        # before it, a publisher is bound), so every reader is registered when frames arrive.
-        for ct in self._consumers:
-            if not ct.started.wait(30.0):
-                log.warning("consumer %s did not start within 30 s; starting acquisition anyway",
-                            ct.consumer.name)
+        run = self.run_start()
+        for relay in self.relays:
+            relay.start(run)
+        # The producer starts last, once every listener has started (a plugin's on_run_start sees no
+        # frame before it, a publisher is bound), so every reader is registered when frames arrive.
+        for relay in self.relays:
+            if not relay.started.wait(START_TIMEOUT_S):
+                log.warning("listener %s did not start within %.0f s; starting acquisition anyway", relay.name,
+                            START_TIMEOUT_S)
         producer = threading.Thread(target=self._producer, name="rtsmlm-producer", daemon=True)
         producer.start()
         self._threads.insert(0, producer)
@@ -492,48 +460,47 @@ class Pipeline:
         self.source.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until every frame acquired has been analysed or lost and every consumer is done."""
+        """Wait until every frame acquired has been analysed or lost and every listener is done."""
         deadline = None if timeout is None else time.perf_counter() + timeout
-        for t in self._threads:
-            if t.name == "rtsmlm-stats":
-                continue
-            ct = next((c for c in self._consumers if c.thread is t), None)
-            while t.is_alive() and not (ct is not None and ct.abandoned):
+        waits: list[tuple[threading.Thread, ListenerRelay | None]] = [
+            (t, None) for t in self._threads if t.name != "rtsmlm-stats"]
+        waits += [(r.thread, r) for r in self.relays if r.thread is not None]
+        for t, relay in waits:
+            while t.is_alive() and not (relay is not None and relay.abandoned):
                 remaining = None if deadline is None else deadline - time.perf_counter()
                 if remaining is not None and remaining <= 0:
                     return False
                 t.join(0.5 if remaining is None else min(remaining, 0.5))
-                # A consumer gets drain_timeout_s after the last localization, then it is abandoned:
-                # a hung consumer must not keep the run (and its summary) from finishing.
-                if (t.is_alive() and ct is not None and self._t_localizer_done is not None
+                # A listener gets drain_timeout_s after the last localization, then it is abandoned:
+                # a hung listener must not keep the run (and its summary) from finishing.
+                if (t.is_alive() and relay is not None and self._t_localizer_done is not None
                         and time.perf_counter() - self._t_localizer_done >= self.cfg.pipeline.drain_timeout_s):
-                    self._abandon(ct)
+                    self._abandon(relay)
         if self._t_end is None:
             self._t_end = time.perf_counter()
             self._done.set()
-            # Let a stats tick under way finish (it flushes the truth file) before the final one.
+            # Let a stats tick under way finish before the final one.
             for t in self._threads:
                 if t.name == "rtsmlm-stats":
                     t.join(max(5.0, 2 * self.cfg.pipeline.stats_interval_s))
             self._tick_stats((self._t_start, 0, 0))  # the whole-run rates as the final stats record
-            if self.truth is not None:
-                try:
-                    self.truth.close()
-                except Exception:
-                    self._fail("ground truth writer (closing)")
             self.source.close()
         return True
 
-    def _abandon(self, ct: _ConsumerThread) -> None:
-        """Give up on a consumer still busy ``drain_timeout_s`` after the stream ended (its thread is a
+    def _abandon(self, relay: ListenerRelay) -> None:
+        """Give up on a listener still busy ``drain_timeout_s`` after the stream ended (its thread is a
         daemon and stays blocked); the summary names it."""
-        ct.abandoned = True
-        self.stream.remove_reader(ct.consumer.name)
-        ct.error = (f"did not finish within pipeline.drain_timeout_s = {self.cfg.pipeline.drain_timeout_s:g} s "
-                    "after the last localization; abandoned")
-        msg = f"consumer {ct.consumer.name}: {ct.error}"
+        why = (f"did not finish within pipeline.drain_timeout_s = {self.cfg.pipeline.drain_timeout_s:g} s "
+               "after the last localization; abandoned")
+        relay.abandon(why)
+        msg = f"listener {relay.name}: {why}"
         self._errors.append(msg)
         log.error("%s", msg)
+
+    def stats_history_copy(self) -> list[dict[str, Any]]:
+        """A copy of :attr:`stats_history`, safe while the stats thread appends."""
+        with self._stats_lock:
+            return list(self.stats_history)
 
     @property
     def running(self) -> bool:
@@ -549,7 +516,7 @@ class Pipeline:
         ring = self.ring.stats()
         fill = {r.name: r.fill_fraction for r in ring.readers}
         lost = {r.name: r.n_lost for r in ring.readers}
-        if hasattr(self.source, "lost_frames"):  # frames the camera's own buffer dropped
+        if isinstance(self.source, ReportsCameraLosses):  # frames the camera's own buffer dropped
             lost["camera"] = int(self.source.lost_frames)
         lat = np.asarray(self._latencies) * 1e3
         elapsed = (self._t_end or time.perf_counter()) - self._t_start
@@ -572,10 +539,11 @@ class Pipeline:
         }
 
     def summary(self) -> dict[str, Any]:
-        """Everything about the run, for summary.json: config, counts, losses (exact), timings.
+        """Everything about the run, for summary.json: config, counts, losses (exact), timings, and the
+        sections the listeners return.
 
-        The first call (after :meth:`wait`) lets every consumer finish, in the order given; later calls
-        return the same record.
+        The first call (after :meth:`wait`) ends every listener (``on_run_end``), in the order given;
+        later calls return the same record.
         """
         if self._summary is not None:
             return self._summary
@@ -583,22 +551,25 @@ class Pipeline:
         lost_loc = self._loc_reader.lost_indices
         missing_final = (self._missing_final if self._missing_final is not None
                          else np.union1d(lost_loc, self._loc_reader.skipped_indices))
-        out = {
+        lost_rec = self._rec_reader.lost_indices if self._rec_reader is not None else None
+        counts = FrameCounts(
+            acquired=self.n_acquired, localized_live=self.n_localized_frames, lost_localizer=int(len(lost_loc)),
+            # Skipped on purpose to keep the live latency bounded (pipeline.max_latency_ms), then
+            # analysed from the raw recording with the lost ones (caught up); what is still missing.
+            skipped_live=int(self._loc_reader.n_skipped), caught_up=self.n_caught_up,
+            missing_final=int(len(missing_final)),
+            recorded=self.n_recorded if lost_rec is not None else None,
+            lost_recorder=int(len(lost_rec)) if lost_rec is not None else None)
+        out: dict[str, Any] = {
+            "summary_version": SUMMARY_VERSION,
             **self.run_info,
             "rtsmlm_version": rtsmlm.__version__,
             "versions": _versions(),
             "config": to_dict(self.cfg),
             "elapsed_s": elapsed,
-            "frames_acquired": self.n_acquired,
-            "frames_localized": self.n_localized_frames,
-            "frames_lost_localizer": int(len(lost_loc)),
+            **counts.to_json(),
             "frames_lost_localizer_ranges": index_ranges(lost_loc),
-            # Skipped on purpose to keep the live latency bounded (pipeline.max_latency_ms), then
-            # analysed from the raw recording with the lost ones (caught up); what is still missing.
-            "frames_skipped_live": int(self._loc_reader.n_skipped),
             "frames_skipped_live_ranges": index_ranges(self._loc_reader.skipped_indices),
-            "frames_caught_up": self.n_caught_up,
-            "frames_missing_final": int(len(missing_final)),
             "frames_missing_final_ranges": index_ranges(missing_final),
             "n_locs": self.stream.n_locs,
             "camera_fps": self.n_acquired / max(elapsed, 1e-9),
@@ -607,6 +578,8 @@ class Pipeline:
             "latency_ms_p99": self._all_latencies.percentile_ms(99),
             "errors": self.errors,
         }
+        if lost_rec is not None:
+            out["frames_lost_recorder_ranges"] = index_ranges(lost_rec)
         verdict = getattr(self.localizer, "range_verdict", None)
         if verdict is not None and verdict.frames:
             out["model_range"] = verdict.to_json()
@@ -617,33 +590,40 @@ class Pipeline:
         # A camera's own losses (e.g. Micro-Manager's circular buffer overflowing) and its description.
         source_info = out.setdefault("source", {})
         if isinstance(source_info, dict):
-            if callable(getattr(self.source, "stats", None)):
+            if isinstance(self.source, DescribesDevice):
                 source_info["stats"] = self.source.stats()
-            if callable(getattr(self.source, "describe", None)):
                 source_info["device"] = self.source.describe()
-        if self._rec_reader is not None:
-            lost_rec = self._rec_reader.lost_indices
-            out["frames_recorded"] = self.n_recorded
-            out["frames_lost_recorder"] = int(len(lost_rec))
-            out["frames_lost_recorder_ranges"] = index_ranges(lost_rec)
-        for ct in self._consumers:
-            if ct.error is None:
-                try:
-                    ct.consumer.finish(out)
-                except Exception:
-                    ct.error = traceback.format_exc()
-                    self._fail(f"consumer {ct.consumer.name} finish", ct.error)
-            if ct.error is not None:
-                out.setdefault("consumer_errors", {})[ct.consumer.name] = ct.error.strip().splitlines()[-1]
+        self._end_listeners(out)
         out["errors"] = self.errors
         self._summary = out
         return out
+
+    def _end_listeners(self, out: dict[str, Any]) -> None:
+        """``on_run_end`` of every listener in order; merge their sections; report each one."""
+        sections: dict[str, Any] = {}
+        drift = None
+        for relay in self.relays:
+            section = relay.end(RunEnd(out, dict(sections), drift))
+            if section:
+                sections[relay.name] = section
+                merge_section(out, section, relay.name)
+            if isinstance(relay.listener, ProvidesDrift) and relay.active:
+                drift = relay.listener.final_drift()
+        reports = {r.name: r.report() for r in self.relays}
+        out["listeners"] = {name: asdict(rep) for name, rep in reports.items()}
+        if self._plugin_relays:
+            out["plugins"] = {r.name: plugin_report(r.listener, r.origin, reports[r.name].active, r.error,
+                                                    reports[r.name].calls, reports[r.name].time_s)
+                              for r in self._plugin_relays}
+        errors = {r.name: r.error for r in self.relays if r.error}
+        if errors:
+            out["listener_errors"] = errors
 
 
 def _gpu_memory_mb() -> float | None:
     torch = sys.modules.get("torch")  # only if the backend already imported it
     if torch is not None and torch.cuda.is_available():
-        return torch.cuda.memory_allocated() / 2**20
+        return float(torch.cuda.memory_allocated()) / 2**20
     return None
 
 

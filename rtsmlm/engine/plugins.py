@@ -1,6 +1,8 @@
 """The plugin API: feedback and analysis code that runs on the live localization stream.
 
-A plugin is a class with any of four optional hooks (see :class:`Plugin`), built with its config table.
+A plugin is a :class:`~rtsmlm.engine.listener.Listener` (any of its optional hooks: ``on_run_start``,
+``on_batch``, ``on_truth``, ``on_stats``, ``on_tick``, ``on_run_end``) built with its config table. The engine runs
+each plugin on its own thread under the watchdog (``pipeline.hook_timeout_s`` per call).
 Plugins are named in ``config.toml``::
 
     [plugins.activation_feedback]        # loads plugins/activation_feedback.py
@@ -15,14 +17,14 @@ Reserved keys of a ``[plugins.NAME]`` table (everything else is the plugin's own
 * ``module`` — where the class lives; default ``NAME``. A path ending in ``.py`` is loaded from that
   file (relative to the config file's directory, else the working directory); a bare name is looked up
   as ``plugins/<module>.py`` in the search directories (:func:`default_search_dirs`), then as an
-  entry point of the ``rtsmlm.engine.plugins`` group, then as an importable module.
+  entry point of the ``rtsmlm.plugins`` group, then as an importable module.
 * ``class`` — the class name in that module; default: the module's ``PLUGIN`` attribute, else the one
   class defined in the module that has a hook.
 * ``enabled`` — false skips the table without removing it.
 * ``config_dir`` — set by :func:`rtsmlm.core.config.load` to the folder of the config file that holds the
   table: ``plugins/`` there is searched first.
 
-Installed entry points (group ``rtsmlm.engine.plugins``, ``NAME = "package.module:Class"``) are loaded only
+Installed entry points (group ``rtsmlm.plugins``, ``NAME = "package.module:Class"``) are loaded only
 when a ``[plugins.NAME]`` table names them: a plugin that drives lasers must be switched on on purpose.
 
 A plugin that cannot be found or built is a configuration error (:class:`PluginError`, before the
@@ -38,21 +40,19 @@ import importlib.util
 import inspect
 import logging
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Any, Iterable, Mapping
 
-from rtsmlm.acquisition.source import Control
 from rtsmlm.core.errors import RtsmlmError
 from rtsmlm.core.locs import LocBatch
-from rtsmlm.engine.watchdog import HookWorker
+from rtsmlm.engine.listener import HOOKS, LEGACY_HOOKS, RunEnd, RunStart, hooks_of
+from rtsmlm.engine.watchdog import HookCaller
 
 log = logging.getLogger(__name__)
 
-ENTRY_POINT_GROUP = "rtsmlm.engine.plugins"
-HOOKS = ("on_start", "on_localizations", "on_stats", "on_stop")
+ENTRY_POINT_GROUP = "rtsmlm.plugins"
 RESERVED_KEYS = ("module", "class", "enabled", "config_dir")
 # Files loaded from plugins/ directories live under this package name, so they cannot shadow (or be
 # shadowed by) an installed top-level "plugins" package.
@@ -63,46 +63,8 @@ class PluginError(RtsmlmError, ValueError):
     """A ``[plugins.NAME]`` table names a plugin that cannot be found, loaded or built."""
 
 
-@dataclass(frozen=True)
-class RunInfo:
-    """What a plugin learns about the run in :meth:`Plugin.on_start`.
-
-    ``control`` sets and reads device properties (lasers, stages) — None when the source has none
-    (file replay). ``output_dir`` is where the run writes its outputs; a plugin writes its own log
-    there. ``exposure_ms`` is the frame period used as the clock of frame-based control loops.
-    """
-
-    run_id: str
-    control: Control | None = None
-    output_dir: Path | None = None
-    exposure_ms: float = 10.0
-    pixel_size_nm: float = 100.0
-    frame_shape: tuple[int, int] | None = None
-    config: Any = None  # the run's rtsmlm.core.config.Config, for plugins that need more than their table
-
-
-@runtime_checkable
-class Plugin(Protocol):
-    """The hooks a plugin may define; each is optional. All are called from the pipeline's consumer
-    thread (never the localizer thread), in order, and should return quickly: time spent here delays
-    the other consumers (writer, stream, plugins), not the localizer.
-
-    The class is built once per run as ``cls(config)`` with its ``[plugins.NAME]`` table minus the
-    reserved keys (or ``cls()`` when its constructor takes no argument).
-    """
-
-    def on_start(self, run: RunInfo) -> None:
-        """Called once before the first frame is acquired; ``run.control`` is the device handle."""
-
-    def on_localizations(self, batch: LocBatch) -> None:
-        """Called for every localization batch, in order (``batch.first_frame..last_frame`` inclusive,
-        frames with nothing found included)."""
-
-    def on_stats(self, stats: dict[str, Any]) -> None:
-        """Called at every stats interval with the pipeline's stats (rates, counts, drops)."""
-
-    def on_stop(self, summary: dict[str, Any]) -> None:
-        """Called once after the last batch, with the run summary; write final outputs here."""
+RunInfo = RunStart
+"""The name plugins written before :class:`~rtsmlm.engine.listener.Listener` import (same class)."""
 
 
 @dataclass
@@ -111,20 +73,19 @@ class PluginState:
 
     name: str
     instance: Any
-    origin: str = ""
+    origin: str
+    caller: HookCaller
+    hooks: dict[str, tuple[str, Any]] = field(default_factory=dict)
     active: bool = True
     error: str | None = None
-    calls: int = 0
-    time_s: float = 0.0
-    hooks: dict[str, Any] = field(default_factory=dict)
-    worker: HookWorker | None = None
 
 
 class PluginHost:
-    """Calls the hooks of every loaded plugin and contains their failures.
+    """The plugins a config names, loaded and built (:meth:`from_config`).
 
-    The pipeline drives it from its consumer thread: :meth:`start` once, :meth:`localizations` for
-    each batch, :meth:`stats` at each stats interval, :meth:`stop` once at the end.
+    A run hands each one to its own :class:`~rtsmlm.engine.relay.ListenerRelay`. Without a run (tests,
+    scripts, benchmarks) the host drives them itself, in order, on the calling thread, with the same
+    watchdog: :meth:`start`, :meth:`localizations` per batch, :meth:`stats`, :meth:`stop`.
     """
 
     DEFAULT_HOOK_TIMEOUT_S = 5.0
@@ -162,35 +123,39 @@ class PluginHost:
 
     def add(self, name: str, instance: Any, origin: str = "") -> None:
         """Register an already-built plugin object (tests, scripts)."""
-        hooks = {h: getattr(instance, h) for h in HOOKS if callable(getattr(instance, h, None))}
+        hooks = hooks_of(instance)
         if not hooks:
             raise PluginError(f"plugin {name!r} ({type(instance).__name__}) defines none of the hooks "
                               f"{', '.join(HOOKS)}")
         if any(p.name == name for p in self._plugins):
             raise PluginError(f"two plugins are named {name!r}")
-        self._plugins.append(PluginState(name, instance, origin or type(instance).__module__, hooks=hooks,
-                                         worker=HookWorker(name)))
+        self._plugins.append(PluginState(name, instance, origin or type(instance).__module__,
+                                         HookCaller(name, self.hook_timeout_s), hooks))
 
-    # -- called by the pipeline ------------------------------------------------------------------
+    @property
+    def loaded(self) -> list[tuple[str, Any, str]]:
+        """(name, plugin object, where it came from) of every plugin, in config order."""
+        return [(p.name, p.instance, p.origin) for p in self._plugins]
 
-    def start(self, run: RunInfo) -> None:
-        """Call ``on_start(run)`` on every plugin."""
-        self._call("on_start", run)
+    # -- driving the plugins without a run -------------------------------------------------------------
+
+    def start(self, run: RunStart) -> None:
+        """Call ``on_run_start(run)`` on every plugin."""
+        self._call("on_run_start", run)
 
     def localizations(self, batch: LocBatch) -> None:
-        """Call ``on_localizations(batch)`` on every active plugin."""
-        self._call("on_localizations", batch)
+        """Call ``on_batch(batch)`` on every active plugin."""
+        self._call("on_batch", batch)
 
     def stats(self, stats: dict[str, Any]) -> None:
         """Call ``on_stats(stats)`` on every active plugin."""
         self._call("on_stats", stats)
 
     def stop(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """Call ``on_stop(summary)`` on every active plugin; return :meth:`report`."""
-        self._call("on_stop", summary)
+        """Call ``on_run_end`` on every active plugin; return :meth:`report`."""
+        self._call("on_run_end", RunEnd(summary))
         for p in self._plugins:
-            if p.worker is not None:
-                p.worker.close()
+            p.caller.close()
         return self.report()
 
     # -- inspection --------------------------------------------------------------------------------
@@ -214,46 +179,44 @@ class PluginHost:
         raise KeyError(f"no plugin named {name!r}; loaded: {', '.join(self.names) or 'none'}")
 
     def report(self) -> dict[str, Any]:
-        """Per plugin: origin, whether it is still active, the error that disabled it, hook calls and
-        time spent in hooks, and the plugin's own ``report()`` when it has one — for the run summary."""
-        out = {}
-        for p in self._plugins:
-            entry = {"origin": p.origin, "active": p.active, "error": p.error, "calls": p.calls,
-                     "time_s": round(p.time_s, 6)}
-            own = getattr(p.instance, "report", None)
-            if callable(own):
-                try:
-                    entry["report"] = own()
-                except Exception as e:  # a broken report must not cost the run summary
-                    entry["report"] = f"report() raised {type(e).__name__}: {e}"
-            out[p.name] = entry
-        return out
+        """Per plugin: :func:`plugin_report`."""
+        return {p.name: plugin_report(p.instance, p.origin, p.active, p.error, p.caller.calls, p.caller.time_s)
+                for p in self._plugins}
 
     def _call(self, hook: str, arg: Any) -> None:
-        """Call ``hook`` on every active plugin, each on its own worker thread under the watchdog: a hook
-        that raises (anything, ``SystemExit`` included) or overruns ``hook_timeout_s`` disables its
-        plugin with one logged line; the acquisition and the other plugins go on."""
+        """Call ``hook`` on every active plugin under the watchdog: a hook that raises (anything,
+        ``SystemExit`` included) or overruns ``hook_timeout_s`` disables its plugin with one logged line."""
         for p in self._plugins:
-            if not p.active:
+            if not p.active or hook not in p.hooks:
                 continue
-            fn = p.hooks.get(hook)
-            if fn is None:
-                continue
-            t0 = time.perf_counter()
-            assert p.worker is not None
-            outcome = p.worker.call(fn, arg, self.hook_timeout_s)
-            p.calls += 1
-            p.time_s += time.perf_counter() - t0
+            own_name, fn = p.hooks[hook]
+            p.caller.timeout_s = self.hook_timeout_s
+            outcome = p.caller.call(fn, dict(arg.summary) if own_name == "on_stop" else arg)
             if outcome.ok:
                 continue
             p.active = False
-            p.error = f"{hook}: {outcome.error}"
+            p.error = f"{own_name}: {outcome.error}"
             if outcome.timed_out:
                 log.error("plugin %s: %s %s; plugin disabled (pipeline.hook_timeout_s), the acquisition "
-                          "continues", p.name, hook, outcome.error)
+                          "continues", p.name, own_name, outcome.error)
             else:
                 log.error("plugin %s raised in %s and is disabled; the acquisition continues\n%s",
-                          p.name, hook, outcome.traceback)
+                          p.name, own_name, outcome.traceback)
+
+
+def plugin_report(instance: Any, origin: str, active: bool, error: str | None, calls: int,
+                  time_s: float) -> dict[str, Any]:
+    """A plugin's entry in the run summary (``plugins.NAME``): origin, whether it is still active, the
+    error that disabled it, hook calls and time spent in hooks, and its own ``report()`` when it has one."""
+    entry: dict[str, Any] = {"origin": origin, "active": active, "error": error, "calls": calls,
+                             "time_s": round(time_s, 6)}
+    own = getattr(instance, "report", None)
+    if callable(own):
+        try:
+            entry["report"] = own()
+        except Exception as e:  # a broken report must not cost the run summary
+            entry["report"] = f"report() raised {type(e).__name__}: {e}"
+    return entry
 
 
 # --------------------------------------------------------------------------------------------------
@@ -384,7 +347,7 @@ def _pick_class(name: str, module: ModuleType, class_key: str | None) -> type:
             raise PluginError(f"[plugins.{name}] {where}: PLUGIN must be a class, got {declared!r}")
         return declared
     candidates = [obj for _, obj in inspect.getmembers(module, inspect.isclass)
-                  if obj.__module__ == module.__name__ and any(callable(getattr(obj, h, None)) for h in HOOKS)]
+                  if obj.__module__ == module.__name__ and any(callable(getattr(obj, h, None)) for h in (*HOOKS, *LEGACY_HOOKS))]
     if len(candidates) != 1:
         found = ", ".join(c.__name__ for c in candidates) or "none"
         raise PluginError(f"[plugins.{name}] {where} defines {len(candidates)} plugin classes ({found}); "

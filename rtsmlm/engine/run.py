@@ -13,48 +13,22 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtsmlm.acquisition.source import CameraModel, Source, SourceError
+from rtsmlm.acquisition.registry import open_source
+from rtsmlm.acquisition.source import PublishesTruth
 from rtsmlm.core.config import Config, effective_max_frames
 from rtsmlm.core.jsonio import write_json_atomically
-from rtsmlm.core.locs import LocBatch
-from rtsmlm.engine.pipeline import Consumer, Localizer, Pipeline
-from rtsmlm.outputs.files import (
-    SUMMARY_JSON,
-    TRUTH_CSV,
-    TRUTH_DRIFT_CSV,
-    LocalizationFiles,
-    TruthWriter,
-    clear_previous_run,
-    prepare_out_dir,
-)
+from rtsmlm.engine.pipeline import Localizer, Pipeline
+from rtsmlm.engine.summary import RunStatus
+from rtsmlm.engine.view import RunView
+from rtsmlm.outputs.files import SUMMARY_JSON, LocalizationFiles, TruthFiles, clear_previous_run, prepare_out_dir
 
 log = logging.getLogger("rtsmlm.engine.run")
-
-
-def open_source(cfg: Config, *, realtime: bool = False, on_truth=None) -> Source:
-    """The frame source ``cfg.source`` names."""
-    src = cfg.source
-    max_frames = effective_max_frames(src) or None
-    if src.kind == "simulator":
-        from rtsmlm.acquisition.simulated import SimulatedCamera
-
-        return SimulatedCamera(cfg, realtime=realtime, max_frames=max_frames, on_truth=on_truth)
-    if src.kind == "file":
-        from rtsmlm.acquisition.file import FileSource
-
-        if not src.path:
-            raise SourceError("source.kind is 'file' but source.path is empty (use --source FILE)")
-        return FileSource(src.path, fps=src.fps, max_frames=effective_max_frames(src),
-                          camera=CameraModel.from_config(cfg.camera), loop=src.loop)
-    from rtsmlm.acquisition.micromanager import open_micromanager_source
-
-    return open_micromanager_source(cfg)
 
 
 def resolve_out_dir(configured: str) -> Path:
@@ -70,108 +44,58 @@ def resolve_out_dir(configured: str) -> Path:
     return out
 
 
-class PublisherConsumer:
-    """Publishes the localization stream and stats over ZeroMQ (socket owned by this thread)."""
-
-    name = "stream"
-    critical = False  # subscribers lose the stream; the files still hold everything
-
-    def __init__(self, cfg: Config, run_id: str, pixel_size_nm: float) -> None:
-        from rtsmlm.outputs.stream import Publisher
-
-        # Bound here, before acquisition starts, so a port in use fails the run at once; the socket is
-        # then used only by this consumer's thread (handing it over once is safe in ZeroMQ).
-        self.publisher = Publisher(cfg.stream, run_id, pixel_size_nm, wait_for_subscribers=0)
-        self._wait = (cfg.stream.wait_for_subscribers, cfg.stream.wait_timeout_s)
-
-    def start(self, run: dict[str, Any]) -> None:
-        # The pipeline starts acquiring only after every consumer's start(): waiting here means the
-        # scripted subscribers see the first batch.
-        n, timeout = self._wait
-        if n and not self.publisher.wait_for_subscribers(n, timeout):
-            log.warning("only %d of %d stream subscribers connected within %.1f s; acquiring anyway",
-                        self.publisher.subscriptions, n, timeout)
-
-    def on_batch(self, batch: LocBatch) -> None:
-        self.publisher.publish_locs(batch)
-
-    def on_tick(self) -> None:
-        pass
-
-    def on_stats(self, stats: dict[str, Any]) -> None:
-        self.publisher.publish_stats(stats)
-
-    def finish(self, summary: dict[str, Any]) -> None:
-        self.publisher.close()
-        summary["stream"] = self.publisher.summary()
-
-
-class PluginConsumer:
-    """Runs the configured plugins' hooks off the localizer's thread."""
-
-    name = "plugins"
-    critical = False  # PluginHost already contains each plugin's failures
-
-    def __init__(self, host, run_info) -> None:
-        self.host = host
-        self.run_info = run_info
-
-    def start(self, run: dict[str, Any]) -> None:
-        self.host.start(self.run_info)
-
-    def on_batch(self, batch: LocBatch) -> None:
-        if batch.late:
-            return  # catch-up of old frames after the acquisition: nothing for feedback to act on
-        self.host.localizations(batch)
-
-    def on_tick(self) -> None:
-        pass
-
-    def on_stats(self, stats: dict[str, Any]) -> None:
-        self.host.stats(stats)
-
-    def finish(self, summary: dict[str, Any]) -> None:
-        summary["plugins"] = self.host.stop(summary)
-
-
 @dataclass
 class Run:
+    """A built run: start, stop, wait, finish (writes summary.json); :attr:`view` for a live view."""
+
     pipeline: Pipeline
     out_dir: Path
     run_id: str
     backend: dict[str, Any] = field(default_factory=dict)
-    render: Any = None  # the render/drift consumer, for the live view
+    render: Any = None  # the render listener
+    _view: RunView | None = field(default=None, init=False, repr=False)
+
+    @property
+    def view(self) -> RunView:
+        """What a live view may read (and the render settings it may change)."""
+        if self._view is None:
+            self._view = RunView(self.pipeline, self.render, self.backend)
+        return self._view
+
+    def start(self) -> None:
+        self.pipeline.start()
+
+    def stop(self) -> None:
+        """Ask the source to stop; the run then drains and flushes (see :meth:`wait`)."""
+        self.pipeline.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once every frame acquired is analysed or accounted for and every listener is done."""
+        return self.pipeline.wait(timeout)
 
     def finish(self) -> dict[str, Any]:
-        """After the pipeline has drained: let consumers finish and write summary.json."""
+        """After the pipeline has drained: end the listeners and write summary.json."""
         summary = self.pipeline.summary()
-        source = self.pipeline.source
-        if getattr(source, "drift_table", None) and self.pipeline.cfg.sim.drift.enabled:
-            from rtsmlm.io.tables import write_drift_csv
-
-            # The simulated sample's true drift, to score drift.csv against.
-            table = source.drift_table(self.pipeline.n_acquired)
-            write_drift_csv(self.out_dir / TRUTH_DRIFT_CSV, table[:, 0], table[:, 1], table[:, 2])
-            summary.setdefault("outputs", {})["ground_truth_drift"] = TRUTH_DRIFT_CSV
-        summary["status"] = "complete" if not summary["errors"] else "failed"
+        summary["status"] = (RunStatus.COMPLETE if not summary["errors"] else RunStatus.FAILED).value
         # Every file in the folder belongs to this run (plugins' logs too): a later --overwrite removes them.
         summary["files"] = sorted({p.name for p in self.out_dir.iterdir() if p.is_file()} | {SUMMARY_JSON})
         try:
             write_json_atomically(self.out_dir / SUMMARY_JSON, summary)
         except OSError as e:  # e.g. a full disk: report it like any other error of the run
             summary["errors"].append(f"cannot write {self.out_dir / SUMMARY_JSON}: {e.strerror or e}")
-            summary["status"] = "failed"
+            summary["status"] = RunStatus.FAILED.value
         return summary
 
 
 def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None = None,
-              extra_consumers: list[Consumer] = (), on_stats=None, keep_stream: bool = False) -> Run:
+              extra_listeners: Sequence[object] = (), on_stats: Callable[[dict[str, Any]], None] | None = None,
+              keep_stream: bool = False) -> Run:
     """Open everything a run needs; nothing is started. Errors name the file/key at fault.
-    ``keep_stream`` keeps every localization batch in ``run.pipeline.stream`` (tests, scripts)."""
+    ``extra_listeners`` follow the run after rtsmlm's own (scripts, tests); ``keep_stream`` keeps every
+    localization batch in ``run.pipeline.stream``."""
     out = prepare_out_dir(resolve_out_dir(cfg.output.dir), cfg.output.overwrite)
     run_id = uuid.uuid4().hex[:12]
-    truth = TruthWriter(out / TRUTH_CSV) if cfg.source.kind == "simulator" else None
-    source = open_source(cfg, realtime=realtime, on_truth=truth)
+    source = open_source(cfg, realtime=realtime)
     camera = source.camera
     backend_info: dict[str, Any] = {}
     model_info: dict[str, Any] = {}
@@ -191,18 +115,19 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
                       "depth": meta.depth, "window": meta.window, "trained_metrics": meta.metrics}
     # Everything that can still fail (plugins, the stream's port) is opened before any output file is
     # created, so a failed --overwrite run leaves the previous run's files untouched.
-    from rtsmlm.analysis.live_render import RenderConsumer
+    from rtsmlm.analysis.live_render import RenderListener
 
-    render = RenderConsumer(cfg, out, camera.pixel_size_nm, source.shape)
-    plugins = None
+    render = RenderListener(cfg, out, camera.pixel_size_nm, source.shape)
+    plugins: list[tuple[str, object, str]] = []
     if cfg.plugins:
-        from rtsmlm.engine.plugins import PluginHost, RunInfo
+        from rtsmlm.engine.plugins import PluginHost
 
-        host = PluginHost.from_config(cfg)
-        info = RunInfo(run_id, source.control, out, camera.exposure_ms, camera.pixel_size_nm,
-                       source.shape, cfg)
-        plugins = PluginConsumer(host, info)
-    publisher = PublisherConsumer(cfg, run_id, camera.pixel_size_nm) if cfg.stream.enabled else None
+        plugins = PluginHost.from_config(cfg).loaded
+    stream = None
+    if cfg.stream.enabled:
+        from rtsmlm.outputs.stream import StreamListener
+
+        stream = StreamListener(cfg, run_id, camera.pixel_size_nm)
     try:
         clear_previous_run(out)
         files = LocalizationFiles(out, pixel_size_nm=camera.pixel_size_nm, shape=source.shape,
@@ -217,21 +142,25 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
                                          metadata=camera.describe(),  # a replay then uses this camera
                                          overwrite=True)
     except BaseException:
-        if publisher is not None:
-            publisher.publisher.close()
+        if stream is not None:
+            stream.close()
         raise
-    # Consumers finish in this order: the files are closed before the render consumer rewrites them
-    # with drift-corrected coordinates.
-    consumers: list[Consumer] = [files, render, *([plugins] if plugins else []),
-                                 *([publisher] if publisher else []), *extra_consumers]
+    # Listeners end in this order: the render listener (it estimates the drift) before the files, which
+    # add the drift-corrected columns with its final drift.
+    listeners: list[object] = [render, files]
+    if isinstance(source, PublishesTruth):
+        listeners.append(TruthFiles(out))
+    if stream is not None:
+        listeners.append(stream)
+    listeners += list(extra_listeners)
     run_info = {"run_id": run_id, "frame_limit": effective_max_frames(cfg.source) or None,
                 "source": {"kind": cfg.source.kind, "path": cfg.source.path, "shape": list(source.shape),
                            "camera": camera.describe()},
                 "backend": backend_info, "model": model_info, "output_dir": str(out)}
-    write_json_atomically(out / SUMMARY_JSON, {**run_info, "status": "running"})
+    write_json_atomically(out / SUMMARY_JSON, {**run_info, "status": RunStatus.RUNNING.value})
     # A recorded file has no camera to protect: at any replay pace the producer waits for the readers
     # rather than lose a frame. A live camera never waits.
-    pipeline = Pipeline(cfg, source, localizer, consumers=consumers, recorder=recorder, truth=truth,
+    pipeline = Pipeline(cfg, source, localizer, listeners=listeners, plugins=plugins, recorder=recorder,
                         run_info=run_info, on_stats=on_stats, backpressure=cfg.source.kind == "file",
                         keep_stream=keep_stream)
     return Run(pipeline, out, run_id, backend_info, render)

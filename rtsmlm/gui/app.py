@@ -17,7 +17,7 @@ paced: one view per tick, each view at most every ``paint time / GUI_DUTY``, plo
 their rounded limits change.
 
 ``rtsmlm live`` is ``rtsmlm run`` with this window: same config, same flags, same output files. Closing
-the window stops acquisition, waits while the pipeline drains and every consumer flushes, writes
+the window stops acquisition, waits while the pipeline drains and every listener flushes, writes
 ``summary.json`` and only then closes.
 """
 
@@ -293,9 +293,9 @@ class LiveWindow(QtWidgets.QMainWindow):
             self.curves[key] = self.plots[plot_key].plot(pen=pg.mkPen(color, width=1.5), **kw)
             self._add_to_title(plot_key, name, color)
         if self.session.run is not None:  # one curve per ring reader, made now: a title change re-lays out
-            for reader in self.session.run.pipeline.ring.readers:
-                self._reader_curve("ring", reader.name)
-                self._reader_curve("lost", reader.name)
+            for reader in self.session.run.view.reader_names:
+                self._reader_curve("ring", reader)
+                self._reader_curve("lost", reader)
         layout.addWidget(self.plots_widget, 8)
         return panel
 
@@ -323,8 +323,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         if self._worker is not None:
             self._worker.stop()
         self._worker = DisplayWorker(run, refresh_hz=self.cfg.gui.refresh_hz,
-                                     percentile=self.percentile_box.value(),
-                                     render_percentile=self.cfg.gui.contrast_percentile)
+                                     percentile=self.percentile_box.value())
         self._worker.set_lookup_table(self._lut)
         self._worker_run = run
         self._shown = {k: -1 for k in self._shown}
@@ -463,10 +462,10 @@ class LiveWindow(QtWidgets.QMainWindow):
         parts = [f"<b>{_state_text(self.session)}</b>"]
         run = self.session.run
         if run is not None:
-            b = run.backend or {}
+            b = run.view.backend
             if b:
                 parts.append(" ".join(str(b[k]) for k in ("name", "device", "precision") if b.get(k)))
-            model = run.pipeline.run_info.get("model", {})
+            model = run.view.model
             if model:
                 name = Path(str(model.get("checkpoint", "?"))).name
                 parts.append(f"model {name}" + (f" (step {model['step']:,})" if model.get("step") else ""))
@@ -560,13 +559,13 @@ class LiveWindow(QtWidgets.QMainWindow):
 
     def set_render_mode(self, mode: str) -> None:
         run = self.session.run
-        if run is not None and run.render is not None:
-            run.render.set_mode(mode)
+        if run is not None:
+            run.view.set_render_mode(mode)
 
     def set_sr_pixel_nm(self, nm: float) -> None:
         run = self.session.run
-        if run is not None and run.render is not None:
-            run.render.set_pixel_nm(float(nm))
+        if run is not None:
+            run.view.set_render_pixel_nm(float(nm))
 
     def set_percentile(self, percentile: float) -> None:
         if self._worker is not None:

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from rtsmlm.analysis.render import pool
+from rtsmlm.analysis.render import percentile_levels, pool, to_uint8
+from rtsmlm.engine.view import RunView
 
 __all__ = [
     "CameraView",
@@ -41,42 +42,10 @@ __all__ = [
 DISPLAY_MAX_PX = 1024
 """Largest side of an image handed to pyqtgraph; larger images are pooled down by the worker."""
 
-_LEVEL_SAMPLES = 1 << 18
-"""Percentiles are taken on at most this many pixels (a regular subsample); exact enough for contrast."""
 
 
 # --------------------------------------------------------------------------------------------------
 # Image helpers
-
-
-def percentile_levels(image: np.ndarray, low: float, high: float, *, nonzero: bool = False) -> tuple[float, float]:
-    """Contrast limits at the ``low`` and ``high`` percentiles of ``image``.
-
-    With ``nonzero`` only pixels > 0 count — an SR image is mostly empty, and a percentile over all
-    pixels would put the white point at 0. Large images are subsampled on a regular grid. The result
-    always has ``hi > lo`` so a mapping never divides by zero.
-    """
-    values = image.ravel()
-    if values.size > _LEVEL_SAMPLES:
-        values = values[:: values.size // _LEVEL_SAMPLES]
-    if nonzero:
-        values = values[values > 0]
-    if values.size == 0:
-        return 0.0, 1.0
-    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
-    if nonzero:
-        lo = 0.0  # empty SR pixels stay black
-    if not hi > lo:
-        hi = lo + 1.0  # a flat image: any positive span shows it uniformly
-    return lo, hi
-
-
-def to_uint8(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Map ``[lo, hi]`` linearly onto 0..255 (clipped), ready for a 256-entry lookup table."""
-    scale = np.float32(255.0 / max(hi - lo, 1e-12))
-    out = (image.astype(np.float32, copy=False) - np.float32(lo)) * scale
-    np.clip(out, 0.0, 255.0, out=out)
-    return out.astype(np.uint8)
 
 
 def nice_length(target_nm: float) -> float:
@@ -221,11 +190,10 @@ class DisplayWorker:
     """
 
     def __init__(self, run: Any, *, refresh_hz: float = 20.0, percentile: float = 99.5,
-                 render_percentile: float | None = None, camera_percentiles: tuple[float, float] = (0.5, 99.9),
+                 camera_percentiles: tuple[float, float] = (0.5, 99.9),
                  max_px: int = DISPLAY_MAX_PX, camera_hz: float = 10.0, sr_hz: float = 5.0) -> None:
-        """``run`` is an :class:`rtsmlm.engine.run.Run` (pipeline, render). ``render_percentile`` is the
-        percentile the renderer already maps its ``display`` image at; when the requested percentile is
-        the same, that image is used as is instead of mapping the float image again.
+        """``run`` is an :class:`rtsmlm.engine.run.Run`; the worker reads it through ``run.view``
+        (:class:`~rtsmlm.engine.view.RunView`) only.
 
         The worker prepares a new camera frame at most ``camera_hz`` times and a new SR image at most
         ``sr_hz`` times a second (neither faster than ``refresh_hz``): on a busy machine every millisecond of CPU
@@ -242,7 +210,6 @@ class DisplayWorker:
         self.n_full = 0
         self.max_px = max_px
         self.camera_percentiles = camera_percentiles
-        self._render_percentile = render_percentile
         self._percentile = percentile
         self._lut = _gray_lut()
         self._lock = threading.Lock()
@@ -326,26 +293,26 @@ class DisplayWorker:
         full = full or self._full.is_set()
         self._full.clear()
         now = time.perf_counter()
-        pipeline = self.run.pipeline
+        view = self.run.view
         changed = False
         if full or now - self._camera_t >= self.camera_interval_s:
-            if self._prepare_camera(pipeline):
+            if self._prepare_camera(view):
                 self._camera_t, changed = now, True
-        snapshot = self.run.render.snapshot() if getattr(self.run, "render", None) is not None else None
+        snapshot = view.render_snapshot()
         if full or now - self._sr_t >= self.sr_interval_s or self._sr_settings_changed():
             if self._prepare_sr(snapshot):
                 self._sr_t, changed = now, True
-        changed |= self._prepare_series(pipeline, snapshot)
+        changed |= self._prepare_series(view, snapshot)
         if changed or self._latest is None:
             self._seq += 1
-        view = LiveView(self._seq, self._camera, self._sr, self._series, dict(pipeline.latest_stats),
+        live = LiveView(self._seq, self._camera, self._sr, self._series, view.latest_stats(),
                         getattr(snapshot, "frc_nm", None), self._sr_seq, self._camera_seq, self._series_seq)
         with self._lock:
-            self._latest = view
+            self._latest = live
         self.n_prepared += 1
         if full:
             self.n_full += 1
-        return view
+        return live
 
     def _sr_settings_changed(self) -> bool:
         """A new percentile or colour map is shown at once, not at the next SR update."""
@@ -353,13 +320,13 @@ class DisplayWorker:
             key = (self._percentile, id(self._lut))
         return self._sr_key is not None and key != self._sr_key[1:]
 
-    def _prepare_camera(self, pipeline: Any) -> bool:
-        frame = pipeline.ring.peek_latest()
+    def _prepare_camera(self, view: RunView) -> bool:
+        frame = view.latest_frame()
         if frame is None or (self._camera is not None and frame.index == self._camera.index):
             return False
         pooled, factor = pool(frame.data, self.max_px, "mean")
         lo, hi = percentile_levels(pooled, *self.camera_percentiles)
-        pixel_nm = float(pipeline.source.camera.pixel_size_nm) * factor
+        pixel_nm = view.camera_pixel_nm * factor
         self._camera = CameraView(int(frame.index), to_uint8(pooled, lo, hi), pixel_nm, (lo, hi))
         self._camera_seq += 1
         return True
@@ -373,23 +340,18 @@ class DisplayWorker:
         if key == self._sr_key:
             return False
         self._sr_key = key
-        # The snapshot's ``pixel_nm`` is that of its (possibly pooled) ``display`` image.
-        render_pixel_nm = float(snapshot.pixel_nm) / _display_factor(snapshot)
-        if self._render_percentile is not None and percentile == self._render_percentile:
-            # The renderer already pooled and mapped at this percentile on its own thread.
-            image, pixel_nm, white = snapshot.display, float(snapshot.pixel_nm), float("nan")
-        else:
-            pooled, factor = pool(snapshot.image, self.max_px, "sum")
-            _, white = percentile_levels(pooled, 0.0, percentile, nonzero=True)
-            image, pixel_nm = to_uint8(pooled, 0.0, white), render_pixel_nm * factor
+        render_pixel_nm = float(snapshot.pixel_nm)
+        pooled, factor = pool(snapshot.image, self.max_px, "sum")
+        _, white = percentile_levels(pooled, 0.0, percentile, nonzero=True)
+        image, pixel_nm = to_uint8(pooled, 0.0, white), render_pixel_nm * factor
         rgb = np.take(lut, image, axis=0)
         self._sr = SRView(image, rgb, pixel_nm, render_pixel_nm, int(snapshot.n_locs), percentile, white,
                           snapshot)
         self._sr_seq += 1
         return True
 
-    def _prepare_series(self, pipeline: Any, snapshot: Any) -> bool:
-        history = _copy_deque(pipeline.stats_history)
+    def _prepare_series(self, view: RunView, snapshot: Any) -> bool:
+        history = view.stats_history()
         n_drift = len(getattr(snapshot, "drift_frames", ()))
         key = (len(history) and id(history[-1]), n_drift)
         if key == self._series_key:
@@ -406,20 +368,3 @@ class DisplayWorker:
 def _gray_lut() -> np.ndarray:
     ramp = np.arange(256, dtype=np.uint8)
     return np.stack([ramp, ramp, ramp], axis=1)
-
-
-def _display_factor(snapshot: Any) -> int:
-    """How much the renderer pooled its ``display`` image relative to its float ``image``."""
-    if snapshot.display.shape[0] == 0:
-        return 1
-    return max(1, round(snapshot.image.shape[0] / snapshot.display.shape[0]))
-
-
-def _copy_deque(d: Any) -> list[Any]:
-    """A list copy of a deque another thread appends to (a copy races only with a concurrent append)."""
-    for _ in range(10):
-        try:
-            return list(d)
-        except RuntimeError:  # "deque mutated during iteration": take it again
-            continue
-    return []

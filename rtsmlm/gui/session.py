@@ -90,7 +90,7 @@ class LiveSession:
             if state == RUNNING:
                 self._state = STOPPING
         if state in (RUNNING, STOPPING) and run is not None:
-            run.pipeline.stop()
+            run.stop()
 
     # ---------------------------------------------------------------------------------- threads
 
@@ -112,7 +112,7 @@ class LiveSession:
     def _start_pipeline(self, spawned: bool = False) -> None:
         run = self.run
         try:
-            run.pipeline.start()
+            run.start()
         except Exception as e:
             log.error("could not start the pipeline:\n%s", traceback.format_exc())
             with self._lock:
@@ -133,9 +133,9 @@ class LiveSession:
             self._thread.start()
 
     def _supervise(self, run: Any) -> None:
-        """Wait for the pipeline to drain, then finish the run (consumers flush, summary.json)."""
+        """Wait for the pipeline to drain, then finish the run (listeners flush, summary.json)."""
         try:
-            while not run.pipeline.wait(timeout=0.25):
+            while not run.wait(timeout=0.25):
                 pass
             with self._lock:
                 if self._state == RUNNING:  # the source ended on its own

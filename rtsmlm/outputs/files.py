@@ -1,8 +1,8 @@
-"""What a run writes to its output directory, as consumers of the localization stream.
+"""What a run writes to its output directory, as listeners of the run.
 
 Files (see the README): ``localizations.csv``, ``localizations.hdf5`` + ``localizations.yaml``
 (Picasso), ``ground_truth.csv`` (simulated sources), ``raw.tif``/``raw.raw`` (camera sources, written
-by the pipeline's recorder), ``render.tif``/``render.png`` and ``drift.csv`` (render/drift consumer),
+by the pipeline's recorder), ``render.tif``/``render.png`` and ``drift.csv`` (the render listener),
 ``summary.json``. Everything is flushed at least every ``output.flush_interval_s``.
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from rtsmlm.core.locs import LocBatch
+from rtsmlm.acquisition.source import TruthRecord
+from rtsmlm.core.locs import LocBatch, LocSpill
 
 LOCS_CSV = "localizations.csv"
 LOCS_HDF5 = "localizations.hdf5"
@@ -75,66 +76,114 @@ def clear_previous_run(out: Path) -> None:
 
 
 class LocalizationFiles:
-    """Consumer writing the localization stream to CSV and Picasso HDF5, flushed periodically."""
+    """Listener writing the localization stream to CSV and Picasso HDF5, flushed every
+    ``output.flush_interval_s``; the one owner of those files. At the end, when the run has a final
+    drift (``RunEnd.drift``), it replaces them by the drift-corrected table (``x_dc``, ``y_dc``)."""
 
     name = "files"
     critical = True
+    max_lag_batches = None  # the data: never drop a batch
 
     def __init__(self, out_dir: Path, *, pixel_size_nm: float, shape: tuple[int, int], csv_style: str,
                  psf_sigma_nm: float | None, include_z: bool, overwrite: bool) -> None:
         from rtsmlm.io.locfiles import CsvLocWriter, PicassoHdf5Writer
 
+        self.out_dir = out_dir
+        self._layout = dict(pixel_size_nm=pixel_size_nm, shape=shape, csv_style=csv_style,
+                            psf_sigma_nm=psf_sigma_nm, include_z=include_z)
         self.csv = CsvLocWriter(out_dir / LOCS_CSV, csv_style, psf_sigma_nm=psf_sigma_nm,
                                 overwrite=overwrite)
         self.hdf5 = PicassoHdf5Writer(out_dir / LOCS_HDF5, pixel_size_nm, shape[1], shape[0],
                                       psf_sigma_nm=psf_sigma_nm, include_z=include_z, overwrite=overwrite)
+        self._table = LocSpill(tail_locs=0)  # every row, on a temporary file, for the corrected rewrite
         self.n_rows = 0
-
-    def start(self, run: dict[str, Any]) -> None:
-        pass
 
     def on_batch(self, batch: LocBatch) -> None:
         if len(batch.locs):
             self.csv.append(batch.locs)
             self.hdf5.append(batch.locs)
+            self._table.append(batch.locs)
             self.n_rows += len(batch.locs)
 
     def on_tick(self) -> None:
         self.csv.flush()
         self.hdf5.flush()
 
-    def on_stats(self, stats: dict[str, Any]) -> None:
-        pass
-
-    def finish(self, summary: dict[str, Any]) -> None:
+    def on_run_end(self, end: Any) -> dict[str, Any]:
         self.csv.close()
         self.hdf5.close()
-        summary.setdefault("outputs", {})["localizations"] = [LOCS_CSV, LOCS_HDF5]
         # Rows moved just inside the image so Picasso's loader keeps them (the CSV has exact values).
-        summary["outputs"]["picasso_rows_moved_inside"] = self.hdf5.n_moved_inside
+        outputs: dict[str, Any] = {"localizations": [LOCS_CSV, LOCS_HDF5],
+                                   "picasso_rows_moved_inside": self.hdf5.n_moved_inside}
+        drift = getattr(end, "drift", None)
+        if drift is not None and self.n_rows:
+            self._rewrite_corrected(drift)
+            outputs["drift_corrected_columns"] = ["x_dc", "y_dc"]
+        self._table.close()
+        return {"outputs": outputs}
+
+    def _rewrite_corrected(self, drift: Any) -> None:
+        """Replace the streamed files by the drift-corrected table (atomic renames: a crash leaves the
+        streamed files or the corrected ones, never half of one)."""
+        from rtsmlm.core.locs import with_drift_columns
+        from rtsmlm.io.locfiles import write_csv, write_picasso_hdf5
+
+        locs = with_drift_columns(self._table.all())
+        frame = np.clip(locs["frame"], 0, len(drift.frames) - 1)
+        locs["x_dc"] = locs["x"] - np.asarray(drift.dx)[frame]
+        locs["y_dc"] = locs["y"] - np.asarray(drift.dy)[frame]
+        lay = self._layout
+        out = self.out_dir
+        tmp_csv = out / (LOCS_CSV + ".dc.tmp")
+        write_csv(tmp_csv, locs, lay["csv_style"], psf_sigma_nm=lay["psf_sigma_nm"], overwrite=True)
+        h5, yml = write_picasso_hdf5(out / "localizations_dc.tmp.hdf5", locs, lay["pixel_size_nm"],
+                                     int(lay["shape"][1]), int(lay["shape"][0]), psf_sigma_nm=lay["psf_sigma_nm"],
+                                     include_z=lay["include_z"], overwrite=True)
+        tmp_csv.replace(out / LOCS_CSV)
+        Path(h5).replace(out / LOCS_HDF5)
+        Path(yml).replace(out / LOCS_HDF5.replace(".hdf5", ".yaml"))
 
 
-class TruthWriter:
-    """Ground truth of the frames a simulated camera delivered, appended from the producer thread.
+class TruthFiles:
+    """Listener writing the ground truth a simulated source publishes: ``ground_truth.csv`` (the emitters
+    of exactly the frames acquired) and, when drift is simulated, ``ground_truth_drift.csv``.
 
-    The producer only appends rows to a list under a lock (microseconds); the file is written by
-    :meth:`flush`, which the pipeline calls from its stats thread, and by :meth:`close`. Flushes are
-    serialised by a second lock so rows stay in frame order; a flush after close does nothing. The file
-    is created at the first flush, not here, so a run that fails to start (a bad model) leaves the
-    ground truth of a previous run in the same folder untouched.
+    The file is created at the first flush, not before, so a run that fails to start (a bad model) leaves
+    the ground truth of a previous run in the same folder untouched.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh = None
+    name = "ground_truth"
+    critical = True  # the truth of a simulated run is data: lose none of it
+    max_lag_batches = None
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / TRUTH_CSV
+        self.drift_path = out_dir / TRUTH_DRIFT_CSV
+        self._fh: Any = None
         self._closed = False
         self._pending: list[np.ndarray] = []
-        self._lock = threading.Lock()  # guards _pending; the producer holds it only to append
+        self._drift: list[tuple[int, float, float]] = []
         self._write_lock = threading.Lock()  # one writer of the file at a time
 
-    def __call__(self, frame_index: int, truth: np.ndarray) -> None:
-        with self._lock:
-            self._pending.append(truth)
+    def on_truth(self, record: TruthRecord) -> None:
+        self._pending.append(record.emitters)
+        if record.drift_nm is not None:
+            self._drift.append((record.frame, *record.drift_nm))
+
+    def on_tick(self) -> None:
+        self.flush()
+
+    def on_run_end(self, end: Any) -> dict[str, Any]:
+        self.close()
+        outputs: dict[str, Any] = {"ground_truth": TRUTH_CSV}
+        if self._drift:
+            from rtsmlm.io.tables import write_drift_csv
+
+            table = np.asarray(self._drift, dtype=np.float64)
+            # The simulated sample's true drift, to score drift.csv against.
+            write_drift_csv(self.drift_path, table[:, 0], table[:, 1], table[:, 2])
+            outputs["ground_truth_drift"] = TRUTH_DRIFT_CSV
+        return {"outputs": outputs}
 
     def flush(self) -> None:
         from rtsmlm.io.tables import TRUTH_HEADER, write_truth_rows
@@ -142,8 +191,7 @@ class TruthWriter:
         with self._write_lock:
             if self._closed:
                 return
-            with self._lock:
-                pending, self._pending = self._pending, []
+            pending, self._pending = self._pending, []
             start = 0
             try:
                 if self._fh is None:
@@ -157,8 +205,7 @@ class TruthWriter:
             except OSError:
                 # A full disk: end the file on its last whole row (or remove it if not even the header
                 # fitted), so it opens in any CSV reader; the rows stay pending.
-                with self._lock:
-                    self._pending[:0] = pending
+                self._pending[:0] = pending
                 self._cut_back(start)
                 raise
 

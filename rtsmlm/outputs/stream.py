@@ -539,3 +539,39 @@ def subscribe(address: str = DEFAULT_ADDRESS, topics: Sequence[str] = (TOPIC_LOC
                 n_locs_batches += msg.topic == TOPIC_LOCS
             if msg.final and stop_at_end:
                 return
+
+
+class StreamListener:
+    """Listener publishing the localization stream and the stats over ZeroMQ (the socket is used by this
+    listener's thread only)."""
+
+    name = "stream"
+    critical = False  # subscribers lose the stream; the files still hold everything
+
+    def __init__(self, cfg: Any, run_id: str, pixel_size_nm: float) -> None:
+        # Bound here, before acquisition starts, so a port in use fails the run at once; the socket is
+        # then used only by this listener's thread (handing it over once is safe in ZeroMQ).
+        self.publisher = Publisher(cfg.stream, run_id, pixel_size_nm, wait_for_subscribers=0)
+        self._wait = (cfg.stream.wait_for_subscribers, cfg.stream.wait_timeout_s)
+
+    def on_run_start(self, run: Any) -> None:
+        # Acquisition starts only after every listener's on_run_start: waiting here means scripted
+        # subscribers see the first batch.
+        n, timeout = self._wait
+        if n and not self.publisher.wait_for_subscribers(n, timeout):
+            log.warning("only %d of %d stream subscribers connected within %.1f s; acquiring anyway",
+                        self.publisher.subscriptions, n, timeout)
+
+    def on_batch(self, batch: LocBatch) -> None:
+        self.publisher.publish_locs(batch)
+
+    def on_stats(self, stats: dict[str, Any]) -> None:
+        self.publisher.publish_stats(stats)
+
+    def on_run_end(self, end: Any) -> dict[str, Any]:
+        self.publisher.close()
+        return {"stream": self.publisher.summary()}
+
+    def close(self) -> None:
+        """Release the socket of a run that never started."""
+        self.publisher.close()

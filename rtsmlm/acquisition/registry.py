@@ -1,0 +1,54 @@
+"""Sources by kind: ``source.kind`` in the config names one of :data:`SOURCES`.
+
+Each entry opens its source from the config; the module that implements it is imported only when it is
+chosen (Micro-Manager needs pycromanager). A new kind of source is one entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rtsmlm.acquisition.source import CameraModel, Source, SourceError
+from rtsmlm.core.config import Config, effective_max_frames
+
+__all__ = ["SOURCES", "open_source"]
+
+
+def _simulator(cfg: Config, realtime: bool) -> Source:
+    from rtsmlm.acquisition.simulated import SimulatedCamera
+
+    return SimulatedCamera(cfg, realtime=realtime, max_frames=effective_max_frames(cfg.source) or None)
+
+
+def _file(cfg: Config, realtime: bool) -> Source:
+    from rtsmlm.acquisition.file import FileSource
+
+    src = cfg.source
+    if not src.path:
+        raise SourceError("source.kind is 'file' but source.path is empty (use --source FILE)")
+    return FileSource(src.path, fps=src.fps, max_frames=effective_max_frames(src),
+                      camera=CameraModel.from_config(cfg.camera), loop=src.loop)
+
+
+def _micromanager(cfg: Config, realtime: bool) -> Source:
+    from rtsmlm.acquisition.micromanager import open_micromanager_source
+
+    return open_micromanager_source(cfg)
+
+
+SOURCES: dict[str, Callable[[Config, bool], Source]] = {
+    "simulator": _simulator,
+    "file": _file,
+    "micromanager": _micromanager,
+}
+"""``source.kind`` → a function ``(config, realtime) -> Source``."""
+
+
+def open_source(cfg: Config, *, realtime: bool = False) -> Source:
+    """The frame source ``cfg.source`` names. ``realtime`` paces a simulated camera at its exposure."""
+    try:
+        opener = SOURCES[cfg.source.kind]
+    except KeyError:
+        raise SourceError(f"source.kind {cfg.source.kind!r} is not a source; use one of {', '.join(SOURCES)}") \
+            from None
+    return opener(cfg, realtime)
