@@ -284,3 +284,21 @@ def test_empty_and_nan_batches_are_harmless():
     dx, dy = est.drift_at(np.arange(5))
     assert np.all(dx == 0) and np.all(dy == 0)
     assert est.correct(np.zeros(0, LOC_DTYPE)).dtype.names[-2:] == ("x_dc", "y_dc")
+
+
+def test_ground_truth_csv_round_trips_and_a_wrong_header_is_named(tmp_path):
+    from rtsmlm.io.tables import TRUTH_HEADER, read_truth_csv, write_truth_rows
+
+    rows = np.zeros(3, dtype=[("frame", "<i8"), ("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("photons", "<f4")])
+    rows["frame"] = [0, 0, 4]
+    rows["x"], rows["y"], rows["photons"] = [10.25, 20.5, 30.75], [1.5, 2.25, 3.0], [500.0, 1000.5, 2000.0]
+    path = tmp_path / "ground_truth.csv"
+    with path.open("w") as fh:
+        fh.write(TRUTH_HEADER + "\n")
+        write_truth_rows(fh, rows)
+    back = read_truth_csv(path)
+    assert np.array_equal(back["frame"], rows["frame"]) and np.allclose(back["x"], rows["x"])
+    assert np.allclose(back["photons"], rows["photons"])
+    path.write_text("frame,x,y\n0,1,2\n")
+    with pytest.raises(ValueError, match="expected the header 'frame,x,y,z,photons'"):
+        read_truth_csv(path)

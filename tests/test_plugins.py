@@ -302,3 +302,60 @@ def test_a_run_with_a_blocking_plugin_next_to_its_config_finishes_with_a_complet
     assert summary["plugins"]["blocking"]["active"] is False
     assert "did not return within 0.5 s" in summary["plugins"]["blocking"]["error"]
     assert (out / "render.tif").exists() and (out / "localizations.csv").exists()
+
+
+ONLY_ON_BATCH = '''
+class CountLocs:
+    """A plugin of the listener protocol with one hook."""
+
+    def __init__(self, config):
+        self.n = 0
+        self.frames = set()
+
+    def on_batch(self, batch):
+        self.n += len(batch.locs)
+        self.frames.update(range(batch.first_frame, batch.last_frame + 1))
+'''
+
+WITH_SECTION = '''
+from rtsmlm.engine.listener import Listener, RunEnd
+
+
+class Section(Listener):
+    """Subclasses the protocol (inherited hooks are not called) and returns a summary section."""
+
+    def __init__(self, config):
+        self.batches = 0
+
+    def on_batch(self, batch):
+        self.batches += 1
+
+    def on_run_end(self, end: RunEnd):
+        return {"section_plugin": {"batches": self.batches, "frames_acquired": end.summary["frames_acquired"]}}
+'''
+
+
+@pytest.mark.slow  # a real run with the model: ~10 s
+def test_plugins_of_the_listener_protocol_with_one_hook_or_a_section_run_in_a_real_run(tmp_path, monkeypatch):
+    import json
+
+    from rtsmlm.cli.main import main
+
+    write_plugin(tmp_path, "count_locs", ONLY_ON_BATCH)
+    write_plugin(tmp_path, "section", WITH_SECTION)
+    (tmp_path / "rig.toml").write_text("[plugins.count_locs]\n[plugins.section]\n", encoding="utf-8")
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    rc = main(["run", "--quiet", "--no-stream", "--config", str(tmp_path / "rig.toml"), "--set", "backend.threads=1",
+               "--max-frames", "40", "--out", str(out)])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    count = summary["plugins"]["count_locs"]
+    assert count["active"] and count["error"] is None and count["calls"] >= 1
+    assert summary["section_plugin"]["frames_acquired"] == 40
+    assert summary["section_plugin"]["batches"] == summary["listeners"]["section"]["batches"] >= 1
+    # Every relay took every batch (nothing lost to a slow listener) and reports itself.
+    for name in ("files", "render", "ground_truth", "count_locs", "section"):
+        assert summary["listeners"][name]["batches_lost"] == 0, name
+    assert summary["listeners"]["files"]["critical"] is True

@@ -48,7 +48,7 @@ from typing import Any, Iterable, Mapping
 from rtsmlm.core.errors import RtsmlmError
 from rtsmlm.core.locs import LocBatch
 from rtsmlm.engine.listener import HOOKS, LEGACY_HOOKS, RunEnd, RunStart, hooks_of
-from rtsmlm.engine.watchdog import HookCaller
+from rtsmlm.engine.watchdog import HookCaller, log_plugin_disabled
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +196,7 @@ class PluginHost:
                 continue
             p.active = False
             p.error = f"{own_name}: {outcome.error}"
-            if outcome.timed_out:
-                log.error("plugin %s: %s %s; plugin disabled (pipeline.hook_timeout_s), the acquisition "
-                          "continues", p.name, own_name, outcome.error)
-            else:
-                log.error("plugin %s raised in %s and is disabled; the acquisition continues\n%s",
-                          p.name, own_name, outcome.traceback)
+            log_plugin_disabled(p.name, own_name, outcome)
 
 
 def plugin_report(instance: Any, origin: str, active: bool, error: str | None, calls: int,

@@ -26,7 +26,7 @@ from typing import Any
 
 from rtsmlm.core.locs import LocalizationStream
 from rtsmlm.engine.listener import RunEnd, RunStart, hooks_of
-from rtsmlm.engine.watchdog import HookCaller
+from rtsmlm.engine.watchdog import HookCaller, log_plugin_disabled
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,7 @@ class ListenerRelay:
             return outcome.value
         self.error = f"{own_name}: {outcome.error}"
         if self._contained:
-            if outcome.timed_out:
-                log.error("plugin %s: %s %s; plugin disabled (pipeline.hook_timeout_s), the acquisition "
-                          "continues", self.name, own_name, outcome.error)
-            else:
-                log.error("plugin %s raised in %s and is disabled; the acquisition continues\n%s",
-                          self.name, own_name, outcome.traceback)
+            log_plugin_disabled(self.name, own_name, outcome)
         else:
             self._on_failure(f"listener {self.name} ({own_name})", outcome.traceback or self.error, self.critical,
                              outcome.exception)

@@ -11,6 +11,7 @@ worker for the rest, and the count and time of calls either way.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -18,7 +19,10 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["HookCaller", "HookOutcome", "HookWorker"]
+__all__ = ["HookCaller", "HookOutcome", "HookWorker", "log_plugin_disabled"]
+
+
+log = logging.getLogger("rtsmlm.engine.plugins")
 
 
 @dataclass(frozen=True)
@@ -103,3 +107,13 @@ class HookCaller:
     def close(self) -> None:
         if self._worker is not None:
             self._worker.close()
+
+
+def log_plugin_disabled(name: str, hook: str, outcome: HookOutcome) -> None:
+    """The one line (plus traceback) that says a plugin was disabled and the acquisition goes on."""
+    if outcome.timed_out:
+        log.error("plugin %s: %s %s; plugin disabled (pipeline.hook_timeout_s), the acquisition continues",
+                  name, hook, outcome.error)
+    else:
+        log.error("plugin %s raised in %s and is disabled; the acquisition continues\n%s", name, hook,
+                  outcome.traceback)

@@ -33,17 +33,23 @@ def write_truth_rows(fh: IO[str], truth: np.ndarray) -> None:
                    delimiter=",")
 
 
-def read_truth_csv(path: str | Path) -> np.ndarray:
-    """Read ``ground_truth.csv`` into a structured array with fields frame, x, y, z, photons."""
-    path = Path(path)
+def _check_header(path: Path, what: str, expected: str) -> None:
+    """The file exists and starts with the ``expected`` columns (more may follow), or one clear error."""
     try:
         with path.open(encoding="utf-8") as fh:
             header = fh.readline().strip().replace(" ", "")
     except FileNotFoundError:
-        raise FileNotFoundError(f"ground-truth file {path} does not exist") from None
-    if header != TRUTH_HEADER:
-        raise ValueError(f"{path}: expected the header {TRUTH_HEADER!r}, got {header!r}")
-    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2).reshape(-1, 5)
+        raise FileNotFoundError(f"{what} file {path} does not exist") from None
+    want = expected.split(",")
+    if header.split(",")[: len(want)] != want:
+        raise ValueError(f"{path}: expected the header {expected!r}, got {header!r}")
+
+
+def read_truth_csv(path: str | Path) -> np.ndarray:
+    """Read ``ground_truth.csv`` into a structured array with fields frame, x, y, z, photons."""
+    path = Path(path)
+    _check_header(path, "ground-truth", TRUTH_HEADER)
+    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, usecols=range(5)).reshape(-1, 5)
     out = np.zeros(len(data), dtype=[("frame", "<i8"), ("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
                                      ("photons", "<f4")])
     for k, name in enumerate(out.dtype.names):
@@ -68,12 +74,6 @@ def write_drift_csv(path: str | Path, frames: np.ndarray, dx: np.ndarray, dy: np
 def read_drift_csv(path: str | Path) -> DriftTrajectory:
     """Read a ``frame,dx,dy`` file (a run's estimate or the simulated truth)."""
     path = Path(path)
-    try:
-        with path.open(encoding="utf-8") as fh:
-            header = fh.readline().strip().replace(" ", "")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"drift file {path} does not exist") from None
-    if header.split(",")[:3] != ["frame", "dx", "dy"]:
-        raise ValueError(f"{path}: expected the header 'frame,dx,dy', got {header!r}")
+    _check_header(path, "drift", DRIFT_HEADER)
     data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, usecols=(0, 1, 2))
     return DriftTrajectory(data[:, 0].astype(np.int64), data[:, 1].copy(), data[:, 2].copy())
