@@ -46,6 +46,12 @@ def _cmd_simulate(args) -> int:
 
 # ------------------------------------------------------------------------------------------- train
 
+def _cmd_calibrate(args) -> int:
+    from rtsmlm.cli.calibrate import calibrate_main
+
+    return calibrate_main(args, _load_config(args))
+
+
 def _cmd_train(args) -> int:
     from rtsmlm.training.train import train
 
@@ -174,6 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("calibrate", help="measure camera gain/baseline, PSF and sample from a movie; write a config")
+    _add_config_args(p)
+    p.add_argument("movie", help="an SMLM movie (TIFF, OME-TIFF, .raw, .dax)")
+    p.add_argument("--dark", metavar="MOVIE", help="frames taken with the shutter closed (baseline, read noise)")
+    p.add_argument("--camera", choices=("emccd", "scmos"), default=None,
+                   help="camera type (default: detected from the noise)")
+    p.add_argument("--baseline-adu", type=float, default=None, help="known baseline, instead of measuring it")
+    p.add_argument("--em-gain", type=float, default=None, help="EM gain to write into the config (EMCCD)")
+    p.add_argument("--pixel-size-nm", type=float, default=None, help="camera pixel size (default: the movie's)")
+    p.add_argument("--frames", type=int, default=500, help="frames to use (default 500)")
+    p.add_argument("--out", default="camera.toml", metavar="TOML", help="config to write (default camera.toml)")
+    p.add_argument("--report", metavar="PNG", help="report image (default: next to --out)")
+    p.add_argument("--json", action="store_true", help="print every figure as JSON")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("train", help="train a localization model on simulated data")
     _add_config_args(p)

@@ -326,6 +326,9 @@ class LiveWindow(QtWidgets.QMainWindow):
                                      percentile=self.percentile_box.value())
         self._worker.set_lookup_table(self._lut)
         self._worker_run = run
+        # A new run started before the last one's final view arrived (a quick Start after a finish): that
+        # wait counted the old worker's views, which the new worker never reaches; forget it.
+        self._finished_at_prepared = None
         self._shown = {k: -1 for k in self._shown}
         self._worker.start()
         self.setWindowTitle(f"rtsmlm live — {run.out_dir}")

@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+
+from rtsmlm.localization.spots import find_isolated_spots, fit_spots
 
 log = logging.getLogger("rtsmlm.range")
 
 FRAMES = 20
 """Frames the guard looks at (the run's first)."""
-_BOX = 7
 
 
 @dataclass(frozen=True)
@@ -67,52 +67,14 @@ def trained_ranges(meta: Any) -> dict[str, list[float]]:
     return out
 
 
-def _fit_sigma(box: np.ndarray, bg: float) -> tuple[float, float] | None:
-    """(sigma px, photons) of a pixel-integrated Gaussian fitted to a spot's box (least squares)."""
-    from scipy.optimize import least_squares
-    from scipy.special import erf
-
-    half = box.shape[0] // 2
-    edges = np.arange(-half, half + 2) - 0.5
-
-    def model(params: np.ndarray) -> np.ndarray:
-        n, cx, cy, s, b = params
-        fx = 0.5 * np.diff(erf((edges - cx) / (np.sqrt(2.0) * s)))
-        fy = 0.5 * np.diff(erf((edges - cy) / (np.sqrt(2.0) * s)))
-        return n * fy[:, None] * fx[None, :] + b
-
-    start = np.array([max(box.sum() - bg * box.size, 1.0), 0.0, 0.0, 1.2, bg])
-    try:
-        fit = least_squares(lambda q: (model(q) - box).ravel(), start,
-                            bounds=([0.0, -1.5, -1.5, 0.3, 0.0], [np.inf, 1.5, 1.5, 5.0, np.inf]))
-    except ValueError:
-        return None
-    return (float(fit.x[3]), float(fit.x[0])) if fit.success else None
-
-
 def measure(photons: np.ndarray, max_spots: int = 60) -> tuple[float, float | None, float | None, int]:
     """(background, PSF sigma px, median spot photons, spots fitted) of frames already in photons."""
     photons = np.asarray(photons, dtype=np.float64)
     bg = float(np.median(photons))
-    noise = float(np.sqrt(max(bg, 1.0)))
-    half = _BOX // 2
-    candidates = []  # (peak height, frame, y, x) of local maxima with no other spot nearby
-    for k, frame in enumerate(photons):
-        smooth = ndimage.uniform_filter(frame, 3)
-        peaks = (smooth == ndimage.maximum_filter(smooth, 2 * _BOX + 1)) & (smooth > bg + 2 * noise)
-        for y, x in zip(*np.nonzero(peaks)):
-            if half <= y < frame.shape[0] - half and half <= x < frame.shape[1] - half:
-                candidates.append((smooth[y, x] - bg, k, y, x))
-    candidates.sort(reverse=True)
-    sigmas, brightness = [], []
-    for _, k, y, x in candidates[:max_spots]:  # the brightest: the best-determined widths
-        fit = _fit_sigma(photons[k, y - half:y + half + 1, x - half:x + half + 1], bg)
-        if fit is not None:
-            sigmas.append(fit[0])
-            brightness.append(fit[1])
-    if len(sigmas) < 5:
-        return bg, None, None, len(sigmas)
-    return bg, float(np.median(sigmas)), float(np.median(brightness)), len(sigmas)
+    fits = fit_spots(photons, find_isolated_spots(photons, bg)[:max_spots], bg)  # the brightest: best widths
+    if len(fits) < 5:
+        return bg, None, None, len(fits)
+    return bg, float(np.median(fits["sigma_px"])), float(np.median(fits["photons"])), len(fits)
 
 
 def check(photons: np.ndarray, meta: Any) -> RangeVerdict:

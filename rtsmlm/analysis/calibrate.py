@@ -1,0 +1,442 @@
+"""Camera and sample calibration from the movie itself (``rtsmlm calibrate``).
+
+From an SMLM movie (and optionally a dark movie taken with the shutter closed) it estimates what a model
+needs to fit the microscope, each with an uncertainty and the method used:
+
+* **baseline** (ADU): the dark movie's mean when given (with per-pixel offset and read-noise maps for an
+  sCMOS); else the intercept of the photon-transfer line, which needs a background that varies across
+  the field (an illumination profile) and takes the read noise from the prior camera.
+* **gain** (ADU per photo-electron, EM gain included) from photon transfer: the temporal variance of
+  background pixels grows as ``F · gain · (mean − baseline)`` plus the read noise, with the excess-noise
+  factor F = 2 for an EMCCD (EM gain) and 1 for an sCMOS. Which of the two the movie is, is read off the
+  skewness of the same pixels (an EM register makes it 1.5× that of a Poisson camera), unless given.
+  Pixels near a detected spot are left out, frame by frame, so blinking emitters do not count as noise.
+* **PSF σ** (nm), **background** (photons/px), **emitter brightness** (photons) from pixel-integrated
+  Gaussian fits of isolated spots in the movie converted to photons with the calibrated camera;
+  **density** of detected spots (a lower bound: dim and overlapping emitters are missed) and their
+  **on-time** in frames (how often a spot is found again at the same place in the next frame).
+
+"Photons" after calibration are detected photo-electrons (QE 1): the camera's quantum efficiency cannot be
+told from its counts and does not matter to localization.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from rtsmlm.core.camera import CameraModel
+from rtsmlm.core.errors import RtsmlmError
+from rtsmlm.localization.spots import find_isolated_spots, fit_spots
+
+log = logging.getLogger(__name__)
+
+MIN_FRAMES = 10
+"""Fewer frames give no usable temporal statistics."""
+EXCESS_NOISE = {"emccd": 2.0, "scmos": 1.0}
+EMCCD_SKEW_RATIO = 1.5
+SKEW_DECISION = 1.15
+"""Measured ratios: 0.9–1.0 for sCMOS, 1.3–1.5 for EMCCD (the spot mask trims some of the EMCCD tail)."""
+"""Skewness of an EMCCD's output relative to a Poisson camera's at the same mean and variance slope."""
+MIN_SPOTS = 10
+ROUND_MAX_LOG_RATIO = 0.15
+"""A spot whose x and y widths differ by more than ~16 % is taken for two emitters (or out of focus)."""
+MAX_BASELINE_SD_ADU = 25.0
+MIN_PTC_SPAN = 0.3
+"""A photon-transfer intercept less certain than this is no baseline: ask for a dark movie instead."""
+MASK_SIGMAS = 5.0
+MASKS = ((5, 2), (3, 1), (2, 0))
+"""Spot masks for the photon-transfer line (px and frames around a peak MASK_SIGMAS robust sigmas up), tried
+in this order until enough of every pixel's frames are left (a dense movie needs a tight mask)."""
+SKEW_MASK = (3, 1)
+"""The tighter mask for the skewness test: a wide mask also trims the camera's own noise tail, which is
+what tells an EMCCD from an sCMOS (measured on simulated cameras: ratios 0.8–0.9 sCMOS, 1.3–1.5 EMCCD)."""
+
+
+class CalibrationError(RtsmlmError, ValueError):
+    """The movie cannot be calibrated; the message says what is missing and what to supply."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One calibrated quantity: value, one-sigma uncertainty (None when unknown) and how it was obtained."""
+
+    value: float
+    uncertainty: float | None
+    method: str
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Everything ``rtsmlm calibrate`` measured, for the report, the config and the benchmark."""
+
+    camera_model: str
+    camera_model_method: str
+    skew_ratio: float | None
+    baseline_adu: Estimate
+    gain_adu_per_e: Estimate
+    read_noise_adu: Estimate
+    psf_sigma_nm: Estimate | None
+    background_photons: dict[str, float]
+    spot_photons: dict[str, float]
+    density_per_um2: float
+    on_frames: float | None
+    pixel_size_nm: float
+    frames_used: int
+    spots_fitted: int
+    ptc: dict[str, list[float]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def camera(self, exposure_ms: float = 10.0, em_gain: float | None = None) -> CameraModel:
+        """The calibrated camera: ``e_per_adu`` chosen so that ADU → photons uses the measured gain (an
+        EMCCD keeps its EM gain, ``em_gain`` or 100 when not known)."""
+        if self.camera_model == "emccd":
+            g_em = float(em_gain or 100.0)
+            e_per_adu = g_em / self.gain_adu_per_e.value
+        else:
+            g_em = 1.0
+            e_per_adu = 1.0 / self.gain_adu_per_e.value
+        read_e = self.read_noise_adu.value * e_per_adu
+        return CameraModel(self.camera_model, self.pixel_size_nm, self.baseline_adu.value, e_per_adu, g_em, 1.0,
+                           read_e, exposure_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Photon transfer
+
+
+def _spot_mask(frames: np.ndarray, radius: int = 5, frames_around: int = 2) -> np.ndarray:
+    """True where a pixel of a frame may hold emitter light: within 4 px of a local maximum of the
+    3×3-smoothed frame that stands out of the pixel's own temporal spread, in that frame and the frames
+    before and after it (an emitter switching on or off mid-frame is dim there). Left out of the noise
+    statistics, so blinking does not count as camera noise."""
+    smooth = ndimage.uniform_filter(frames.astype(np.float64), size=(1, 3, 3))
+    med = np.median(smooth, axis=0)
+    spread = 1.4826 * np.median(np.abs(smooth - med), axis=0) + 1e-9
+    peaks = (smooth == ndimage.maximum_filter(smooth, size=(1, 5, 5))) & (smooth > med + MASK_SIGMAS * spread)
+    mask = ndimage.binary_dilation(peaks, structure=np.ones((2 * frames_around + 1, 2 * radius + 1, 2 * radius + 1), bool))
+    return mask
+
+
+def _pixel_moments(frames: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel over the unmasked frames: mean, variance, third central moment and sample count."""
+    keep = ~mask
+    n = keep.sum(axis=0).astype(np.float64)
+    x = np.where(keep, frames, 0.0)
+    s1 = x.sum(axis=0)
+    mean = s1 / np.maximum(n, 1)
+    d = np.where(keep, frames - mean, 0.0)
+    var = (d ** 2).sum(axis=0) / np.maximum(n - 1, 1)
+    m3 = (d ** 3).sum(axis=0) / np.maximum(n, 1)
+    return mean, var, m3, n
+
+
+def _binned(mean: np.ndarray, values: list[np.ndarray], weights: np.ndarray, n_bins: int = 24) -> tuple[np.ndarray, ...]:
+    """Pixels binned by their mean (equal counts): the weighted mean of each quantity per bin."""
+    mean, weights = mean.ravel(), weights.ravel() + 1e-12
+    order = np.argsort(mean)
+    chunks = np.array_split(order, n_bins)
+    out = [np.array([np.average(mean[c], weights=weights[c]) for c in chunks if len(c)])]
+    for v in values:
+        v = v.ravel()
+        out.append(np.array([np.average(v[c], weights=weights[c]) for c in chunks if len(c)]))
+    return tuple(out)
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+    """Least-squares line y = a·x + b: (a, b, sigma_a, sigma_b)."""
+    A = np.column_stack([x, np.ones_like(x)])
+    coef, res, *_ = np.linalg.lstsq(A, y, rcond=None)
+    dof = max(len(x) - 2, 1)
+    s2 = float(np.sum((A @ coef - y) ** 2)) / dof
+    cov = s2 * np.linalg.inv(A.T @ A)
+    return float(coef[0]), float(coef[1]), float(np.sqrt(cov[0, 0])), float(np.sqrt(cov[1, 1]))
+
+
+# --------------------------------------------------------------------------------------------------
+# The calibration
+
+
+def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | None = None,
+              camera_model: str | None = None, prior: CameraModel | None = None,
+              baseline_adu: float | None = None) -> Calibration:
+    """Calibrate from ``frames`` (T, H, W) in ADU; see the module docstring. ``camera_model`` ('emccd' or
+    'scmos') overrides the detection; ``prior`` supplies the read noise when there is no dark movie;
+    ``baseline_adu`` is a known baseline (no dark movie needed)."""
+    frames = np.asarray(frames, dtype=np.float64)
+    if frames.ndim != 3 or frames.shape[0] < MIN_FRAMES:
+        raise CalibrationError(f"the movie has {frames.shape[0] if frames.ndim == 3 else 0} frames; calibration "
+                               f"needs at least {MIN_FRAMES} (temporal noise statistics)")
+    if camera_model not in (None, "emccd", "scmos"):
+        raise CalibrationError(f"camera model {camera_model!r} is not 'emccd' or 'scmos'")
+    warnings: list[str] = []
+    saturated = float(np.mean(frames >= 65535))
+    if saturated > 1e-4:
+        warnings.append(f"{saturated:.2%} of the pixels are saturated (65535 ADU): their noise is clipped; "
+                        "lower the EM gain or the exposure")
+    prior = prior or CameraModel()
+
+    # Baseline and read noise: from the dark movie when there is one.
+    dark_mean = dark_var = None
+    if dark is not None:
+        dark = np.asarray(dark, dtype=np.float64)
+        if dark.ndim != 3 or dark.shape[1:] != frames.shape[1:]:
+            raise CalibrationError(f"the dark movie's frames are {dark.shape[1:] if dark.ndim == 3 else dark.shape}, "
+                                   f"the movie's {frames.shape[1:]}: take the dark frames with the same camera "
+                                   "settings and region")
+        if dark.shape[0] < 2:
+            raise CalibrationError("the dark movie needs at least 2 frames (its noise is measured over time)")
+        dark_mean = dark.mean(axis=0)
+        dark_var = dark.var(axis=0, ddof=1)
+
+    for radius, around in MASKS:
+        mask = _spot_mask(frames, radius, around)
+        mean, var, m3, n = _pixel_moments(frames, mask)
+        if np.median(n) >= MIN_FRAMES // 2:
+            break
+    if np.median(n) < MIN_FRAMES // 2:
+        raise CalibrationError("nearly every pixel is covered by a spot in most frames: the movie is too dense "
+                               "to see the camera's noise; give a movie (or frames) with fewer emitters on")
+    if dark_mean is not None:
+        signal = mean - dark_mean
+        excess_var = var - dark_var
+    else:
+        signal, excess_var = mean, var
+    xb, vb, _ = _binned(signal, [excess_var, m3], n)
+    skew_mask = _spot_mask(frames, *SKEW_MASK)
+    mean_s, _, m3_s, n_s = _pixel_moments(frames, skew_mask)
+    xs, m3b = _binned(mean_s - dark_mean if dark_mean is not None else mean_s, [m3_s], n_s)
+
+    # Excess noise: an EMCCD's output is 1.5x as skewed as a Poisson camera's with the same slope.
+    slope_all, icpt_all, _, _ = _line(xb, vb)
+    skew_ratio = None
+    if slope_all > 0:
+        # Per pixel, then the median: a pixel that a dim emitter still reaches has a wild third moment, and
+        # the median ignores it where a mean would not.
+        if dark_mean is not None:
+            above_px = mean_s - dark_mean
+        elif baseline_adu is not None:
+            above_px = mean_s - baseline_adu
+        else:
+            above_px = mean_s + icpt_all / slope_all
+        ok = (above_px > 0) & (n_s >= 3)
+        if ok.sum() >= 100:
+            skew_ratio = float(np.median(m3_s[ok] / (slope_all ** 2 * above_px[ok])))
+    if camera_model is None:
+        if skew_ratio is None:
+            raise CalibrationError("cannot tell an EMCCD from an sCMOS from this movie: give --camera emccd or scmos")
+        camera_model = "emccd" if skew_ratio > SKEW_DECISION else "scmos"
+        if abs(skew_ratio - SKEW_DECISION) < 0.1:
+            warnings.append(f"the noise skewness ratio {skew_ratio:.2f} is close to the EMCCD/sCMOS decision "
+                            f"({SKEW_DECISION}): the camera type ({camera_model}) is uncertain, and with it the gain "
+                            "(2x); give --camera emccd or scmos")
+        model_method = f"detected from the noise skewness (ratio {skew_ratio:.2f}; 1 sCMOS, 1.5 EMCCD)"
+    else:
+        model_method = "given"
+    F = EXCESS_NOISE[camera_model]
+
+    # Gain and baseline from the photon-transfer line.
+    if dark_mean is None and baseline_adu is not None:
+        read_adu = prior.read_noise_e / prior.e_per_adu
+        x0 = xb - baseline_adu
+        vr = vb - read_adu ** 2
+        slope = float(np.sum(vr * x0) / np.sum(x0 * x0))
+        slope_sd = float(np.sqrt(np.sum((vr - slope * x0) ** 2) / max(len(xb) - 1, 1) / np.sum(x0 * x0)))
+        baseline = Estimate(float(baseline_adu), None, "given")
+        read = Estimate(float(read_adu), None, "prior camera")
+    elif dark_mean is not None:
+        # Through the origin: the dark frames fixed the baseline and the read noise exactly.
+        w = np.maximum(xb, 1e-9)
+        slope = float(np.sum(vb * w) / np.sum(w * w))
+        resid = vb - slope * xb
+        slope_sd = float(np.sqrt(np.sum(resid ** 2) / max(len(xb) - 1, 1) / np.sum(w * w)))
+        baseline = Estimate(float(np.mean(dark_mean)), float(np.std(dark_mean) / math.sqrt(dark_mean.size)),
+                            f"dark movie ({dark.shape[0]} frames)")
+        read = Estimate(float(np.sqrt(np.mean(dark_var))), None, "dark movie")
+    else:
+        read_adu = prior.read_noise_e / prior.e_per_adu
+        slope, icpt, slope_sd, icpt_sd = _line(xb, vb)
+        # v = slope * (mean - baseline) + read²  →  baseline = (read² - icpt) / slope
+        b = (read_adu ** 2 - icpt) / slope if slope > 0 else float("nan")
+        b_sd = math.hypot(icpt_sd / slope, 0.5 * read_adu ** 2 / slope) if slope > 0 else float("inf")
+        # The line needs a real spread of background levels (an illumination profile), not the scatter of a
+        # flat field: the pixel means must span a good part of the signal above the baseline.
+        span = float(xb[-1] - xb[0]) / max(float(np.median(xb)) - b, 1e-9) if np.isfinite(b) else 0.0
+        if not (b_sd <= MAX_BASELINE_SD_ADU and span >= MIN_PTC_SPAN):
+            raise CalibrationError(
+                f"the background varies too little across the field (pixel means {xb[0]:.1f}–{xb[-1]:.1f} ADU) for "
+                f"the photon-transfer line to fix the baseline (±{b_sd:.1f} ADU): give a dark movie (--dark, 20+ "
+                "frames with the shutter closed) or the known baseline (--baseline-adu)")
+        if b_sd > 1.0:
+            warnings.append(f"the baseline from the photon-transfer intercept is uncertain by ±{b_sd:.1f} ADU (and "
+                            "by the read noise assumed): a dark movie (--dark) measures it to ±0.1 ADU")
+        baseline = Estimate(float(b), float(b_sd), "photon-transfer intercept (read noise of the prior camera)")
+        read = Estimate(float(read_adu), None, "prior camera")
+    if not slope > 0:
+        raise CalibrationError("the pixel variance does not grow with the signal: no photon-transfer line (is the "
+                               "movie already converted to photons, or the background zero?)")
+    gain = Estimate(slope / F, slope_sd / F, f"photon transfer, excess-noise factor {F:g} ({camera_model})")
+
+    # The sample, in photons of the calibrated camera.
+    cal_camera = CameraModel(camera_model, pixel_size_nm, baseline.value, 1.0 / gain.value, 1.0, 1.0,
+                             read.value / gain.value, 10.0,
+                             offset_map=dark_mean.astype(np.float32) if (dark_mean is not None and camera_model == "scmos") else None)
+    photons = cal_camera.to_photons(frames.astype(np.float32)).astype(np.float64)
+    bg_map = np.median(photons, axis=0)
+    bg_map = ndimage.median_filter(bg_map, size=9)  # spots left out: the smooth background
+    spots = find_isolated_spots(photons, bg_map)
+    # Fitted on the background-subtracted frames: an illumination gradient across the box would widen them.
+    signal = photons - bg_map
+    fits = fit_spots(signal, spots[:2000], 0.0)
+    good = _round_spots(fits)
+    if len(good) >= MIN_SPOTS and np.median(good["sigma_px"]) > 1.2:
+        # A wide PSF (small pixels): a 7-px box cuts its tails off; fit again in a box of ±2.5 sigma.
+        box = 2 * int(math.ceil(2.5 * float(np.median(good["sigma_px"])))) + 1
+        spots = find_isolated_spots(photons, bg_map, box=box)
+        fits = fit_spots(signal, spots[:2000], 0.0, box=box)
+        good = _round_spots(fits)
+    sigma = None
+    if len(good) >= MIN_SPOTS:
+        s = good["sigma_px"] * pixel_size_nm
+        sigma = Estimate(float(np.median(s)), float(1.2533 * np.std(s) / math.sqrt(len(s))),
+                         f"median of {len(good)} fitted isolated round spots")
+    else:
+        warnings.append(f"only {len(good)} isolated spots could be fitted: no PSF width (need {MIN_SPOTS}); give a "
+                        "longer movie or one with separated emitters")
+    area_um2 = frames.shape[1] * frames.shape[2] * (pixel_size_nm / 1000.0) ** 2
+    density = len(spots) / frames.shape[0] / area_um2
+    on_frames = _on_frames(fits) if len(fits) else None
+    bgv = bg_map.ravel()
+    bg = {"median": float(np.median(bgv)), "p05": float(np.percentile(bgv, 5)), "p95": float(np.percentile(bgv, 95))}
+    ph = ({"median": float(np.median(good["photons"])), "p10": float(np.percentile(good["photons"], 10)),
+           "p90": float(np.percentile(good["photons"], 90))} if len(good) else {})
+    ptc = {"signal_adu": xb.tolist(), "variance_adu2": vb.tolist(), "skew_signal_adu": xs.tolist(),
+           "third_moment_adu3": m3b.tolist()}
+    return Calibration(camera_model, model_method, skew_ratio, baseline, gain, read, sigma, bg, ph, float(density),
+                       on_frames, float(pixel_size_nm), int(frames.shape[0]), int(len(good)), ptc, warnings)
+
+
+def _round_spots(fits: np.ndarray) -> np.ndarray:
+    """Fits of single emitters: converged inside the bounds, and round (two emitters closer than the box
+    fit as one elongated spot, which would widen the PSF estimate)."""
+    sx, sy = fits["sigma_x_px"], fits["sigma_y_px"]
+    ok = (np.minimum(sx, sy) > 0.35) & (np.maximum(sx, sy) < 4.9) & (fits["photons"] > 0)
+    ok &= np.abs(np.log(np.maximum(sx, 1e-9) / np.maximum(sy, 1e-9))) < ROUND_MAX_LOG_RATIO
+    return fits[ok]
+
+
+def _on_frames(fits: np.ndarray) -> float | None:
+    """Mean frames a detected spot stays on: from how often a spot is found within 1 px in the next frame
+    (a geometric on-time: mean = 1 / (1 - p))."""
+    if len(fits) < MIN_SPOTS:
+        return None
+    by_frame: dict[int, np.ndarray] = {}
+    for k in np.unique(fits["frame"]):
+        f = fits[fits["frame"] == k]
+        by_frame[int(k)] = np.column_stack([f["y"], f["x"]])
+    again = total = 0
+    for k, pts in by_frame.items():
+        nxt = by_frame.get(k + 1)
+        if nxt is None and k + 1 not in by_frame:
+            total += len(pts)
+            continue
+        d = np.sqrt(((pts[:, None, :] - nxt[None, :, :]) ** 2).sum(-1)) if nxt is not None else None
+        again += int(np.sum(d.min(axis=1) < 1.0)) if d is not None and d.size else 0
+        total += len(pts)
+    p = again / max(total, 1)
+    return float(1.0 / max(1.0 - p, 1e-3))
+
+
+# --------------------------------------------------------------------------------------------------
+# Outputs: a config for run/train, and a PNG report
+
+
+def config_toml(cal: Calibration, *, exposure_ms: float = 10.0, em_gain: float | None = None) -> str:
+    """A config file (camera, PSF, sample and training ranges) that ``rtsmlm run``/``train`` take with
+    ``--config``."""
+    cam = cal.camera(exposure_ms, em_gain)
+    lines = ["# Written by rtsmlm calibrate: the camera, PSF and sample measured from the movie.",
+             "# 'photons' are detected photo-electrons (QE 1).", "[camera]",
+             f'model = "{cam.model}"', f"pixel_size_nm = {cam.pixel_size_nm:.6g}",
+             f"baseline_adu = {cam.baseline_adu:.6g}", f"e_per_adu = {cam.e_per_adu:.6g}",
+             f"em_gain = {cam.em_gain:.6g}", "qe = 1.0", f"read_noise_e = {cam.read_noise_e:.6g}",
+             f"exposure_ms = {exposure_ms:.6g}"]
+    if cam.model == "scmos":
+        lines += ["scmos_offset_sigma_adu = 0.0", "scmos_gain_sigma = 0.0"]
+    else:
+        lines += ["spurious_charge = 0.0"]
+    lines += ["", "[psf]", 'model = "gaussian"']
+    if cal.psf_sigma_nm is not None:
+        lines.append(f"sigma_nm = {cal.psf_sigma_nm.value:.4g}")
+    bg = cal.background_photons
+    lines += ["", "[sim]", f"bg_photons = {bg['median']:.4g}"]
+    if cal.spot_photons:
+        lines.append(f"photons_mean = {cal.spot_photons['median']:.4g}")
+    if cal.on_frames is not None:
+        lines.append(f"mean_on_frames = {max(cal.on_frames, 1.0):.3g}")
+    lines += ["", "[train]", "# Ranges around what was measured (a model trained on them fits this microscope).",
+              f"bg_min = {max(0.5 * bg['p05'], 0.5):.4g}", f"bg_max = {max(1.5 * bg['p95'], 2.0):.4g}"]
+    if cal.spot_photons:
+        lines += [f"photons_min = {max(0.5 * cal.spot_photons['p10'], 50.0):.4g}",
+                  f"photons_max = {max(2.0 * cal.spot_photons['p90'], 500.0):.4g}"]
+    lines += ["density_min = 0.0", f"density_max = {max(2.0 * cal.density_per_um2, 1.0):.3g}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(cal: Calibration, path: Path) -> None:
+    """A PNG with the photon-transfer line, the skewness test and the numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    x = np.asarray(cal.ptc["signal_adu"])
+    v = np.asarray(cal.ptc["variance_adu2"])
+    F = EXCESS_NOISE[cal.camera_model]
+    ax = axes[0]
+    ax.plot(x, v, "o", label="background pixels (binned)")
+    xx = np.linspace(min(0.0, float(x.min())), float(x.max()), 50)
+    ax.plot(xx, F * cal.gain_adu_per_e.value * xx + (v[0] - F * cal.gain_adu_per_e.value * x[0]), "-",
+            label=f"F·gain = {F:g} × {cal.gain_adu_per_e.value:.3g} ADU/e⁻")
+    ax.set_xlabel("signal (ADU above the dark level, or raw)")
+    ax.set_ylabel("temporal variance (ADU²)")
+    ax.set_title("photon transfer")
+    ax.legend()
+    ax = axes[1]
+    m3 = np.asarray(cal.ptc["third_moment_adu3"])
+    ax.plot(np.asarray(cal.ptc["skew_signal_adu"]), m3, "o", label="third central moment")
+    ax.set_xlabel("signal (ADU)")
+    ax.set_title(f"noise skewness: {cal.camera_model} ({cal.camera_model_method})", fontsize=9)
+    ax.legend()
+    ax = axes[2]
+    ax.axis("off")
+    text = [f"camera: {cal.camera_model}",
+            f"baseline: {cal.baseline_adu.value:.2f} ± {cal.baseline_adu.uncertainty or 0:.2f} ADU",
+            f"  ({cal.baseline_adu.method})",
+            f"gain: {cal.gain_adu_per_e.value:.4g} ± {cal.gain_adu_per_e.uncertainty or 0:.2g} ADU per photo-electron",
+            f"read noise: {cal.read_noise_adu.value:.3g} ADU ({cal.read_noise_adu.method})"]
+    if cal.psf_sigma_nm is not None:
+        text.append(f"PSF sigma: {cal.psf_sigma_nm.value:.1f} ± {cal.psf_sigma_nm.uncertainty:.1f} nm")
+    text += [f"background: {cal.background_photons['median']:.1f} photons/px "
+             f"(5–95 %: {cal.background_photons['p05']:.1f}–{cal.background_photons['p95']:.1f})"]
+    if cal.spot_photons:
+        text.append(f"spots: {cal.spot_photons['median']:.0f} photons (10–90 %: {cal.spot_photons['p10']:.0f}–"
+                    f"{cal.spot_photons['p90']:.0f}), {cal.spots_fitted} fitted")
+    text.append(f"detected density: {cal.density_per_um2:.3g} /µm²/frame (lower bound)")
+    if cal.on_frames is not None:
+        text.append(f"on-time: {cal.on_frames:.2g} frames")
+    text += [f"warning: {w}" for w in cal.warnings]
+    ax.text(0.0, 1.0, "\n".join(text), va="top", family="monospace", fontsize=8, wrap=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
