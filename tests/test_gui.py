@@ -240,6 +240,8 @@ def test_plots_and_status_receive_the_pipeline_stats(finished_window):
     assert cam is not None and cam.dtype == np.uint8 and cam.std() > 0
     status = window.status_text()
     assert "finished" in status and f"{summary['n_locs']:,} localizations" in status
+    assert "inside the model's training range" in status  # the range guard's verdict, as in summary.json
+    assert summary["model_range"]["ok"]
     assert window.session.run.backend["name"] in status
 
 

@@ -231,17 +231,20 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
         ok = (above_px > 0) & (n_s >= 3)
         if ok.sum() >= 100:
             skew_ratio = float(np.median(m3_s[ok] / (slope_all ** 2 * above_px[ok])))
+    detected = None if skew_ratio is None else ("emccd" if skew_ratio > SKEW_DECISION else "scmos")
     if camera_model is None:
-        if skew_ratio is None:
+        if detected is None:
             raise CalibrationError("cannot tell an EMCCD from an sCMOS from this movie: give --camera emccd or scmos")
-        camera_model = "emccd" if skew_ratio > SKEW_DECISION else "scmos"
-        if abs(skew_ratio - SKEW_DECISION) < 0.1:
-            warnings.append(f"the noise skewness ratio {skew_ratio:.2f} is close to the EMCCD/sCMOS decision "
-                            f"({SKEW_DECISION}): the camera type ({camera_model}) is uncertain, and with it the gain "
-                            "(2x); give --camera emccd or scmos")
-        model_method = f"detected from the noise skewness (ratio {skew_ratio:.2f}; 1 sCMOS, 1.5 EMCCD)"
+        camera_model = detected
+        model_method = f"detected from the noise skewness (ratio {skew_ratio:.2f}; about 1 sCMOS, 1.5 EMCCD)"
+        warnings.append(f"the camera type ({camera_model}) was guessed from the noise skewness, which emitters "
+                        "and a high background blur: if it is wrong the gain is off by 2x; give --camera emccd "
+                        "or scmos (you know which camera you have)")
     else:
         model_method = "given"
+        if detected is not None and detected != camera_model:
+            warnings.append(f"the noise looks like an {detected} (skewness ratio {skew_ratio:.2f}), but the camera "
+                            f"was given as {camera_model}: check --camera")
     F = EXCESS_NOISE[camera_model]
 
     # Gain and baseline from the photon-transfer line.

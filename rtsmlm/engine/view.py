@@ -40,6 +40,12 @@ class RunView:
         """Every stats record kept (the last hour at one per second), oldest first."""
         return self._pipeline.stats_history_copy()
 
+    def model_range(self) -> dict[str, Any] | None:
+        """The range guard's verdict (is the movie inside the model's training range?), None until the
+        first frames are checked."""
+        verdict = getattr(self._pipeline.localizer, "range_verdict", None)
+        return verdict.to_json() if verdict is not None and verdict.frames else None
+
     def render_snapshot(self) -> RenderSnapshot | None:
         """The latest SR image state; asks the render listener for a fresh one."""
         return self._render.snapshot() if self._render is not None else None

@@ -472,6 +472,9 @@ class LiveWindow(QtWidgets.QMainWindow):
             if model:
                 name = Path(str(model.get("checkpoint", "?"))).name
                 parts.append(f"model {name}" + (f" (step {model['step']:,})" if model.get("step") else ""))
+            verdict = run.view.model_range()
+            if verdict is not None:
+                parts.append(_range_text(verdict))
         if stats:
             p50, p99 = stats.get("latency_ms_p50", math.nan), stats.get("latency_ms_p99", math.nan)
             if math.isfinite(p50):
@@ -661,6 +664,17 @@ def _finite_max(values: np.ndarray) -> float:
     """The largest finite value (0 when there is none)."""
     finite = values[np.isfinite(values)]
     return float(finite.max()) if len(finite) else 0.0
+
+
+def _range_text(verdict: dict[str, Any]) -> str:
+    """The range guard's verdict for the status line: green when the movie is inside what the model was
+    trained on, else what is outside (and the fix is in the log and summary.json)."""
+    if verdict.get("ok"):
+        return "<span style='color:#7bd88f'>movie inside the model's training range</span>"
+    names = {"background_photons": "background", "psf_sigma_px": "PSF width", "spot_photons": "brightness"}
+    out = ", ".join(names.get(k, k) for k in verdict.get("out_of_range", []))
+    return (f"<span style='color:#ff6b6b'>outside the model's training range: {out} (rtsmlm calibrate, then "
+            "a model for this camera)</span>")
 
 
 def _state_text(session: LiveSession) -> str:

@@ -60,8 +60,17 @@ def trained_ranges(meta: Any) -> dict[str, list[float]]:
     if t.get("broad"):
         out["psf_sigma_px"] = [float(t.get("sigma_min_px", 0.7)), float(t.get("sigma_max_px", 2.0))]
     elif (meta.psf or {}).get("sigma_nm") and meta.pixel_size_nm:
-        s = float(meta.psf["sigma_nm"]) / float(meta.pixel_size_nm)
-        out["psf_sigma_px"] = [0.85 * s, 1.15 * s]  # one PSF in training; ±15 % is what it tolerates
+        psf = meta.psf
+        s = float(psf["sigma_nm"]) / float(meta.pixel_size_nm)
+        if psf.get("model", "gaussian") == "astigmatic":
+            # The fitted width (geometric mean of the two axes) grows away from focus: from sigma0 at the
+            # middle to its value at the edge of the trained z range.
+            c, d = float(psf.get("astig_focal_offset_nm", 0.0)), max(float(psf.get("astig_depth_nm", 1.0)), 1.0)
+            zr = float(psf.get("z_range_nm", 0.0))
+            far = s * ((1 + ((zr + c) / d) ** 2) * (1 + ((zr - c) / d) ** 2)) ** 0.25
+            out["psf_sigma_px"] = [0.85 * s, 1.15 * far]
+        else:
+            out["psf_sigma_px"] = [0.85 * s, 1.15 * s]  # one PSF in training; ±15 % is what it tolerates
     if "photons_min" in t and "photons_max" in t:
         out["spot_photons"] = [float(t["photons_min"]), float(t["photons_max"])]
     return out
