@@ -37,7 +37,7 @@ DRIFT_CSV = "drift.csv"
 
 @dataclass(frozen=True)
 class RenderSnapshot:
-    """What the live view shows; built on the consumer's thread, read on the GUI thread."""
+    """What the live view shows; built on the listener's thread, read on the GUI thread."""
 
     image: np.ndarray  # float32 SR image (drift-corrected); the viewer maps it for display
     pixel_nm: float  # SR pixel size of ``image``
@@ -92,7 +92,7 @@ class RenderListener:
     # -------------------------------------------------------------------------------- settings
 
     def set_pixel_nm(self, nm: float) -> None:
-        """Change the SR pixel size (applied on the consumer's thread by a re-render)."""
+        """Change the SR pixel size (applied on the listener's thread by a re-render)."""
         with self._lock:
             self._pending_settings["pixel_nm"] = max(float(nm), max(self.extent_nm) / MAX_CANVAS_SIDE)
 
@@ -201,7 +201,7 @@ class RenderListener:
 
     def snapshot(self) -> RenderSnapshot | None:
         """The latest rendered state (thread-safe; None before the first one is built). Calling it asks
-        the consumer's thread to build a fresh one."""
+        the listener's thread to build a fresh one."""
         with self._lock:
             self._wanted = True
             return self._snapshot

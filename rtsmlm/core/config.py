@@ -148,7 +148,7 @@ class PipelineConfig:
     hook_timeout_s: float = _f(5.0, range=(0.01, 3600.0),
                                doc="a plugin hook that runs longer is abandoned and the plugin disabled")
     drain_timeout_s: float = _f(30.0, range=(0.1, 86400.0),
-                                doc="after the last localization, a consumer still busy this long is abandoned")
+                                doc="after the last localization, a listener still busy this long is abandoned")
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ class LocBatch:
     """Localizations of a contiguous range of frames, as appended by the localizer.
 
     ``first_frame``..``last_frame`` (inclusive) are the frames this batch covers, including frames with no
-    localization, so consumers can tell "analysed, nothing found" from "not analysed yet". ``late``
+    localization, so listeners can tell "analysed, nothing found" from "not analysed yet". ``late``
     batches come after the acquisition, from frames the live localizer skipped or lost and analysed
     from the raw recording (catch-up): their frames are older than those of earlier batches.
     """

@@ -3,7 +3,7 @@
 A :class:`LiveSession` holds the current :class:`rtsmlm.engine.run.Run`. :meth:`LiveSession.start` starts its
 pipeline and a supervisor thread that does what ``rtsmlm run`` does in its main loop: wait until the
 pipeline has drained (source ended or :meth:`LiveSession.stop` called), then ``run.finish()``, which lets
-every consumer flush and writes ``summary.json``. The GUI polls :attr:`LiveSession.state` from its
+every listener flush and writes ``summary.json``. The GUI polls :attr:`LiveSession.state` from its
 timer. Starting again after a finished run builds a new run into a fresh output folder
 (``<output.dir>-002``, ``-003``, …) on a background thread, since opening the model takes seconds.
 No Qt here.

@@ -62,7 +62,7 @@ class StreamError(RtsmlmError, RuntimeError):
 class Publisher:
     """Publishes localization batches and stats of one run on a ZeroMQ PUB (XPUB) socket.
 
-    Built and driven by the pipeline's consumer thread (ZeroMQ sockets are not thread-safe):
+    Built and driven by its listener's relay thread (ZeroMQ sockets are not thread-safe):
     ``publish_locs`` for every batch, ``publish_stats`` at the stats interval, ``close`` once at the end.
     Sends never block: a subscriber whose queue reached ``high_water_mark`` messages loses the next
     ones instead of slowing the engine.
