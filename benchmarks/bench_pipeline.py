@@ -119,7 +119,7 @@ def run_pipeline(cfg: Config, model: Model):
     from rtsmlm.engine.run import build_run
 
     cam = SimulatedCamera(cfg)  # the camera model and frame shape the run's source will have
-    run = build_run(cfg, realtime=True, localizer=model.localizer(cam.camera, cam.shape))
+    run = build_run(cfg, realtime=True, localizer=model.localizer(cam.camera, cam.shape), keep_stream=True)
     run.pipeline.start()
     run.pipeline.wait()
     return run, run.finish()

@@ -87,6 +87,21 @@ def test_the_command_writes_a_config_that_run_and_train_accept_and_a_report(tmp_
     assert loaded.camera.baseline_adu == pytest.approx(300.0, abs=2.0)
     assert loaded.camera.e_per_adu == pytest.approx(0.4, rel=0.05) and loaded.camera.qe == 1.0  # photo-electrons
     assert loaded.psf.sigma_nm == pytest.approx(150.0, rel=0.05)
+    assert loaded.model.checkpoint in ("default", "broad_2d") and 0.2 <= loaded.model.p_threshold <= 0.9
     assert loaded.train.bg_min < np.median(sim.background) * 0.8 < loaded.train.bg_max
     png = out.with_suffix(".png")
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow  # localizes 2 × 40 simulated frames
+def test_the_threshold_is_chosen_on_the_calibrated_conditions_and_beats_or_equals_the_fixed_one() -> None:
+    from rtsmlm.analysis.thresholds import GRID, choose_p_threshold
+
+    # A dim sample: the fixed 0.6 loses dim emitters; the curve says which threshold recovers them.
+    cfg = config.load(None, ["sim.size=64", "sim.density=0.5", "sim.photons_mean=700", "sim.photons_sigma=200",
+                             "sim.bg_photons=60", "sim.seed=5", "backend.threads=1"])
+    choice = choose_p_threshold(cfg, "default", frames=40)
+    assert set(choice.curve) == {float(t) for t in GRID}
+    assert choice.p_threshold in choice.curve and choice.jaccard == max(choice.curve.values())
+    assert choice.jaccard >= choice.curve[0.6]
+    assert all(0.0 <= j <= 1.0 for j in choice.curve.values()) and choice.jaccard > 0.3

@@ -381,7 +381,7 @@ def config_toml(cal: Calibration, *, exposure_ms: float = 10.0, em_gain: float |
     if cal.psf_sigma_nm is not None:
         lines.append(f"sigma_nm = {cal.psf_sigma_nm.value:.4g}")
     bg = cal.background_photons
-    lines += ["", "[sim]", f"bg_photons = {bg['median']:.4g}"]
+    lines += ["", "[sim]", f"bg_photons = {bg['median']:.4g}", f"density = {max(cal.density_per_um2, 0.01):.3g}"]
     if cal.spot_photons:
         lines.append(f"photons_mean = {cal.spot_photons['median']:.4g}")
     if cal.on_frames is not None:

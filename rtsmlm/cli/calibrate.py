@@ -42,12 +42,21 @@ def calibrate_main(args: Any, cfg: Any) -> int:
     cal = calibrate(frames, pixel_size_nm=float(pixel_nm), dark=dark, camera_model=args.camera, prior=prior,
                     baseline_adu=args.baseline_adu)
     out = Path(args.out)
-    out.write_text(config_toml(cal, exposure_ms=cfg.camera.exposure_ms,
-                               em_gain=args.em_gain or (cfg.camera.em_gain if cal.camera_model == "emccd" else None)))
+    em_gain = args.em_gain or (cfg.camera.em_gain if cal.camera_model == "emccd" else None)
+    text = config_toml(cal, exposure_ms=cfg.camera.exposure_ms, em_gain=em_gain)
+    choice = None
+    if args.models:
+        choice = _choose_model(text, args.models.split(","), args.threshold_frames)
+        text += (f"\n[model]\n# Chosen by simulating the calibrated conditions ({choice['frames']} frames): "
+                 f"Jaccard {choice['jaccard']:.3f}\ncheckpoint = \"{choice['model']}\"\n"
+                 f"p_threshold = {choice['p_threshold']:.2f}\ncandidate_threshold = {min(0.3, choice['p_threshold']):.2f}\n")
+    out.write_text(text)
     report = Path(args.report) if args.report else out.with_suffix(".png")
     write_report(cal, report)
     summary = cal.to_json()
     summary.pop("ptc")
+    if choice is not None:
+        summary["model_choice"] = choice
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -57,8 +66,33 @@ def calibrate_main(args: Any, cfg: Any) -> int:
         if cal.psf_sigma_nm is not None:
             print(f"PSF sigma {cal.psf_sigma_nm.value:.1f} nm; background {cal.background_photons['median']:.1f} "
                   f"photons/px; {cal.spots_fitted} spots fitted")
+    if choice is not None:
+        print(f"model {choice['model']} with p_threshold {choice['p_threshold']:.2f}: Jaccard {choice['jaccard']:.3f} on "
+              f"the calibrated conditions simulated (" + ", ".join(f"{m} {j:.3f}" for m, j in choice['by_model'].items())
+              + ")")
     for w in cal.warnings:
         print(f"rtsmlm calibrate: warning: {w}", file=sys.stderr)
     print(f"wrote {out} and {report}; next: rtsmlm run --config {out} --source {args.movie}, or fine-tune a "
           f"model: rtsmlm train --config {out} --init broad_2d --out MODEL")
     return 0
+
+
+def _choose_model(config_text: str, models: list[str], frames: int) -> dict[str, Any]:
+    """The model and p threshold with the best Jaccard on the calibrated conditions, simulated."""
+    import tempfile
+
+    from rtsmlm.analysis.thresholds import choose_p_threshold
+    from rtsmlm.core import config as config_mod
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "calibrated.toml"
+        path.write_text(config_text)
+        cfg = config_mod.load(path, ["sim.bg_structured=false"])
+    # The detected density is a lower bound (dim and overlapping emitters are missed).
+    cfg = config_mod.replace(cfg, sim=config_mod.to_dict(config_mod.replace(
+        cfg.sim, density=max(1.5 * cfg.sim.density, 0.1), seed=cfg.sim.seed + 1)))
+    results = {m: choose_p_threshold(cfg, m, frames=frames) for m in models}
+    best = max(results, key=lambda m: results[m].jaccard)
+    return {"model": best, "p_threshold": results[best].p_threshold, "jaccard": results[best].jaccard,
+            "frames": frames, "by_model": {m: r.jaccard for m, r in results.items()},
+            "curves": {m: r.curve for m, r in results.items()}}

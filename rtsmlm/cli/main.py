@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=500, help="frames to use (default 500)")
     p.add_argument("--out", default="camera.toml", metavar="TOML", help="config to write (default camera.toml)")
     p.add_argument("--report", metavar="PNG", help="report image (default: next to --out)")
+    p.add_argument("--models", default="default,broad_2d", metavar="NAMES",
+                   help="models to try on the calibrated conditions, simulated; the best one and its p threshold "
+                        "go into the config (default: default,broad_2d; '' to skip)")
+    p.add_argument("--threshold-frames", type=int, default=100, help="simulated frames for that choice")
     p.add_argument("--json", action="store_true", help="print every figure as JSON")
     p.set_defaults(func=_cmd_calibrate)
 

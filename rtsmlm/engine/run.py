@@ -99,6 +99,7 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
     camera = source.camera
     backend_info: dict[str, Any] = {}
     model_info: dict[str, Any] = {}
+    is_3d = cfg.psf.model != "gaussian"
     if localizer is None:
         from rtsmlm.localization.backends import open_backend
         from rtsmlm.localization.checkpoint import check_compatible
@@ -111,6 +112,7 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
                                        split_threshold=cfg.model.split_threshold,
                                        memory_bytes=int(cfg.pipeline.memory_mb * 2**20 * 3 / 4))
         backend_info = backend.describe()
+        is_3d = is_3d or (meta.psf or {}).get("model", "gaussian") != "gaussian"  # a 3D model writes z
         model_info = {"checkpoint": cfg.model.checkpoint, "step": meta.step, "width": meta.width,
                       "depth": meta.depth, "window": meta.window, "trained_metrics": meta.metrics}
     # Everything that can still fail (plugins, the stream's port) is opened before any output file is
@@ -132,7 +134,7 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
         clear_previous_run(out)
         files = LocalizationFiles(out, pixel_size_nm=camera.pixel_size_nm, shape=source.shape,
                                   csv_style=cfg.output.csv_style, psf_sigma_nm=cfg.psf.sigma_nm,
-                                  include_z=cfg.psf.model != "gaussian", overwrite=True)
+                                  include_z=is_3d, overwrite=True)
         recorder = None
         if cfg.output.record_raw and cfg.source.kind != "file":
             from rtsmlm.io.movies import open_movie_writer

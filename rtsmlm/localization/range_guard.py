@@ -80,7 +80,7 @@ def measure(photons: np.ndarray, max_spots: int = 60) -> tuple[float, float | No
     """(background, PSF sigma px, median spot photons, spots fitted) of frames already in photons."""
     photons = np.asarray(photons, dtype=np.float64)
     bg = float(np.median(photons))
-    fits = fit_spots(photons, find_isolated_spots(photons, bg)[:max_spots], bg)  # the brightest: best widths
+    fits = fit_spots(photons, find_isolated_spots(photons, bg)[:max_spots], bg, elliptical=False)  # the brightest: best widths
     if len(fits) < 5:
         return bg, None, None, len(fits)
     return bg, float(np.median(fits["sigma_px"])), float(np.median(fits["photons"])), len(fits)

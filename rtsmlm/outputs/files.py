@@ -199,8 +199,8 @@ class TruthFiles:
                     self._fh.write(TRUTH_HEADER + "\n")
                 else:
                     start = self._fh.tell()
-                for t in pending:
-                    write_truth_rows(self._fh, t)
+                if pending:  # one formatting pass for the whole interval, not one per frame
+                    write_truth_rows(self._fh, np.concatenate(pending))
                 self._fh.flush()
             except OSError:
                 # A full disk: end the file on its last whole row (or remove it if not even the header
