@@ -2,6 +2,6 @@
 
 import sys
 
-from rtsmlm.cli.main import main
+from rtsmlm.cli import main
 
 sys.exit(main())

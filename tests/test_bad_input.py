@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from rtsmlm.cli.main import main
+from rtsmlm.cli import main
 
 COMMON = ["--quiet", "--no-stream", "--set", "backend.threads=1"]
 

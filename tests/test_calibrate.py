@@ -73,7 +73,7 @@ def test_bad_input_is_one_sentence() -> None:
 
 
 def test_the_command_writes_a_config_that_run_and_train_accept_and_a_report(tmp_path) -> None:
-    from rtsmlm.cli.main import main
+    from rtsmlm.cli import main
     from rtsmlm.io.movies import write_tiff_movie
 
     cfg, sim, movie, dark = _movie(SCMOS)
@@ -89,6 +89,12 @@ def test_the_command_writes_a_config_that_run_and_train_accept_and_a_report(tmp_
     assert loaded.psf.sigma_nm == pytest.approx(150.0, rel=0.05)
     assert loaded.model.checkpoint in ("default", "broad_2d") and 0.2 <= loaded.model.p_threshold <= 0.9
     assert loaded.train.bg_min < np.median(sim.background) * 0.8 < loaded.train.bg_max
+    # An sCMOS with dark frames: each pixel's own offset goes to the run through camera.maps_file.
+    from rtsmlm.core.camera import CameraModel
+
+    cam = CameraModel.from_config(loaded.camera)
+    assert cam.offset_map is not None and cam.offset_map.shape == movie.shape[1:]
+    assert np.allclose(cam.offset_map, dark.mean(axis=0), atol=0.01)
     png = out.with_suffix(".png")
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -105,3 +111,13 @@ def test_the_threshold_is_chosen_on_the_calibrated_conditions_and_beats_or_equal
     assert choice.p_threshold in choice.curve and choice.jaccard == max(choice.curve.values())
     assert choice.jaccard >= choice.curve[0.6]
     assert all(0.0 <= j <= 1.0 for j in choice.curve.values()) and choice.jaccard > 0.3
+
+
+def test_a_missing_or_foreign_maps_file_is_one_sentence(tmp_path) -> None:
+    from rtsmlm.core.camera import CameraModel, MapsError
+
+    with pytest.raises(MapsError, match="does not exist"):
+        CameraModel.from_config(config.load(None, [f'camera.maps_file="{tmp_path / "none.npz"}"']).camera)
+    np.savez(tmp_path / "other.npz", something=np.zeros(3))
+    with pytest.raises(MapsError, match="not an rtsmlm maps file"):
+        CameraModel.from_config(config.load(None, [f'camera.maps_file="{tmp_path / "other.npz"}"']).camera)

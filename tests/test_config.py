@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rtsmlm.cli.main import main
+from rtsmlm.cli import main
 from rtsmlm.core import config
 from rtsmlm.core.config import ConfigError
 

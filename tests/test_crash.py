@@ -243,7 +243,7 @@ def test_sigkill_at_random_moments_leaves_every_file_readable(tmp_path, kind):
     rng = np.random.default_rng(11)
     source = []
     if kind == "file":
-        from rtsmlm.cli.main import main
+        from rtsmlm.cli import main
 
         assert main(["simulate", "--frames", "3000", "--size", "64", "--out", str(tmp_path / "sim"), "--quiet"]) == 0
         source = ["--source", str(tmp_path / "sim" / "movie.tif")]

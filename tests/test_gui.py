@@ -369,7 +369,7 @@ def test_next_output_dir_skips_used_folders(tmp_path):
 def test_rtsmlm_live_screenshot(tmp_path, qapp):
     from PyQt5 import QtGui
 
-    from rtsmlm.cli.main import main
+    from rtsmlm.cli import main
 
     png, out = tmp_path / "live.png", tmp_path / "run"
     argv = ["live", "--screenshot", str(png), "--max-frames", "80", "--out", str(out), "--no-stream"]

@@ -281,7 +281,7 @@ def test_a_run_with_a_blocking_plugin_next_to_its_config_finishes_with_a_complet
     import json
     import sys
 
-    from rtsmlm.cli.main import main
+    from rtsmlm.cli import main
 
     write_plugin(tmp_path, "blocking", BLOCKING)
     (tmp_path / "rig.toml").write_text("[pipeline]\nhook_timeout_s = 0.5\n[plugins.blocking]\n", encoding="utf-8")
@@ -339,7 +339,7 @@ class Section(Listener):
 def test_plugins_of_the_listener_protocol_with_one_hook_or_a_section_run_in_a_real_run(tmp_path, monkeypatch):
     import json
 
-    from rtsmlm.cli.main import main
+    from rtsmlm.cli import main
 
     write_plugin(tmp_path, "count_locs", ONLY_ON_BATCH)
     write_plugin(tmp_path, "section", WITH_SECTION)

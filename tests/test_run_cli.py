@@ -1,4 +1,4 @@
-"""``rtsmlm run`` through the real command-line entry point (``rtsmlm.cli.main.main``).
+"""``rtsmlm run`` through the real command-line entry point (``rtsmlm.cli.commands``).
 
 End of source: exit 0, every output complete and consistent with the summary. Bad input (unreadable
 source, a model for another camera, a broken checkpoint, an existing output directory, a full disk):
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtsmlm.cli.main import main
+from rtsmlm.cli import main
 from rtsmlm.outputs.files import LOCS_CSV, LOCS_HDF5, SUMMARY_JSON, TRUTH_CSV
 
 N_FRAMES = 30

@@ -1,4 +1,4 @@
-"""``rtsmlm simulate`` through ``rtsmlm.cli.main.main``: the files, their metadata, and that they agree.
+"""``rtsmlm simulate`` through ``rtsmlm.cli.commands``: the files, their metadata, and that they agree.
 
 The movie must open in tifffile/Fiji calibrated, the ground truth must explain the movie (its emitters
 sit on the bright pixels, with the brightness the camera model predicts), and the truth of fixed
@@ -17,7 +17,7 @@ import pytest
 import tifffile
 from scipy import stats
 
-from rtsmlm.cli.main import main
+from rtsmlm.cli import main
 from rtsmlm.core import config
 from rtsmlm.sim import Simulator
 from rtsmlm.sim.camera import camera_from_config

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from rtsmlm.cli.main import main
+from rtsmlm.cli import main
 from rtsmlm.localization.checkpoint import load
 
 TINY = ["--set", "train.batch_size=2", "--set", "train.val_samples=4", "--set", "train.checkpoint_every=1",

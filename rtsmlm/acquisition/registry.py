@@ -26,8 +26,14 @@ def _file(cfg: Config, realtime: bool) -> Source:
     src = cfg.source
     if not src.path:
         raise SourceError("source.kind is 'file' but source.path is empty (use --source FILE)")
-    return FileSource(src.path, fps=src.fps, max_frames=effective_max_frames(src),
-                      camera=CameraModel.from_config(cfg.camera), loop=src.loop)
+    source = FileSource(src.path, fps=src.fps, max_frames=effective_max_frames(src),
+                        camera=CameraModel.from_config(cfg.camera), loop=src.loop)
+    maps = source.camera.offset_map
+    if maps is not None and tuple(maps.shape) != tuple(source.shape):
+        raise SourceError(f"camera.maps_file {cfg.camera.maps_file} holds {maps.shape[0]}x{maps.shape[1]} maps but "
+                          f"{src.path} has {source.shape[0]}x{source.shape[1]} frames: calibrate with dark frames of "
+                          "the same camera region")
+    return source
 
 
 def _micromanager(cfg: Config, realtime: bool) -> Source:

@@ -22,6 +22,7 @@ told from its counts and does not matter to localization.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -92,6 +93,10 @@ class Calibration:
     spots_fitted: int
     ptc: dict[str, list[float]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    offset_sd_adu: float = 0.0
+    """Pixel-to-pixel spread of the dark level (sCMOS fixed-pattern offsets; 0 without a dark movie)."""
+    dark_maps: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    """(offset ADU, read-noise variance ADU²) per pixel from the dark movie."""
 
     def camera(self, exposure_ms: float = 10.0, em_gain: float | None = None) -> CameraModel:
         """The calibrated camera: ``e_per_adu`` chosen so that ADU → photons uses the measured gain (an
@@ -107,7 +112,9 @@ class Calibration:
                            read_e, exposure_ms)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("dark_maps")
+        return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -324,8 +331,11 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
            "p90": float(np.percentile(good["photons"], 90))} if len(good) else {})
     ptc = {"signal_adu": xb.tolist(), "variance_adu2": vb.tolist(), "skew_signal_adu": xs.tolist(),
            "third_moment_adu3": m3b.tolist()}
+    offset_sd = float(np.std(dark_mean)) if dark_mean is not None else 0.0
+    maps = (dark_mean.astype(np.float32), dark_var.astype(np.float32)) if dark_mean is not None else None
     return Calibration(camera_model, model_method, skew_ratio, baseline, gain, read, sigma, bg, ph, float(density),
-                       on_frames, float(pixel_size_nm), int(frames.shape[0]), int(len(good)), ptc, warnings)
+                       on_frames, float(pixel_size_nm), int(frames.shape[0]), int(len(good)), ptc, warnings,
+                       offset_sd, maps)
 
 
 def _round_spots(fits: np.ndarray) -> np.ndarray:
@@ -363,9 +373,10 @@ def _on_frames(fits: np.ndarray) -> float | None:
 # Outputs: a config for run/train, and a PNG report
 
 
-def config_toml(cal: Calibration, *, exposure_ms: float = 10.0, em_gain: float | None = None) -> str:
+def config_toml(cal: Calibration, *, exposure_ms: float = 10.0, em_gain: float | None = None,
+                maps_file: str | None = None) -> str:
     """A config file (camera, PSF, sample and training ranges) that ``rtsmlm run``/``train`` take with
-    ``--config``."""
+    ``--config``; ``maps_file`` names the sCMOS per-pixel maps written beside it."""
     cam = cal.camera(exposure_ms, em_gain)
     lines = ["# Written by rtsmlm calibrate: the camera, PSF and sample measured from the movie.",
              "# 'photons' are detected photo-electrons (QE 1).", "[camera]",
@@ -374,7 +385,10 @@ def config_toml(cal: Calibration, *, exposure_ms: float = 10.0, em_gain: float |
              f"em_gain = {cam.em_gain:.6g}", "qe = 1.0", f"read_noise_e = {cam.read_noise_e:.6g}",
              f"exposure_ms = {exposure_ms:.6g}"]
     if cam.model == "scmos":
-        lines += ["scmos_offset_sigma_adu = 0.0", "scmos_gain_sigma = 0.0"]
+        # The measured fixed-pattern offsets: a model and threshold chosen on simulated data must see them.
+        lines += [f"scmos_offset_sigma_adu = {cal.offset_sd_adu:.3g}", "scmos_gain_sigma = 0.0"]
+        if maps_file:
+            lines.append(f"maps_file = {json.dumps(str(maps_file))}")
     else:
         lines += ["spurious_charge = 0.0"]
     lines += ["", "[psf]", 'model = "gaussian"']
@@ -389,9 +403,10 @@ def config_toml(cal: Calibration, *, exposure_ms: float = 10.0, em_gain: float |
     lines += ["", "[train]", "# Ranges around what was measured (a model trained on them fits this microscope).",
               f"bg_min = {max(0.5 * bg['p05'], 0.5):.4g}", f"bg_max = {max(1.5 * bg['p95'], 2.0):.4g}"]
     if cal.spot_photons:
-        lines += [f"photons_min = {max(0.5 * cal.spot_photons['p10'], 50.0):.4g}",
+        lines += [f"photons_min = {max(0.25 * cal.spot_photons['p10'], 50.0):.4g}",
                   f"photons_max = {max(2.0 * cal.spot_photons['p90'], 500.0):.4g}"]
-    lines += ["density_min = 0.0", f"density_max = {max(2.0 * cal.density_per_um2, 1.0):.3g}"]
+    # Detected spots undercount (dim and overlapping ones are missed): train well above them.
+    lines += ["density_min = 0.0", f"density_max = {max(4.0 * cal.density_per_um2, 2.0):.3g}"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,3 +1,7 @@
-"""Command-line entry points: ``rtsmlm`` (:mod:`.main`) and its subcommands (one module each).
+"""Command-line entry points: ``rtsmlm`` (:func:`main`, in :mod:`.commands`) and its subcommands, one module
+each (``simulate``, ``calibrate``, ``export``, ``listen``, ``bench``); one error policy: user errors as one
+line and exit code 2."""
 
-Every command returns an exit code and reports user errors as one line (:func:`.main.main`)."""
+from rtsmlm.cli.commands import main
+
+__all__ = ["main"]

@@ -43,7 +43,13 @@ def calibrate_main(args: Any, cfg: Any) -> int:
                     baseline_adu=args.baseline_adu)
     out = Path(args.out)
     em_gain = args.em_gain or (cfg.camera.em_gain if cal.camera_model == "emccd" else None)
-    text = config_toml(cal, exposure_ms=cfg.camera.exposure_ms, em_gain=em_gain)
+    maps_file = None
+    if cal.camera_model == "scmos" and cal.dark_maps is not None:
+        from rtsmlm.core.camera import save_maps
+
+        maps_file = out.with_name(out.stem + "_maps.npz").resolve()
+        save_maps(maps_file, *cal.dark_maps)  # each pixel's own offset: the run subtracts it
+    text = config_toml(cal, exposure_ms=cfg.camera.exposure_ms, em_gain=em_gain, maps_file=maps_file)
     choice = None
     if args.models:
         choice = _choose_model(text, args.models.split(","), args.threshold_frames)

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from rtsmlm.core.errors import RtsmlmError
+
 ADU_MAX = 65535
 
 
@@ -46,8 +48,11 @@ class CameraModel:
         Used where the frames do not say: files without camera metadata, camera properties
         Micro-Manager does not report."""
         em_gain = camera.em_gain if camera.model == "emccd" else 1.0
+        offset = variance = None
+        if getattr(camera, "maps_file", ""):
+            offset, variance = load_maps(camera.maps_file)
         return cls(camera.model, camera.pixel_size_nm, camera.baseline_adu, camera.e_per_adu, em_gain,
-                   camera.qe, camera.read_noise_e, camera.exposure_ms)
+                   camera.qe, camera.read_noise_e, camera.exposure_ms, offset_map=offset, variance_map=variance)
 
     # -- forward: photons → ADU (simulation) ---------------------------------------------------------
 
@@ -89,3 +94,30 @@ class CameraModel:
                                            "em_gain", "qe", "read_noise_e", "exposure_ms")}
         d["has_pixel_maps"] = self.offset_map is not None
         return d
+
+
+def save_maps(path: Any, offset_adu: np.ndarray, variance_adu2: np.ndarray) -> None:
+    """Write per-pixel sCMOS maps (``camera.maps_file``)."""
+    np.savez(path, offset_adu=np.asarray(offset_adu, np.float32), variance_adu2=np.asarray(variance_adu2, np.float32))
+
+
+def load_maps(path: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(offset map ADU, read-noise variance map ADU²) from ``camera.maps_file``; one clear error otherwise."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    try:
+        with np.load(p) as data:
+            offset, variance = data["offset_adu"].astype(np.float32), data["variance_adu2"].astype(np.float32)
+    except FileNotFoundError:
+        raise MapsError(f"camera.maps_file {p} does not exist (write it with rtsmlm calibrate --dark)") from None
+    except (KeyError, ValueError, OSError) as e:
+        raise MapsError(f"camera.maps_file {p} is not an rtsmlm maps file (offset_adu, variance_adu2): {e}") from None
+    if offset.ndim != 2 or offset.shape != variance.shape:
+        raise MapsError(f"camera.maps_file {p}: the maps must be two 2-D arrays of one shape, got {offset.shape} "
+                        f"and {variance.shape}")
+    return offset, variance
+
+
+class MapsError(RtsmlmError, ValueError):
+    """A per-pixel maps file that cannot be used (the message names the file and the problem)."""

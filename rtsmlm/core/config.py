@@ -46,6 +46,9 @@ class CameraConfig:
     scmos_offset_sigma_adu: float = _f(2.0, range=(0.0, 1000.0))
     scmos_gain_sigma: float = _f(0.03, range=(0.0, 1.0))
     scmos_map_seed: int = _f(0, range=(0, None))
+    maps_file: str = _f("", doc="sCMOS per-pixel maps measured from dark frames (.npz with offset_adu, "
+                                "variance_adu2; written by rtsmlm calibrate --dark): the localizer subtracts "
+                                "each pixel's own offset")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,56 @@
+"""Calibrate + fine-tune for one camera no shipped model was trained for, against the shipped models.
+
+Run: python benchmarks/bench_finetune.py --finetuned PREFIX [--camera scmos-65nm-bg800] [--frames 100]
+
+The fine-tuned model is made the way a user would: simulate (or record) the camera's movie and a dark
+movie, ``rtsmlm calibrate movie.tif --dark dark.tif --camera scmos --models "" --out camera.toml``, then
+``rtsmlm train --config camera.toml --init broad_2d --steps 2000 --out PREFIX`` (the command and its wall time
+go in the README). Scored here on the cells of ``bench_cameras.py`` for that camera (same seeds, 100 frames of
+64², densities 0.1 / 1 / 3 per µm², all true emitters, 250 nm), every model given the true camera.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_accuracy as acc  # noqa: E402
+from bench_cameras import CAMERAS, camera_config  # noqa: E402
+
+from rtsmlm.core import config as rconfig  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--finetuned", required=True, metavar="PREFIX")
+    ap.add_argument("--camera", default="scmos-65nm-bg800", choices=sorted(CAMERAS))
+    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--size", type=int, default=64)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    base = rconfig.load(None)
+    backend = rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
+    models = {"default": "default", "broad_2d": "broad_2d", "fine-tuned": args.finetuned}
+    localizers = {label: acc.open_model(ckpt, backend, base.model) for label, ckpt in models.items()}
+    k = list(CAMERAS).index(args.camera)
+    print(f"load average {os.getloadavg()[0]:.1f}; camera {args.camera}; {args.frames} frames of {args.size}² per "
+          f"cell (bench_cameras.py seeds); Jaccard all / lateral RMSE nm / Jaccard ≥1000 photons")
+    for density in (0.1, 1.0, 3.0):
+        cfg = camera_config(args.camera, 5000 + 10 * k, args.size, density)
+        movie = acc.simulate_movie(cfg, args.camera, args.frames)
+        cells = []
+        for label, loc in localizers.items():
+            pred, _ = acc.run_model(loc, movie.frames, movie.camera)
+            s, _, _ = acc.score(pred, movie.truth, 250.0, 1000.0)
+            cells.append(f"{label} {s['all']['jaccard']:.3f} / {s['all']['rmse_lat_nm']:.1f} / "
+                         f"{s['population']['jaccard']:.3f}")
+        print(f"  density {density:3.1f}: " + "   ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
