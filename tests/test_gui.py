@@ -233,7 +233,7 @@ def test_plots_and_status_receive_the_pipeline_stats(finished_window):
     assert np.all((fill >= 0) & (fill <= 100)) and np.nanmax(fill) > 0
     _, lost = window.curves["lost:localizer"].getData()
     assert lost[-1] == summary["frames_lost_localizer"]
-    if window.cfg.drift.enabled and summary.get("render", {}).get("drift"):
+    if window.cfg.drift.enabled and summary.get("drift", {}).get("file"):
         frames, dx = window.curves["drift_x"].getData()
         assert frames is not None and len(frames) >= 1 and np.all(np.isfinite(dx))
     cam = window.camera_item.image

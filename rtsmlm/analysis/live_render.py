@@ -1,12 +1,11 @@
-"""The live super-resolution image of a run: online drift correction + incremental rendering + FRC.
+"""The live super-resolution image of a run: drift-corrected incremental rendering + FRC.
 
-A listener of the run (its own thread). Each localization batch feeds the online drift estimator; the
-batch is rendered with the current drift estimate into the canvas and into one of two half-canvases
-(even/odd drift blocks) for the Fourier ring correlation. When the drift estimate moves by more than a
-fraction of an SR pixel, the canvas is re-rendered from all stored localizations. The live view pulls
-:meth:`RenderListener.snapshot`; at the end of the run the global drift refinement is written to
-``drift.csv`` and handed on (:meth:`RenderListener.final_drift`; the localization files add ``x_dc``/``y_dc``
-with it), and the final image goes to
+A listener of the run (its own thread). Each localization batch is rendered with the current estimate of
+the drift stage (:mod:`rtsmlm.analysis.drift_stage`, another listener sharing its thread-safe estimator)
+into the canvas and into one of two half-canvases (even/odd drift blocks) for the Fourier ring
+correlation. When the estimate moves by more than half an SR pixel, what it moved is redrawn. The live view pulls
+:meth:`RenderListener.snapshot`; at the end of the run (after the drift stage's final refinement) the
+image is redrawn with the final drift and goes to
 ``render.tif`` (32-bit, pixel size in the metadata) and ``render.png``.
 """
 
@@ -23,7 +22,6 @@ import numpy as np
 
 from rtsmlm.core.config import Config
 from rtsmlm.core.locs import LocBatch, LocSpill
-from rtsmlm.io.tables import DriftTrajectory, write_drift_csv
 
 log = logging.getLogger("rtsmlm.analysis.render")
 
@@ -32,7 +30,6 @@ MAX_CANVAS_SIDE = 8192
 
 RENDER_TIF = "render.tif"
 RENDER_PNG = "render.png"
-DRIFT_CSV = "drift.csv"
 
 
 @dataclass(frozen=True)
@@ -49,20 +46,22 @@ class RenderSnapshot:
 
 
 class RenderListener:
-    """Listener: online drift correction, the growing SR image, FRC; final ``drift.csv`` and render files."""
+    """Listener: the growing drift-corrected SR image, FRC; the final render files."""
 
     name = "render"
     critical = False  # the image can always be re-rendered from the saved localizations
 
-    def __init__(self, cfg: Config, out_dir: Path | None, camera_pixel_nm: float, shape: tuple[int, int]) -> None:
-        from rtsmlm.analysis.drift import OnlineDrift
+    def __init__(self, cfg: Config, out_dir: Path | None, camera_pixel_nm: float, shape: tuple[int, int],
+                 drift: Any = None) -> None:
+        """``drift``: the drift stage's :class:`~rtsmlm.analysis.drift.OnlineDrift` (None: no correction)."""
         from rtsmlm.analysis.render import Canvas
 
         _check_colormap(cfg.gui.colormap)
         self.cfg = cfg
         self.out_dir = out_dir
         self.extent_nm = (shape[0] * camera_pixel_nm, shape[1] * camera_pixel_nm)
-        self.drift = OnlineDrift(cfg.drift, self.extent_nm) if cfg.drift.enabled else None
+        self.drift = drift
+        self._drift_version = -1
         # Even/odd drift blocks alternate between the canvas halves (independent halves for the FRC).
         self._canvas_args = dict(mode=cfg.render.mode, min_sigma_nm=cfg.render.min_sigma_nm,
                                  max_sigma_nm=cfg.render.max_sigma_nm,
@@ -87,7 +86,6 @@ class RenderListener:
         self._last_frc_t = time.perf_counter()
         self._frc_nm: float | None = None
         self._pending_settings: dict[str, Any] = {}
-        self._final_drift: DriftTrajectory | None = None
 
     # -------------------------------------------------------------------------------- settings
 
@@ -211,16 +209,7 @@ class RenderListener:
     def on_run_end(self, end: Any) -> dict[str, Any]:
         locs = self._store.all()
         info: dict[str, Any] = {"sr_pixel_nm": self.pixel_nm, "mode": self._canvas_args["mode"]}
-        if self.drift is not None and len(locs):
-            n_frames = int(locs["frame"].max()) + 1
-            traj = self.drift.finalize(locs, n_frames)
-            self._final_drift = traj
-            info["drift"] = {"max_abs_nm": float(np.max(np.hypot(traj.dx, traj.dy))) if len(traj.dx) else 0.0,
-                             "fiducials": self.drift.fiducials.describe()}
-            if self.out_dir is not None:
-                write_drift_csv(self.out_dir / DRIFT_CSV, traj.frames, traj.dx, traj.dy)
-                info["drift"]["file"] = DRIFT_CSV
-        self.rerender()
+        self.rerender()  # with the final drift: the drift stage ended first
         self._frc_nm = self.frc()
         info["frc_resolution_nm"] = self._frc_nm
         self._publish_snapshot()
@@ -228,10 +217,6 @@ class RenderListener:
             self._write_images()
             info["files"] = [RENDER_TIF, RENDER_PNG]
         return {"render": info}
-
-    def final_drift(self) -> DriftTrajectory | None:
-        """The run's final drift (after :meth:`on_run_end`), None without drift correction."""
-        return self._final_drift
 
     def _write_images(self) -> None:
         from rtsmlm.io.movies import write_tiff_movie

@@ -171,9 +171,10 @@ class LocSpill:
     """Append-only localization table on an anonymous temporary file (gone when closed or when the
     process dies), with the newest ``tail_locs`` rows also in memory."""
 
-    def __init__(self, tail_locs: int = 200_000) -> None:
+    def __init__(self, tail_locs: int = 200_000, dtype: np.dtype = LOC_DTYPE) -> None:
         import tempfile
 
+        self.dtype = np.dtype(dtype)
         self._fh = tempfile.TemporaryFile(prefix="rtsmlm-locs-")
         self.n = 0
         self._tail: list[np.ndarray] = []
@@ -181,7 +182,7 @@ class LocSpill:
         self._tail_locs = tail_locs
 
     def append(self, locs: np.ndarray) -> None:
-        self._fh.write(np.ascontiguousarray(locs, dtype=LOC_DTYPE).tobytes())
+        self._fh.write(np.ascontiguousarray(locs, dtype=self.dtype).tobytes())
         self.n += len(locs)
         self._tail.append(locs)
         self._tail_n += len(locs)
@@ -192,7 +193,7 @@ class LocSpill:
         """Every row so far (read back from the file: a transient copy)."""
         self._fh.flush()
         self._fh.seek(0)
-        out = np.fromfile(self._fh, dtype=LOC_DTYPE, count=self.n)
+        out = np.fromfile(self._fh, dtype=self.dtype, count=self.n)
         self._fh.seek(0, 2)
         return out
 

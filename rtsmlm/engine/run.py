@@ -119,7 +119,12 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
     # created, so a failed --overwrite run leaves the previous run's files untouched.
     from rtsmlm.analysis.live_render import RenderListener
 
-    render = RenderListener(cfg, out, camera.pixel_size_nm, source.shape)
+    drift = None
+    if cfg.drift.enabled:
+        from rtsmlm.analysis.drift_stage import DriftListener
+
+        drift = DriftListener(cfg, out, (source.shape[0] * camera.pixel_size_nm, source.shape[1] * camera.pixel_size_nm))
+    render = RenderListener(cfg, out, camera.pixel_size_nm, source.shape, drift.estimator if drift else None)
     plugins: list[tuple[str, object, str]] = []
     if cfg.plugins:
         from rtsmlm.engine.plugins import PluginHost
@@ -147,9 +152,9 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
         if stream is not None:
             stream.close()
         raise
-    # Listeners end in this order: the render listener (it estimates the drift) before the files, which
-    # add the drift-corrected columns with its final drift.
-    listeners: list[object] = [render, files]
+    # Listeners end in this order: the drift stage first (its final drift is handed on), then the render
+    # (redrawn with it) and the files (which add the drift-corrected columns).
+    listeners: list[object] = [*([drift] if drift else []), render, files]
     if isinstance(source, PublishesTruth):
         listeners.append(TruthFiles(out))
     if stream is not None:

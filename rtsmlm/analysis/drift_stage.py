@@ -1,0 +1,66 @@
+"""The drift stage of a run: one listener owns the online drift estimate and its final refinement.
+
+Each localization batch feeds :class:`~rtsmlm.analysis.drift.OnlineDrift` on this listener's own thread
+(a block update costs tens of ms, which no longer delays the image). The render listener reads the same
+estimator (its methods are thread-safe) to correct what it draws and redraws what an update moved. At the
+end of the run the drift is refined over every localization, written to ``drift.csv`` and handed to the
+listeners that end after this one (``RunEnd.drift``: the files add ``x_dc``, ``y_dc`` with it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtsmlm.analysis.drift import OnlineDrift
+from rtsmlm.core.config import Config
+from rtsmlm.core.locs import LocBatch, LocSpill
+from rtsmlm.io.tables import DriftTrajectory, write_drift_csv
+
+DRIFT_CSV = "drift.csv"
+_XY_DTYPE = np.dtype([("frame", "<i8"), ("x", "<f4"), ("y", "<f4")])
+
+
+class DriftListener:
+    """Listener: online drift estimation (``estimator``) and the final ``drift.csv``."""
+
+    name = "drift"
+    critical = False  # drift.csv can be recomputed from the saved localizations
+    max_lag_batches = None  # the final refinement needs every localization
+
+    def __init__(self, cfg: Config, out_dir: Path | None, extent_nm: tuple[float, float]) -> None:
+        self.estimator = OnlineDrift(cfg.drift, extent_nm)
+        self.out_dir = out_dir
+        # frame, x, y of every localization (16 bytes each) on an anonymous spill file, for the refinement.
+        self._xy = LocSpill(tail_locs=0, dtype=_XY_DTYPE)
+        self._final: DriftTrajectory | None = None
+
+    def on_batch(self, batch: LocBatch) -> None:
+        locs = batch.locs
+        if len(locs):
+            xy = np.empty(len(locs), _XY_DTYPE)
+            xy["frame"], xy["x"], xy["y"] = locs["frame"], locs["x"], locs["y"]
+            self._xy.append(xy)
+        if not batch.late:
+            # Catch-up batches (old frames, after the acquisition) are corrected with the estimate the live
+            # frames built; the final drift is refined over every localization in on_run_end.
+            self.estimator.add(locs, batch.last_frame)
+
+    def on_run_end(self, end: Any) -> dict[str, Any]:
+        locs = self._xy.all()
+        info: dict[str, Any] = {"fiducials": self.estimator.fiducials.describe()}
+        if len(locs):
+            traj = self.estimator.finalize(locs, int(locs["frame"].max()) + 1)
+            self._final = traj
+            info["max_abs_nm"] = float(np.max(np.hypot(traj.dx, traj.dy))) if len(traj.dx) else 0.0
+            if self.out_dir is not None:
+                write_drift_csv(self.out_dir / DRIFT_CSV, traj.frames, traj.dx, traj.dy)
+                info["file"] = DRIFT_CSV
+        self._xy.close()
+        return {"drift": info}
+
+    def final_drift(self) -> DriftTrajectory | None:
+        """The run's final drift (after :meth:`on_run_end`)."""
+        return self._final
