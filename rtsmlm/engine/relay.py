@@ -88,7 +88,11 @@ class ListenerRelay:
         self.batches_lost = 0
         self.locs_lost = 0
         self.events_lost = 0
-        stream.add_reader(self.name)
+        # A listener without on_batch (the ground truth, a stats-only plugin) does not follow the stream: it
+        # wakes for its side events and ticks only, not for every batch (fewer thread switches).
+        self._follows_stream = "on_batch" in self._hooks
+        if self._follows_stream:
+            stream.add_reader(self.name)
 
     @property
     def active(self) -> bool:
@@ -112,6 +116,8 @@ class ListenerRelay:
             if len(self._side) == self._side.maxlen:
                 self.events_lost += 1
             self._side.append((hook, arg))
+        if not self._follows_stream:
+            self._wake.set()
 
     def end(self, end: RunEnd) -> Mapping[str, Any] | None:
         """After the thread has finished: call ``on_run_end`` (on the caller's thread, or under the
@@ -167,6 +173,9 @@ class ListenerRelay:
                     self._call("on_run_start", run)
             finally:
                 self.started.set()
+            if not self._follows_stream:
+                self._serve_side_events(next_tick)
+                return
             while True:
                 # Wake no later than the next tick, so a batch is flushed at most one interval after it
                 # was appended (the crash-safety promise), however quiet the stream is.
@@ -205,6 +214,22 @@ class ListenerRelay:
             self._stream.remove_reader(self.name)
             self.error = traceback.format_exc().strip().splitlines()[-1]
             self._on_failure(f"listener {self.name}", traceback.format_exc(), self.critical, None)
+
+    def _serve_side_events(self, next_tick: float) -> None:
+        """The loop of a listener that takes no batches: side events as they come, ticks, until the end."""
+        while True:
+            self._wake.wait(min(0.2, max(0.0, next_tick - time.perf_counter())))
+            self._wake.clear()
+            self._drain_side()
+            if time.perf_counter() >= next_tick:
+                if "on_tick" in self._hooks:
+                    self._call("on_tick")
+                next_tick = time.perf_counter() + self._flush_interval_s
+            if self._stream.closed:
+                break
+        self._drain_side()  # the source's last events were posted before the stream closed
+        if "on_tick" in self._hooks:
+            self._call("on_tick")
 
     def _drain_side(self) -> None:
         while True:
