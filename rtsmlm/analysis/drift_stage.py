@@ -9,6 +9,7 @@ listeners that end after this one (``RunEnd.drift``: the files add ``x_dc``, ``y
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,15 @@ from rtsmlm.io.tables import DriftTrajectory, write_drift_csv
 
 DRIFT_CSV = "drift.csv"
 _XY_DTYPE = np.dtype([("frame", "<i8"), ("x", "<f4"), ("y", "<f4")])
+
+
+@dataclass(frozen=True)
+class DriftSummary:
+    """The drift stage's section of summary.json (``drift``)."""
+
+    fiducials: dict[str, Any]
+    max_abs_nm: float | None = None
+    file: str | None = None
 
 
 class DriftListener:
@@ -48,18 +58,18 @@ class DriftListener:
             # frames built; the final drift is refined over every localization in on_run_end.
             self.estimator.add(locs, batch.last_frame)
 
-    def on_run_end(self, end: Any) -> dict[str, Any]:
+    def on_run_end(self, end: Any) -> dict[str, DriftSummary]:
         locs = self._xy.all()
-        info: dict[str, Any] = {"fiducials": self.estimator.fiducials.describe()}
+        max_abs = file = None
         if len(locs):
             traj = self.estimator.finalize(locs, int(locs["frame"].max()) + 1)
             self._final = traj
-            info["max_abs_nm"] = float(np.max(np.hypot(traj.dx, traj.dy))) if len(traj.dx) else 0.0
+            max_abs = float(np.max(np.hypot(traj.dx, traj.dy))) if len(traj.dx) else 0.0
             if self.out_dir is not None:
                 write_drift_csv(self.out_dir / DRIFT_CSV, traj.frames, traj.dx, traj.dy)
-                info["file"] = DRIFT_CSV
+                file = DRIFT_CSV
         self._xy.close()
-        return {"drift": info}
+        return {"drift": DriftSummary(self.estimator.fiducials.describe(), max_abs, file)}
 
     def final_drift(self) -> DriftTrajectory | None:
         """The run's final drift (after :meth:`on_run_end`)."""

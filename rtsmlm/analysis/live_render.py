@@ -45,6 +45,16 @@ class RenderSnapshot:
     frc_nm: float | None
 
 
+@dataclass(frozen=True)
+class RenderSummary:
+    """The render listener's section of summary.json (``render``)."""
+
+    sr_pixel_nm: float
+    mode: str
+    frc_resolution_nm: float | None
+    files: list[str] | None = None
+
+
 class RenderListener:
     """Listener: the growing drift-corrected SR image, FRC; the final render files."""
 
@@ -206,17 +216,16 @@ class RenderListener:
 
     # -------------------------------------------------------------------------------- finish
 
-    def on_run_end(self, end: Any) -> dict[str, Any]:
+    def on_run_end(self, end: Any) -> dict[str, RenderSummary]:
         locs = self._store.all()
-        info: dict[str, Any] = {"sr_pixel_nm": self.pixel_nm, "mode": self._canvas_args["mode"]}
         self.rerender()  # with the final drift: the drift stage ended first
         self._frc_nm = self.frc()
-        info["frc_resolution_nm"] = self._frc_nm
         self._publish_snapshot()
+        files = None
         if self.out_dir is not None and len(locs):
             self._write_images()
-            info["files"] = [RENDER_TIF, RENDER_PNG]
-        return {"render": info}
+            files = [RENDER_TIF, RENDER_PNG]
+        return {"render": RenderSummary(self.pixel_nm, str(self._canvas_args["mode"]), self._frc_nm, files)}
 
     def _write_images(self) -> None:
         from rtsmlm.io.movies import write_tiff_movie

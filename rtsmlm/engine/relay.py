@@ -16,6 +16,7 @@ ground truth) from a bounded queue, and calls the listener's hooks in order:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -244,10 +245,20 @@ class _Disabled(Exception):
     """A hook failed; the relay has reported it and stops calling the listener."""
 
 
+def section_value(value: Any) -> Any:
+    """A section's value as summary.json holds it: a (frozen) dataclass becomes a mapping of its fields,
+    fields that are None left out."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if getattr(value, f.name) is not None}
+    return value
+
+
 def merge_section(summary: dict[str, Any], section: Mapping[str, Any], owner: str) -> None:
-    """Merge a listener's section into the summary: new keys are added, mappings merged one level deep;
-    a key another part already set to a plain value is kept and the clash logged."""
+    """Merge a listener's section into the summary: new keys are added, mappings (and the dataclasses
+    listeners return) merged one level deep; a key another part already set to a plain value is kept and
+    the clash logged."""
     for key, value in section.items():
+        value = section_value(value)
         have = summary.get(key)
         if isinstance(have, dict) and isinstance(value, Mapping):
             have.update(value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,23 @@ def clear_previous_run(out: Path) -> None:
         path.unlink()
 
 
+@dataclass(frozen=True)
+class LocalizationFilesSummary:
+    """The localization files' part of summary.json ``outputs``."""
+
+    localizations: list[str]
+    picasso_rows_moved_inside: int
+    drift_corrected_columns: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class TruthFilesSummary:
+    """The ground truth's part of summary.json ``outputs``."""
+
+    ground_truth: str
+    ground_truth_drift: str | None = None
+
+
 class LocalizationFiles:
     """Listener writing the localization stream to CSV and Picasso HDF5, flushed every
     ``output.flush_interval_s``; the one owner of those files. At the end, when the run has a final
@@ -112,15 +130,14 @@ class LocalizationFiles:
     def on_run_end(self, end: Any) -> dict[str, Any]:
         self.csv.close()
         self.hdf5.close()
-        # Rows moved just inside the image so Picasso's loader keeps them (the CSV has exact values).
-        outputs: dict[str, Any] = {"localizations": [LOCS_CSV, LOCS_HDF5],
-                                   "picasso_rows_moved_inside": self.hdf5.n_moved_inside}
         drift = getattr(end, "drift", None)
+        corrected = None
         if drift is not None and self.n_rows:
             self._rewrite_corrected(drift)
-            outputs["drift_corrected_columns"] = ["x_dc", "y_dc"]
+            corrected = ["x_dc", "y_dc"]
         self._table.close()
-        return {"outputs": outputs}
+        # Rows moved just inside the image so Picasso's loader keeps them (the CSV has exact values).
+        return {"outputs": LocalizationFilesSummary([LOCS_CSV, LOCS_HDF5], self.hdf5.n_moved_inside, corrected)}
 
     def _rewrite_corrected(self, drift: Any) -> None:
         """Replace the streamed files by the drift-corrected table (atomic renames: a crash leaves the
@@ -175,15 +192,15 @@ class TruthFiles:
 
     def on_run_end(self, end: Any) -> dict[str, Any]:
         self.close()
-        outputs: dict[str, Any] = {"ground_truth": TRUTH_CSV}
+        drift_file = None
         if self._drift:
             from rtsmlm.io.tables import write_drift_csv
 
             table = np.asarray(self._drift, dtype=np.float64)
             # The simulated sample's true drift, to score drift.csv against.
             write_drift_csv(self.drift_path, table[:, 0], table[:, 1], table[:, 2])
-            outputs["ground_truth_drift"] = TRUTH_DRIFT_CSV
-        return {"outputs": outputs}
+            drift_file = TRUTH_DRIFT_CSV
+        return {"outputs": TruthFilesSummary(TRUTH_CSV, drift_file)}
 
     def flush(self) -> None:
         from rtsmlm.io.tables import TRUTH_HEADER, write_truth_rows

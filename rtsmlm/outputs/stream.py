@@ -541,6 +541,18 @@ def subscribe(address: str = DEFAULT_ADDRESS, topics: Sequence[str] = (TOPIC_LOC
                 return
 
 
+@dataclass(frozen=True)
+class StreamSummary:
+    """The stream listener's section of summary.json (``stream``): what the publisher sent."""
+
+    enabled: bool
+    address: str
+    locs_messages: int
+    stats_messages: int
+    n_locs: int
+    bytes: int
+
+
 class StreamListener:
     """Listener publishing the localization stream and the stats over ZeroMQ (the socket is used by this
     listener's thread only)."""
@@ -568,9 +580,9 @@ class StreamListener:
     def on_stats(self, stats: dict[str, Any]) -> None:
         self.publisher.publish_stats(stats)
 
-    def on_run_end(self, end: Any) -> dict[str, Any]:
+    def on_run_end(self, end: Any) -> dict[str, StreamSummary]:
         self.publisher.close()
-        return {"stream": self.publisher.summary()}
+        return {"stream": StreamSummary(**self.publisher.summary())}
 
     def close(self) -> None:
         """Release the socket of a run that never started."""
