@@ -45,12 +45,8 @@ def simulate(density: float, seed: int, frames: int, size: int, bg: float) -> tu
     cfg = rconfig.load(TRAIN_CONFIG, [f"sim.seed={seed}", f"sim.size={size}", f"sim.density={density}",
                                       f"sim.bg_photons={bg}", f"psf.z_range_nm={Z_EVAL_NM}"])
     sim = Simulator(cfg)
-    movie = np.empty((frames, *sim.shape), np.uint16)
-    truth = []
-    for i in range(frames):
-        movie[i], t = sim.step()
-        truth.append(t)
-    return cfg, movie, np.concatenate(truth), sim.camera
+    movie, truth = sim.movie(frames)
+    return cfg, movie, truth, sim.camera
 
 
 def score(pred: np.ndarray, truth: np.ndarray, min_photons: float = 0.0) -> dict:

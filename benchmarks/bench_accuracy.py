@@ -112,14 +112,10 @@ def simulate_movie(cfg: rconfig.Config, name: str, n_frames: int) -> Movie:
     from rtsmlm.sim import Simulator
 
     sim = Simulator(cfg)
-    frames = np.empty((n_frames, *sim.shape), np.uint16)
-    truths = []
-    for i in range(n_frames):
-        frames[i], t = sim.step()
-        truths.append(t)
+    frames, truth = sim.movie(n_frames)
     camera = sim.camera
     emccd = camera.model == "emccd" and camera.em_gain > 1.0
-    return Movie(name, frames, np.concatenate(truths), camera, sim.seed, cfg.sim.density, cfg.sim.bg_photons,
+    return Movie(name, frames, truth, camera, sim.seed, cfg.sim.density, cfg.sim.bg_photons,
                  cfg.psf.sigma_nm, 2.0 if emccd else 1.0)
 
 

@@ -51,9 +51,8 @@ def simulate(name: str, seed: int, frames: int, size: int, density: float, struc
                                      "bg_structured": structured, "photons_mean": photons,
                                      "photons_sigma": 0.4 * photons}})
     sim = Simulator(cfg)
-    movie = np.stack([sim.step()[0] for _ in range(frames)])
-    dark = np.stack([sim.camera.expose(np.zeros(sim.shape), sim.rng) for _ in range(50)])
-    return cfg, sim, movie, dark
+    movie, truth = sim.movie(frames)
+    return cfg, sim, movie, truth, sim.dark_frames(50)
 
 
 def errors(cal, cfg, sim) -> dict:
@@ -70,7 +69,7 @@ def errors(cal, cfg, sim) -> dict:
     return out
 
 
-def accuracy(cal, cfg, sim, movie) -> dict:
+def accuracy(cal, cfg, sim, movie, truth) -> dict:
     """Jaccard on the calibrated movie: the default model as shipped vs calibrate's choice."""
     import tempfile
 
@@ -79,7 +78,6 @@ def accuracy(cal, cfg, sim, movie) -> dict:
     from rtsmlm.cli.calibrate import _choose_model
     from rtsmlm.localization.offline import OfflineLocalizer
 
-    truth = np.concatenate([t for t in _truth_of(cfg, len(movie))])
     backend = rconfig.replace(cfg.backend, name="torch", device="cpu", threads=1)
     base = OfflineLocalizer("default", backend).localize(movie, sim.camera)
     j_base = evaluate(base, truth)["jaccard"]
@@ -103,13 +101,6 @@ def accuracy(cal, cfg, sim, movie) -> dict:
     print(f"  accuracy on this movie: default model @0.6, camera typed in: Jaccard {j_base:.3f}; calibrate's choice "
           f"{choice['model']} @{p:.2f}, calibrated camera: {j_chosen:.3f} ({j_chosen - j_base:+.3f})")
     return {"default_fixed": j_base, "chosen": j_chosen, "choice": {k: v for k, v in choice.items() if k != "curves"}}
-
-
-def _truth_of(cfg, n: int):
-    """The ground truth of the first ``n`` frames of ``cfg``'s simulation (deterministic by seed)."""
-    sim = Simulator(cfg)
-    for _ in range(n):
-        yield sim.step()[1]
 
 
 def row(label: str, e: dict | str, seconds: float) -> str:
@@ -142,7 +133,7 @@ def main() -> None:
         if name not in args.cameras.split(","):
             continue
         print(name)
-        cfg, sim, movie, dark = simulate(name, 9000 + i, args.frames, args.size, args.density, True)
+        cfg, sim, movie, truth, dark = simulate(name, 9000 + i, args.frames, args.size, args.density, True)
         px = cfg.camera.pixel_size_nm
         for label, kw in (("with dark movie", {"dark": dark}), ("no dark (PTC intercept)", {})):
             t0 = time.perf_counter()
@@ -155,8 +146,8 @@ def main() -> None:
             results[f"{name}/{label}"] = e
             print(row(label, e, time.perf_counter() - t0))
             if args.accuracy and "dark" in kw and not isinstance(e, str):
-                results[f"{name}/accuracy"] = accuracy(cal, cfg, sim, movie)
-        cfg, sim, movie, _ = simulate(name, 9100 + i, args.frames, args.size, args.density, False)
+                results[f"{name}/accuracy"] = accuracy(cal, cfg, sim, movie, truth)
+        cfg, sim, movie, _, _ = simulate(name, 9100 + i, args.frames, args.size, args.density, False)
         t0 = time.perf_counter()
         try:
             cal = calibrate(movie, pixel_size_nm=px, prior=prior, camera_model=cfg.camera.model)

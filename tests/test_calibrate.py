@@ -22,9 +22,8 @@ def _movie(overrides: list[str], frames: int = 150, structured: bool = True, see
     cfg = config.load(None, ["sim.size=64", "sim.density=0.3", f"sim.bg_structured={str(structured).lower()}",
                              f"sim.seed={seed}", *overrides])
     sim = Simulator(cfg)
-    movie = np.stack([sim.step()[0] for _ in range(frames)])
-    dark = np.stack([sim.camera.expose(np.zeros(sim.shape), sim.rng) for _ in range(30)])
-    return cfg, sim, movie, dark
+    movie, _ = sim.movie(frames)
+    return cfg, sim, movie, sim.dark_frames(30)
 
 
 @pytest.mark.parametrize("camera", [SCMOS, EMCCD], ids=["scmos", "emccd"])

@@ -9,7 +9,6 @@ the window stops the run with every file flushed.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -21,8 +20,9 @@ pytest.importorskip("PyQt5")
 pytest.importorskip("pyqtgraph")
 pytest.importorskip("pytestqt")
 
-from rtsmlm.core import config  # noqa: E402
+from rtsmlm.core import config
 from rtsmlm.gui.display import format_length, nice_length, percentile_levels, pool, series_from_stats, to_uint8  # noqa: E402
+from rtsmlm.io.tables import read_truth_csv  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # Display preparation (no Qt)
@@ -152,12 +152,6 @@ def _cfg(out_dir, frames: int, *extra: str):
                               f"output.dir={json.dumps(str(out_dir))}", *extra])
 
 
-def _read_truth(path) -> np.ndarray:
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    return np.array([(float(r["x"]), float(r["y"])) for r in rows])
-
-
 @pytest.fixture(scope="module")
 def finished_window(tmp_path_factory, qapp):
     """One live window over a 400-frame filament run at full rate, with an event-delay probe running."""
@@ -198,7 +192,8 @@ def test_sr_image_shows_the_simulated_filaments(finished_window):
     rect = window.sr_item.mapRectToParent(window.sr_item.boundingRect())
     px = rect.width() / shown.shape[1]
     assert rect.left() == 0 and rect.top() == 0 and rect.height() / shown.shape[0] == pytest.approx(px)
-    truth = _read_truth(window.session.run.out_dir / "ground_truth.csv")
+    table = read_truth_csv(window.session.run.out_dir / "ground_truth.csv")
+    truth = np.column_stack([table["x"], table["y"]]).astype(np.float64)
     assert len(truth) > 500
     on_structure = np.zeros(shown.shape, bool)
     cols = np.clip((truth[:, 0] / px).astype(int), 0, shown.shape[1] - 1)

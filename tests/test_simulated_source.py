@@ -163,3 +163,14 @@ def test_stop_from_another_thread_ends_frames(realtime: bool) -> None:
     if realtime:
         assert got == []  # the first exposure had not finished when stop() came
     cam.close()
+
+
+def test_movie_and_dark_frames_are_the_simulator_stepped_and_the_camera_without_light() -> None:
+    cfg = small_cfg("sim.seed=4")
+    frames, truth = Simulator(cfg).movie(6)
+    stepped = Simulator(cfg)
+    steps = [stepped.step() for _ in range(6)]
+    assert frames.dtype == np.uint16 and np.array_equal(frames, np.stack([f for f, _ in steps]))
+    assert np.array_equal(truth, np.concatenate([t for _, t in steps]))
+    dark = Simulator(cfg).dark_frames(4)
+    assert dark.shape == (4, *frames.shape[1:]) and abs(float(dark.mean()) - cfg.camera.baseline_adu) < 1.0

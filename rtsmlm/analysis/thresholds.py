@@ -41,12 +41,7 @@ def choose_p_threshold(cfg: Config, checkpoint: str, *, frames: int = 100, size:
 
     sim_cfg = config_mod.replace(cfg, sim=config_mod.to_dict(config_mod.replace(cfg.sim, size=size)))
     sim = Simulator(sim_cfg)
-    movie = np.empty((frames, *sim.shape), np.uint16)
-    truth = []
-    for i in range(frames):
-        movie[i], t = sim.step()
-        truth.append(t)
-    truth_table = np.concatenate(truth)
+    movie, truth_table = sim.movie(frames)
     if backend_cfg is None:
         backend_cfg = config_mod.replace(cfg.backend, name="torch", device="cpu")
     loc = OfflineLocalizer(checkpoint, backend_cfg, p_threshold=min(GRID), candidate_threshold=min(GRID))

@@ -102,8 +102,8 @@ def _simulated_frames(cfg, size: int, n: int, seed: int = 0):
     sim = {**config_mod.to_dict(cfg.sim), "size": size, "frames": n, "seed": seed}
     sim_cfg = config_mod.replace(cfg, sim=sim)
     sim = Simulator(sim_cfg)
-    frames, truth = zip(*(sim.step() for _ in range(n)))
-    return np.stack(frames), np.concatenate(truth), sim.camera
+    frames, truth = sim.movie(n)
+    return frames, truth, sim.camera
 
 
 def _open(spec: dict[str, str], threads: int, args, checkpoint: str):

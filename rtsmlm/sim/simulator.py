@@ -93,6 +93,19 @@ class Simulator:
         self.frame_index += 1
         return frame, truth
 
+    def movie(self, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next ``n_frames`` frames ((n, H, W) uint16) and their ground truth as one TRUTH_DTYPE table."""
+        frames = np.empty((n_frames, *self.shape), np.uint16)
+        truth = []
+        for i in range(n_frames):
+            frames[i], t = self.step()
+            truth.append(t)
+        return frames, np.concatenate(truth) if truth else np.empty(0, TRUTH_DTYPE)
+
+    def dark_frames(self, n_frames: int) -> np.ndarray:
+        """``n_frames`` frames with the shutter closed: the camera's noise alone (to calibrate it)."""
+        return np.stack([self.camera.expose(np.zeros(self.shape), self.rng) for _ in range(n_frames)])
+
     def drift_table(self, n_frames: int) -> np.ndarray:
         """(n, 3) array of frame, dx, dy (nm) for frames 0..n-1."""
         d = self.drift.at(np.arange(n_frames))
