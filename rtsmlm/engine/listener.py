@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from rtsmlm.acquisition.source import Control
     from rtsmlm.core.config import Config
 
-__all__ = ["HOOKS", "LEGACY_HOOKS", "Listener", "ProvidesDrift", "RunEnd", "RunStart", "TruthRecord", "hooks_of"]
+__all__ = ["HOOKS", "LEGACY_HOOKS", "Listener", "ProvidesDrift", "RunEnd", "RunStart", "TruthRecord", "hooks_of",
+           "run_end_argument"]
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,12 @@ def hooks_of(listener: object) -> dict[str, tuple[str, Any]]:
         if callable(fn) and not _is_protocol_stub(listener, hook):
             found[hook] = (hook, fn)
     return found
+
+
+def run_end_argument(own_name: str, end: RunEnd) -> Any:
+    """What a listener's end hook is called with: the ``RunEnd``, or for a plugin's old ``on_stop`` the
+    summary mapping it was written for."""
+    return dict(end.summary) if own_name == "on_stop" else end
 
 
 def _is_protocol_stub(listener: object, hook: str) -> bool:

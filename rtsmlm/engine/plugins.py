@@ -47,7 +47,7 @@ from typing import Any, Iterable, Mapping
 
 from rtsmlm.core.errors import RtsmlmError
 from rtsmlm.core.locs import LocBatch
-from rtsmlm.engine.listener import HOOKS, LEGACY_HOOKS, RunEnd, RunStart, hooks_of
+from rtsmlm.engine.listener import HOOKS, LEGACY_HOOKS, RunEnd, RunStart, hooks_of, run_end_argument
 from rtsmlm.engine.watchdog import HookCaller, log_plugin_disabled
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class PluginHost:
                 continue
             own_name, fn = p.hooks[hook]
             p.caller.timeout_s = self.hook_timeout_s
-            outcome = p.caller.call(fn, dict(arg.summary) if own_name == "on_stop" else arg)
+            outcome = p.caller.call(fn, run_end_argument(own_name, arg) if hook == "on_run_end" else arg)
             if outcome.ok:
                 continue
             p.active = False

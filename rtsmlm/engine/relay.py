@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rtsmlm.core.locs import LocalizationStream
-from rtsmlm.engine.listener import RunEnd, RunStart, hooks_of
+from rtsmlm.engine.listener import RunEnd, RunStart, hooks_of, run_end_argument
 from rtsmlm.engine.watchdog import HookCaller, log_plugin_disabled
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,6 @@ class ListenerRelay:
     def active(self) -> bool:
         return self.error is None and not self.abandoned
 
-    def wants(self, hook: str) -> bool:
-        return hook in self._hooks
-
     # ------------------------------------------------------------------------------- from the engine
 
     def start(self, run: RunStart) -> None:
@@ -127,9 +124,8 @@ class ListenerRelay:
             if not self.active or "on_run_end" not in self._hooks:
                 return None
             own_name, _ = self._hooks["on_run_end"]
-            arg: Any = dict(end.summary) if own_name == "on_stop" else end
             try:
-                out = self._call("on_run_end", arg)
+                out = self._call("on_run_end", run_end_argument(own_name, end))
             except _Disabled:
                 return None  # reported by _call; the other listeners still end
             return out if isinstance(out, Mapping) else None
@@ -198,10 +194,7 @@ class ListenerRelay:
                     self.n_batches += 1
                     seq += 1
                     self._stream.consumed(self.name, seq)
-                if time.perf_counter() >= next_tick:
-                    if "on_tick" in self._hooks:
-                        self._call("on_tick")
-                    next_tick = time.perf_counter() + self._flush_interval_s
+                next_tick = self._tick_if_due(next_tick)
                 if not batches and self._stream.closed and seq >= self._stream.n_batches:
                     break
             self._drain_side()
@@ -222,15 +215,20 @@ class ListenerRelay:
             self._wake.wait(min(0.2, max(0.0, next_tick - time.perf_counter())))
             self._wake.clear()
             self._drain_side()
-            if time.perf_counter() >= next_tick:
-                if "on_tick" in self._hooks:
-                    self._call("on_tick")
-                next_tick = time.perf_counter() + self._flush_interval_s
+            next_tick = self._tick_if_due(next_tick)
             if self._stream.closed:
                 break
         self._drain_side()  # the source's last events were posted before the stream closed
         if "on_tick" in self._hooks:
             self._call("on_tick")
+
+    def _tick_if_due(self, next_tick: float) -> float:
+        """Call ``on_tick`` when its time has come; the time of the next one."""
+        if time.perf_counter() < next_tick:
+            return next_tick
+        if "on_tick" in self._hooks:
+            self._call("on_tick")
+        return time.perf_counter() + self._flush_interval_s
 
     def _drain_side(self) -> None:
         while True:
