@@ -207,7 +207,7 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
 
     for radius, around in MASKS:
         mask = _spot_mask(frames, radius, around)
-        mean, var, m3, n = _pixel_moments(frames, mask)
+        mean, var, _, n = _pixel_moments(frames, mask)
         if np.median(n) >= MIN_FRAMES // 2:
             break
     if np.median(n) < MIN_FRAMES // 2:
@@ -218,7 +218,7 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
         excess_var = var - dark_var
     else:
         signal, excess_var = mean, var
-    xb, vb, _ = _binned(signal, [excess_var, m3], n)
+    xb, vb = _binned(signal, [excess_var], n)
     skew_mask = _spot_mask(frames, *SKEW_MASK)
     mean_s, _, m3_s, n_s = _pixel_moments(frames, skew_mask)
     xs, m3b = _binned(mean_s - dark_mean if dark_mean is not None else mean_s, [m3_s], n_s)

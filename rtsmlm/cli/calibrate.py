@@ -35,9 +35,8 @@ def calibrate_main(args: Any, cfg: Any) -> int:
         pixel_nm = cfg.camera.pixel_size_nm
         print(f"rtsmlm calibrate: {args.movie} does not record its pixel size; using camera.pixel_size_nm = "
               f"{pixel_nm:g} nm (give --pixel-size-nm)", file=sys.stderr)
-    dark = _read_frames(args.dark, args.frames)[0] if args.dark else None
-    if args.baseline_adu is not None:
-        dark = None
+    # A known baseline replaces the dark movie's (it is then not read).
+    dark = _read_frames(args.dark, args.frames)[0] if args.dark and args.baseline_adu is None else None
     prior = CameraModel.from_config(cfg.camera)
     cal = calibrate(frames, pixel_size_nm=float(pixel_nm), dark=dark, camera_model=args.camera, prior=prior,
                     baseline_adu=args.baseline_adu)

@@ -139,7 +139,7 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
         clear_previous_run(out)
         files = LocalizationFiles(out, pixel_size_nm=camera.pixel_size_nm, shape=source.shape,
                                   csv_style=cfg.output.csv_style, psf_sigma_nm=cfg.psf.sigma_nm,
-                                  include_z=is_3d, overwrite=True)
+                                  include_z=is_3d, overwrite=True, drift_correction=cfg.drift.enabled)
         recorder = None
         if cfg.output.record_raw and cfg.source.kind != "file":
             from rtsmlm.io.movies import open_movie_writer

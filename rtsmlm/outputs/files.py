@@ -103,7 +103,9 @@ class LocalizationFiles:
     max_lag_batches = None  # the data: never drop a batch
 
     def __init__(self, out_dir: Path, *, pixel_size_nm: float, shape: tuple[int, int], csv_style: str,
-                 psf_sigma_nm: float | None, include_z: bool, overwrite: bool) -> None:
+                 psf_sigma_nm: float | None, include_z: bool, overwrite: bool, drift_correction: bool = True) -> None:
+        """``drift_correction``: the run corrects drift, so keep every row for the corrected rewrite (without
+        it nothing is spilled)."""
         from rtsmlm.io.locfiles import CsvLocWriter, PicassoHdf5Writer
 
         self.out_dir = out_dir
@@ -113,14 +115,16 @@ class LocalizationFiles:
                                 overwrite=overwrite)
         self.hdf5 = PicassoHdf5Writer(out_dir / LOCS_HDF5, pixel_size_nm, shape[1], shape[0],
                                       psf_sigma_nm=psf_sigma_nm, include_z=include_z, overwrite=overwrite)
-        self._table = LocSpill(tail_locs=0)  # every row, on a temporary file, for the corrected rewrite
+        # Every row, on a temporary file, for the corrected rewrite.
+        self._table = LocSpill(tail_locs=0) if drift_correction else None
         self.n_rows = 0
 
     def on_batch(self, batch: LocBatch) -> None:
         if len(batch.locs):
             self.csv.append(batch.locs)
             self.hdf5.append(batch.locs)
-            self._table.append(batch.locs)
+            if self._table is not None:
+                self._table.append(batch.locs)
             self.n_rows += len(batch.locs)
 
     def on_tick(self) -> None:
@@ -132,20 +136,21 @@ class LocalizationFiles:
         self.hdf5.close()
         drift = getattr(end, "drift", None)
         corrected = None
-        if drift is not None and self.n_rows:
-            self._rewrite_corrected(drift)
-            corrected = ["x_dc", "y_dc"]
-        self._table.close()
+        if self._table is not None:
+            if drift is not None and self.n_rows:
+                self._rewrite_corrected(drift, self._table.all())
+                corrected = ["x_dc", "y_dc"]
+            self._table.close()
         # Rows moved just inside the image so Picasso's loader keeps them (the CSV has exact values).
         return {"outputs": LocalizationFilesSummary([LOCS_CSV, LOCS_HDF5], self.hdf5.n_moved_inside, corrected)}
 
-    def _rewrite_corrected(self, drift: Any) -> None:
+    def _rewrite_corrected(self, drift: Any, table: np.ndarray) -> None:
         """Replace the streamed files by the drift-corrected table (atomic renames: a crash leaves the
         streamed files or the corrected ones, never half of one)."""
         from rtsmlm.core.locs import with_drift_columns
         from rtsmlm.io.locfiles import write_csv, write_picasso_hdf5
 
-        locs = with_drift_columns(self._table.all())
+        locs = with_drift_columns(table)
         frame = np.clip(locs["frame"], 0, len(drift.frames) - 1)
         locs["x_dc"] = locs["x"] - np.asarray(drift.dx)[frame]
         locs["y_dc"] = locs["y"] - np.asarray(drift.dy)[frame]
