@@ -66,7 +66,7 @@ class RenderListener:
         """``drift``: the drift stage's :class:`~rtsmlm.analysis.drift.OnlineDrift` (None: no correction)."""
         from rtsmlm.analysis.render import Canvas
 
-        _check_colormap(cfg.gui.colormap)
+        check_colormap(cfg.gui.colormap)
         self.cfg = cfg
         self.out_dir = out_dir
         self.extent_nm = (shape[0] * camera_pixel_nm, shape[1] * camera_pixel_nm)
@@ -240,7 +240,7 @@ class RenderListener:
         _write_png(self.out_dir / RENDER_PNG, to_uint8(image, 0.0, white), self.cfg.gui.colormap)
 
 
-def _check_colormap(name: str) -> None:
+def check_colormap(name: str) -> None:
     """A colour map nobody knows is the user's typo: say so before the run, never silently use another."""
     import matplotlib
 

@@ -110,6 +110,13 @@ def _run_overrides(args) -> list[str]:
     return extra
 
 
+def _cmd_batch(args) -> int:
+    from rtsmlm.cli.batch import batch_main
+
+    extra = [f"model.checkpoint={json.dumps(args.model)}"] if args.model else []
+    return batch_main(args, _load_config(args, extra))
+
+
 def _cmd_run(args) -> int:
     from rtsmlm.engine.run import run_cli
 
@@ -225,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="write RMSE vs sqrt(CRLB) per photon bin")
     p.add_argument("--compact", action="store_true", help="one-line JSON")
     p.set_defaults(func=_cmd_evaluate)
+
+    from rtsmlm.cli.batch import add_batch_parser
+
+    add_batch_parser(sub, _add_config_args).set_defaults(func=_cmd_batch)
 
     # Listed for `rtsmlm --help`; main() hands their arguments to the module before argparse runs.
     for name, helptext in [("bench", "inference throughput and latency per backend"),

@@ -43,9 +43,9 @@ from rtsmlm.acquisition.ring import RingBuffer, add_to_runs, expand_runs
 from rtsmlm.acquisition.source import DescribesDevice, PublishesTruth, ReportsCameraLosses, Source, TruthRecord
 from rtsmlm.core.config import Config, to_dict
 from rtsmlm.core.locs import LocalizationStream, concat
-from rtsmlm.engine.listener import ProvidesDrift, RunEnd, RunStart
+from rtsmlm.engine.listener import RunStart
 from rtsmlm.engine.plugins import plugin_report
-from rtsmlm.engine.relay import START_TIMEOUT_S, ListenerRelay, merge_section
+from rtsmlm.engine.relay import START_TIMEOUT_S, ListenerRelay, end_in_order
 from rtsmlm.engine.summary import SUMMARY_VERSION, FrameCounts
 
 log = logging.getLogger("rtsmlm.engine.pipeline")
@@ -600,15 +600,7 @@ class Pipeline:
 
     def _end_listeners(self, out: dict[str, Any]) -> None:
         """``on_run_end`` of every listener in order; merge their sections; report each one."""
-        sections: dict[str, Any] = {}
-        drift = None
-        for relay in self.relays:
-            section = relay.end(RunEnd(out, dict(sections), drift))
-            if section:
-                sections[relay.name] = section
-                merge_section(out, section, relay.name)
-            if isinstance(relay.listener, ProvidesDrift) and relay.active:
-                drift = relay.listener.final_drift()
+        end_in_order(((r.name, r.listener, r.end, lambda r=r: r.active) for r in self.relays), out)
         reports = {r.name: r.report() for r in self.relays}
         out["listeners"] = {name: asdict(rep) for name, rep in reports.items()}
         if self._plugin_relays:

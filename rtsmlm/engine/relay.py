@@ -21,12 +21,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from rtsmlm.core.locs import LocalizationStream
-from rtsmlm.engine.listener import RunEnd, RunStart, hooks_of, run_end_argument
+from rtsmlm.engine.listener import ProvidesDrift, RunEnd, RunStart, hooks_of, run_end_argument
 from rtsmlm.engine.watchdog import HookCaller, log_plugin_disabled
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,26 @@ def section_value(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if getattr(value, f.name) is not None}
     return value
+
+
+def end_in_order(parts: Iterable[tuple[str, object, Callable[[RunEnd], Mapping[str, Any] | None],
+                                       Callable[[], bool]]], summary: dict[str, Any]) -> dict[str, Any]:
+    """End listeners in order and merge their sections into ``summary``; returns the sections by name.
+
+    ``parts`` are (name, listener, end, is_active): ``end(RunEnd)`` calls the listener's ``on_run_end`` (through
+    its relay in a live run, directly when a table is replayed). Each listener finds the sections of those
+    before it; once a :class:`ProvidesDrift` listener has ended, its final drift goes to the ones after it.
+    """
+    sections: dict[str, Any] = {}
+    drift = None
+    for name, listener, end, is_active in parts:
+        section = end(RunEnd(summary, dict(sections), drift))
+        if section:
+            sections[name] = section
+            merge_section(summary, section, name)
+        if isinstance(listener, ProvidesDrift) and is_active():
+            drift = listener.final_drift()
+    return sections
 
 
 def merge_section(summary: dict[str, Any], section: Mapping[str, Any], owner: str) -> None:

@@ -87,6 +87,27 @@ class Run:
         return summary
 
 
+def output_listeners(cfg: Config, out: Path, pixel_size_nm: float, shape: tuple[int, int],
+                     include_z: bool) -> tuple[list[object], Any]:
+    """The listeners that turn a localization stream into a run's outputs in ``out`` — drift stage (when
+    ``drift.enabled``), render, localization files — in the order they end: the drift stage first (its
+    final drift is handed on), then the render (redrawn with it) and the files (which add the
+    drift-corrected columns). Returns them and the render listener. A live run and a batch re-analysis
+    (:mod:`rtsmlm.batch`) write the same files through these."""
+    from rtsmlm.analysis.live_render import RenderListener
+
+    drift = None
+    if cfg.drift.enabled:
+        from rtsmlm.analysis.drift_stage import DriftListener
+
+        drift = DriftListener(cfg, out, (shape[0] * pixel_size_nm, shape[1] * pixel_size_nm))
+    render = RenderListener(cfg, out, pixel_size_nm, shape, drift.estimator if drift else None)
+    files = LocalizationFiles(out, pixel_size_nm=pixel_size_nm, shape=shape, csv_style=cfg.output.csv_style,
+                              psf_sigma_nm=cfg.psf.sigma_nm, include_z=include_z, overwrite=True,
+                              drift_correction=cfg.drift.enabled)
+    return [*([drift] if drift else []), render, files], render
+
+
 def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None = None,
               extra_listeners: Sequence[object] = (), on_stats: Callable[[dict[str, Any]], None] | None = None,
               keep_stream: bool = False) -> Run:
@@ -115,16 +136,11 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
         is_3d = is_3d or (meta.psf or {}).get("model", "gaussian") != "gaussian"  # a 3D model writes z
         model_info = {"checkpoint": cfg.model.checkpoint, "step": meta.step, "width": meta.width,
                       "depth": meta.depth, "window": meta.window, "trained_metrics": meta.metrics}
-    # Everything that can still fail (plugins, the stream's port) is opened before any output file is
-    # created, so a failed --overwrite run leaves the previous run's files untouched.
-    from rtsmlm.analysis.live_render import RenderListener
+    # Everything that can still fail (the colour map, plugins, the stream's port) is checked or opened
+    # before any output file is created, so a failed --overwrite run leaves the previous run's files untouched.
+    from rtsmlm.analysis.live_render import check_colormap
 
-    drift = None
-    if cfg.drift.enabled:
-        from rtsmlm.analysis.drift_stage import DriftListener
-
-        drift = DriftListener(cfg, out, (source.shape[0] * camera.pixel_size_nm, source.shape[1] * camera.pixel_size_nm))
-    render = RenderListener(cfg, out, camera.pixel_size_nm, source.shape, drift.estimator if drift else None)
+    check_colormap(cfg.gui.colormap)
     plugins: list[tuple[str, object, str]] = []
     if cfg.plugins:
         from rtsmlm.engine.plugins import PluginHost
@@ -137,9 +153,7 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
         stream = StreamListener(cfg, run_id, camera.pixel_size_nm)
     try:
         clear_previous_run(out)
-        files = LocalizationFiles(out, pixel_size_nm=camera.pixel_size_nm, shape=source.shape,
-                                  csv_style=cfg.output.csv_style, psf_sigma_nm=cfg.psf.sigma_nm,
-                                  include_z=is_3d, overwrite=True, drift_correction=cfg.drift.enabled)
+        listeners, render = output_listeners(cfg, out, camera.pixel_size_nm, source.shape, is_3d)
         recorder = None
         if cfg.output.record_raw and cfg.source.kind != "file":
             from rtsmlm.io.movies import open_movie_writer
@@ -152,9 +166,6 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
         if stream is not None:
             stream.close()
         raise
-    # Listeners end in this order: the drift stage first (its final drift is handed on), then the render
-    # (redrawn with it) and the files (which add the drift-corrected columns).
-    listeners: list[object] = [*([drift] if drift else []), render, files]
     if isinstance(source, PublishesTruth):
         listeners.append(TruthFiles(out))
     if stream is not None:

@@ -9,6 +9,7 @@ Readers (:func:`open_movie`):
   ``Byte Order``).
 - Zhuang-lab ``.dax`` with its ``.inf`` text header (``frame dimensions = W x H``, ``number of
   frames = N``, ``data type = 16 bit integers (binary, big endian)``).
+- OME-Zarr images (a ``.zarr`` folder; :mod:`rtsmlm.io.zarr_movies`), read chunk by chunk.
 
 Every reader returns frames as (rows, columns) = (y, x) arrays in native byte order: pixel (row i,
 column j) covers x in [j·p, (j+1)·p) nm and y in [i·p, (i+1)·p) nm (DESIGN.md).
@@ -121,6 +122,23 @@ class MovieReader:
             raise SourceError(f"{self.path}: cannot read frame {i}: {e}") from e
         return np.ascontiguousarray(page.reshape(self.shape), dtype=self.dtype)
 
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``start``..``stop - 1`` as one (n, height, width) array: one slice of a mapped or chunked
+        (OME-Zarr) file, so a worker reading its part of a movie reads only that part."""
+        if not 0 <= start <= stop <= self.n_frames:
+            raise IndexError(f"{self.path}: frames {start}..{stop - 1} are not all in the movie "
+                             f"({self.n_frames} frames)")
+        if self._array is None:
+            return np.stack([self.read(i) for i in range(start, stop)]) if stop > start else \
+                np.zeros((0, *self.shape), self.dtype)
+        if self._closed:
+            raise ValueError(f"{self.path}: the movie is closed")
+        try:
+            with self._lock:
+                return np.array(self._array[start:stop], dtype=self.dtype)
+        except Exception as e:
+            raise SourceError(f"{self.path}: cannot read frames {start}..{stop - 1}: {e}") from e
+
     def __len__(self) -> int:
         return self.n_frames
 
@@ -163,6 +181,10 @@ def open_movie(path: str | os.PathLike[str]) -> MovieReader:
     elif name.endswith(".inf"):
         p = p.with_suffix(".dax")
     suffix = p.suffix.lower()
+    from rtsmlm.io.zarr_movies import is_ome_zarr
+
+    if is_ome_zarr(p):
+        return _open_ome_zarr(p)
     if p.is_dir():
         raise SourceError(f"{p}: is a folder, not a movie file (for NDTiff or image-sequence folders, "
                           "export a multi-page TIFF first)")
@@ -175,7 +197,15 @@ def open_movie(path: str | os.PathLike[str]) -> MovieReader:
     if suffix == ".dax":
         return _open_dax(p)
     raise SourceError(f"{p}: unsupported movie format {p.suffix!r} (supported: .tif/.tiff/.ome.tif, "
-                      ".raw with .yaml, .dax with .inf)")
+                      ".raw with .yaml, .dax with .inf, OME-Zarr folders)")
+
+
+def _open_ome_zarr(path: Path) -> MovieReader:
+    from rtsmlm.io.zarr_movies import open_ome_zarr_array
+
+    array, shape, n_frames, pixel_size_nm, metadata = open_ome_zarr_array(path)
+    return MovieReader(path, fmt="ome-zarr", shape=shape, n_frames=n_frames, dtype=array.dtype,
+                       pixel_size_nm=pixel_size_nm, metadata=_jsonable(metadata, str(path)), array=array)
 
 
 # ---- raw binary formats ---------------------------------------------------------------------------

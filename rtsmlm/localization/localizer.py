@@ -119,6 +119,7 @@ class StreamingLocalizer:
         self.nonfinite: dict[int, int] = {}
         # Is the movie inside the model's training range? Judged on the first frames (a central crop).
         self.range_verdict: RangeVerdict | None = None
+        self.check_range = True  # False: a part of a movie whose range is judged elsewhere (batch chunks)
         self._guard_frames: list[np.ndarray] = []
         self._guard_thread: threading.Thread | None = None
         y0, x0 = max(0, height // 2 - 128), max(0, width // 2 - 128)
@@ -154,7 +155,7 @@ class StreamingLocalizer:
             raise ValueError(f"push() got {len(frames)} frames but {len(indices)} indices.")
         if len(indices) == 0:
             return np.empty(0, LOC_DTYPE), self.last_done
-        if self.range_verdict is None:
+        if self.range_verdict is None and self.check_range:
             self._watch_range(frames)
         if np.any(np.diff(indices) <= 0) or (self._last_pushed is not None and indices[0] <= self._last_pushed):
             raise ValueError(f"push() frame indices must increase strictly (last pushed {self._last_pushed}, "
@@ -207,10 +208,15 @@ class StreamingLocalizer:
         self._guard_thread = threading.Thread(target=judge, name="rtsmlm-range-guard", daemon=True)
         self._guard_thread.start()
 
-    def restart(self) -> None:
+    def restart(self, *, check_range: bool | None = None) -> None:
         """Forget the frame order after :meth:`finish`, so that earlier frames can be pushed again (the
-        catch-up analysis of frames skipped live). Frames still pending are dropped: call finish first."""
+        catch-up analysis of frames skipped live; the next chunk of a batch). Frames still pending are
+        dropped: call finish first. ``check_range`` True judges the next frames' range anew (a new movie),
+        False skips the check, None keeps the verdict and the setting."""
         self._feats, self._rows, self._last_pushed = None, [], None
+        if check_range is not None:
+            self.check_range = check_range
+            self.range_verdict, self._guard_frames = None, []
 
     def _push_consecutive(self, frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
         rows = [int(i) for i in indices]

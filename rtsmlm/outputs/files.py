@@ -35,17 +35,18 @@ RUN_FILES = frozenset({
 listed in the summary's ``files``."""
 
 
-def previous_run_files(out: Path) -> list[Path]:
+def previous_run_files(out: Path, keep: frozenset[str] = frozenset()) -> list[Path]:
     """The files of an earlier run in ``out`` that ``--overwrite`` removes: rtsmlm's own files, the
     files its summary.json lists, and their ``.tmp`` leftovers. Raises FileExistsError naming what
-    else the folder holds (rtsmlm never deletes a file it did not write)."""
+    else the folder holds (rtsmlm never deletes a file it did not write); entries named in ``keep`` (a
+    batch's record and chunk folder) are neither foreign nor removed."""
     allowed = set(RUN_FILES)
     try:
         listed = json.loads((out / SUMMARY_JSON).read_text()).get("files", [])
         allowed.update(str(n) for n in listed if isinstance(n, str) and "/" not in n and "\\" not in n)
     except (OSError, ValueError, AttributeError):
         pass
-    entries = sorted(out.iterdir())
+    entries = sorted(p for p in out.iterdir() if p.name not in keep)
     foreign = [p.name for p in entries
                if not (p.is_file() and (p.name in allowed or p.name.removesuffix(".tmp") in allowed))]
     if foreign:
@@ -69,10 +70,10 @@ def prepare_out_dir(out: Path, overwrite: bool) -> Path:
     return out
 
 
-def clear_previous_run(out: Path) -> None:
+def clear_previous_run(out: Path, keep: frozenset[str] = frozenset()) -> None:
     """Remove an earlier run's files from ``out`` (``--overwrite``): the new run's folder holds only its
     own files, so no stale raw movie or ground truth is ever taken for this run's."""
-    for path in previous_run_files(out):
+    for path in previous_run_files(out, keep):
         path.unlink()
 
 
