@@ -71,7 +71,7 @@ def batch(*args: str) -> int:
     return main(["batch", "--quiet", "--workers", "2", *args])
 
 
-def test_batch_equals_run_on_each_whole_movie_and_resumes(movies, reference, tmp_path) -> None:
+def test_batch_equals_run_on_each_whole_movie_and_resumes(movies, reference, tmp_path, capsys) -> None:
     out = tmp_path / "batch"
     assert batch(str(movies["a"]), str(movies["b"]), "--out", str(out), "--chunk-frames", "37") == 0
     index = pd.read_csv(out / "index.csv")
@@ -99,8 +99,9 @@ def test_batch_equals_run_on_each_whole_movie_and_resumes(movies, reference, tmp
     assert_same_localizations(sorted_table(out / "a_movie" / LOCS_CSV), reference["a"])
 
     # Other settings never mix with chunks made before: one line, and the movie is not redone silently.
-    assert batch(str(movies["a"]), "--out", str(out), "--chunk-frames", "50") == 1
-    assert json.loads((out / "index.json").read_text())["movies"][0]["status"] == "failed"
+    assert batch(str(movies["a"]), str(movies["b"]), "--out", str(out), "--chunk-frames", "50") == 1
+    assert [m["status"] for m in json.loads((out / "index.json").read_text())["movies"]] == ["failed", "failed"]
+    assert "chunk_frames" in capsys.readouterr().err
 
 
 def test_ome_zarr_movies_are_read_by_the_workers(movies, reference, tmp_path) -> None:
@@ -127,10 +128,10 @@ def test_a_damaged_chunk_is_retried_then_reported_and_the_other_movies_complete(
     err = capsys.readouterr().err
     assert "broken.zarr" in err and "frames 40-79" in err
     index = pd.read_csv(out / "index.csv").set_index("name")
-    assert index.loc["broken", "status"] == "failed" and index.loc["b_movie", "status"] == "complete"
+    assert index.loc["broken", "status"] == "failed" and index.loc["movie", "status"] == "complete"
     assert not (out / "broken" / LOCS_CSV).exists()  # nothing partial passed off as complete
     assert json.loads((out / "broken" / SUMMARY_JSON).read_text())["status"] == "failed"
-    assert_same_localizations(sorted_table(out / "b_movie" / LOCS_CSV), reference["b"])
+    assert_same_localizations(sorted_table(out / "movie" / LOCS_CSV), reference["b"])
 
 
 def test_a_worker_killed_mid_batch_costs_nothing(movies, reference, tmp_path) -> None:
@@ -149,13 +150,13 @@ def test_a_worker_killed_mid_batch_costs_nothing(movies, reference, tmp_path) ->
                                                   progress=False))))
         runner.start()
         deadline = time.monotonic() + 120
-        while not list((out / "a_movie" / "chunks").glob("*.npy")) and time.monotonic() < deadline:
+        while not list((out / "movie" / "chunks").glob("*.npy")) and time.monotonic() < deadline:
             time.sleep(0.05)
         os.kill(pids[0], signal.SIGKILL)  # mid-batch: other chunks are running or queued
         runner.join(300)
     summary = result["summary"]
     assert [m.status for m in summary.movies] == ["complete"]  # type: ignore[attr-defined]
-    assert_same_localizations(sorted_table(out / "a_movie" / LOCS_CSV), reference["a"])
+    assert_same_localizations(sorted_table(out / "movie" / LOCS_CSV), reference["a"])
 
 
 def test_bad_input_is_one_line(tmp_path, capsys, movies) -> None:

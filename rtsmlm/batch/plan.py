@@ -158,11 +158,11 @@ def plan_movie(path: Path, name: str, out_root: Path, settings: dict[str, Any], 
             earlier = json.loads(manifest.read_text())
         except (OSError, ValueError):
             earlier = None
-        if earlier != json.loads(json.dumps(record)):
-            changed = [k for k in record if earlier is None or earlier.get(k) != json.loads(json.dumps(record[k]))]
-            raise BatchInputError(f"{out_dir}: holds chunks of an earlier batch made from another "
-                                  f"{' and '.join(changed) or 'record'} of {path.name}; rerun with --restart to "
-                                  "redo this movie, or choose another --out")
+        now = json.loads(json.dumps(record))
+        if earlier != now:
+            raise BatchInputError(f"{out_dir}: holds chunks of an earlier batch made with other settings "
+                                  f"({_differences(earlier, now)}); rerun with --restart to redo this movie, or "
+                                  "choose another --out")
     if restart and chunk_dir.is_dir():
         for f in chunk_dir.glob("*.npy"):
             f.unlink()
@@ -174,6 +174,22 @@ def plan_movie(path: Path, name: str, out_root: Path, settings: dict[str, Any], 
     plan = MoviePlan(path, name, out_dir, n_frames, shape, dtype, chunks, frozenset())
     done = frozenset(c[0] for c in chunks if plan.chunk_file(c[0], c[1]).is_file())
     return MoviePlan(path, name, out_dir, n_frames, shape, dtype, chunks, done)
+
+
+def _differences(earlier: Any, now: dict[str, Any], prefix: str = "") -> str:
+    """The keys whose values differ, as 'key: old -> new' (the first three)."""
+    if not isinstance(earlier, dict):
+        return "an unreadable batch.json"
+    out = []
+    for key, value in now.items():
+        old = earlier.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            inner = _differences(old, value, f"{prefix}{key}.")
+            if inner:
+                out.append(inner)
+        elif old != value:
+            out.append(f"{prefix}{key}: {old!r} -> {value!r}")
+    return "; ".join(out[:3])
 
 
 def save_chunk(path: Path, locs: np.ndarray) -> None:
