@@ -42,10 +42,26 @@ def _micromanager(cfg: Config, realtime: bool) -> Source:
     return open_micromanager_source(cfg)
 
 
+def _watch(cfg: Config, realtime: bool) -> Source:
+    from rtsmlm.acquisition.growing_stack import GrowingStackSource
+
+    if not cfg.source.path:
+        raise SourceError("source.kind is 'watch' but source.path is empty (the stack's first file)")
+    return GrowingStackSource(cfg.source.path, CameraModel.from_config(cfg.camera),
+                              idle_timeout_s=cfg.source.idle_timeout_s, max_frames=effective_max_frames(cfg.source))
+
+
+def _push(cfg: Config, realtime: bool) -> Source:
+    raise SourceError("source.kind 'push' takes frames from your acquisition script: start it with "
+                      "rtsmlm.embedded.EmbeddedRun, not from a config")
+
+
 SOURCES: dict[str, Callable[[Config, bool], Source]] = {
     "simulator": _simulator,
     "file": _file,
     "micromanager": _micromanager,
+    "watch": _watch,
+    "push": _push,
 }
 """``source.kind`` → a function ``(config, realtime) -> Source``."""
 

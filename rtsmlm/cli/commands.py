@@ -117,6 +117,17 @@ def _cmd_batch(args) -> int:
     return batch_main(args, _load_config(args, extra))
 
 
+def _cmd_watch(args) -> int:
+    from rtsmlm.cli.watch import watch_main
+
+    extra = [f"model.checkpoint={json.dumps(args.model)}"] if args.model else []
+    if args.idle_timeout_s is not None:
+        extra.append(f"source.idle_timeout_s={args.idle_timeout_s}")
+    if args.no_stream:
+        extra.append("stream.enabled=false")
+    return watch_main(args, _load_config(args, extra))
+
+
 def _cmd_run(args) -> int:
     from rtsmlm.engine.run import run_cli
 
@@ -236,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rtsmlm.cli.batch import add_batch_parser
 
     add_batch_parser(sub, _add_config_args).set_defaults(func=_cmd_batch)
+    from rtsmlm.cli.watch import add_watch_parser
+
+    add_watch_parser(sub, _add_config_args).set_defaults(func=_cmd_watch)
 
     # Listed for `rtsmlm --help`; main() hands their arguments to the module before argparse runs.
     for name, helptext in [("bench", "inference throughput and latency per backend"),

@@ -96,7 +96,9 @@ class SimConfig:
 
 @dataclass(frozen=True)
 class SourceConfig:
-    kind: str = _f("simulator", choices=("simulator", "file", "micromanager"))
+    kind: str = _f("simulator", choices=("simulator", "file", "micromanager", "watch", "push"),
+                   doc="watch: a Micro-Manager stack being written (source.path, its first file); push: frames "
+                       "handed over by the user's acquisition script (rtsmlm.embedded)")
     path: str = _f("")
     fps: float = _f(0.0, range=(0.0, 1e6), doc="pacing; 0 = as fast as possible")
     max_frames: int = _f(-1, range=(-1, None),
@@ -108,9 +110,16 @@ class SourceConfig:
     mm_attach: bool = _f(False)
     mm_port: int = _f(4827, range=(1, 65535), doc="attach: Micro-Manager's server port")
     mm_buffer_mb: int = _f(512, range=(1, 1_000_000), doc="headless: MMCore circular buffer size")
+    idle_timeout_s: float = _f(10.0, range=(0.1, 1e6),
+                               doc="watch: an acquisition that has not grown for this long is taken as ended")
 
 
-SOURCE_DEFAULT_MAX_FRAMES = {"simulator": 2000, "file": 0, "micromanager": 2000}
+ON_DISK_SOURCES = ("file", "watch")
+"""Sources whose frames are already on disk: the producer may wait for the readers (nothing is lost by
+waiting) and there is no raw recording to make."""
+
+
+SOURCE_DEFAULT_MAX_FRAMES = {"simulator": 2000, "file": 0, "micromanager": 2000, "watch": 0, "push": 0}
 """What ``source.max_frames = -1`` means per source kind: a recorded movie is analysed whole."""
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from rtsmlm.acquisition.registry import open_source
-from rtsmlm.acquisition.source import PublishesTruth
-from rtsmlm.core.config import Config, effective_max_frames
+from rtsmlm.acquisition.source import PublishesTruth, Source
+from rtsmlm.core.config import ON_DISK_SOURCES, Config, effective_max_frames
 from rtsmlm.core.jsonio import write_json_atomically
 from rtsmlm.engine.pipeline import Localizer, Pipeline
 from rtsmlm.engine.summary import RunStatus
@@ -110,13 +110,15 @@ def output_listeners(cfg: Config, out: Path, pixel_size_nm: float, shape: tuple[
 
 def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None = None,
               extra_listeners: Sequence[object] = (), on_stats: Callable[[dict[str, Any]], None] | None = None,
-              keep_stream: bool = False) -> Run:
+              keep_stream: bool = False, source: Source | None = None) -> Run:
     """Open everything a run needs; nothing is started. Errors name the file/key at fault.
     ``extra_listeners`` follow the run after rtsmlm's own (scripts, tests); ``keep_stream`` keeps every
-    localization batch in ``run.pipeline.stream``."""
+    localization batch in ``run.pipeline.stream``; ``source`` is an opened source to use instead of the
+    one ``cfg.source`` names (the push source of an embedded run)."""
     out = prepare_out_dir(resolve_out_dir(cfg.output.dir), cfg.output.overwrite)
     run_id = uuid.uuid4().hex[:12]
-    source = open_source(cfg, realtime=realtime)
+    if source is None:
+        source = open_source(cfg, realtime=realtime)
     camera = source.camera
     backend_info: dict[str, Any] = {}
     model_info: dict[str, Any] = {}
@@ -155,7 +157,7 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
         clear_previous_run(out)
         listeners, render = output_listeners(cfg, out, camera.pixel_size_nm, source.shape, is_3d)
         recorder = None
-        if cfg.output.record_raw and cfg.source.kind != "file":
+        if cfg.output.record_raw and cfg.source.kind not in ON_DISK_SOURCES:
             from rtsmlm.io.movies import open_movie_writer
 
             name = "raw.raw" if cfg.output.raw_format == "raw" else "raw.tif"
@@ -176,10 +178,10 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
                            "camera": camera.describe()},
                 "backend": backend_info, "model": model_info, "output_dir": str(out)}
     write_json_atomically(out / SUMMARY_JSON, {**run_info, "status": RunStatus.RUNNING.value})
-    # A recorded file has no camera to protect: at any replay pace the producer waits for the readers
-    # rather than lose a frame. A live camera never waits.
+    # A movie on disk (replayed, or growing) has no camera to protect: at any pace the producer waits for
+    # the readers rather than lose a frame. A live camera (or a user's acquisition thread) never waits.
     pipeline = Pipeline(cfg, source, localizer, listeners=listeners, plugins=plugins, recorder=recorder,
-                        run_info=run_info, on_stats=on_stats, backpressure=cfg.source.kind == "file",
+                        run_info=run_info, on_stats=on_stats, backpressure=cfg.source.kind in ON_DISK_SOURCES,
                         keep_stream=keep_stream)
     return Run(pipeline, out, run_id, backend_info, render)
 
