@@ -1,7 +1,7 @@
 """The package layout reads as the data flow, and the code habits hold (run by the README's test command).
 
 Layers, bottom to top: ``core`` → ``io`` → ``sim`` → ``acquisition`` → ``localization`` → ``analysis`` →
-``training`` → ``outputs`` → ``engine`` → ``gui`` → ``cli``. A module imports only from its own layer or
+``training`` → ``outputs`` → ``engine`` → ``batch`` → ``gui`` → ``embed`` → ``cli``. A module imports only from its own layer or
 below (lazy imports inside functions included), and no two modules import each other, even indirectly.
 """
 
@@ -17,8 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "rtsmlm"
-LAYERS = ["core", "io", "sim", "acquisition", "localization", "analysis", "training", "outputs", "engine", "gui",
-          "cli"]
+LAYERS = ["core", "io", "sim", "acquisition", "localization", "analysis", "training", "outputs", "engine", "batch",
+          "gui", "embed", "cli"]
 TOP_LEVEL = {"rtsmlm", "rtsmlm.__main__"}  # the package itself and ``python -m rtsmlm``
 STRICT_TYPED = ["rtsmlm/engine/listener.py", "rtsmlm/engine/relay.py", "rtsmlm/engine/watchdog.py",
                 "rtsmlm/engine/summary.py", "rtsmlm/engine/pipeline.py", "rtsmlm/acquisition/ring.py",

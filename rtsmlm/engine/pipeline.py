@@ -600,7 +600,10 @@ class Pipeline:
 
     def _end_listeners(self, out: dict[str, Any]) -> None:
         """``on_run_end`` of every listener in order; merge their sections; report each one."""
-        end_in_order(((r.name, r.listener, r.end, lambda r=r: r.active) for r in self.relays), out)
+        def is_active(relay: ListenerRelay) -> Callable[[], bool]:
+            return lambda: relay.active
+
+        end_in_order([(r.name, r.listener, r.end, is_active(r)) for r in self.relays], out)
         reports = {r.name: r.report() for r in self.relays}
         out["listeners"] = {name: asdict(rep) for name, rep in reports.items()}
         if self._plugin_relays:
