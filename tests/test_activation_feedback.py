@@ -209,5 +209,5 @@ def test_through_the_real_pipeline_the_plugin_turns_a_too_high_power_down(tmp_pa
     powers = [float(r["power"]) for r in rows]
     assert powers[0] == 5.0 and len(powers) > 5
     assert powers[-1] < 0.8 * powers[0]  # moving down towards the target
-    assert all(int(r["frame"]) < summary["frames_localized"] for r in rows)
+    assert all(int(r["frame"]) < summary["frames_acquired"] for r in rows)  # (frames lost live under load skip ahead)
     assert source.control.get_property(LASER_DEVICE, LASER_PROPERTY) == pytest.approx(powers[-1], rel=1e-5)

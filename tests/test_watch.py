@@ -141,3 +141,20 @@ def test_a_frame_of_another_size_in_a_continuation_file_is_one_clear_error(tmp_p
     with pytest.raises(SourceError, match=r"acq_MMStack_Pos0_1.ome.tif: frame 1 is 16x20 uint16, but the "
                                           r"acquisition's frames are 16x16 uint16"):
         follower.poll()
+
+
+@pytest.mark.slow
+def test_watch_live_shows_each_acquisition_in_the_live_window_and_goes_on(tmp_path, capsys) -> None:
+    pytest.importorskip("PyQt5")
+    rng = np.random.default_rng(3)
+    watched = tmp_path / "mm"
+    for name in ("a_1", "a_2"):  # two finished acquisitions already in the folder
+        with MMStackWriter(watched / name / f"{name}_MMStack_Pos0.ome.tif", (32, 32), planned_frames=30) as w:
+            for _ in range(30):
+                w.append(rng.poisson(80, (32, 32)).astype(np.uint16) + 100)
+    assert main(["watch", str(watched), "--out", str(tmp_path / "out"), "--live", "--max-acquisitions", "2",
+                 "--no-stream", "--set", "backend.threads=1"]) == 0
+    for name in ("a_1", "a_2"):
+        summary = json.loads((tmp_path / "out" / name / SUMMARY_JSON).read_text())
+        assert summary["status"] == "complete" and summary["frames_acquired"] == 30
+    assert "a_2" in capsys.readouterr().out

@@ -110,11 +110,12 @@ def output_listeners(cfg: Config, out: Path, pixel_size_nm: float, shape: tuple[
 
 def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None = None,
               extra_listeners: Sequence[object] = (), on_stats: Callable[[dict[str, Any]], None] | None = None,
-              keep_stream: bool = False, source: Source | None = None) -> Run:
+              keep_stream: bool = False, source: Source | None = None, backend: tuple[Any, Any] | None = None) -> Run:
     """Open everything a run needs; nothing is started. Errors name the file/key at fault.
     ``extra_listeners`` follow the run after rtsmlm's own (scripts, tests); ``keep_stream`` keeps every
     localization batch in ``run.pipeline.stream``; ``source`` is an opened source to use instead of the
-    one ``cfg.source`` names (the push source of an embedded run)."""
+    one ``cfg.source`` names (the push source of an embedded run); ``backend`` an opened (backend, model
+    metadata) pair to reuse (``rtsmlm watch`` opens the model once, not at every acquisition's start)."""
     out = prepare_out_dir(resolve_out_dir(cfg.output.dir), cfg.output.overwrite)
     run_id = uuid.uuid4().hex[:12]
     if source is None:
@@ -128,7 +129,7 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
         from rtsmlm.localization.checkpoint import check_compatible
         from rtsmlm.localization.localizer import StreamingLocalizer
 
-        backend, meta = open_backend(cfg.backend, cfg.model.checkpoint)
+        backend, meta = backend if backend is not None else open_backend(cfg.backend, cfg.model.checkpoint)
         check_compatible(meta, camera.describe(), f"source {cfg.source.kind}")
         localizer = StreamingLocalizer(backend, meta, camera, source.shape, cfg.model.p_threshold,
                                        cfg.model.candidate_threshold, max_batch=cfg.pipeline.max_batch,

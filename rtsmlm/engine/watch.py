@@ -48,13 +48,19 @@ def _acquisition_name(first: Path, folder: Path, taken: set[str]) -> str:
 def watch_folder(cfg: Config, folder: Path, out_root: Path, *, stop: threading.Event | None = None,
                  poll_interval_s: float = 0.2, max_acquisitions: int = 0,
                  runner: Callable[[Any, threading.Event], dict[str, Any]] = run_headless,
-                 on_summary: Callable[[Path, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                 on_summary: Callable[[Path, dict[str, Any]], None] | None = None,
+                 extra_listeners: Callable[[], list[object]] | None = None) -> list[dict[str, Any]]:
     """Analyse each new Micro-Manager stack under ``folder`` into ``out_root/<name>/`` until ``stop`` is
     set (or ``max_acquisitions`` were analysed). Stacks already in the folder when the watch starts are
-    analysed too. Returns the runs' summaries. Raises :class:`SourceError` when the folder disappears."""
+    analysed too. Returns the runs' summaries. Raises :class:`SourceError` when the folder disappears.
+    ``extra_listeners`` makes listeners that follow each run after rtsmlm's own (scripts, benchmarks)."""
     from rtsmlm.engine.run import build_run
+    from rtsmlm.localization.backends import open_backend
 
     stop = stop or threading.Event()
+    # The model is opened once, before the first acquisition appears: opening it (loading, tracing, warming
+    # up) takes seconds, and frames written meanwhile would wait.
+    opened = open_backend(cfg.backend, cfg.model.checkpoint)
     seen: set[Path] = set()
     taken: set[str] = {p.name for p in out_root.iterdir()} if out_root.is_dir() else set()
     summaries: list[dict[str, Any]] = []
@@ -76,7 +82,8 @@ def watch_folder(cfg: Config, folder: Path, out_root: Path, *, stop: threading.E
                                          output={**tables["output"], "dir": str(out)})
             print(f"watch: {first} -> {out}", flush=True)
             try:
-                run = build_run(run_cfg, realtime=False)
+                run = build_run(run_cfg, realtime=False, backend=opened,
+                                extra_listeners=extra_listeners() if extra_listeners is not None else ())
             except SourceError as e:
                 print(f"rtsmlm watch: {e}; skipping this acquisition", file=sys.stderr, flush=True)
                 continue

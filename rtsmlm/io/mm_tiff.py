@@ -259,6 +259,7 @@ class MMStackWriter:
 
     def _open_file(self) -> None:
         path = continuation_files(self.first, self._k)
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(path, "wb")
         summary = json.dumps(self.summary).encode("utf-8")
         head = b"II*\x00" + struct.pack("<I", 40 + len(summary))
