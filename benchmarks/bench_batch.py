@@ -1,6 +1,7 @@
 """Batch re-analysis on Dask against running the movies one after another, and what a cluster would do.
 
 Run: python benchmarks/bench_batch.py [--movies 8] [--frames 2000] [--size 64] [--workers 2] [--chunk-frames 500]
+                                     [--scaling 1,2] [--plot scaling.png]
 
 1. ``--movies`` simulated movies (different seeds) are analysed with ``rtsmlm run`` one after another (each a
    process, as a user's shell loop would) and with one ``rtsmlm batch --workers N`` (a LocalCluster of N
@@ -9,6 +10,7 @@ Run: python benchmarks/bench_batch.py [--movies 8] [--frames 2000] [--size 64] [
 2. Per-worker throughput (frames per worker-second, from the batch's index.json) and the scheduler's
    overhead per chunk (a round trip of a chunk-sized result through the same LocalCluster, no compute).
 3. From them: the chunk size that keeps the overhead below 5 %, and a projection for N workers.
+4. ``--scaling``: the batch again with each worker count; ``--plot`` draws frames/s against workers.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--chunk-frames", type=int, default=500)
+    ap.add_argument("--scaling", default="", help="worker counts to time the batch with, e.g. 1,2")
+    ap.add_argument("--plot", default=None, help="PNG of frames/s against workers")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f}; {args.movies} movies of {args.frames} frames of {args.size}²; "
           f"{os.cpu_count()} cores")
@@ -105,10 +109,44 @@ def main() -> None:
               f"overhead per chunk: {overhead * 1e3:.1f} ms (a {n_locs}-localization result, LocalCluster)")
         print(f"chunk size for < 5 % overhead at this throughput: >= {max(1, int(np.ceil(chunk_5pct)))} frames")
         print("projection (throughput × workers, overhead as measured; GPU throughput is an input, not measured here):")
-        for label, fps, frame_bytes in (("this CPU, 64² frames", per_worker, args.size * args.size * 2),):
-            for n in (1, 8, 64):
-                tb_per_h = fps * n * frame_bytes * 3600 / 1e12
-                print(f"  {label}: {n:3d} workers -> {fps * n:9.0f} frames/s = {tb_per_h:.3f} TB/h")
+        frame_bytes = args.size * args.size * 2
+        for n in (1, 8, 64):
+            tb_per_h = per_worker * n * frame_bytes * 3600 / 1e12
+            print(f"  this CPU, {args.size}² uint16 frames: {n:3d} workers -> {per_worker * n:9.0f} frames/s = "
+                  f"{tb_per_h:.4f} TB/h")
+        print(f"  N workers of T frames/s each re-analyse N·T·{frame_bytes} bytes/s of {args.size}² movies "
+              f"(10 TB/h needs N·T ≥ {10e12 / 3600 / frame_bytes:.0f} frames/s of {args.size}²), chunks of ≥ 20·"
+              f"{overhead * 1e3:.0f} ms·T frames")
+
+        points = [(args.workers, total / t_batch)]
+        for n in (int(v) for v in args.scaling.split(",") if v):
+            if n == args.workers:
+                continue
+            t0 = time.perf_counter()
+            rtsmlm("batch", *map(str, movies), "--out", str(tmp / f"batch{n}"), "--workers", str(n),
+                   "--chunk-frames", str(args.chunk_frames), "--quiet")
+            points.append((n, total / (time.perf_counter() - t0)))
+        points.sort()
+        if len(points) > 1:
+            print("\nscaling: " + ", ".join(f"{n} workers {fps:.0f} frames/s" for n, fps in points))
+        if args.plot:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
+            ns = [n for n, _ in points]
+            ax.plot(ns, [f for _, f in points], "o-", label="rtsmlm batch (LocalCluster)")
+            ax.plot(ns, [points[0][1] * n / points[0][0] for n in ns], "--", color="grey", label="linear")
+            ax.axhline(total / t_seq, color="C3", lw=1, label="rtsmlm run, one after another")
+            ax.set_xlabel("worker processes (1 inference thread each)")
+            ax.set_ylabel(f"frames/s ({args.size}²)")
+            ax.set_xticks(ns)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(args.plot)
+            print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

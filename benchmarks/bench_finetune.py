@@ -1,11 +1,13 @@
 """Calibrate + fine-tune for one camera no shipped model was trained for, against the shipped models.
 
-Run: python benchmarks/bench_finetune.py --finetuned PREFIX [--camera scmos-65nm-bg800] [--frames 100]
+Run: python benchmarks/bench_finetune.py --finetuned PREFIX [--reference PREFIX] [--camera scmos-65nm-bg800]
+                                        [--frames 100]
 
 The fine-tuned model is made the way a user would: simulate (or record) the camera's movie and a dark
 movie, ``rtsmlm calibrate movie.tif --dark dark.tif --camera scmos --models "" --out camera.toml``, then
 ``rtsmlm train --config camera.toml --init broad_2d --steps 2000 --out PREFIX`` (the command and its wall time
-go in the README). Scored here on the cells of ``bench_cameras.py`` for that camera (same seeds, 100 frames of
+go in the README). ``--reference`` adds a model trained from scratch for the same calibrated camera
+(``rtsmlm train --config camera.toml --steps 15000 --out PREFIX``), issue 13's yardstick. Scored here on the cells of ``bench_cameras.py`` for that camera (same seeds, 100 frames of
 64², densities 0.1 / 1 / 3 per µm², all true emitters, 250 nm), every model given the true camera.
 """
 
@@ -26,6 +28,7 @@ from rtsmlm.core import config as rconfig  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--finetuned", required=True, metavar="PREFIX")
+    ap.add_argument("--reference", metavar="PREFIX", help="a from-scratch model for the same camera")
     ap.add_argument("--camera", default="scmos-65nm-bg800", choices=sorted(CAMERAS))
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--size", type=int, default=64)
@@ -36,6 +39,8 @@ def main() -> None:
     base = rconfig.load(None)
     backend = rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
     models = {"default": "default", "broad_2d": "broad_2d", "fine-tuned": args.finetuned}
+    if args.reference:
+        models["from scratch"] = args.reference
     localizers = {label: acc.open_model(ckpt, backend, base.model) for label, ckpt in models.items()}
     k = list(CAMERAS).index(args.camera)
     print(f"load average {os.getloadavg()[0]:.1f}; camera {args.camera}; {args.frames} frames of {args.size}² per "
