@@ -196,18 +196,39 @@ def test_uint16_frames_travel_as_int16_and_widen_exactly() -> None:
 
 # -- TensorRT ----------------------------------------------------------------------------------------
 
-def test_engine_cache_key_changes_with_every_input() -> None:
-    shapes = shape_range(24, 64, 64, 16, 4)
-    base = dict(part="decoder", model_hash="f" * 64, precision="fp16", shapes=shapes, tensorrt_version="10.3.0",
-                gpu_name="NVIDIA H100 80GB HBM3")
+def test_engine_cache_key_changes_with_what_the_engine_is_built_from_not_with_shapes() -> None:
+    base = dict(part="decoder", onnx_sha256="f" * 64, precision="fp16", tensorrt_version="10.3.0",
+                compute_capability="9.0", builder=(("workspace_bytes", 2 << 30), ("strongly_typed", False)))
     key = EngineKey(**base)
     assert key.digest() == EngineKey(**base).digest()
-    variants = [dict(part="encoder"), dict(model_hash="e" * 64), dict(precision="fp32"),
-                dict(shapes=shape_range(24, 128, 64, 16, 4)), dict(shapes=shape_range(24, 64, 64, 8, 4)),
-                dict(tensorrt_version="10.4.0"), dict(gpu_name="NVIDIA A100-SXM4-40GB")]
+    variants = [dict(part="encoder"), dict(onnx_sha256="e" * 64), dict(precision="fp32"),
+                dict(tensorrt_version="10.4.0"), dict(compute_capability="8.0"),
+                dict(builder=(("workspace_bytes", 1 << 30), ("strongly_typed", False)))]
     digests = {EngineKey(**{**base, **v}).digest() for v in variants}
     assert key.digest() not in digests and len(digests) == len(variants)
-    assert key.filename().startswith("decoder-ffffffffffff-fp16-") and key.filename().endswith(".engine")
+    assert key.prefix().startswith("decoder-fp16-")
+
+
+def test_a_cached_engine_is_found_for_any_shape_its_profile_covers(tmp_path) -> None:
+    import json
+    from dataclasses import asdict
+
+    from rtsmlm.localization.backends.tensorrt import find_cached_engine, profile_tag, rounded_range
+
+    key = EngineKey("decoder", "a" * 64, "fp16", "10.3.0", "9.0", (("workspace_bytes", 1),))
+    small, big = rounded_range(72, 256, 256, 12, 4), rounded_range(72, 1024, 1024, 16, 4)
+    assert small.max == (16, 72, 256, 256) and small.opt == (12, 72, 256, 256)  # batch to 2**k, sides to 256
+    assert rounded_range(72, 300, 260, 16, 4).max == (16, 72, 512, 512)
+    for shapes in (small, big):
+        engine = tmp_path / f"{key.prefix()}-{profile_tag(shapes)}.engine"
+        engine.write_bytes(b"engine")
+        engine.with_suffix(".json").write_text(json.dumps({**asdict(key), "shapes": asdict(shapes)}))
+    found = find_cached_engine(tmp_path, key, (16, 72, 256, 256))  # another batch than built for: reused
+    assert found is not None and found[1] == small  # the smallest covering profile
+    assert find_cached_engine(tmp_path, key, (8, 72, 512, 768))[1] == big
+    assert find_cached_engine(tmp_path, key, (32, 72, 256, 256)) is None
+    other = EngineKey("decoder", "b" * 64, "fp16", "10.3.0", "9.0", (("workspace_bytes", 1),))
+    assert find_cached_engine(tmp_path, other, (8, 72, 256, 256)) is None  # another ONNX: never reused
 
 
 def test_shape_ranges_cover_streaming_and_partial_batches() -> None:

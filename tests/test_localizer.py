@@ -229,3 +229,36 @@ def test_big_endian_frames_give_the_same_localizations(opened):
         return localize_movie(StreamingLocalizer(backend, meta, camera, (32, 32), 0.5, 0.3, batch_size=3), m)
 
     np.testing.assert_array_equal(run(movie.astype(">u2")), run(movie))
+
+
+class _CappedBackend:
+    """The CPU backend with a tensor-size limit, as TensorRT has one (2**31 elements), scaled down here."""
+
+    def __init__(self, backend, max_elements: int) -> None:
+        self._backend = backend
+        self.max_tensor_elements = max_elements
+        self.calls: list[tuple[int, ...]] = []
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def decode(self, features):
+        self.calls.append(tuple(features.shape))
+        return self._backend.decode(features)
+
+
+def test_a_backend_tensor_limit_bounds_the_tiles_and_frames_of_each_call(ckpt, opened) -> None:
+    backend, meta = opened
+    per_frame = 3 * 8 * 16 * 16  # window × features × a 16² tile
+    capped = _CappedBackend(backend, max_elements=3 * per_frame + 5)
+    movie = _movie(12, 16, 16, seed=4)
+    camera = CameraModel()
+    free = StreamingLocalizer(backend, meta, camera, (16, 16), 0.5, 0.3, batch_size=8)
+    loc = StreamingLocalizer(capped, meta, camera, (16, 16), 0.5, 0.3, batch_size=8)
+    assert loc.batch_size == 3
+    got, expected = localize_movie(loc, movie), localize_movie(free, movie)
+    assert all(int(np.prod(shape)) <= capped.max_tensor_elements for shape in capped.calls)
+    assert np.array_equal(got["frame"], expected["frame"])
+    np.testing.assert_allclose(got["x"], expected["x"], atol=1e-2)
+    with pytest.raises(ValueError, match="give a smaller tile"):
+        StreamingLocalizer(_CappedBackend(backend, per_frame - 1), meta, camera, (16, 16), 0.5, 0.3)

@@ -103,6 +103,17 @@ class StreamingLocalizer:
         tile_bytes = self.plan.tile_height * self.plan.tile_width * bytes_per_pixel(
             backend.window, backend.feature_channels, element_bytes)
         self._tiles_per_call = int(max(1, min(self.batch_size * k, free * 0.25 // max(tile_bytes, 1))))
+        max_elements = getattr(backend, "max_tensor_elements", None)
+        if max_elements:
+            # TensorRT cannot hold a tensor of 2**31 elements: the decoder's input (window × features per
+            # tile) bounds the tiles, and so the frames, of one call.
+            per_tile = backend.window * backend.feature_channels * self.plan.tile_height * self.plan.tile_width
+            max_tiles = int(max_elements) // per_tile
+            if max_tiles < 1:
+                raise ValueError(f"a {self.plan.tile_height}x{self.plan.tile_width} tile needs {per_tile} elements per "
+                                 f"decoder call, more than {backend.name} allows ({max_elements}); give a smaller tile")
+            self._tiles_per_call = min(self._tiles_per_call, max_tiles)
+            self.batch_size = max(1, min(self.batch_size, max_tiles // k))
         calls = min(self.batch_size * k, self._tiles_per_call)
         backend.warmup(self.plan.tile_height, self.plan.tile_width, calls, calls)
         log.info("localizer: %dx%d frames, %d tile(s) of %dx%d (margin %d), batch %d frames",
