@@ -244,8 +244,9 @@ def test_shape_ranges_cover_streaming_and_partial_batches() -> None:
 
 
 def test_precision_handling_by_tensorrt_version() -> None:
-    assert not is_strongly_typed("10.13.0.35") and is_strongly_typed("11.0.0")
-    assert onnx_precision("10.13.0", "fp16") == "fp32"  # TensorRT 10: fp32 ONNX + FP16 builder flag
+    assert is_strongly_typed("10.13.0.35") and is_strongly_typed("11.0.0") and not is_strongly_typed("9.3.0")
+    assert onnx_precision("10.13.0", "fp16") == "fp16"  # one strongly typed fp16 path on TensorRT 10 and 11
+    assert onnx_precision("9.3.0", "fp16") == "fp32"  # TensorRT 9: fp32 ONNX + FP16 builder flag
     assert onnx_precision("11.0.0", "fp16") == "fp16"  # strongly typed: the ONNX carries the precision
     assert onnx_precision("11.0.0", "fp32") == "fp32"
 

@@ -2,16 +2,23 @@
 streaming frame-feature cache works with ONNX Runtime and TensorRT exactly as with torch.
 
 Both graphs have dynamic batch, height and width (height and width must be multiples of ``2**depth`` at
-run time). ``precision='fp16'`` exports a float16 network (for TensorRT >= 11, which is strongly typed
-and takes its precision from the graph): the encoder takes float32 frames and returns float16
-features, the decoder takes float16 features and returns float16 maps.
+run time). ``precision='fp16'`` exports a float16 network (for TensorRT, which builds it strongly typed:
+the precision comes from the graph): the encoder takes float32 frames and returns float16 features, the
+decoder takes float16 features and returns float16 maps.
 
-:func:`cached_onnx` keeps exported graphs on disk keyed by the model hash, precision and opset.
+The exporter is torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``, opset 18) when
+onnxscript is installed, as torch recommends; without onnxscript (a GPU machine with a minimal
+environment) the TorchScript exporter is used, with only its tracer warnings silenced.
+
+:func:`cached_onnx` keeps exported graphs on disk keyed by the model hash, precision, opset, exporter and
+torch version.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
 import warnings
@@ -27,7 +34,14 @@ ENCODER_INPUT = "frames"
 ENCODER_OUTPUT = "features"
 DECODER_INPUT = "window_features"
 DECODER_OUTPUT = "maps"
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = 18
+
+
+def dynamo_available() -> bool:
+    """The dynamo exporter needs onnxscript."""
+    import importlib.util
+
+    return importlib.util.find_spec("onnxscript") is not None
 
 
 class _EncoderGraph(nn.Module):
@@ -86,11 +100,20 @@ def export_onnx(model: DecodeNet, out_dir: str | Path, precision: str = "fp32", 
     for module, example, in_name, out_name, part in examples:
         path = out_dir / f"{stem}.{part}.onnx"
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        axes = {0: "batch", 2: "height", 3: "width"}
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about the skipped Python shape check
-            torch.onnx.export(module, (example,), str(tmp), input_names=[in_name], output_names=[out_name],
-                              opset_version=opset, dynamic_axes={in_name: axes, out_name: axes}, dynamo=False)
+        module.eval()
+        if dynamo_available():
+            dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+            with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # its progress lines
+                program = torch.onnx.export(module, (example,), input_names=[in_name], output_names=[out_name],
+                                            opset_version=opset, dynamic_shapes={in_name: dims}, dynamo=True)
+                program.save(str(tmp))
+        else:
+            axes = {0: "batch", 2: "height", 3: "width"}
+            with torch.no_grad(), warnings.catch_warnings():
+                # The tracer warns about the Python shape check it skips; nothing else is silenced.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                torch.onnx.export(module, (example,), str(tmp), input_names=[in_name], output_names=[out_name],
+                                  opset_version=opset, dynamic_axes={in_name: axes, out_name: axes}, dynamo=False)
         tmp.replace(path)
         paths[part] = path
     return ExportedModel(paths["encoder"], paths["decoder"], precision, opset, model.window, model.width,
@@ -103,7 +126,8 @@ def cached_onnx(model: DecodeNet, model_hash: str, cache_dir: str | Path, precis
 
     Keyed by the first 16 hex digits of ``model_hash`` (the checkpoint's SHA-256), precision, opset and
     torch version (the exporter's output may change between versions)."""
-    key = f"{model_hash[:16]}-{precision}-opset{opset}-torch{torch.__version__.split('+')[0]}"
+    exporter = "dynamo" if dynamo_available() else "torchscript"
+    key = f"{model_hash[:16]}-{precision}-opset{opset}-{exporter}-torch{torch.__version__.split('+')[0]}"
     folder = Path(cache_dir).expanduser() / "onnx" / key
     enc, dec = folder / "decodenet.encoder.onnx", folder / "decodenet.decoder.onnx"
     if enc.is_file() and dec.is_file():

@@ -2,8 +2,9 @@
 
 The encoder and decoder graphs are exported to ONNX (:mod:`rtsmlm.localization.onnx_export`, dynamic batch and
 image size) and each is built into an engine with one optimization profile covering batch 1..B and
-image sizes from ``2**depth`` up to the streaming tile size. FP16: TensorRT 10 takes an fp32 ONNX and
-the FP16 builder flag; TensorRT >= 11 is strongly typed, so the ONNX itself is exported in fp16.
+image sizes from ``2**depth`` up to the streaming tile size. FP16 is one strongly typed path on TensorRT
+10 and 11: the ONNX itself is exported in fp16 (fp16 features and maps, so the feature cache takes 2
+bytes an element, as the localizer sizes it).
 Serialized engines are cached on disk under a key of what they are built from — the ONNX file's sha256
 (so a torch or exporter upgrade that changes the graph never reuses a stale engine), the TensorRT version,
 the GPU's compute capability and the builder settings (:class:`EngineKey`) — and not of the shapes: each
@@ -134,8 +135,10 @@ def file_sha256(path: Path) -> str:
 
 
 def is_strongly_typed(tensorrt_version: str) -> bool:
-    """TensorRT 11 and later build strongly typed networks only: precision comes from the ONNX."""
-    return int(tensorrt_version.split(".")[0]) >= 11
+    """Networks are built strongly typed (precision from the ONNX: fp16 I/O, an fp16 feature cache) on
+    TensorRT 10, where weak typing with the FP16 flag is deprecated (10.12), and 11, where it is gone;
+    only TensorRT 9 and older take an fp32 ONNX and the FP16 builder flag."""
+    return int(tensorrt_version.split(".")[0]) >= 10
 
 
 def onnx_precision(tensorrt_version: str, precision: str) -> str:
