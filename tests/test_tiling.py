@@ -150,3 +150,14 @@ def test_automatic_sizes_follow_free_memory() -> None:
     assert choose_sizes(64, 64, 4, 3, 16, 2, free_bytes=8 << 30, max_batch=16, max_pixels=1 << 16).batch == 16
     forced = choose_sizes(100, 100, 4, 3, 16, 2, free_bytes=8 << 30, tile=32, margin=8, batch=3)
     assert forced.batch == 3 and forced.plan.n_tiles == 16
+
+
+def test_free_gpu_memory_counts_the_blocks_torch_caches_but_does_not_use(monkeypatch) -> None:
+    import torch
+
+    from rtsmlm.localization.tiling import available_memory_bytes
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (100 << 20, 1000 << 20))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev: 50 << 20)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev: 20 << 20)
+    assert available_memory_bytes("cuda:0") == 130 << 20

@@ -208,7 +208,19 @@ def _throughput(args, cfg, specs: list[str]) -> dict[str, Any]:
                 rows.append(r)
                 print(f"  {spec_text} threads={threads} {size}x{size}: {r['frames_per_s']:.1f} frames/s, "
                       f"p50 {r['latency_p50_ms']:.1f} ms (load {r['load_avg_1min']:.1f})", file=sys.stderr, flush=True)
+            del backend, meta  # its graphs, engines and cached blocks must not count against the next one
+            _free_gpu_memory()
     return {"results": rows, "table": _table(rows)}
+
+
+def _free_gpu_memory() -> None:
+    """Return the memory of backends no longer referenced to the GPU before the next one is measured."""
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _accuracy(args, cfg, specs: list[str]) -> dict[str, Any]:

@@ -138,8 +138,12 @@ def receptive_radius(depth: int) -> int:
 def available_memory_bytes(device: str) -> int:
     """Free memory for activations: free GPU memory on CUDA, MemAvailable on the CPU (Linux)."""
     if device.startswith("cuda"):
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        return int(free)
+        dev = torch.device(device)
+        free, _total = torch.cuda.mem_get_info(dev)
+        # Blocks torch's caching allocator holds but no tensor uses are free for this process's tensors;
+        # the driver counts them as used.
+        cached_unused = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        return int(free + max(0, cached_unused))
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from collections import OrderedDict
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable
 
@@ -29,6 +30,10 @@ from rtsmlm.localization.net import DecodeNet, parameter_count
 log = logging.getLogger("rtsmlm.localization")
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+MAX_CUDA_GRAPHS = 4
+"""Captured CUDA graphs kept per backend (two streaming shapes: encoder and decoder each)."""
 
 
 class _CudaGraph:
@@ -187,7 +192,10 @@ class TorchBackend:
         self._use_jit = jit and dev.type == "cpu"
         self._jitted: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self._use_graphs = cuda_graphs and dev.type == "cuda"
-        self._graphs: dict[tuple[str, tuple[int, ...]], _CudaGraph] = {}
+        # Captured graphs by (half, input shape), oldest first: each holds its static tensors and its memory
+        # pool, so only the most recent MAX_CUDA_GRAPHS are kept (a run changing frame size does not keep
+        # every earlier size's memory).
+        self._graphs: OrderedDict[tuple[str, tuple[int, ...]], _CudaGraph] = OrderedDict()
         self._uploader = HostUploader(self._dev)
         if dev.type == "cuda":
             # "fp32" on CUDA is TF32 in cuDNN convolutions by default (10 mantissa bits): an fp32 backend is
@@ -214,6 +222,7 @@ class TorchBackend:
                 fn = self._jitted.get(kind) or self._trace(kind, x)
         graph = self._graphs.get((kind, tuple(x.shape))) if self._use_graphs else None
         if graph is not None:
+            self._graphs.move_to_end((kind, tuple(x.shape)))
             return graph(x)
         # inference_mode on the CPU (fastest); no_grad on CUDA because tensors made under inference_mode
         # cannot be used by a later CUDA graph capture.
@@ -261,6 +270,8 @@ class TorchBackend:
                 key = (kind, tuple(example.shape))
                 if key in self._graphs:
                     continue
+                while len(self._graphs) >= MAX_CUDA_GRAPHS:
+                    self._graphs.popitem(last=False)
                 try:
                     with torch.no_grad():
                         self._graphs[key] = _CudaGraph(fn, example.contiguous(memory_format=torch.channels_last))
