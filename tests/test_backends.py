@@ -321,3 +321,16 @@ def test_bench_rejects_a_malformed_backend_spec(capsys) -> None:
 
     assert bench_main(["--backends", "torch:fp32:cpu:extra", "--json", ""]) == 2
     assert "NAME[:PRECISION[:DEVICE]]" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the acceptance run itself applies")
+def test_the_gpu_acceptance_run_says_no_gpu_in_one_line_on_a_cpu_machine(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_acceptance.py"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "acc")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().startswith("no GPU:") and len(proc.stdout.splitlines()) == 1
+    assert not (tmp_path / "acc").exists()  # nothing else ran

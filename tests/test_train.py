@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from rtsmlm.cli import main
 from rtsmlm.localization.checkpoint import load
@@ -54,3 +55,29 @@ def test_fine_tuning_starts_from_a_checkpoint_with_its_architecture_and_scales(t
     # One step at a negligible learning rate: the weights are the initial model's.
     for (name, a), (_, b) in zip(tuned.state_dict().items(), base.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_batches_simulated_by_worker_processes_equal_those_of_the_training_process():
+    """Worker processes (how a GPU is kept fed) give the very batches the training process would make: the
+    data depend only on (seed, step), so runs stay reproducible and resumable either way."""
+    from rtsmlm.core import config as rconfig
+    from rtsmlm.training.data import TrainingSimulator
+    from rtsmlm.training.train import sim_worker_count, train_device, training_batches
+
+    cfg = rconfig.from_dict({"train": {"batch_size": 2, "patch_size": 16, "steps": 10, "seed": 4}})
+    here = training_batches(cfg, TrainingSimulator(cfg, 4), 3, workers=0)
+    there = training_batches(cfg, TrainingSimulator(cfg, 4), 3, workers=2)
+    for _ in range(3):
+        a, b = next(here), next(there)
+        assert np.array_equal(a.frames, b.frames) and np.array_equal(a.em_xyzn, b.em_xyzn)
+    there.close()
+    assert train_device(cfg) in ("cpu", "cuda") and sim_worker_count(cfg, "cpu") == 0
+
+
+def test_train_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: this machine trains there (benchmarks/gpu_acceptance.py measures it)")
+    assert main(["train", "--out", str(tmp_path / "m"), "--steps", "1", "--device", "cuda", *TINY]) == 2
+    assert "train.device = 'cuda' but torch sees no CUDA GPU" in capsys.readouterr().err

@@ -56,6 +56,8 @@ def _cmd_train(args) -> int:
     from rtsmlm.training.train import train
 
     extra = [f"train.steps={args.steps}"] if args.steps else []
+    if args.device:
+        extra.append(f'train.device="{args.device}"')
     cfg = _load_config(args, extra)
     prefix = train(cfg, args.out, resume=not args.restart, progress=not args.quiet, init=args.init)
     print(f"checkpoint: {prefix}.safetensors / {prefix}.json")
@@ -223,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="PREFIX", help="checkpoint path prefix")
     p.add_argument("--steps", type=int, help="override train.steps")
     p.add_argument("--restart", action="store_true", help="ignore PREFIX.state.pt and start afresh")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="train.device: where to train (default auto: CUDA when torch sees a GPU)")
     p.add_argument("--init", metavar="MODEL", default=None,
                    help="fine-tune: start from this checkpoint's weights and scales (a path, or a shipped "
                         "model's name such as broad_2d or default); its width/depth/window are used")

@@ -229,6 +229,11 @@ class TrainConfig:
     val_samples: int = _f(256, range=(1, 1_000_000))
     checkpoint_every: int = _f(500, range=(1, None))
     threads: int = _f(1, range=(0, 1024), doc="0 = all cores; 1 is robust on a shared machine")
+    device: str = _f("auto", choices=("auto", "cpu", "cuda"), doc="auto = CUDA when torch sees a GPU")
+    sim_workers: int = _f(-1, range=(-1, 256),
+                          doc="processes simulating training batches ahead of the steps; 0 = in the training "
+                              "process; -1 = automatic (on CUDA all cores but one, at most 8; on the CPU 0)")
+    mixed_precision: bool = _f(True, doc="CUDA: bf16 autocast for the forward pass and loss (fp32 weights)")
     input_transform: str = _f("linear", choices=("linear", "anscombe"),
                               doc="photons → network input: linear (one camera) or anscombe (broad model)")
     broad: bool = _f(False, doc="draw camera (EMCCD/sCMOS), PSF sigma, background (log) and brightness band "

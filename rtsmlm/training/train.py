@@ -21,11 +21,93 @@ from rtsmlm.localization.checkpoint import ModelMeta, save
 from rtsmlm.training.data import Batch, Scales, TrainingSimulator
 
 
-def _to_torch(batch: Batch):
+def _to_torch(batch: Batch, device: str = "cpu"):
     import torch
 
-    return (torch.from_numpy(batch.frames), torch.from_numpy(batch.em_xyzn),
-            torch.from_numpy(batch.em_mask), torch.from_numpy(batch.bg))
+    pin = device != "cpu"
+    out = []
+    for a in (batch.frames, batch.em_xyzn, batch.em_mask, batch.bg):
+        t = torch.from_numpy(a)
+        out.append(t.pin_memory().to(device, non_blocking=True) if pin else t)
+    return tuple(out)
+
+
+def train_device(cfg: Config) -> str:
+    """``train.device`` resolved: 'auto' is CUDA when torch sees a GPU."""
+    import torch
+
+    want = cfg.train.device
+    if want == "cuda" and not torch.cuda.is_available():
+        from rtsmlm.core.config import ConfigError
+
+        raise ConfigError("train.device = 'cuda' but torch sees no CUDA GPU (a CPU build of torch, or no driver); "
+                          "use train.device = 'auto' or 'cpu'")
+    return "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+# -- training batches simulated ahead of the steps, in worker processes -----------------------------------
+
+_WORKER_SIM: TrainingSimulator | None = None
+_WORKER_ARGS: tuple[int, int, int] = (0, 1, 1)
+
+
+def _init_sim_worker(cfg: Config, scales: Scales | None) -> None:
+    global _WORKER_SIM, _WORKER_ARGS
+    import torch
+
+    torch.set_num_threads(1)
+    t = cfg.train
+    _WORKER_SIM = TrainingSimulator(cfg, t.seed, scales=scales)
+    _WORKER_ARGS = (t.seed, t.steps, t.batch_size)
+
+
+def _simulate_step(step: int) -> Batch:
+    assert _WORKER_SIM is not None
+    seed, steps, batch_size = _WORKER_ARGS
+    return _batch_for_step(_WORKER_SIM, seed, step, steps, batch_size)
+
+
+def _batch_for_step(sim: TrainingSimulator, seed: int, step: int, steps: int, batch_size: int) -> Batch:
+    """The batch of ``step``: it depends only on (seed, step), wherever it is simulated (resumable, and the
+    same data with or without worker processes)."""
+    sim.rng = np.random.default_rng([seed, step])
+    sim.progress = step / steps
+    return sim.batch(batch_size)
+
+
+def sim_worker_count(cfg: Config, device: str) -> int:
+    import os
+
+    if cfg.train.sim_workers >= 0:
+        return cfg.train.sim_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, max(1, cores - 1)) if device == "cuda" else 0
+
+
+def training_batches(cfg: Config, sim: TrainingSimulator, first_step: int, workers: int):
+    """Yield the batches of steps ``first_step``, ``first_step + 1``, … in order. With ``workers`` > 0
+    they are simulated by that many processes, ``2 × workers`` steps ahead, so that a GPU does not wait
+    for the simulation; otherwise here, one at a time."""
+    t = cfg.train
+    if workers <= 0:
+        step = first_step
+        while True:
+            yield _batch_for_step(sim, t.seed, step, t.steps, t.batch_size)
+            step += 1
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding CUDA or torch threads
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_sim_worker,
+                             initargs=(cfg, sim.scales)) as pool:
+        pending = deque(pool.submit(_simulate_step, s) for s in range(first_step, first_step + 2 * workers))
+        nxt = first_step + 2 * workers
+        while True:
+            batch = pending.popleft().result()
+            pending.append(pool.submit(_simulate_step, nxt))
+            nxt += 1
+            yield batch
 
 
 def validate(model, val: Batch, scales: Scales, pixel_size_nm: float, is_3d: bool, chunk: int = 32) -> dict:
@@ -36,7 +118,8 @@ def validate(model, val: Batch, scales: Scales, pixel_size_nm: float, is_3d: boo
     from rtsmlm.localization.postprocess import Postprocessor
     from rtsmlm.training.loss import decode_loss
 
-    frames, em, mask, bg = _to_torch(val)
+    device = str(next(model.parameters()).device)
+    frames, em, mask, bg = _to_torch(val, device)
     post = Postprocessor(pixel_size_nm=pixel_size_nm, photon_scale=scales.photon_scale,
                          z_scale=scales.z_scale, bg_scale=scales.bg_scale)
     losses, preds = [], []
@@ -110,6 +193,7 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
     torch.set_flush_denormal(True)
     torch.manual_seed(t.seed)
     is_3d = cfg.psf.model != "gaussian"
+    device = train_device(cfg)
     model = DecodeNet(window=t.window, width=t.width, depth=t.depth)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=1e-5)
     # Step decay as DECODE: the rate drops 10× over the run in two steps.
@@ -118,12 +202,23 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
     if init_state is not None:
         model.load_state_dict(init_state)
     if resume and state_path.exists():
-        st = torch.load(state_path, weights_only=True)
+        st = torch.load(state_path, weights_only=True, map_location="cpu")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
         step, best = int(st["step"]), float(st["best"])
         print(f"resuming {state_path} at step {step}", flush=True)
+    model.to(device)
+    for group in opt.state.values():  # a resumed optimizer's moments follow the model to the device
+        for k, v in group.items():
+            if torch.is_tensor(v) and k != "step":
+                group[k] = v.to(device)
+    amp = device == "cuda" and t.mixed_precision
+    workers = sim_worker_count(cfg, device)
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        print(f"training on {torch.cuda.get_device_name()} ({'bf16 autocast' if amp else 'fp32'}), "
+              f"{workers} simulation worker process(es)", flush=True)
 
     scales = init_meta.scales if init_meta is not None else None
     sim = TrainingSimulator(cfg, t.seed, scales=scales)
@@ -138,12 +233,12 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
         bar = tqdm(total=t.steps, initial=step, desc="train", dynamic_ncols=True)
     model.train()
     t0, running = time.perf_counter(), None
+    batches = training_batches(cfg, sim, step, workers)  # data depend only on (seed, step): resumable
     while step < t.steps:
-        sim.rng = np.random.default_rng([t.seed, step])  # data depend only on (seed, step): resumable
-        sim.progress = step / t.steps
-        frames, em, mask, bg = _to_torch(sim.batch(t.batch_size))
-        out = model(frames)
-        loss, parts = decode_loss(out, em, mask, bg, use_z=is_3d)
+        frames, em, mask, bg = _to_torch(next(batches), device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            out = model(frames)
+            loss, parts = decode_loss(out.float(), em, mask, bg, use_z=is_3d)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.03 / t.lr)
@@ -173,6 +268,7 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
             msg = (f"step {step}: val loss {v['val_loss']:.3f} jaccard {v['jaccard']:.3f} "
                    f"rmse {v['rmse_lat_nm']:.1f} nm")
             (bar.write if bar else print)(msg)
+    batches.close()
     if bar:
         bar.close()
     return out_prefix
