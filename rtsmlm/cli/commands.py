@@ -119,6 +119,12 @@ def _cmd_batch(args) -> int:
     return batch_main(args, _load_config(args, extra))
 
 
+def _cmd_calibrate_psf(args) -> int:
+    from rtsmlm.cli.calibrate_psf import calibrate_psf_main
+
+    return calibrate_psf_main(args, _load_config(args))
+
+
 def _cmd_watch(args) -> int:
     from rtsmlm.cli.watch import watch_main
 
@@ -251,7 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     from rtsmlm.cli.batch import add_batch_parser
 
     add_batch_parser(sub, _add_config_args).set_defaults(func=_cmd_batch)
+    from rtsmlm.cli.calibrate_psf import add_calibrate_psf_parser
     from rtsmlm.cli.watch import add_watch_parser
+
+    add_calibrate_psf_parser(sub, _add_config_args).set_defaults(func=_cmd_calibrate_psf)
 
     add_watch_parser(sub, _add_config_args).set_defaults(func=_cmd_watch)
 
