@@ -81,3 +81,16 @@ def test_train_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
         pytest.skip("a GPU is present: this machine trains there (benchmarks/gpu_acceptance.py measures it)")
     assert main(["train", "--out", str(tmp_path / "m"), "--steps", "1", "--device", "cuda", *TINY]) == 2
     assert "train.device = 'cuda' but torch sees no CUDA GPU" in capsys.readouterr().err
+
+
+def test_train_help_documents_every_train_key(capsys):
+    import dataclasses
+
+    from rtsmlm.core.config import TrainConfig, field_docs
+
+    docs = field_docs(TrainConfig)
+    assert all(docs[f.name] for f in dataclasses.fields(TrainConfig)), [k for k, v in docs.items() if not v]
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert all(f"  {f.name} = " in text for f in dataclasses.fields(TrainConfig))

@@ -174,6 +174,20 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _train_keys_help() -> str:
+    """Every [train] key with its default and meaning (set them in the config or with --set train.KEY=V)."""
+    import dataclasses
+
+    from rtsmlm.core.config import TrainConfig
+
+    docs = config_mod.field_docs(TrainConfig)
+    lines = ["[train] keys (config file, or --set train.KEY=VALUE); the camera, PSF and [sim] settings of",
+             "the config describe the microscope simulated:"]
+    for f in dataclasses.fields(TrainConfig):
+        lines.append(f"  {f.name} = {f.default!r}: {docs.get(f.name, '')}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rtsmlm", description="Real-time single-molecule localization microscopy.")
@@ -226,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print every figure as JSON")
     p.set_defaults(func=_cmd_calibrate)
 
-    p = sub.add_parser("train", help="train a localization model on simulated data")
+    p = sub.add_parser("train", help="train a localization model on simulated data",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_train_keys_help())
     _add_config_args(p)
     p.add_argument("--out", required=True, metavar="PREFIX", help="checkpoint path prefix")
     p.add_argument("--steps", type=int, help="override train.steps")
