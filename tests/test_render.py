@@ -248,3 +248,25 @@ def test_frc_rejects_mismatched_images():
         frc(np.zeros((10, 10)), np.zeros((10, 12)), 10.0)
     with pytest.raises(ValueError, match="pixel_nm"):
         frc(np.zeros((10, 10)), np.zeros((10, 10)), 0.0)
+
+
+def test_a_3d_render_is_coloured_by_depth_with_a_colour_bar(tmp_path) -> None:
+    """Left half of the field at z = -400 nm, right half at +400 nm: the two halves get the two ends of the
+    colour map, brightness from the render."""
+    from rtsmlm.analysis.render import write_z_png, z_colour_image
+    from rtsmlm.core.locs import LOC_DTYPE
+
+    rng = np.random.default_rng(0)
+    locs = np.zeros(4000, LOC_DTYPE)
+    locs["x"] = rng.uniform(0, 2000, len(locs))
+    locs["y"] = rng.uniform(0, 1000, len(locs))
+    locs["z"] = np.where(locs["x"] < 1000, -400.0, 400.0)
+    intensity = np.ones((50, 100))
+    rgb = z_colour_image(intensity, locs, 20.0, (-500.0, 500.0))
+    assert rgb.shape == (50, 100, 3) and rgb.dtype == np.uint8
+    left, right = rgb[:, 10:40].reshape(-1, 3).mean(0), rgb[:, 60:90].reshape(-1, 3).mean(0)
+    assert left[2] > left[0] and right[0] > right[2]  # turbo: blue-ish for low z, red-ish for high z
+    write_z_png(tmp_path / "z.png", rgb, (-500.0, 500.0), 20.0)
+    import matplotlib.image
+
+    assert matplotlib.image.imread(tmp_path / "z.png").shape[2] in (3, 4)

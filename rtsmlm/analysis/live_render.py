@@ -30,6 +30,7 @@ MAX_CANVAS_SIDE = 8192
 
 RENDER_TIF = "render.tif"
 RENDER_PNG = "render.png"
+RENDER_Z_PNG = "render_z.png"  # 3D runs: colour = depth
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,9 @@ class RenderListener:
         if self.out_dir is not None and len(locs):
             self._write_images()
             files = [RENDER_TIF, RENDER_PNG]
+            if np.any(locs["z"] != 0):  # a 3D model's run
+                self._write_depth_image(locs)
+                files.append(RENDER_Z_PNG)
         return {"render": RenderSummary(self.pixel_nm, str(self._canvas_args["mode"]), self._frc_nm, files)}
 
     def _write_images(self) -> None:
@@ -238,6 +242,19 @@ class RenderListener:
 
         _, white = percentile_levels(image, 0.0, self.cfg.gui.contrast_percentile, nonzero=True)
         _write_png(self.out_dir / RENDER_PNG, to_uint8(image, 0.0, white), self.cfg.gui.colormap)
+
+
+    def _write_depth_image(self, locs: np.ndarray) -> None:
+        """render_z.png: the render coloured by depth, with a colour bar in nm (psf.z_range_nm when set,
+        else the 1st–99th percentile of the localizations' z)."""
+        from rtsmlm.analysis.render import write_z_png, z_colour_image
+
+        z_max = self.cfg.psf.z_range_nm
+        z_range = (-z_max, z_max) if z_max > 0 else tuple(float(v) for v in np.percentile(locs["z"], [1, 99]))
+        corrected = self._corrected(locs)
+        rgb = z_colour_image(self.canvas.image, corrected, self.pixel_nm, z_range,  # type: ignore[arg-type]
+                             white_percentile=self.cfg.gui.contrast_percentile, x_column="x_dc", y_column="y_dc")
+        write_z_png(self.out_dir / RENDER_Z_PNG, rgb, z_range, self.pixel_nm)  # type: ignore[operator, arg-type]
 
 
 def check_colormap(name: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -334,3 +335,55 @@ def to_uint8(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
     out = (image.astype(np.float32, copy=False) - np.float32(lo)) * scale
     np.clip(out, 0.0, 255.0, out=out)
     return out.astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Depth colour (3D runs)
+
+
+def z_colour_image(intensity: np.ndarray, locs: np.ndarray, pixel_nm: float, z_range_nm: tuple[float, float], *,
+                   white_percentile: float = 99.5, colormap: str = "turbo", x_column: str = "x",
+                   y_column: str = "y") -> np.ndarray:
+    """RGB (uint8) image of a 3D run: the hue of each SR pixel is its localizations' mean z (``colormap``
+    over ``z_range_nm``), its brightness the render's intensity (``intensity``, one value per SR pixel)."""
+    import matplotlib
+
+    h, w = intensity.shape
+    col = np.floor(np.asarray(locs[x_column], np.float64) / pixel_nm).astype(np.int64)
+    row = np.floor(np.asarray(locs[y_column], np.float64) / pixel_nm).astype(np.int64)
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h) & np.isfinite(np.asarray(locs["z"], np.float64))
+    flat = row[inside] * w + col[inside]
+    count = np.bincount(flat, minlength=h * w).reshape(h, w).astype(np.float64)
+    z_sum = np.bincount(flat, weights=np.asarray(locs["z"], np.float64)[inside], minlength=h * w).reshape(h, w)
+    # A localization's depth colours the pixels its blob covers: spread both sums a little, as the render does.
+    from scipy.ndimage import gaussian_filter
+
+    count, z_sum = gaussian_filter(count, 1.0), gaussian_filter(z_sum, 1.0)
+    z_mean = np.divide(z_sum, count, out=np.zeros_like(z_sum), where=count > 1e-9)
+    lo, hi = z_range_nm
+    hue = matplotlib.colormaps[colormap](np.clip((z_mean - lo) / max(hi - lo, 1e-9), 0.0, 1.0))[..., :3]
+    _, white = percentile_levels(intensity, 0.0, white_percentile, nonzero=True)
+    value = np.clip(intensity / white, 0.0, 1.0)[..., None]
+    return (255 * hue * value).astype(np.uint8)
+
+
+def write_z_png(path: Any, rgb: np.ndarray, z_range_nm: tuple[float, float], pixel_nm: float,
+                colormap: str = "turbo") -> None:
+    """The depth-coloured render with a colour bar in nm (a matplotlib figure, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, w = rgb.shape[:2]
+    scale = min(1.0, 2000.0 / max(h, w))
+    fig = plt.figure(figsize=(max(3.0, w * scale / 100 + 1.2), max(2.5, h * scale / 100)), dpi=100)
+    ax = fig.add_axes((0.0, 0.0, 0.82, 0.94))
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_axis_off()
+    cax = fig.add_axes((0.86, 0.1, 0.03, 0.8))
+    norm = matplotlib.colors.Normalize(*z_range_nm)
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=colormap), cax=cax, label="z (nm)")
+    ax.set_title(f"{pixel_nm:g} nm pixels", fontsize=8)
+    fig.savefig(path)
+    plt.close(fig)

@@ -28,7 +28,7 @@ SUMMARY_JSON = "summary.json"
 
 RUN_FILES = frozenset({
     LOCS_CSV, LOCS_HDF5, "localizations.yaml", TRUTH_CSV, TRUTH_DRIFT_CSV, SUMMARY_JSON,
-    "raw.tif", "raw.raw", "raw.yaml", "render.tif", "render.png", "drift.csv",
+    "raw.tif", "raw.raw", "raw.yaml", "render.tif", "render.png", "render_z.png", "drift.csv",
     "movie.tif", "simulation.json",  # rtsmlm simulate
 })
 """Names of the files rtsmlm itself writes into a run's (or a simulation's) folder; plugins' files are
