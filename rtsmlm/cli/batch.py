@@ -40,7 +40,15 @@ def batch_main(args: argparse.Namespace, cfg: object) -> int:
     opts = BatchOptions(Path(args.out), scheduler=args.scheduler, workers=args.workers,
                         chunk_frames=args.chunk_frames, retries=max(0, args.retries), restart=args.restart,
                         progress=not args.quiet)
-    summary = run_batch(cfg, args.inputs, opts)  # type: ignore[arg-type]
+    from rtsmlm.engine.run import stop_signals
+
+    def on_signal(signum: int) -> None:
+        # Ctrl-C or SIGTERM: stop submitting, shut the cluster down (run_batch's finally); the chunks
+        # finished so far are on disk and a rerun continues from them.
+        raise KeyboardInterrupt
+
+    with stop_signals(on_signal):
+        summary = run_batch(cfg, args.inputs, opts)  # type: ignore[arg-type]
     done = len(summary.movies) - len(summary.failed)
     print(f"{done} of {len(summary.movies)} movies analysed ({summary.frames_run} frames in {summary.chunks_run} "
           f"chunks on {summary.workers} workers, {summary.chunks_skipped} chunks done before) in "
