@@ -171,3 +171,25 @@ def test_bad_input_is_one_line(tmp_path, capsys, movies) -> None:
     err = capsys.readouterr().err
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err and len(err.strip().splitlines()) == 1
     assert time.monotonic() - t0 < 60
+
+
+def test_sigterm_stops_the_batch_and_a_rerun_continues_from_the_chunks_done(movies, reference, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "batch"
+    cmd = [sys.executable, "-m", "rtsmlm", "batch", "--quiet", "--workers", "1", str(movies["a"]), "--out", str(out),
+           "--chunk-frames", "20"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "movie" / "chunks").glob("*.npy")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-500:]
+    done = len(list((out / "movie" / "chunks").glob("*.npy")))
+    assert 1 <= done < 8 and not list((out / "movie" / "chunks").glob("*.tmp"))
+    assert batch(str(movies["a"]), "--out", str(out), "--chunk-frames", "20") == 0
+    index = json.loads((out / "index.json").read_text())
+    assert index["chunks_skipped"] == done and index["chunks_run"] == 8 - done
+    assert_same_localizations(sorted_table(out / "movie" / LOCS_CSV), reference["a"])
