@@ -49,18 +49,22 @@ def watch_folder(cfg: Config, folder: Path, out_root: Path, *, stop: threading.E
                  poll_interval_s: float = 0.2, max_acquisitions: int = 0,
                  runner: Callable[[Any, threading.Event], dict[str, Any]] = run_headless,
                  on_summary: Callable[[Path, dict[str, Any]], None] | None = None,
-                 extra_listeners: Callable[[], list[object]] | None = None) -> list[dict[str, Any]]:
+                 extra_listeners: Callable[[], list[object]] | None = None,
+                 backend: tuple[Any, Any] | None = None) -> list[dict[str, Any]]:
     """Analyse each new Micro-Manager stack under ``folder`` into ``out_root/<name>/`` until ``stop`` is
     set (or ``max_acquisitions`` were analysed). Stacks already in the folder when the watch starts are
     analysed too. Returns the runs' summaries. Raises :class:`SourceError` when the folder disappears.
-    ``extra_listeners`` makes listeners that follow each run after rtsmlm's own (scripts, benchmarks)."""
+    ``extra_listeners`` makes listeners that follow each run after rtsmlm's own (scripts, benchmarks);
+    ``backend`` is an opened (backend, metadata) pair to use (default: opened here, before any acquisition)."""
     from rtsmlm.engine.run import build_run
     from rtsmlm.localization.backends import open_backend
 
     stop = stop or threading.Event()
-    # The model is opened once, before the first acquisition appears: opening it (loading, tracing, warming
-    # up) takes seconds, and frames written meanwhile would wait.
-    opened = open_backend(cfg.backend, cfg.model.checkpoint)
+    # The model is opened and traced once, before the first acquisition appears: that takes seconds, and
+    # frames written meanwhile would wait.
+    opened = backend if backend is not None else open_backend(cfg.backend, cfg.model.checkpoint)
+    size = opened[0].size_multiple * 8
+    opened[0].warmup(size, size, 1, 1)
     seen: set[Path] = set()
     taken: set[str] = {p.name for p in out_root.iterdir()} if out_root.is_dir() else set()
     summaries: list[dict[str, Any]] = []
