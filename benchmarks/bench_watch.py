@@ -82,12 +82,11 @@ def main() -> None:
             first.parent.mkdir(parents=True)
             cfg = rconfig.load(None, ["stream.enabled=false", "source.idle_timeout_s=30"])
             listener = ArrivalTimes()
-            result: dict[str, object] = {}
             # As at the microscope: the watcher is running (model opened) before the acquisition starts.
             opened = open_backend(cfg.backend, cfg.model.checkpoint)
-            watcher = threading.Thread(target=lambda: result.update(s=watch_folder(
+            watcher = threading.Thread(target=lambda: watch_folder(
                 cfg, folder, tmp / f"out{size}", max_acquisitions=1, poll_interval_s=0.05,
-                extra_listeners=lambda: [listener], backend=opened)))
+                extra_listeners=lambda: [listener], backend=opened))
             watcher.start()
             time.sleep(3.0)  # the watcher's warm-up
             times_file = tmp / f"written{size}.npy"
@@ -95,12 +94,10 @@ def main() -> None:
                             str(times_file)], check=True)
             watcher.join()
             written = np.load(times_file)
-            summary = result["s"][0]  # type: ignore[index]
             lat = np.array([listener.times[k] - written[k] for k in range(len(written)) if k in listener.times]) * 1e3
             print(f"{size:>5} {len(written):>6} {len(lat):>8} {np.percentile(lat, 50):>7.0f} "
                   f"{np.percentile(lat, 99):>7.0f} {lat.max():>7.0f} {np.median(lat[:100]):>13.0f} "
                   f"{np.median(lat[-100:]):>12.0f}", flush=True)
-            del summary
 
 
 if __name__ == "__main__":

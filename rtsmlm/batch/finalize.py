@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -93,7 +93,3 @@ def write_failed_summary(plan: MoviePlan | None, movie: str, name: str, error: s
             "chunks_done": len(plan.done), "chunks": len(plan.chunks)})
     return MovieResult(movie, name, RunStatus.FAILED.value, plan.n_frames if plan else 0, 0, None, None, None, 0.0,
                        error)
-
-
-def index_row(result: MovieResult) -> dict[str, Any]:
-    return asdict(result)

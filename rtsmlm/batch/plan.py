@@ -9,8 +9,8 @@ thresholds, the chunk size): chunks made from anything else are never mixed in.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -134,9 +134,9 @@ def settings_of(cfg: Config, chunk_frames: int) -> dict[str, Any]:
 
 def _checkpoint_hash(checkpoint: str) -> str:
     from rtsmlm.localization import checkpoint as ckpt
+    from rtsmlm.localization.backends import file_sha256
 
-    data = ckpt.resolve(checkpoint).with_suffix(".safetensors").read_bytes()
-    return hashlib.sha256(data).hexdigest()[:16]
+    return file_sha256(ckpt.resolve(checkpoint).with_suffix(".safetensors"))[:16]
 
 
 def plan_movie(path: Path, name: str, out_root: Path, settings: dict[str, Any], context: int,
@@ -172,8 +172,7 @@ def plan_movie(path: Path, name: str, out_root: Path, settings: dict[str, Any], 
     os.replace(tmp, manifest)
     chunks = chunk_bounds(n_frames, int(settings["chunk_frames"]), context)
     plan = MoviePlan(path, name, out_dir, n_frames, shape, dtype, chunks, frozenset())
-    done = frozenset(c[0] for c in chunks if plan.chunk_file(c[0], c[1]).is_file())
-    return MoviePlan(path, name, out_dir, n_frames, shape, dtype, chunks, done)
+    return dataclasses.replace(plan, done=frozenset(a for a, b, _, _ in chunks if plan.chunk_file(a, b).is_file()))
 
 
 def _differences(earlier: Any, now: dict[str, Any], prefix: str = "") -> str:

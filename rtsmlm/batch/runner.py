@@ -134,13 +134,13 @@ def run_batch(cfg: Config, inputs: list[str], opts: BatchOptions) -> BatchSummar
     try:
         summary.scheduler = str(client.scheduler.address)
         summary.workers = len(client.scheduler_info().get("workers", {}))
-        summary.movies += _run_plans(cfg, client, plans, opts, summary)
+        summary.movies += _run_plans(cfg, client, plans, opts, summary, context)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-    summary.movies.sort(key=lambda m: [p.name for p in plans].index(m.name) if m.name in [p.name for p in plans]
-                        else -1)
+    order = {p.name: k for k, p in enumerate(plans)}
+    summary.movies.sort(key=lambda m: order.get(m.name, -1))
     summary.wall_s = time.perf_counter() - t0
     write_index(out_root, summary)
     return summary
@@ -159,23 +159,25 @@ def _check_one_camera_size(plans: list[MoviePlan], cfg: Config) -> None:
                                   f"{cfg.camera.maps_file} holds {maps.shape[0]}x{maps.shape[1]} maps")
 
 
-def _camera_of(cfg: Config, plan: MoviePlan) -> tuple[dict[str, Any], float, bool]:
+def _camera_of(cfg: Config, plan: MoviePlan) -> tuple[dict[str, Any], float]:
     from rtsmlm.acquisition.file import camera_from_metadata
     from rtsmlm.core.camera import CameraModel
     from rtsmlm.io.movies import open_movie
-    from rtsmlm.localization import checkpoint as ckpt
 
     with open_movie(plan.path) as movie:
         camera = camera_from_metadata(movie.metadata, movie.pixel_size_nm, CameraModel.from_config(cfg.camera),
                                       str(plan.path))[0]
-    meta = ckpt.load_meta(cfg.model.checkpoint)
-    is_3d = cfg.psf.model != "gaussian" or (meta.psf or {}).get("model", "gaussian") != "gaussian"
-    return camera.describe(), float(camera.pixel_size_nm), is_3d
+    return camera.describe(), float(camera.pixel_size_nm)
 
 
 def _run_plans(cfg: Config, client: Any, plans: list[MoviePlan], opts: BatchOptions,
-               summary: BatchSummary) -> list[MovieResult]:
+               summary: BatchSummary, context: int) -> list[MovieResult]:
     from distributed import as_completed
+
+    from rtsmlm.localization import checkpoint as ckpt
+
+    meta = ckpt.load_meta(cfg.model.checkpoint)
+    is_3d = cfg.psf.model != "gaussian" or (meta.psf or {}).get("model", "gaussian") != "gaussian"  # writes z
 
     results: list[MovieResult] = []
     pending: dict[str, set[int]] = {}
@@ -209,9 +211,9 @@ def _run_plans(cfg: Config, client: Any, plans: list[MoviePlan], opts: BatchOpti
                   file=sys.stderr)
             return
         try:
-            camera_info, pixel_nm, is_3d = _camera_of(cfg, plan)
+            camera_info, pixel_nm = _camera_of(cfg, plan)
             info = {"chunks": len(plan.chunks), "chunks_skipped": len(plan.done), "chunk_frames": opts.chunk_frames,
-                    "context_frames": _context(cfg), "worker_seconds": round(seconds[plan.name], 3),
+                    "context_frames": context, "worker_seconds": round(seconds[plan.name], 3),
                     "model_range": verdicts.get(plan.name)}
             results.append(finalize_movie(cfg, plan, camera_info, pixel_nm, is_3d, info))
         except Exception as e:  # one movie's outputs failing must not stop the batch

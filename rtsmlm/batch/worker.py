@@ -104,9 +104,9 @@ def _localizer(cfg: Config, camera: Any, shape: tuple[int, int]) -> Any:
     from rtsmlm.localization.checkpoint import check_compatible
     from rtsmlm.localization.localizer import StreamingLocalizer
 
-    key = (cfg.model, cfg.backend, cfg.pipeline.max_batch, cfg.pipeline.memory_mb,
-           json.dumps(camera.describe(), sort_keys=True, default=str), shape,
-           id(camera.offset_map) if camera.offset_map is not None else None)
+    # The camera: what the file records (describe()) on top of the config's, whose maps file gives the maps.
+    key = (cfg.model, cfg.backend, cfg.pipeline.max_batch, cfg.pipeline.memory_mb, cfg.camera,
+           json.dumps(camera.describe(), sort_keys=True, default=str), shape)
     with _LOCK:
         if key in _LOCALIZERS:
             return _LOCALIZERS[key]
@@ -145,7 +145,6 @@ def _camera(cfg: Config, path: str, movie: Any) -> Any:
 def localize_chunk(cfg: Config, task: ChunkTask) -> ChunkResult:
     """Read frames ``read_start..read_stop - 1`` of ``task.path``, localize them as one sequence, keep the
     localizations of frames ``start..stop - 1``. Runs on a Dask worker (any process)."""
-    from rtsmlm.core.locs import concat
     from rtsmlm.io.movies import open_movie
     from rtsmlm.localization.localizer import localize_movie
 
@@ -161,7 +160,7 @@ def localize_chunk(cfg: Config, task: ChunkTask) -> ChunkResult:
     keep = (locs["frame"] >= task.start) & (locs["frame"] < task.stop)
     verdict = localizer.range_verdict.to_json() if task.judge_range and localizer.range_verdict is not None \
         and localizer.range_verdict.frames else None
-    return ChunkResult(task.start, task.stop, concat([locs[keep]]), time.perf_counter() - t0, _worker_name(),
+    return ChunkResult(task.start, task.stop, locs[keep], time.perf_counter() - t0, _worker_name(),
                        verdict, len(localizer.nonfinite))
 
 

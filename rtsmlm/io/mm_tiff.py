@@ -255,6 +255,7 @@ class MMStackWriter:
         self._k = 0
         self._fh: Any = None
         self._file_frames: list[int] = []  # IFD offsets in the current file
+        self._last_next_field = 0  # file offset of the last IFD's next-IFD field
         self._open_file()
 
     def _open_file(self) -> None:
@@ -292,6 +293,7 @@ class MMStackWriter:
             value = strip if tag == 273 else meta_at if tag == _MM_METADATA_TAG else value
             out += struct.pack("<HHI", tag, typ, count) + (struct.pack("<HH", value, 0) if typ == 3 else
                                                             struct.pack("<I", value))
+        self._last_next_field = pos + ifd_bytes - 4
         out += struct.pack("<I", next_ifd)
         self._fh.write(out + pixels + meta)
         self._fh.flush()
@@ -302,10 +304,7 @@ class MMStackWriter:
         fh = self._fh
         end = fh.tell()
         if self._file_frames:  # the last image's next-IFD offset: none
-            last = self._file_frames[-1]
-            fh.seek(last)
-            (n,) = struct.unpack("<H", _read(fh, last, 2))
-            fh.seek(last + 2 + 12 * n)
+            fh.seek(self._last_next_field)
             fh.write(struct.pack("<I", 0))
         fh.seek(end)
         index = struct.pack("<II", _INDEX_MAP_BODY, len(self._file_frames))
@@ -338,8 +337,3 @@ class MMStackWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _read(fh: Any, offset: int, n: int) -> bytes:
-    with open(fh.name, "rb") as r:
-        r.seek(offset)
-        return r.read(n)

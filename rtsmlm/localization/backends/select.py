@@ -7,7 +7,6 @@ The choice is a pure function of the configuration and a probe of the machine
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rtsmlm.io.paths import file_sha256
 from rtsmlm.localization.backends.protocol import Backend, BackendError
 
 if TYPE_CHECKING:
@@ -148,15 +148,6 @@ def default_threads() -> int:
     ONNX Runtime's thread pools wait for every thread at every layer: measured on this 2-core machine
     under load, bf16 64x64 frames ran at 119 frames/s with one thread and 3.5 frames/s with two."""
     return max(1, (os.cpu_count() or 1) - 1)
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file (the model hash that keys exported graphs and engine caches)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def open_backend(cfg: "BackendConfig", checkpoint: str, *, jit: bool = True,

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rtsmlm.io.paths import file_sha256
 from rtsmlm.localization.backends.protocol import BackendError
 from rtsmlm.localization.net import DecodeNet, parameter_count
 from rtsmlm.localization.onnx_export import DECODER_INPUT, DECODER_OUTPUT, ENCODER_INPUT, ENCODER_OUTPUT, cached_onnx
@@ -124,14 +125,6 @@ def find_cached_engine(folder: Path, key: EngineKey, shape: tuple[int, int, int,
             if best is None or size < best[0]:
                 best = (size, engine, shapes)
     return (best[1], best[2]) if best is not None else None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_strongly_typed(tensorrt_version: str) -> bool:
