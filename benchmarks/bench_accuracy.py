@@ -274,12 +274,14 @@ def crlb_rows(m_all: Match, movie: Movie, min_photons: float, border_px: float,
 # Localizers
 
 
-def run_model(localizer: Any, frames: np.ndarray, camera: CameraModel) -> tuple[np.ndarray, float]:
-    """The network's localizations of ``frames`` (an OfflineLocalizer) and the seconds they took."""
+def run_model(localizer: Any, frames: np.ndarray, camera: CameraModel,
+              psf_sigma_nm: float | None = None) -> tuple[np.ndarray, float]:
+    """The network's localizations of ``frames`` (an OfflineLocalizer) and the seconds they took;
+    ``psf_sigma_nm`` is the PSF a conditioned model is told (the movie's config)."""
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the camera-mismatch warning of a transfer check is expected
-        locs = localizer.localize(frames, camera)
+        locs = localizer.localize(frames, camera, psf_sigma_nm=psf_sigma_nm)
     return locs, time.perf_counter() - t0
 
 
@@ -365,7 +367,7 @@ def low_density(base: rconfig.Config, args: argparse.Namespace, localizer: Any, 
     for k, bg in enumerate(args.bg):
         cfg = sim_config(base, seed=args.seed + k, size=args.size, density=args.low_density, bg=bg)
         movie = simulate_movie(cfg, f"low density {args.low_density:g}/µm², bg {bg:g}", args.low_frames)
-        locs, seconds = run_model(localizer, movie.frames, movie.camera)
+        locs, seconds = run_model(localizer, movie.frames, movie.camera, cfg.psf.sigma_nm)
         s, m_all, _ = score(locs, movie.truth, args.tolerance_nm, args.min_photons)
         s.update(movie=movie.name, seed=movie.seed, frames=len(movie.frames), size=args.size,
                  density_per_um2=movie.density, bg_photons=bg, model_seconds=seconds,
@@ -391,7 +393,7 @@ def high_density(base: rconfig.Config, args: argparse.Namespace, localizer: Any,
     for k, density in enumerate(args.high_density):
         cfg = sim_config(base, seed=args.seed + 10 + k, size=args.size, density=density, bg=args.high_bg)
         movie = simulate_movie(cfg, f"high density {density:g}/µm², bg {args.high_bg:g}", args.high_frames)
-        locs, seconds = run_model(localizer, movie.frames, movie.camera)
+        locs, seconds = run_model(localizer, movie.frames, movie.camera, cfg.psf.sigma_nm)
         s, _, _ = score(locs, movie.truth, args.tolerance_nm, args.min_photons)
         entry: dict[str, Any] = {"movie": movie.name, "seed": movie.seed, "frames": len(movie.frames),
                                  "size": args.size, "density_per_um2": density, "bg_photons": args.high_bg,
@@ -445,7 +447,7 @@ def storm_movie(args: argparse.Namespace, localizers: dict[str, Any], log=print)
         if isinstance(localizer, str):
             out["models"][label] = {"skipped": localizer}
             continue
-        locs, seconds = run_model(localizer, frames, camera)
+        locs, seconds = run_model(localizer, frames, camera, rconfig.load(STORM_CONFIG).psf.sigma_nm)
         s, _, _ = score(locs, truth, args.storm_tolerance_nm, None)
         metrics = s["all"]
         metrics["rmse_per_axis_nm"] = metrics["rmse_lat_nm"] / math.sqrt(2.0) if metrics["tp"] else math.nan

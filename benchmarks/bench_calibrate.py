@@ -92,11 +92,12 @@ def accuracy(cal, cfg, sim, movie, truth) -> dict:
         choice = _choose_model(text, ["default", "broad_2d"], 100)
         path = Path(tmp) / "c.toml"
         path.write_text(text)
-        camera = rconfig.load(path).camera
+        calibrated = rconfig.load(path)
+        camera, sigma_nm = calibrated.camera, calibrated.psf.sigma_nm
         cam = CameraModel.from_config(camera)
     p = choice["p_threshold"]
     chosen = OfflineLocalizer(choice["model"], backend, p_threshold=p, candidate_threshold=min(0.3, p)).localize(
-        movie, cam)
+        movie, cam, psf_sigma_nm=sigma_nm)
     j_chosen = evaluate(chosen, truth)["jaccard"]
     print(f"  accuracy on this movie: default model @0.6, camera typed in: Jaccard {j_base:.3f}; calibrate's choice "
           f"{choice['model']} @{p:.2f}, calibrated camera: {j_chosen:.3f} ({j_chosen - j_base:+.3f})")

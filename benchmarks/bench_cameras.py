@@ -89,7 +89,7 @@ def main() -> None:
             row = {"camera": name, "density": density, "models": {}}
             cells = []
             for m in models:
-                pred, _ = acc.run_model(localizers[m], movie.frames, movie.camera)
+                pred, _ = acc.run_model(localizers[m], movie.frames, movie.camera, cfg.psf.sigma_nm)
                 s, _, _ = acc.score(pred, movie.truth, 250.0, 1000.0)
                 row["models"][m] = s
                 cells.append(f"{s['all']['jaccard']:.3f} / {s['all']['rmse_lat_nm']:5.1f} / "

@@ -50,7 +50,7 @@ def main() -> None:
         movie = acc.simulate_movie(cfg, args.camera, args.frames)
         cells = []
         for label, loc in localizers.items():
-            pred, _ = acc.run_model(loc, movie.frames, movie.camera)
+            pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
             s, _, _ = acc.score(pred, movie.truth, 250.0, 1000.0)
             cells.append(f"{label} {s['all']['jaccard']:.3f} / {s['all']['rmse_lat_nm']:.1f} / "
                          f"{s['population']['jaccard']:.3f}")

@@ -73,7 +73,8 @@ class Model:
         from rtsmlm.localization.localizer import StreamingLocalizer
 
         return StreamingLocalizer(self.backend, self.meta, camera, shape, self.cfg.model.p_threshold,
-                                  self.cfg.model.candidate_threshold)
+                                  self.cfg.model.candidate_threshold,
+                                  psf_sigma_px=self.cfg.psf.sigma_nm / camera.pixel_size_nm)
 
 
 def simulated(cfg: Config, n: int):

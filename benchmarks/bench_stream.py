@@ -207,7 +207,8 @@ def make_localizer(size: int, threads: int):
     frames = np.stack([sim.step()[0] for _ in range(64)])
     backend, meta = open_backend(cfg.backend, cfg.model.checkpoint)
     loc = StreamingLocalizer(backend, meta, cam.camera, cam.shape, cfg.model.p_threshold,
-                             cfg.model.candidate_threshold)
+                             cfg.model.candidate_threshold,
+                             psf_sigma_px=cfg.psf.sigma_nm / cam.camera.pixel_size_nm)
     return loc, frames, backend.describe()
 
 

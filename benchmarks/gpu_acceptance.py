@@ -92,7 +92,8 @@ def agreement(out: Path, specs: list[str]) -> list[dict[str, Any]]:
         backend, meta = open_backend(BackendConfig(name=name, device="cuda", precision=precision,
                                                    engine_cache_dir=str(out / "engines")), "default")
         loc = StreamingLocalizer(backend, meta, sim.camera, frames.shape[1:], cfg.model.p_threshold,
-                                 cfg.model.candidate_threshold)
+                                 cfg.model.candidate_threshold,
+                                 psf_sigma_px=cfg.psf.sigma_nm / sim.camera.pixel_size_nm)
         tables[spec] = localize_movie(loc, frames)
         del backend, loc
     rows = []

@@ -45,7 +45,7 @@ def choose_p_threshold(cfg: Config, checkpoint: str, *, frames: int = 100, size:
     if backend_cfg is None:
         backend_cfg = config_mod.replace(cfg.backend, name="torch", device="cpu")
     loc = OfflineLocalizer(checkpoint, backend_cfg, p_threshold=min(GRID), candidate_threshold=min(GRID))
-    locs = loc.localize(movie, sim.camera)
+    locs = loc.localize(movie, sim.camera, psf_sigma_nm=sim_cfg.psf.sigma_nm)
     curve = {float(t): float(evaluate(locs[locs["p"] > t], truth_table, tolerance_nm=tolerance_nm)["jaccard"])
              for t in GRID}
     best = max(curve, key=lambda t: (curve[t], -abs(t - 0.6)))  # ties: the one nearer the usual 0.6

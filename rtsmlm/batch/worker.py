@@ -105,7 +105,7 @@ def _localizer(cfg: Config, camera: Any, shape: tuple[int, int]) -> Any:
     from rtsmlm.localization.localizer import StreamingLocalizer
 
     # The camera: what the file records (describe()) on top of the config's, whose maps file gives the maps.
-    key = (cfg.model, cfg.backend, cfg.pipeline.max_batch, cfg.pipeline.memory_mb, cfg.camera,
+    key = (cfg.model, cfg.backend, cfg.pipeline.max_batch, cfg.pipeline.memory_mb, cfg.camera, cfg.psf,
            json.dumps(camera.describe(), sort_keys=True, default=str), shape)
     with _LOCK:
         if key in _LOCALIZERS:
@@ -118,7 +118,8 @@ def _localizer(cfg: Config, camera: Any, shape: tuple[int, int]) -> Any:
         check_compatible(meta, camera.describe(), f"checkpoint {cfg.model.checkpoint!r}")
         loc = StreamingLocalizer(backend, meta, camera, shape, cfg.model.p_threshold, cfg.model.candidate_threshold,
                                  max_batch=cfg.pipeline.max_batch, split_threshold=cfg.model.split_threshold,
-                                 memory_bytes=int(cfg.pipeline.memory_mb * 2**20 * 3 / 4))
+                                 memory_bytes=int(cfg.pipeline.memory_mb * 2**20 * 3 / 4),
+                                 psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm)
         while len(_LOCALIZERS) >= 2:
             _LOCALIZERS.pop(next(iter(_LOCALIZERS)))
         _LOCALIZERS[key] = loc

@@ -116,12 +116,13 @@ def _open(spec: dict[str, str], threads: int, args, checkpoint: str):
 
 
 def run_one(backend, meta, camera, frames: np.ndarray, seconds: float, min_frames: int, batch: int,
-            p_threshold: float, candidate_threshold: float) -> dict[str, Any]:
+            p_threshold: float, candidate_threshold: float, psf_sigma_px: float | None = None) -> dict[str, Any]:
     """Stream ``frames`` (cycled) through a fresh localizer for ``seconds`` (at least ``min_frames``)."""
     from rtsmlm.localization.localizer import StreamingLocalizer
 
     shape = frames.shape[1:]
-    loc = StreamingLocalizer(backend, meta, camera, shape, p_threshold, candidate_threshold, batch_size=batch)
+    loc = StreamingLocalizer(backend, meta, camera, shape, p_threshold, candidate_threshold, batch_size=batch,
+                             psf_sigma_px=psf_sigma_px)
     b = loc.batch_size
     # Warm-up run (allocations, oneDNN/cuDNN kernel selection), then a fresh sequence for the timing.
     for start in range(0, 2 * b, b):
@@ -201,7 +202,8 @@ def _throughput(args, cfg, specs: list[str]) -> dict[str, Any]:
             for size in args.sizes:
                 frames, _truth, camera = movies[size]
                 r = run_one(backend, meta, camera, frames, args.seconds, args.min_frames, args.batch,
-                            cfg.model.p_threshold, cfg.model.candidate_threshold)
+                            cfg.model.p_threshold, cfg.model.candidate_threshold,
+                            cfg.psf.sigma_nm / camera.pixel_size_nm)
                 r.update(backend=f"{d['name']}/{d['device']}", spec=spec_text, precision=d["precision"],
                          threads=d.get("threads"), parameters=d.get("parameters"),
                          model_mb=model_file.stat().st_size / 1e6, load_avg_1min=os.getloadavg()[0], describe=d)
@@ -242,7 +244,8 @@ def _accuracy(args, cfg, specs: list[str]) -> dict[str, Any]:
         spec = _parse_spec(spec_text)
         backend, meta = _open(spec, args.threads[0], args, args.checkpoint)
         loc = StreamingLocalizer(backend, meta, camera, frames.shape[1:], cfg.model.p_threshold,
-                                 cfg.model.candidate_threshold, batch_size=args.batch)
+                                 cfg.model.candidate_threshold, batch_size=args.batch,
+                                 psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm)
         locs = localize_movie(loc, frames)
         path = out / f"locs_{spec_text.replace(':', '_')}.csv"
         write_csv(path, locs, overwrite=True)

@@ -239,6 +239,9 @@ class TrainConfig:
     mixed_precision: bool = _f(True, doc="CUDA: bf16 autocast for the forward pass and loss (fp32 weights)")
     input_transform: str = _f("linear", choices=("linear", "anscombe"),
                               doc="photons → network input: linear (one camera) or anscombe (broad model)")
+    conditioning: str = _f("none", choices=("none", "psf_noise"),
+                           doc="psf_noise: the network also gets the PSF sigma and the camera's noise (EMCCD/sCMOS, "
+                               "read noise per pixel) as input channels, from the run's config at inference")
     broad: bool = _f(False, doc="draw camera (EMCCD/sCMOS), PSF sigma, background (log) and brightness band "
                                 "per sample: one model for many microscopes")
     sigma_min_px: float = _f(0.7, range=(0.1, 20.0), doc="broad: smallest PSF sigma in camera pixels")

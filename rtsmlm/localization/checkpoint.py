@@ -61,7 +61,13 @@ class ModelMeta:
                                   f"{scales['input_transform']!r}; allowed: {', '.join(INPUT_TRANSFORMS)}")
         if d["window"] % 2 == 0:
             raise CheckpointError(f"{source}: metadata key 'window' must be odd, got {d['window']}")
-        d["scales"] = Scales(**scales)
+        from rtsmlm.localization.conditioning import CHANNELS
+
+        unknown = [c for c in scales.get("conditioning", []) if c not in CHANNELS]
+        if unknown:
+            raise CheckpointError(f"{source}: metadata key 'scales.conditioning' names {unknown[0]!r}; "
+                                  f"known channels: {', '.join(CHANNELS)}")
+        d["scales"] = Scales(**{**scales, "conditioning": tuple(scales.get("conditioning", []))})
         return cls(**d)
 
 
@@ -86,6 +92,7 @@ _SCALES_SCHEMA: dict[str, tuple[type | tuple[type, ...], float | None, float | N
     "bg_scale": ((int, float), 1e-9, 1e12, True),
     "z_scale": ((int, float), 1e-9, 1e12, True),
     "input_transform": (str, None, None, False),
+    "conditioning": (list, None, None, False),
 }
 
 
@@ -101,7 +108,8 @@ def _check_table(source: str, table: dict[str, Any], schema: dict[str, Any], pre
             raise CheckpointError(f"{source}: metadata key '{prefix}{key}' is missing")
 
 
-_TYPE_NAMES = {int: "an integer", float: "a number", dict: "an object", str: "a string", type(None): "null"}
+_TYPE_NAMES = {int: "an integer", float: "a number", dict: "an object", str: "a string", list: "a list",
+               type(None): "null"}
 
 
 def _check_value(source: str, key: str, value: Any, kind: Any, lo: float | None, hi: float | None) -> None:
@@ -180,7 +188,7 @@ def load(path_or_name: str | Path, device: str = "cpu"):
         if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
             raise CheckpointError(f"{wpath}: weight tensor {name!r} holds NaN or infinite values "
                                   "(a diverged or damaged training); use another checkpoint")
-    model = DecodeNet(window=meta.window, width=meta.width, depth=meta.depth)
+    model = DecodeNet(window=meta.window, width=meta.width, depth=meta.depth, in_channels=meta.scales.in_channels)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -22,7 +22,7 @@ import torch
 
 from rtsmlm.core.camera import CameraModel
 from rtsmlm.core.locs import LOC_DTYPE, concat
-from rtsmlm.localization import range_guard
+from rtsmlm.localization import conditioning, range_guard
 from rtsmlm.localization.backends.protocol import Backend
 from rtsmlm.localization.checkpoint import ModelMeta
 from rtsmlm.localization.postprocess import Postprocessor
@@ -54,6 +54,8 @@ class StreamingLocalizer:
         margin: tile overlap in pixels; None = the network's receptive-field radius (exact stitching).
         max_batch: upper bound of the automatic batch size.
         memory_bytes: the run's memory budget for the localizer (None: only the free memory counts).
+        psf_sigma_px: the PSF σ in camera pixels (``psf.sigma_nm`` / pixel size): required by a model
+            conditioned on it (:mod:`rtsmlm.localization.conditioning`), ignored by others.
         maps_sink: optional callable receiving each batch of stitched output maps ``(B, 10, H, W)`` (a
             torch tensor on the backend's device) and the list of their frame indices, before
             post-processing (to save or display the maps, or to test the network path).
@@ -65,7 +67,7 @@ class StreamingLocalizer:
     def __init__(self, backend: Backend, meta: ModelMeta, camera: CameraModel, frame_shape: tuple[int, int],
                  p_threshold: float, candidate_threshold: float, *, batch_size: int = 0, tile: int | None = None,
                  margin: int | None = None, max_batch: int = 16, split_threshold: float = 0.6,
-                 memory_bytes: int | None = None,
+                 memory_bytes: int | None = None, psf_sigma_px: float | None = None,
                  maps_sink: Callable[[torch.Tensor, list[int]], None] | None = None) -> None:
         height, width = (int(v) for v in frame_shape)
         if backend.window != meta.window:
@@ -97,6 +99,8 @@ class StreamingLocalizer:
         self.plan: TilePlan = sizing.plan
         self.batch_size = sizing.batch
         self._offset, self._scale = self._input_transform(camera)
+        self._psf_sigma_px = psf_sigma_px
+        self._conditioning = self._conditioning_maps(camera, psf_sigma_px)
         k = self.plan.n_tiles
         # Tiles per backend call: a 4096² frame cut into 49 tiles must not run them all at once (tens of
         # GB of activations); whole small frames keep their batch.
@@ -149,6 +153,20 @@ class StreamingLocalizer:
                 raise ValueError(f"camera {name} has shape {arr.shape} but the frames are {self.frame_shape}.")
             tensors.append(torch.as_tensor(arr, device=self.backend.device))
         return tensors[0], tensors[1]
+
+    def _conditioning_maps(self, camera: CameraModel, psf_sigma_px: float | None) -> torch.Tensor | None:
+        """The model's conditioning channels for this run's PSF and camera, ``(C, H, W)`` on the device."""
+        names = self.meta.scales.conditioning
+        if not names:
+            return None
+        if "psf_sigma" in names and psf_sigma_px is None:
+            raise ValueError("this model is conditioned on the PSF width: give psf.sigma_nm "
+                             "(measured by `rtsmlm calibrate`) to the localizer")
+        maps = conditioning.channels(names, sigma_px=float(psf_sigma_px or 0.0), camera=camera,
+                                     shape=self.frame_shape)
+        log.info("model conditioned on %s: PSF sigma %.2f px, %s noise", ", ".join(names), psf_sigma_px or 0.0,
+                 camera.model)
+        return torch.as_tensor(maps, device=self.backend.device)
 
     # -- streaming -----------------------------------------------------------------------------------
 
@@ -209,7 +227,7 @@ class StreamingLocalizer:
 
         def judge() -> None:
             try:
-                self.range_verdict = range_guard.check(photons, self.meta)
+                self.range_verdict = range_guard.check(photons, self.meta, self._psf_sigma_px)
             except Exception as e:  # a check must never cost the run
                 self.range_verdict = None
                 log.warning("range check skipped: %s", e)
@@ -276,6 +294,8 @@ class StreamingLocalizer:
         frames = self._contain_nonfinite(frames, indices)
         raw = self.backend.upload(frames)
         x = self.meta.scales.network_input((raw.to(torch.float32) - self._offset) * self._scale)
+        if self._conditioning is not None:  # (n, H, W) -> (n, 1 + C, H, W)
+            x = torch.cat([x.unsqueeze(1), self._conditioning.expand(len(x), *self._conditioning.shape)], dim=1)
         feats = self._in_chunks(self.backend.encode, self.plan.split(x))
         return feats.reshape(len(frames), self.plan.n_tiles, *feats.shape[1:])
 

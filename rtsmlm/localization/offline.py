@@ -49,12 +49,13 @@ class OfflineLocalizer:
         return self.meta.step
 
     def localize(self, frames: np.ndarray, camera: "CameraModel", *, first_index: int = 0,
-                 batch_size: int = 0) -> np.ndarray:
+                 batch_size: int = 0, psf_sigma_nm: float | None = None) -> np.ndarray:
         """Localize every frame of ``frames`` ((n, H, W) raw camera counts) into a LOC_DTYPE table.
 
         ``camera`` converts counts to photons and gives the pixel size. Frames are numbered from
         ``first_index``; the first and last are analysed with edge padding, as at the ends of a live run.
         A camera that differs from the one the model was trained for is warned about, not refused.
+        ``psf_sigma_nm``: the PSF σ (``psf.sigma_nm``), which a conditioned model needs.
         """
         from rtsmlm.localization.checkpoint import check_compatible
         from rtsmlm.localization.localizer import StreamingLocalizer, localize_movie
@@ -64,15 +65,16 @@ class OfflineLocalizer:
             raise ValueError(f"localize() expects a movie of shape (n, height, width), got {frames.shape}.")
         check_compatible(self.meta, camera.describe(), f"checkpoint {self.checkpoint!r} on this movie")
         localizer = StreamingLocalizer(self.backend, self.meta, camera, frames.shape[1:], self.p_threshold,
-                                       self.candidate_threshold, batch_size=batch_size)
+                                       self.candidate_threshold, batch_size=batch_size,
+                                       psf_sigma_px=None if psf_sigma_nm is None else psf_sigma_nm / camera.pixel_size_nm)
         return localize_movie(localizer, frames, first_index=first_index)
 
 
 def localize_frames(frames: np.ndarray, camera: "CameraModel", checkpoint: str = "default",
                     backend_cfg: "BackendConfig | None" = None, p_threshold: float = 0.6,
                     candidate_threshold: float = 0.3, *, first_index: int = 0,
-                    batch_size: int = 0) -> np.ndarray:
+                    batch_size: int = 0, psf_sigma_nm: float | None = None) -> np.ndarray:
     """Open ``checkpoint`` on a backend and localize one movie (see :class:`OfflineLocalizer`)."""
     return OfflineLocalizer(checkpoint, backend_cfg, p_threshold, candidate_threshold).localize(
-        frames, camera, first_index=first_index, batch_size=batch_size)
+        frames, camera, first_index=first_index, batch_size=batch_size, psf_sigma_nm=psf_sigma_nm)
 

@@ -38,6 +38,7 @@ class RangeVerdict:
     spots: int
     trained: dict[str, list[float]]
     out_of_range: list[str] = field(default_factory=list)
+    psf_sigma_told_px: float | None = None  # what a conditioned model was told (psf.sigma_nm / pixel size)
 
     @property
     def ok(self) -> bool:
@@ -86,8 +87,13 @@ def measure(photons: np.ndarray, max_spots: int = 60) -> tuple[float, float | No
     return bg, float(np.median(fits["sigma_px"])), float(np.median(fits["photons"])), len(fits)
 
 
-def check(photons: np.ndarray, meta: Any) -> RangeVerdict:
-    """The verdict for frames in photons against ``meta``'s training ranges; warns once per quantity."""
+TOLD_SIGMA_TOLERANCE = 0.15
+"""A conditioned model told a PSF σ more than this fraction away from the movie's measured σ is warned about."""
+
+
+def check(photons: np.ndarray, meta: Any, told_sigma_px: float | None = None) -> RangeVerdict:
+    """The verdict for frames in photons against ``meta``'s training ranges; warns once per quantity.
+    ``told_sigma_px``: the PSF σ a conditioned model is given, checked against the measured one."""
     bg, sigma, bright, n_spots = measure(photons)
     ranges = trained_ranges(meta)
     measured = {"background_photons": bg, "psf_sigma_px": sigma, "spot_photons": bright}
@@ -106,4 +112,10 @@ def check(photons: np.ndarray, meta: Any) -> RangeVerdict:
             log.warning("the movie's %s is %.3g %s, outside the %.3g–%.3g %s this model was trained on: expect "
                         "false or missed detections; use a model for this camera (rtsmlm train with a config "
                         "describing it, or the broad model: --model broad_2d)", what, value, unit, lo, hi, unit)
-    return RangeVerdict(len(photons), bg, sigma, bright, n_spots, ranges, out)
+    told = told_sigma_px if "psf_sigma" in getattr(meta.scales, "conditioning", ()) else None
+    if told is not None and sigma is not None and abs(sigma / told - 1.0) > TOLD_SIGMA_TOLERANCE:
+        out.append("psf_sigma_told")
+        log.warning("the movie's PSF sigma is %.2f px but the model is told %.2f px (psf.sigma_nm): it will look "
+                    "for spots of the wrong size; measure the PSF with `rtsmlm calibrate movie.tif` and run with "
+                    "its config", sigma, told)
+    return RangeVerdict(len(photons), bg, sigma, bright, n_spots, ranges, out, told)

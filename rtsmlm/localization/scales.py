@@ -29,6 +29,14 @@ class Scales:
     bg_scale: float
     z_scale: float
     input_transform: str = "linear"
+    # Extra input channels of every frame (rtsmlm.localization.conditioning.CHANNELS): what the model is
+    # told about the PSF and the camera. Empty for a model that sees only the frames.
+    conditioning: tuple[str, ...] = ()
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of one frame: the photons plus the conditioning maps."""
+        return 1 + len(self.conditioning)
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Scales":
@@ -39,7 +47,7 @@ class Scales:
             input_scale = max(t.bg_max, 1.0)
         return cls(input_scale=float(input_scale), photon_scale=1.2 * t.photons_max,
                    bg_scale=2.0 * t.bg_max, z_scale=max(cfg.psf.z_range_nm, 1.0),
-                   input_transform=t.input_transform)
+                   input_transform=t.input_transform, conditioning=_conditioning(t.conditioning))
 
     def network_input(self, photons):
         """Photons per pixel (numpy array or torch tensor) → the network's input, same type."""
@@ -48,3 +56,9 @@ class Scales:
                 return (2.0 * np.sqrt(np.maximum(photons, 0.0) + 0.375) - _ANSCOMBE_ZERO) / self.input_scale
             return (2.0 * (photons.clamp(min=0.0) + 0.375).sqrt() - _ANSCOMBE_ZERO) / self.input_scale
         return photons / self.input_scale
+
+
+def _conditioning(name: str) -> tuple[str, ...]:
+    from rtsmlm.localization.conditioning import SETS
+
+    return SETS[name]

@@ -54,11 +54,12 @@ class TilePlan:
         return len(self.tiles)
 
     def split(self, frames: torch.Tensor) -> torch.Tensor:
-        """``(N, H, W)`` frames -> ``(N * n_tiles, 1, tile_h, tile_w)`` padded tiles, frame-major."""
+        """``(N, H, W)`` frames -> ``(N * n_tiles, 1, tile_h, tile_w)`` padded tiles, frame-major;
+        ``(N, C, H, W)`` (frames with conditioning channels) -> ``(N * n_tiles, C, tile_h, tile_w)``."""
         if tuple(frames.shape[-2:]) != (self.height, self.width):
             raise ValueError(f"TilePlan for {self.height}x{self.width} frames got frames of shape "
                              f"{tuple(frames.shape)}.")
-        x = frames.unsqueeze(1)  # (N, 1, H, W)
+        x = frames if frames.ndim == 4 else frames.unsqueeze(1)  # (N, C, H, W)
         ph, pw = self.padded_height - self.height, self.padded_width - self.width
         if ph or pw:
             # Edge replication: the padding looks like more of the same background, not a dark border.
@@ -67,7 +68,7 @@ class TilePlan:
             return x
         th, tw = self.tile_height, self.tile_width
         tiles = [x[:, :, t.y0 : t.y0 + th, t.x0 : t.x0 + tw] for t in self.tiles]
-        return torch.stack(tiles, dim=1).reshape(-1, 1, th, tw)
+        return torch.stack(tiles, dim=1).reshape(-1, x.shape[1], th, tw)
 
     def stitch(self, maps: torch.Tensor) -> torch.Tensor:
         """``(B * n_tiles, C, tile_h, tile_w)`` tile outputs -> ``(B, C, height, width)`` frame outputs

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rtsmlm.core.config import Config
+from rtsmlm.localization import conditioning
 from rtsmlm.localization.scales import Scales
 from rtsmlm.sim.camera import camera_from_config, emccd, scmos_random_maps
 from rtsmlm.sim.psf import GaussianPSF, psf_from_config
@@ -25,7 +26,7 @@ EDGE_MARGIN_PX = 3.0
 
 @dataclass
 class Batch:
-    frames: np.ndarray  # (B, T, P, P) float32 network input (photons / input_scale)
+    frames: np.ndarray  # (B, T, P, P) float32 network input; (B, T, C, P, P) with conditioning channels
     em_xyzn: np.ndarray  # (B, M, 4) float32: x, y (px), z / z_scale, photons / photon_scale
     em_mask: np.ndarray  # (B, M) bool
     bg: np.ndarray  # (B, P, P) float32 background / bg_scale (central frame)
@@ -98,7 +99,8 @@ class TrainingSimulator:
         return x, y, z, start, dur, bright
 
     def sample(self):
-        """One window: (T, P, P) float32 input, central-frame emitters (n, 4), background (P, P)."""
+        """One window: (T, P, P) float32 input ((T, C, P, P) with conditioning channels), central-frame
+        emitters (n, 4), background (P, P)."""
         t, rng, P, T = self.cfg.train, self.rng, self.P, self.T
         if t.broad:
             # Sparse fields more often than dense ones (mean a third of the range): every density is
@@ -141,6 +143,11 @@ class TrainingSimulator:
                     inside &= snr >= t.min_target_snr
                 target = np.column_stack([xs[inside], ys[inside], zs[inside] / self.scales.z_scale,
                                           photons[inside] / self.scales.photon_scale]).astype(np.float32)
+        if self.scales.conditioning:
+            # The PSF and camera of this sample, as the localizer tells them to the model from a run's config.
+            cond = conditioning.channels(self.scales.conditioning, sigma_px=psf.sigma_px, camera=camera,
+                                         shape=(P, P))
+            frames = np.concatenate([frames[:, None], np.broadcast_to(cond, (T, *cond.shape))], axis=1)
         return frames, target, (bg / self.scales.bg_scale).astype(np.float32)
 
     def batch(self, size: int) -> Batch:

@@ -145,6 +145,30 @@ def validate(model, val: Batch, scales: Scales, pixel_size_nm: float, is_3d: boo
             "n_pred": m["n_pred"], "n_true": m["n_true"]}
 
 
+def _conditioning_of(scales: Scales, wanted: str) -> dict:
+    """A conditioned initial model stays conditioned (its first layer expects the channels)."""
+    from rtsmlm.localization.conditioning import SETS
+
+    for name, chans in SETS.items():
+        if chans and chans == scales.conditioning:
+            return {"conditioning": name}
+    return {"conditioning": wanted}
+
+
+def _widen_input(init_state: dict, target_state: dict) -> dict:
+    """``init_state`` with its first convolution given zero weights for input channels the target model
+    has and the initial model lacks (conditioning added in a fine-tune)."""
+    state = dict(init_state)
+    for name, target in target_state.items():
+        w = state.get(name)
+        if w is not None and w.ndim == 4 and target.ndim == 4 and w.shape[1] < target.shape[1] \
+                and w.shape[0] == target.shape[0] and w.shape[2:] == target.shape[2:]:
+            wider = target.new_zeros(target.shape)
+            wider[:, : w.shape[1]] = w
+            state[name] = wider
+    return state
+
+
 @contextmanager
 def _ieee_floats():
     """Restore IEEE subnormals for the duration: with flush-to-zero set (torch.set_flush_denormal),
@@ -180,7 +204,8 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
         # The architecture is the initial model's; the input transform too (its first layer expects it).
         cfg = replace_config(cfg, train={**to_dict(cfg.train), "width": init_meta.width, "depth": init_meta.depth,
                                          "window": init_meta.window,
-                                         "input_transform": init_meta.scales.input_transform})
+                                         "input_transform": init_meta.scales.input_transform,
+                                         **_conditioning_of(init_meta.scales, cfg.train.conditioning)})
     t = cfg.train
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -194,13 +219,21 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
     torch.manual_seed(t.seed)
     is_3d = cfg.psf.model != "gaussian"
     device = train_device(cfg)
-    model = DecodeNet(window=t.window, width=t.width, depth=t.depth)
+    scales = init_meta.scales if init_meta is not None else None
+    if scales is not None and t.conditioning != "none" and not scales.conditioning:
+        # Conditioning added to an unconditioned model: its photon channel keeps its weights, the new
+        # channels start at zero weight (the model's outputs are unchanged at step 0) and are learned.
+        from dataclasses import replace as replace_scales
+
+        scales = replace_scales(scales, conditioning=Scales.from_config(cfg).conditioning)
+    in_channels = (scales or Scales.from_config(cfg)).in_channels
+    model = DecodeNet(window=t.window, width=t.width, depth=t.depth, in_channels=in_channels)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=1e-5)
     # Step decay as DECODE: the rate drops 10× over the run in two steps.
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.6 * t.steps), int(0.85 * t.steps)], 0.3)
     step, best = 0, -np.inf
     if init_state is not None:
-        model.load_state_dict(init_state)
+        model.load_state_dict(_widen_input(init_state, model.state_dict()))
     if resume and state_path.exists():
         st = torch.load(state_path, weights_only=True, map_location="cpu")
         model.load_state_dict(st["model"])
@@ -220,7 +253,6 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
         print(f"training on {torch.cuda.get_device_name()} ({'bf16 autocast' if amp else 'fp32'}), "
               f"{workers} simulation worker process(es)", flush=True)
 
-    scales = init_meta.scales if init_meta is not None else None
     sim = TrainingSimulator(cfg, t.seed, scales=scales)
     val = TrainingSimulator(cfg, t.seed + 1_000_003, scales=scales).batch(t.val_samples)
     meta_base = dict(width=t.width, depth=t.depth, window=t.window,

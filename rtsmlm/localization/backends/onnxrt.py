@@ -45,6 +45,7 @@ class OnnxRuntimeBackend:
                                "(pip install 'rtsmlm[onnx]').") from None
         self.exported = exported or cached_onnx(model, model_hash, cache_dir, "fp32")
         self.window = model.window
+        self.in_channels = model.in_channels
         self.feature_channels = model.width
         self.size_multiple = model.size_multiple
         self.threads = threads
@@ -60,7 +61,7 @@ class OnnxRuntimeBackend:
         self._decoder = ort.InferenceSession(str(self.exported.decoder), opts, providers=providers)
 
     def warmup(self, height: int, width: int, encode_batch: int, decode_batch: int) -> None:
-        feats = self.encode(torch.zeros(encode_batch, 1, height, width))
+        feats = self.encode(torch.zeros(encode_batch, self.in_channels, height, width))
         self.decode(torch.zeros(decode_batch, self.window * self.feature_channels, height, width,
                                 dtype=feats.dtype))
 

@@ -41,6 +41,8 @@ class Backend(Protocol):
     """'fp32', 'fp16' or 'bf16': the arithmetic precision of the network."""
     window: int
     """Frames per window (odd); the outputs refer to the central frame."""
+    in_channels: int
+    """Channels of one frame's network input: 1 (photons), or 1 + the model's conditioning maps."""
     feature_channels: int
     """Channels of one frame's features (the network's width)."""
     size_multiple: int
@@ -55,7 +57,8 @@ class Backend(Protocol):
         returns them as a tensor on :attr:`device` (pinned, asynchronous copies on CUDA)."""
 
     def encode(self, frames: "torch.Tensor") -> "torch.Tensor":
-        """Called once per frame batch: network input ``(N, 1, H, W)`` float32 (photons / input scale) on
+        """Called once per frame batch: network input ``(N, in_channels, H, W)`` float32 (transformed photons, then
+        any conditioning maps) on
         :attr:`device` -> features ``(N, feature_channels, H, W)``; the result must stay valid (it is
         cached by the localizer until the windows needing it are decoded)."""
 

@@ -263,6 +263,7 @@ class TensorRTBackend:
         self._dev = torch.device(device)
         self.precision = precision
         self.window = model.window
+        self.in_channels = model.in_channels
         self.feature_channels = model.width
         self.size_multiple = model.size_multiple
         self.threads = 0
@@ -318,11 +319,11 @@ class TensorRTBackend:
 
     def warmup(self, height: int, width: int, encode_batch: int, decode_batch: int) -> None:
         c = self.feature_channels
-        self._engines["encoder"] = self._load_or_build("encoder", rounded_range(1, height, width, encode_batch,
+        self._engines["encoder"] = self._load_or_build("encoder", rounded_range(self.in_channels, height, width, encode_batch,
                                                                                 self.size_multiple))
         self._engines["decoder"] = self._load_or_build(
             "decoder", rounded_range(self.window * c, height, width, decode_batch, self.size_multiple))
-        feats = self.encode(torch.zeros(encode_batch, 1, height, width, device=self._dev))
+        feats = self.encode(torch.zeros(encode_batch, self.in_channels, height, width, device=self._dev))
         self.decode(torch.zeros(decode_batch, self.window * c, height, width, device=self._dev, dtype=feats.dtype))
         torch.cuda.synchronize(self._dev)
 

@@ -171,6 +171,7 @@ class TorchBackend:
         self.precision = precision
         self.fp32_heads = fp32_heads and dev.type == "cpu" and precision == "bf16"
         self.window = model.window
+        self.in_channels = model.in_channels
         self.feature_channels = model.width
         self.size_multiple = model.size_multiple
         self.n_parameters = parameter_count(model)
@@ -260,7 +261,7 @@ class TorchBackend:
 
     def warmup(self, height: int, width: int, encode_batch: int, decode_batch: int) -> None:
         """Run both halves once at the streaming shapes; on CUDA capture a graph for each of them."""
-        enc_in = torch.zeros(encode_batch, 1, height, width, device=self._dev)
+        enc_in = torch.zeros(encode_batch, self.in_channels, height, width, device=self._dev)
         feats = self.encode(enc_in)
         dec_in = torch.zeros(decode_batch, self.window * self.feature_channels, height, width,
                              device=self._dev, dtype=feats.dtype)
