@@ -100,7 +100,7 @@ class Movie:
     density: float  # emitters per µm² per frame (simulator setting)
     bg_photons: float  # per pixel
     psf_sigma_nm: float
-    excess_noise: float  # 2 for an EMCCD with EM gain, 1 otherwise
+    excess_noise: float  # (2 for an EMCCD with EM gain, 1 otherwise) / QE
 
     @property
     def pixel_size_nm(self) -> float:
@@ -115,8 +115,9 @@ def simulate_movie(cfg: rconfig.Config, name: str, n_frames: int) -> Movie:
     frames, truth = sim.movie(n_frames)
     camera = sim.camera
     emccd = camera.model == "emccd" and camera.em_gain > 1.0
+    # Photons are detected with probability QE: in photon units the shot noise is 1/QE times stronger.
     return Movie(name, frames, truth, camera, sim.seed, cfg.sim.density, cfg.sim.bg_photons,
-                 cfg.psf.sigma_nm, 2.0 if emccd else 1.0)
+                 cfg.psf.sigma_nm, (2.0 if emccd else 1.0) / camera.qe)
 
 
 def sim_config(base: rconfig.Config, *, seed: int, size: int, density: float, bg: float) -> rconfig.Config:
@@ -289,7 +290,16 @@ def open_model(checkpoint: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig
     """An OfflineLocalizer for ``checkpoint`` with the config's detection thresholds."""
     from rtsmlm.localization.offline import OfflineLocalizer
 
-    return OfflineLocalizer(checkpoint, backend_cfg, model_cfg.p_threshold, model_cfg.candidate_threshold)
+    return OfflineLocalizer(checkpoint, backend_cfg, model_cfg.p_threshold, model_cfg.candidate_threshold,
+                            model_cfg.refine)
+
+
+def open_model_spec(spec: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig) -> tuple[str, Any]:
+    """(label, OfflineLocalizer) of a benchmark's model spec: a shipped name or checkpoint path, optionally
+    ``+mle`` / ``+fuse`` for that refinement (model.refine). The label is the checkpoint's file name."""
+    path, _, refine = spec.partition("+")
+    label = (Path(path).name if "/" in path else path) + ("+" + refine if refine else "")
+    return label, open_model(path, backend_cfg, rconfig.replace(model_cfg, refine=refine or "off"))
 
 
 def picasso_available() -> str | None:

@@ -1,6 +1,6 @@
 """Accuracy across cameras no shipped model was trained for: the generality matrix.
 
-Run: python benchmarks/bench_cameras.py [--models default,broad_2d] [--frames 100] [--size 64]
+Run: python benchmarks/bench_cameras.py [--models default,broad_2d,broad_2d+fuse] [--frames 100] [--size 64]
                                         [--densities 0.1,1,3] [--no-picasso] [--no-storm] [--json out.json]
 
 Six simulated cameras (EMCCD and sCMOS with per-pixel maps; pixel 65–160 nm; PSF σ 90–180 nm; background
@@ -70,7 +70,8 @@ def main() -> None:
     densities = [float(d) for d in args.densities.split(",")]
     base = rconfig.load(None)
     backend_cfg = rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
-    localizers = {m: acc.open_model(m, backend_cfg, base.model) for m in models}
+    localizers = dict(acc.open_model_spec(m, backend_cfg, base.model) for m in models)  # MODEL[+mle|+fuse]
+    models = list(localizers)
     picasso = None if args.no_picasso else acc.picasso_available()
     use_picasso = not args.no_picasso and picasso is None
     print(f"load average {os.getloadavg()[0]:.1f}; {args.frames} frames of {args.size}² per cell; "

@@ -119,7 +119,7 @@ def _localizer(cfg: Config, camera: Any, shape: tuple[int, int]) -> Any:
         loc = StreamingLocalizer(backend, meta, camera, shape, cfg.model.p_threshold, cfg.model.candidate_threshold,
                                  max_batch=cfg.pipeline.max_batch, split_threshold=cfg.model.split_threshold,
                                  memory_bytes=int(cfg.pipeline.memory_mb * 2**20 * 3 / 4),
-                                 psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm)
+                                 psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm, refine=cfg.model.refine)
         while len(_LOCALIZERS) >= 2:
             _LOCALIZERS.pop(next(iter(_LOCALIZERS)))
         _LOCALIZERS[key] = loc

@@ -134,6 +134,10 @@ class ModelConfig:
     p_threshold: float = _f(0.6, range=(0.0, 1.0))
     candidate_threshold: float = _f(0.3, range=(0.0, 1.0))
     split_threshold: float = _f(0.6, range=(0.0, 1.0))
+    refine: str = _f("off", choices=("off", "mle", "fuse"),
+                     doc="isolated localizations refined by a maximum-likelihood fit of the PSF (psf.sigma_nm) to "
+                         "the frame (2D models): mle = the fit's position (emitters on for one frame), fuse = its "
+                         "inverse-variance mean with the network's (keeps the neighbouring frames' help)")
 
 
 @dataclass(frozen=True)

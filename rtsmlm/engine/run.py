@@ -135,7 +135,8 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
                                        cfg.model.candidate_threshold, max_batch=cfg.pipeline.max_batch,
                                        split_threshold=cfg.model.split_threshold,
                                        memory_bytes=int(cfg.pipeline.memory_mb * 2**20 * 3 / 4),
-                                       psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm)
+                                       psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm,
+                                       refine=cfg.model.refine)
         backend_info = backend.describe()
         is_3d = is_3d or (meta.psf or {}).get("model", "gaussian") != "gaussian"  # a 3D model writes z
         model_info = {"checkpoint": cfg.model.checkpoint, "step": meta.step, "width": meta.width,

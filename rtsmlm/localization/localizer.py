@@ -55,7 +55,9 @@ class StreamingLocalizer:
         max_batch: upper bound of the automatic batch size.
         memory_bytes: the run's memory budget for the localizer (None: only the free memory counts).
         psf_sigma_px: the PSF σ in camera pixels (``psf.sigma_nm`` / pixel size): required by a model
-            conditioned on it (:mod:`rtsmlm.localization.conditioning`), ignored by others.
+            conditioned on it (:mod:`rtsmlm.localization.conditioning`) and by ``refine="mle"``.
+        refine: "off", "mle" or "fuse": isolated localizations are refined by a maximum-likelihood fit of
+            the PSF (:mod:`rtsmlm.localization.refine`; 2D Gaussian PSF models).
         maps_sink: optional callable receiving each batch of stitched output maps ``(B, 10, H, W)`` (a
             torch tensor on the backend's device) and the list of their frame indices, before
             post-processing (to save or display the maps, or to test the network path).
@@ -67,7 +69,7 @@ class StreamingLocalizer:
     def __init__(self, backend: Backend, meta: ModelMeta, camera: CameraModel, frame_shape: tuple[int, int],
                  p_threshold: float, candidate_threshold: float, *, batch_size: int = 0, tile: int | None = None,
                  margin: int | None = None, max_batch: int = 16, split_threshold: float = 0.6,
-                 memory_bytes: int | None = None, psf_sigma_px: float | None = None,
+                 memory_bytes: int | None = None, psf_sigma_px: float | None = None, refine: str = "off",
                  maps_sink: Callable[[torch.Tensor, list[int]], None] | None = None) -> None:
         height, width = (int(v) for v in frame_shape)
         if backend.window != meta.window:
@@ -101,6 +103,9 @@ class StreamingLocalizer:
         self._offset, self._scale = self._input_transform(camera)
         self._psf_sigma_px = psf_sigma_px
         self._conditioning = self._conditioning_maps(camera, psf_sigma_px)
+        self._refiner = self._make_refiner(refine, camera, psf_sigma_px)
+        # Frames in photons by index, kept from encoding until their window is decoded (refinement fits them).
+        self._photon_frames: dict[int, torch.Tensor] = {}
         k = self.plan.n_tiles
         # Tiles per backend call: a 4096² frame cut into 49 tiles must not run them all at once (tens of
         # GB of activations); whole small frames keep their batch.
@@ -167,6 +172,19 @@ class StreamingLocalizer:
         log.info("model conditioned on %s: PSF sigma %.2f px, %s noise", ", ".join(names), psf_sigma_px or 0.0,
                  camera.model)
         return torch.as_tensor(maps, device=self.backend.device)
+
+    def _make_refiner(self, refine: str, camera: CameraModel, psf_sigma_px: float | None):
+        if refine == "off":
+            return None
+        from rtsmlm.localization.refine import MODES, MLERefiner
+
+        if refine not in MODES:
+            raise ValueError(f"model.refine = {refine!r}; allowed: 'off', {', '.join(repr(m) for m in MODES)}")
+        if (self.meta.psf or {}).get("model", "gaussian") != "gaussian":
+            raise ValueError(f"model.refine = {refine!r} fits a 2D Gaussian PSF; this is a 3D model: use refine = 'off'")
+        if psf_sigma_px is None:
+            raise ValueError(f"model.refine = {refine!r} needs the PSF width: give psf.sigma_nm")
+        return MLERefiner(psf_sigma_px, camera, self.frame_shape, device=self.backend.device, mode=refine)
 
     # -- streaming -----------------------------------------------------------------------------------
 
@@ -243,6 +261,7 @@ class StreamingLocalizer:
         dropped: call finish first. ``check_range`` True judges the next frames' range anew (a new movie),
         False skips the check, None keeps the verdict and the setting."""
         self._feats, self._rows, self._last_pushed = None, [], None
+        self._photon_frames.clear()
         if check_range is not None:
             self.check_range = check_range
             self.range_verdict, self._guard_frames = None, []
@@ -293,7 +312,11 @@ class StreamingLocalizer:
     def _encode(self, frames: np.ndarray, indices: list[int]) -> torch.Tensor:
         frames = self._contain_nonfinite(frames, indices)
         raw = self.backend.upload(frames)
-        x = self.meta.scales.network_input((raw.to(torch.float32) - self._offset) * self._scale)
+        photons = (raw.to(torch.float32) - self._offset) * self._scale
+        if self._refiner is not None:
+            for k, index in enumerate(indices):
+                self._photon_frames[index] = photons[k]
+        x = self.meta.scales.network_input(photons)
         if self._conditioning is not None:  # (n, H, W) -> (n, 1 + C, H, W)
             x = torch.cat([x.unsqueeze(1), self._conditioning.expand(len(x), *self._conditioning.shape)], dim=1)
         feats = self._in_chunks(self.backend.encode, self.plan.split(x))
@@ -332,7 +355,12 @@ class StreamingLocalizer:
             centres = self._rows[start + half : start + half + n]
             if self.maps_sink is not None:
                 self.maps_sink(maps, centres)
-            out.append(self.postprocessor(maps, centres))
+            locs = self.postprocessor(maps, centres)
+            if self._refiner is not None:
+                locs = self._refiner(locs, torch.stack([self._photon_frames[c] for c in centres]), centres)
+                for c in centres:
+                    self._photon_frames.pop(c, None)
+            out.append(locs)
             self.last_done = centres[-1]
             self.frames_done += n
         if n_ready > 0:

@@ -27,19 +27,20 @@ class OfflineLocalizer:
     Args:
         checkpoint: 'default' (the shipped model) or a checkpoint path prefix.
         backend_cfg: which engine runs it (None = the config default, 'auto').
-        p_threshold, candidate_threshold: as ``[model]`` in config.toml.
+        p_threshold, candidate_threshold, refine: as ``[model]`` in config.toml.
 
     Call :meth:`localize` once per movie, from one thread.
     """
 
     def __init__(self, checkpoint: str = "default", backend_cfg: "BackendConfig | None" = None,
-                 p_threshold: float = 0.6, candidate_threshold: float = 0.3) -> None:
+                 p_threshold: float = 0.6, candidate_threshold: float = 0.3, refine: str = "off") -> None:
         from rtsmlm.core.config import BackendConfig
         from rtsmlm.localization.backends import open_backend
 
         self.checkpoint = checkpoint
         self.p_threshold = p_threshold
         self.candidate_threshold = candidate_threshold
+        self.refine = refine
         self.backend, self.meta = open_backend(backend_cfg if backend_cfg is not None else BackendConfig(),
                                                checkpoint)
 
@@ -65,7 +66,7 @@ class OfflineLocalizer:
             raise ValueError(f"localize() expects a movie of shape (n, height, width), got {frames.shape}.")
         check_compatible(self.meta, camera.describe(), f"checkpoint {self.checkpoint!r} on this movie")
         localizer = StreamingLocalizer(self.backend, self.meta, camera, frames.shape[1:], self.p_threshold,
-                                       self.candidate_threshold, batch_size=batch_size,
+                                       self.candidate_threshold, batch_size=batch_size, refine=self.refine,
                                        psf_sigma_px=None if psf_sigma_nm is None else psf_sigma_nm / camera.pixel_size_nm)
         return localize_movie(localizer, frames, first_index=first_index)
 

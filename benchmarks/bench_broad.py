@@ -1,0 +1,211 @@
+"""Issue 14's precision and close-pair figures for one or more models, beside Picasso, in one run.
+
+Run: python benchmarks/bench_broad.py --models broad_2d[,broad_2d+mle,PATH…] [--sections crlb pairs dense]
+                                      [--frames 1000] [--no-picasso] [--json out.json]
+
+(The camera matrix — six unseen cameras × densities — is ``benchmarks/bench_cameras.py --models …``.)
+
+1. ``crlb`` — precision against the Cramér–Rao bound on **single-frame emitters** (on for one frame only,
+   not visible in either neighbour: no temporal help), isolated (0.1 emitters/µm², and no other true emitter
+   within 6 px in the frame), at least 4 px from the edges, for both noise models: the default EMCCD (EM gain 100, excess-noise factor 2) and an sCMOS
+   (rtsmlm's preset, per-pixel maps), 100 nm pixels, σ 130 nm, background 20 and 100 photons/px,
+   brightness 3000 ± 2500 photons (clipped ≥ 1). Per photon bin (edges 500…20,000): per-axis RMSE / √CRLB
+   (Fisher bound, Mortensen Eq. 6, with the camera's excess noise). Target ≤ 1.1 in every bin ≥ 500.
+2. ``pairs`` — recall by the distance of each true emitter to its nearest neighbour in the same frame
+   (< 1 px, 1–2 px, 2–3 px, ≥ 3 px and all), 1 emitter/µm², EMCCD, background 50. Target ≥ 0.8 at 1–2 px.
+3. ``dense`` — Jaccard over all true emitters at 3 and 6 emitters/µm² (EMCCD, background 50): each model
+   against Picasso MLE (net-gradient threshold chosen by a scan on a separate movie). Target: + 0.2.
+
+Matching: 250 nm tolerance, all true emitters (rtsmlm.analysis.metrics.match). Models run with the
+movie's camera and PSF σ in their config (what ``rtsmlm calibrate`` writes), torch fp32, one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_accuracy as acc  # noqa: E402  (simulation, scoring, CRLB rows and Picasso helpers)
+
+from rtsmlm.core import config as rconfig  # noqa: E402
+from rtsmlm.core.jsonio import to_jsonable  # noqa: E402
+from rtsmlm.sim.camera import SCMOS_PRESET  # noqa: E402
+
+CRLB_EDGES = (500.0, 1000.0, 2000.0, 4000.0, 8000.0, 20000.0)
+PAIR_BINS_PX = (0.0, 1.0, 2.0, 3.0, math.inf)
+TARGET_CRLB = 1.1
+ISOLATION_PX = 6.0
+TARGET_PAIR_RECALL = 0.8
+TARGET_DENSE_MARGIN = 0.2
+
+
+def movie_config(*, camera: str, seed: int, size: int, density: float, bg: float, single_frame: bool,
+                 photons: tuple[float, float] = (2500.0, 1000.0)) -> rconfig.Config:
+    cam = dict(SCMOS_PRESET) if camera == "scmos" else {"model": "emccd"}
+    sim = {"seed": seed, "size": size, "density": density, "bg_photons": bg, "photons_mean": photons[0],
+           "photons_sigma": photons[1]}
+    if single_frame:
+        sim["mean_on_frames"] = 0.7  # most blinks within one frame; the mask keeps those seen in one frame only
+    return rconfig.from_dict({"camera": cam, "psf": {"sigma_nm": 130.0}, "sim": sim})
+
+
+def crlb_section(localizers: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    print("\n1. Precision of single-frame isolated emitters: per-axis RMSE / √CRLB (Fisher) per photon bin "
+          f"(target ≤ {TARGET_CRLB})")
+    bins = [f"{lo / 1000:g}–{hi / 1000:g}k" for lo, hi in zip(CRLB_EDGES[:-1], CRLB_EDGES[1:])]
+    print(f"{'camera, bg':18s} {'model':16s} {'JI all':>7s} " + " ".join(f"{b:>12s}" for b in bins))
+    out = []
+    for k, (camera, bg) in enumerate((("emccd", 20.0), ("emccd", 100.0), ("scmos", 20.0), ("scmos", 100.0))):
+        cfg = movie_config(camera=camera, seed=31000 + k, size=args.size, density=0.1, bg=bg, single_frame=True,
+                           photons=(3000.0, 2500.0))
+        movie = acc.simulate_movie(cfg, f"{camera} bg {bg:g}", args.frames)
+        for label, loc in localizers.items():
+            pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
+            s, m_all, _ = acc.score(pred, movie.truth, 250.0, None)
+            rows = crlb_table(m_all, movie)
+            cells = [f"{r['ratio_fisher']:.2f} (n{r['n']})" if r["n"] else "—" for r in rows]
+            print(f"{camera + ', ' + format(bg, 'g'):18s} {label[:16]:16s} {s['all']['jaccard']:7.3f} "
+                  + " ".join(f"{c:>12s}" for c in cells), flush=True)
+            worst = max((r["ratio_fisher"] for r in rows if r["n"] >= 20), default=math.nan)
+            out.append({"camera": camera, "bg": bg, "model": label, "jaccard": s["all"]["jaccard"], "rows": rows,
+                        "worst_ratio_bins_n_ge_20": worst, "met": bool(worst <= TARGET_CRLB)})
+    return out
+
+
+def crlb_table(m_all: Any, movie: Any) -> list[dict[str, Any]]:
+    """Per photon bin: per-axis RMSE / √CRLB of the matched single-frame emitters that are isolated (no
+    other true emitter within ``ISOLATION_PX`` in the frame) and ≥ 4 px from the edges."""
+    from rtsmlm.analysis.metrics import precision_vs_crlb
+
+    truth = movie.truth
+    keep = (acc.interior_mask(truth, movie.frames.shape[1:], movie.pixel_size_nm, 4.0)
+            & acc.single_frame_mask(truth) & (nearest_neighbour_px(truth, movie.pixel_size_nm) >= ISOLATION_PX))
+    rows = precision_vs_crlb(acc.restrict_match(m_all, keep), truth["photons"][keep], movie.bg_photons,
+                             movie.psf_sigma_nm, movie.pixel_size_nm, movie.excess_noise, bins=list(CRLB_EDGES))
+    return rows or [{"n": 0, "ratio_fisher": math.nan}] * (len(CRLB_EDGES) - 1)
+
+
+def nearest_neighbour_px(truth: np.ndarray, pixel_nm: float) -> np.ndarray:
+    """Distance (px) of every true emitter to the nearest other true emitter in the same frame (inf if alone)."""
+    from scipy.spatial import cKDTree
+
+    pts = np.column_stack([truth["x"], truth["y"], np.asarray(truth["frame"], np.float64) * 1e9])
+    if len(pts) < 2:
+        return np.full(len(pts), np.inf)
+    d, _ = cKDTree(pts).query(pts, k=2)
+    nn = d[:, 1] / pixel_nm
+    nn[nn > 1e6] = np.inf
+    return nn
+
+
+def recall_by_distance(pred: np.ndarray, truth: np.ndarray, pixel_nm: float) -> list[dict[str, Any]]:
+    from rtsmlm.analysis.metrics import match
+
+    m = match(pred, truth, tolerance_nm=250.0)
+    found = np.zeros(len(truth), bool)
+    found[m.truth_index] = True
+    nn = nearest_neighbour_px(truth, pixel_nm)
+    rows = []
+    for lo, hi in zip(PAIR_BINS_PX[:-1], PAIR_BINS_PX[1:]):
+        sel = (nn >= lo) & (nn < hi)
+        rows.append({"lo_px": lo, "hi_px": hi, "n": int(sel.sum()),
+                     "recall": float(found[sel].mean()) if sel.any() else math.nan})
+    rows.append({"lo_px": 0.0, "hi_px": math.inf, "n": len(truth),
+                 "recall": float(found.mean()) if len(truth) else math.nan})
+    return rows
+
+
+def _picasso(movie: Any, tune_cfg: rconfig.Config, frames: int) -> np.ndarray:
+    tune = acc.simulate_movie(tune_cfg, "tune", frames)
+    ng, _ = acc.tune_picasso(tune, 250.0, 0.0, 7)
+    return acc.run_picasso(movie.frames, movie.camera, ng)
+
+
+def pairs_section(localizers: dict[str, Any], args: argparse.Namespace, use_picasso: bool) -> list[dict[str, Any]]:
+    print(f"\n2. Recall by nearest-neighbour distance, 1 emitter/µm², EMCCD, bg 50 (target ≥ {TARGET_PAIR_RECALL} "
+          "at 1–2 px)")
+    heads = ["<1 px", "1–2 px", "2–3 px", "≥3 px", "all"]
+    print(f"{'model':16s} " + " ".join(f"{h:>14s}" for h in heads))
+    cfg = movie_config(camera="emccd", seed=32000, size=args.size, density=1.0, bg=50.0, single_frame=False)
+    movie = acc.simulate_movie(cfg, "pairs", args.pair_frames)
+    preds = {label: acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)[0]
+             for label, loc in localizers.items()}
+    if use_picasso:
+        tune_cfg = movie_config(camera="emccd", seed=32500, size=args.size, density=1.0, bg=50.0, single_frame=False)
+        preds["picasso"] = _picasso(movie, tune_cfg, max(20, args.pair_frames // 3))
+    out = []
+    for label, pred in preds.items():
+        rows = recall_by_distance(pred, movie.truth, movie.pixel_size_nm)
+        print(f"{label[:16]:16s} " + " ".join(f"{r['recall']:.3f} (n{r['n']})".rjust(14) for r in rows), flush=True)
+        out.append({"model": label, "rows": rows, "met": bool(rows[1]["recall"] >= TARGET_PAIR_RECALL)})
+    return out
+
+
+def dense_section(localizers: dict[str, Any], args: argparse.Namespace, use_picasso: bool) -> list[dict[str, Any]]:
+    from rtsmlm.analysis.metrics import evaluate
+
+    print(f"\n3. High density, EMCCD, bg 50: Jaccard / lateral RMSE nm, all true emitters (target: Picasso + "
+          f"{TARGET_DENSE_MARGIN})")
+    out = []
+    for k, density in enumerate((3.0, 6.0)):
+        cfg = movie_config(camera="emccd", seed=33000 + k, size=args.size, density=density, bg=50.0, single_frame=False)
+        movie = acc.simulate_movie(cfg, f"dense {density:g}", args.dense_frames)
+        row: dict[str, Any] = {"density": density, "models": {}}
+        for label, loc in localizers.items():
+            pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
+            row["models"][label] = evaluate(pred, movie.truth, tolerance_nm=250.0)
+        if use_picasso:
+            tune_cfg = movie_config(camera="emccd", seed=33500 + k, size=args.size, density=density, bg=50.0,
+                                    single_frame=False)
+            row["models"]["picasso"] = evaluate(_picasso(movie, tune_cfg, max(20, args.dense_frames // 3)),
+                                                movie.truth, tolerance_nm=250.0)
+        print(f"{density:g}/µm²: " + "; ".join(f"{label} {m['jaccard']:.3f} / {m['rmse_lat_nm']:.1f}"
+                                                for label, m in row["models"].items()), flush=True)
+        out.append(row)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="broad_2d")
+    ap.add_argument("--sections", nargs="+", default=["crlb", "pairs", "dense"], choices=["crlb", "pairs", "dense"])
+    ap.add_argument("--frames", type=int, default=1000, help="frames per CRLB movie")
+    ap.add_argument("--pair-frames", type=int, default=300)
+    ap.add_argument("--dense-frames", type=int, default=100)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--no-picasso", action="store_true")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    base = rconfig.load(None)
+    backend_cfg = rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
+    localizers = dict(acc.open_model_spec(spec, backend_cfg, base.model) for spec in args.models.split(","))
+    why_not = None if args.no_picasso else acc.picasso_available()
+    use_picasso = not args.no_picasso and why_not is None
+    print(f"load average {os.getloadavg()[0]:.1f}; models {', '.join(localizers)}; Picasso: "
+          f"{'yes' if use_picasso else 'no (' + (why_not or '--no-picasso') + ')'}")
+    result: dict[str, Any] = {"models": args.models.split(","), "time": time.time()}
+    if "crlb" in args.sections:
+        result["crlb"] = crlb_section(localizers, args)
+    if "pairs" in args.sections:
+        result["pairs"] = pairs_section(localizers, args, use_picasso)
+    if "dense" in args.sections:
+        result["dense"] = dense_section(localizers, args, use_picasso)
+    if args.json:
+        args.json.write_text(json.dumps(to_jsonable(result), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""Maximum-likelihood refinement (model.refine): on isolated emitters of simulated EMCCD and sCMOS frames it
+reaches the Cramér–Rao bound from a perturbed start and reports that bound as the uncertainty; crowded
+localizations and fits that run away keep the network's values; ``fuse`` weighs the network's estimate by
+its σ; the localizer refines a real model's output and refuses a 3D model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rtsmlm.analysis.metrics import crlb_mle_lateral_nm
+from rtsmlm.core.config import BackendConfig, from_dict
+from rtsmlm.core.locs import LOC_DTYPE
+from rtsmlm.localization.refine import MLERefiner
+from rtsmlm.sim.camera import emccd, scmos_random_maps
+from rtsmlm.sim.psf import GaussianPSF
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SIGMA_PX = 1.3
+SHAPE = (48, 48)
+
+
+def _frames(camera, n_frames: int, photons: float, bg: float, seed: int):
+    """Frames in photons with 9 emitters each on a grid (12 px apart), random sub-pixel positions."""
+    rng = np.random.default_rng(seed)
+    psf = GaussianPSF(SIGMA_PX)
+    grid = np.arange(9.0, 40.0, 12.0)
+    gx, gy = np.meshgrid(grid, grid)
+    truth, frames = [], []
+    for f in range(n_frames):
+        x = gx.ravel() + rng.uniform(0, 1, gx.size)
+        y = gy.ravel() + rng.uniform(0, 1, gy.size)
+        img = psf.render(x, y, np.zeros(len(x)), np.full(len(x), photons), SHAPE) + bg
+        frames.append(camera.to_photons(camera.expose(img, rng)))
+        truth += [(f, xi, yi) for xi, yi in zip(x, y)]
+    return np.stack(frames).astype(np.float32), np.array(truth)
+
+
+def _locs(truth: np.ndarray, start_error_px: float, photons: float, bg: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    locs = np.zeros(len(truth), LOC_DTYPE)
+    locs["frame"] = truth[:, 0]
+    locs["x"] = (truth[:, 1] + rng.uniform(-start_error_px, start_error_px, len(truth))) * 100.0
+    locs["y"] = (truth[:, 2] + rng.uniform(-start_error_px, start_error_px, len(truth))) * 100.0
+    locs["photons"], locs["bg"], locs["sigma_x"], locs["sigma_y"], locs["p"] = photons * 0.8, bg * 1.2, 20.0, 20.0, 0.9
+    return locs
+
+
+@pytest.mark.parametrize("kind", ["emccd", "scmos"])
+def test_fit_reaches_the_cramer_rao_bound_and_reports_it(kind) -> None:
+    camera = emccd(100.0) if kind == "emccd" else scmos_random_maps(SHAPE, seed=2, qe=0.8)
+    photons, bg = 2000.0, 40.0
+    frames, truth = _frames(camera, 40, photons, bg, seed=1)
+    locs = _locs(truth, 0.3, photons, bg, seed=2)
+    refiner = MLERefiner(SIGMA_PX, camera, SHAPE)
+    out = refiner(locs, torch.from_numpy(frames), list(range(len(frames))))
+    assert refiner.refined == len(locs)
+    err = np.concatenate([out["x"] / 100.0 - truth[:, 1], out["y"] / 100.0 - truth[:, 2]]) * 100.0
+    rmse_axis = float(np.sqrt(np.mean(err**2)))
+    excess = (2.0 if kind == "emccd" else 1.0) / camera.qe
+    bound = float(crlb_mle_lateral_nm(photons, bg, SIGMA_PX * 100.0, 100.0, excess_noise=excess))
+    assert rmse_axis <= 1.1 * bound, (rmse_axis, bound)  # 360 emitters: the estimate's spread is ~4 %
+    start = np.concatenate([locs["x"] / 100.0 - truth[:, 1], locs["y"] / 100.0 - truth[:, 2]]) * 100.0
+    assert rmse_axis < 0.5 * np.sqrt(np.mean(start**2))
+    assert np.median(out["sigma_x"]) == pytest.approx(bound, rel=0.15)  # the fit's CRLB, not the network's 20 nm
+    assert np.median(out["photons"]) == pytest.approx(photons, rel=0.05)
+    assert np.median(out["bg"]) == pytest.approx(bg, rel=0.1)
+
+
+def test_crowded_and_runaway_localizations_keep_the_networks_values() -> None:
+    camera = emccd(100.0)
+    frames, truth = _frames(camera, 2, 2000.0, 40.0, seed=3)
+    locs = _locs(truth, 0.0, 2000.0, 40.0, seed=4)
+    crowded = locs[:1].copy()
+    crowded["x"] += 150.0  # a second localization 1.5 px from the first: not isolated
+    runaway = locs[1:2].copy()
+    runaway["x"] += 250.0  # 2.5 px from its spot: the fit moves it back by more than MAX_SHIFT_PX
+    table = np.concatenate([locs[:1], crowded, runaway])
+    out = MLERefiner(SIGMA_PX, camera, SHAPE)(table, torch.from_numpy(frames), [0, 1])
+    np.testing.assert_array_equal(out[:2], table[:2])
+    assert out["x"][2] == runaway["x"][0]
+
+
+def test_fuse_weighs_the_network_by_its_own_sigma() -> None:
+    camera = emccd(100.0)
+    frames, truth = _frames(camera, 5, 2000.0, 40.0, seed=5)
+    locs = _locs(truth, 0.3, 2000.0, 40.0, seed=6)
+    fitted = MLERefiner(SIGMA_PX, camera, SHAPE, mode="mle")(locs, torch.from_numpy(frames), list(range(5)))
+    sure, unsure = locs.copy(), locs.copy()
+    sure["sigma_x"], unsure["sigma_x"] = 0.01, 1e4
+    fuse = MLERefiner(SIGMA_PX, camera, SHAPE, mode="fuse")
+    np.testing.assert_allclose(fuse(sure, torch.from_numpy(frames), list(range(5)))["x"], locs["x"], atol=0.01)
+    np.testing.assert_allclose(fuse(unsure, torch.from_numpy(frames), list(range(5)))["x"], fitted["x"], atol=0.01)
+    with pytest.raises(ValueError, match="refinement mode 'best'"):
+        MLERefiner(SIGMA_PX, camera, SHAPE, mode="best")
+
+
+def test_localizer_refines_a_real_models_output_and_refuses_a_3d_model() -> None:
+    from rtsmlm.localization.backends import open_backend
+    from rtsmlm.localization.localizer import StreamingLocalizer, localize_movie
+    from rtsmlm.sim import Simulator
+
+    sim = Simulator(from_dict({"sim": {"seed": 9, "size": 32, "density": 0.3}}))
+    movie, _ = sim.movie(12)
+    backend_cfg = BackendConfig(name="torch", device="cpu", precision="fp32", threads=1)
+    backend, meta = open_backend(backend_cfg, "default", jit=False)
+    tables = {}
+    for refine in ("off", "mle"):
+        loc = StreamingLocalizer(backend, meta, sim.camera, (32, 32), 0.6, 0.3, psf_sigma_px=1.3, refine=refine)
+        tables[refine] = localize_movie(loc, movie)
+    assert loc._refiner is not None and loc._refiner.refined > 0
+    off, mle = tables["off"], tables["mle"]
+    np.testing.assert_array_equal(off["frame"], mle["frame"])
+    np.testing.assert_array_equal(off["p"], mle["p"])
+    moved = np.hypot(off["x"] - mle["x"], off["y"] - mle["y"])
+    assert (moved > 0).sum() >= loc._refiner.refined * 0.9 and moved.max() <= 70.0 + 1e-3
+    backend3d, meta3d = open_backend(backend_cfg, "astig_3d", jit=False)
+    with pytest.raises(ValueError, match="fits a 2D Gaussian PSF; this is a 3D model"):
+        StreamingLocalizer(backend3d, meta3d, sim.camera, (32, 32), 0.6, 0.3, psf_sigma_px=1.3, refine="mle")
+    with pytest.raises(ValueError, match="needs the PSF width"):
+        StreamingLocalizer(backend, meta, sim.camera, (32, 32), 0.6, 0.3, refine="fuse")
