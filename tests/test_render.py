@@ -270,3 +270,48 @@ def test_a_3d_render_is_coloured_by_depth_with_a_colour_bar(tmp_path) -> None:
     import matplotlib.image
 
     assert matplotlib.image.imread(tmp_path / "z.png").shape[2] in (3, 4)
+
+
+def test_live_view_of_a_3d_run_is_coloured_by_depth_through_drift_redraws() -> None:
+    """The render listener of a run whose model gives z keeps depth maps beside the canvas — drawn, taken
+    back and redrawn with it when the drift estimate moves localizations — and the live view colours the
+    image by them: left half (z = −400 nm) blue-ish, right half (+400 nm) red-ish, with the z range shown."""
+    from rtsmlm.analysis.drift_stage import DriftListener
+    from rtsmlm.analysis.live_render import RenderListener
+    from rtsmlm.core import config
+    from rtsmlm.core.locs import LOC_DTYPE, LocBatch
+    from rtsmlm.gui.app import _depth_bar
+    from rtsmlm.gui.display import DisplayWorker
+
+    cfg = config.load(None, ["drift.block_frames=20", "drift.min_block_locs=200", "psf.z_range_nm=500"])
+    drift = DriftListener(cfg, None, (2000.0, 2000.0))
+    render = RenderListener(cfg, None, 100.0, (20, 20), drift.estimator)
+    rng = np.random.default_rng(1)
+    sites = np.column_stack([rng.uniform(100, 1900, 300), rng.uniform(100, 1900, 300)])
+    for k in range(10):  # 10 batches of 20 frames; a slow lateral drift the estimator follows
+        frames = np.repeat(np.arange(20 * k, 20 * k + 20), 40)
+        pick = rng.integers(0, len(sites), len(frames))
+        locs = np.zeros(len(frames), LOC_DTYPE)
+        locs["frame"] = frames
+        locs["x"] = sites[pick, 0] + rng.normal(0, 8, len(frames)) + 1.0 * frames
+        locs["y"] = sites[pick, 1] + rng.normal(0, 8, len(frames))
+        locs["z"] = np.where(sites[pick, 0] < 1000, -400.0, 400.0) + rng.normal(0, 30, len(frames))
+        locs["sigma_x"] = locs["sigma_y"] = 8.0
+        batch = LocBatch(k, 20 * k, 20 * k + 19, locs)
+        drift.on_batch(batch)
+        render.on_batch(batch)
+    render._publish_snapshot()
+    snap = render.snapshot()
+    assert snap is not None and snap.depth_count is not None and snap.z_range_nm == (-500.0, 500.0)
+    # Every localization is in the depth maps exactly once, whatever the redraws did.
+    assert snap.depth_count.sum() == pytest.approx(render.canvas.n_locs - render.canvas.n_outside, abs=1e-6)
+    worker = DisplayWorker(None)
+    assert worker._prepare_sr(snap)
+    rgb, shown = worker._sr.rgb, worker._sr.image
+    bright = shown > 32
+    w = rgb.shape[1]
+    left = rgb[:, : w // 2][bright[:, : w // 2]].mean(0)
+    right = rgb[:, w // 2:][bright[:, w // 2:]].mean(0)
+    assert left[2] > left[0] + 20 and right[0] > right[2] + 20
+    assert worker._sr.z_range_nm == (-500.0, 500.0)
+    assert "z -500" in _depth_bar((-500.0, 500.0)) and "+500 nm" in _depth_bar((-500.0, 500.0))

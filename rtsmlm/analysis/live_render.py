@@ -44,6 +44,10 @@ class RenderSnapshot:
     drift_dx: np.ndarray
     drift_dy: np.ndarray
     frc_nm: float | None
+    # 3D runs: per-SR-pixel localization count and z sum (the image's pixels) and the z range to colour.
+    depth_count: np.ndarray | None = None
+    depth_z_sum: np.ndarray | None = None
+    z_range_nm: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class RenderListener:
         self._last_frc_t = time.perf_counter()
         self._frc_nm: float | None = None
         self._pending_settings: dict[str, Any] = {}
+        self.depth: Any = None  # DepthMaps once the run turns out to be 3D (a localization with z)
 
     # -------------------------------------------------------------------------------- settings
 
@@ -132,24 +137,44 @@ class RenderListener:
             from rtsmlm.analysis.render import Canvas
 
             self.canvas = Canvas(self.extent_nm, self.pixel_nm, **self._canvas_args)
-        self.canvas.rerender(self._corrected(self._store.all()))
+        every = self._corrected(self._store.all())
+        self.canvas.rerender(every)
+        if self.depth is not None:
+            self._new_depth_maps(every)
         self._dirty = True
+
+    def _new_depth_maps(self, corrected: np.ndarray) -> None:
+        from rtsmlm.analysis.render import DepthMaps
+
+        self.depth = DepthMaps(self.canvas.image.shape, self.pixel_nm)
+        self.depth.add(corrected, x_column="x_dc", y_column="y_dc")
+
+    def _draw(self, corrected: np.ndarray, weight: float = 1.0) -> None:
+        """Draw drift-corrected localizations (``weight`` −1 takes them back) on the canvas and, in a 3D
+        run, the depth maps."""
+        self.canvas.add(corrected, weight=weight)
+        if self.depth is not None:
+            self.depth.add(corrected, weight, x_column="x_dc", y_column="y_dc")
 
     def on_batch(self, batch: LocBatch) -> None:
         locs = batch.locs
         self._store.append(locs)
         changed = False
-        if self.drift is not None and not batch.late:
-            # Catch-up batches (old frames, after the acquisition) are corrected with the estimate the
-            # live frames built; the final drift is refined over every localization in finish().
-            changed = self.drift.add(locs, batch.last_frame)
+        if self.drift is not None:
+            # The drift stage feeds the estimator (on its own thread); here only whether it moved since
+            # the last batch was drawn: then what it moved is redrawn.
+            version = self.drift.version
+            changed, self._drift_version = version != self._drift_version, version
         if self._pending_settings:
             self.rerender()
         else:
             if changed:
                 self._redraw_stale()
             if len(locs):
-                self.canvas.add(self._corrected(locs))
+                if self.depth is None and np.any(np.isfinite(locs["z"]) & (locs["z"] != 0)):
+                    # A 3D model's first localizations: colour by depth from now on (and what came before).
+                    self._new_depth_maps(self._corrected(self._store.all()[:-len(locs)]))
+                self._draw(self._corrected(locs))
         self._dirty = True
         self._maybe_publish()
 
@@ -165,8 +190,8 @@ class RenderListener:
         drawn = self._store.frames_between(lo, hi, skip_newest=True)
         moved = drawn[np.isin(drawn["frame"], stale)]
         if len(moved):
-            self.canvas.add(self.drift.as_applied(moved), weight=-1.0)
-            self.canvas.add(self.drift.correct(moved))
+            self._draw(self.drift.as_applied(moved), weight=-1.0)
+            self._draw(self.drift.correct(moved))
 
     def on_tick(self) -> None:
         if self._pending_settings:
@@ -200,8 +225,16 @@ class RenderListener:
             frames, dx, dy = blocks.centre_frame, blocks.dx, blocks.dy
         else:
             frames = dx = dy = np.empty(0)
+        depth: dict[str, Any] = {}
+        if self.depth is not None:
+            from rtsmlm.analysis.render import depth_range_nm
+
+            z_max = self.cfg.psf.z_range_nm
+            count, z_sum = self.depth.count.copy(), self.depth.z_sum.copy()
+            depth = {"depth_count": count, "depth_z_sum": z_sum,
+                     "z_range_nm": (-z_max, z_max) if z_max > 0 else depth_range_nm(count, z_sum)}
         snap = RenderSnapshot(image, self.pixel_nm, self._store.n,
-                              np.asarray(frames), np.asarray(dx), np.asarray(dy), self._frc_nm)
+                              np.asarray(frames), np.asarray(dx), np.asarray(dy), self._frc_nm, **depth)
         with self._lock:
             self._snapshot = snap
             self._wanted = False

@@ -341,30 +341,67 @@ def to_uint8(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
 # Depth colour (3D runs)
 
 
+class DepthMaps:
+    """Per SR pixel: how many localizations of a 3D run landed there and the sum of their z — what the
+    render's colour by depth is made of. Kept beside the canvas and changed with it (drawn, taken back,
+    rebuilt), so the live view colours by depth without going over every localization."""
+
+    def __init__(self, shape: tuple[int, int], pixel_nm: float) -> None:
+        self.pixel_nm = float(pixel_nm)
+        self.count = np.zeros(shape, np.float64)
+        self.z_sum = np.zeros(shape, np.float64)
+
+    def add(self, locs: np.ndarray, weight: float = 1.0, *, x_column: str = "x", y_column: str = "y") -> None:
+        h, w = self.count.shape
+        col = np.floor(np.asarray(locs[x_column], np.float64) / self.pixel_nm).astype(np.int64)
+        row = np.floor(np.asarray(locs[y_column], np.float64) / self.pixel_nm).astype(np.int64)
+        z = np.asarray(locs["z"], np.float64)
+        inside = (col >= 0) & (col < w) & (row >= 0) & (row < h) & np.isfinite(z)
+        flat = row[inside] * w + col[inside]
+        np.add.at(self.count.reshape(-1), flat, weight)
+        np.add.at(self.z_sum.reshape(-1), flat, weight * z[inside])
+
+    def clear(self) -> None:
+        self.count[:] = 0.0
+        self.z_sum[:] = 0.0
+
+
+def colour_by_depth(value: np.ndarray, count: np.ndarray, z_sum: np.ndarray, z_range_nm: tuple[float, float],
+                    colormap: str = "turbo", spread_px: float = 1.0) -> np.ndarray:
+    """RGB (uint8): the hue of each pixel is its localizations' mean z (``colormap`` over ``z_range_nm``),
+    its brightness ``value`` (0–1). ``count``/``z_sum`` are spread by ``spread_px`` first (a localization's
+    depth colours the pixels its blob covers, as the render draws it)."""
+    import matplotlib
+    from scipy.ndimage import gaussian_filter
+
+    if spread_px > 0:
+        count, z_sum = gaussian_filter(count, spread_px), gaussian_filter(z_sum, spread_px)
+    z_mean = np.divide(z_sum, count, out=np.zeros_like(z_sum, dtype=np.float64), where=count > 1e-9)
+    lo, hi = z_range_nm
+    hue = matplotlib.colormaps[colormap](np.clip((z_mean - lo) / max(hi - lo, 1e-9), 0.0, 1.0))[..., :3]
+    return (255 * hue * np.clip(value, 0.0, 1.0)[..., None]).astype(np.uint8)
+
+
 def z_colour_image(intensity: np.ndarray, locs: np.ndarray, pixel_nm: float, z_range_nm: tuple[float, float], *,
                    white_percentile: float = 99.5, colormap: str = "turbo", x_column: str = "x",
                    y_column: str = "y") -> np.ndarray:
     """RGB (uint8) image of a 3D run: the hue of each SR pixel is its localizations' mean z (``colormap``
     over ``z_range_nm``), its brightness the render's intensity (``intensity``, one value per SR pixel)."""
-    import matplotlib
-
-    h, w = intensity.shape
-    col = np.floor(np.asarray(locs[x_column], np.float64) / pixel_nm).astype(np.int64)
-    row = np.floor(np.asarray(locs[y_column], np.float64) / pixel_nm).astype(np.int64)
-    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h) & np.isfinite(np.asarray(locs["z"], np.float64))
-    flat = row[inside] * w + col[inside]
-    count = np.bincount(flat, minlength=h * w).reshape(h, w).astype(np.float64)
-    z_sum = np.bincount(flat, weights=np.asarray(locs["z"], np.float64)[inside], minlength=h * w).reshape(h, w)
-    # A localization's depth colours the pixels its blob covers: spread both sums a little, as the render does.
-    from scipy.ndimage import gaussian_filter
-
-    count, z_sum = gaussian_filter(count, 1.0), gaussian_filter(z_sum, 1.0)
-    z_mean = np.divide(z_sum, count, out=np.zeros_like(z_sum), where=count > 1e-9)
-    lo, hi = z_range_nm
-    hue = matplotlib.colormaps[colormap](np.clip((z_mean - lo) / max(hi - lo, 1e-9), 0.0, 1.0))[..., :3]
+    depth = DepthMaps(intensity.shape, pixel_nm)
+    depth.add(locs, x_column=x_column, y_column=y_column)
     _, white = percentile_levels(intensity, 0.0, white_percentile, nonzero=True)
-    value = np.clip(intensity / white, 0.0, 1.0)[..., None]
-    return (255 * hue * value).astype(np.uint8)
+    return colour_by_depth(intensity / white, depth.count, depth.z_sum, z_range_nm, colormap)
+
+
+def depth_range_nm(count: np.ndarray, z_sum: np.ndarray) -> tuple[float, float]:
+    """A symmetric z range covering the 1st–99th percentile of the pixels' mean z (rounded up to 50 nm)."""
+    filled = count > 0.5
+    if not filled.any():
+        return (-500.0, 500.0)
+    z_mean = z_sum[filled] / count[filled]
+    half = float(np.max(np.abs(np.percentile(z_mean, [1, 99]))))
+    half = max(50.0, 50.0 * np.ceil(half / 50.0))
+    return (-half, half)
 
 
 def write_z_png(path: Any, rgb: np.ndarray, z_range_nm: tuple[float, float], pixel_nm: float,

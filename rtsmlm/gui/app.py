@@ -407,7 +407,8 @@ class LiveWindow(QtWidgets.QMainWindow):
         self._sr_view = sr
         drift = "drift-corrected" if self.cfg.drift.enabled else "no drift correction"
         self.sr_title.setText(f"<b>Super-resolution</b> &nbsp; {sr.n_locs:,} localizations &nbsp; "
-                              f"<span style='color:#9a9aa0'>{sr.render_pixel_nm:g} nm pixels, {drift}</span>")
+                              f"<span style='color:#9a9aa0'>{sr.render_pixel_nm:g} nm pixels, {drift}</span>"
+                              + (f" &nbsp; {_depth_bar(sr.z_range_nm)}" if sr.z_range_nm is not None else ""))
         self._shown["sr"] = view.sr_seq
 
     @staticmethod
@@ -664,6 +665,17 @@ def _finite_max(values: np.ndarray) -> float:
     """The largest finite value (0 when there is none)."""
     finite = values[np.isfinite(values)]
     return float(finite.max()) if len(finite) else 0.0
+
+
+def _depth_bar(z_range_nm: tuple[float, float], steps: int = 9) -> str:
+    """A colour bar in rich text for a depth-coloured render: 'z −600 ■■■■■■■■■ +600 nm' in the turbo map."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["turbo"]
+    blocks = "".join(f"<span style='color:{matplotlib.colors.to_hex(cmap(k / (steps - 1)))}'>&#9632;</span>"
+                     for k in range(steps))
+    lo, hi = z_range_nm
+    return f"z {lo:+.0f} {blocks} {hi:+.0f} nm"
 
 
 def _range_text(verdict: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rtsmlm.analysis.render import percentile_levels, pool, to_uint8
+from rtsmlm.analysis.render import colour_by_depth, percentile_levels, pool, to_uint8
 from rtsmlm.engine.view import RunView
 
 __all__ = [
@@ -109,6 +109,7 @@ class SRView:
     percentile: float
     white_level: float  # the SR value shown as 255 (NaN when the renderer's own mapping is shown as is)
     snapshot: Any = field(repr=False, compare=False, default=None)  # the renderer's snapshot
+    z_range_nm: tuple[float, float] | None = None  # 3D run: ``rgb`` is coloured by depth over this range
 
 
 @dataclass(frozen=True)
@@ -344,9 +345,16 @@ class DisplayWorker:
         pooled, factor = pool(snapshot.image, self.max_px, "sum")
         _, white = percentile_levels(pooled, 0.0, percentile, nonzero=True)
         image, pixel_nm = to_uint8(pooled, 0.0, white), render_pixel_nm * factor
-        rgb = np.take(lut, image, axis=0)
+        z_range = getattr(snapshot, "z_range_nm", None)
+        if z_range is not None and snapshot.depth_count is not None:
+            # A 3D run: hue = the pixel's mean z, brightness = the render (the colour bar says the range).
+            count, _ = pool(snapshot.depth_count, self.max_px, "sum")
+            z_sum, _ = pool(snapshot.depth_z_sum, self.max_px, "sum")
+            rgb = colour_by_depth(image / 255.0, count, z_sum, z_range)
+        else:
+            rgb = np.take(lut, image, axis=0)
         self._sr = SRView(image, rgb, pixel_nm, render_pixel_nm, int(snapshot.n_locs), percentile, white,
-                          snapshot)
+                          snapshot, z_range)
         self._sr_seq += 1
         return True
 

@@ -86,6 +86,7 @@ class StreamingLocalizer:
             pixel_size_nm=camera.pixel_size_nm, photon_scale=meta.scales.photon_scale,
             z_scale=meta.scales.z_scale, bg_scale=meta.scales.bg_scale,
             p_threshold=p_threshold, candidate_threshold=candidate_threshold, split_threshold=split_threshold,
+            has_z=(meta.psf or {}).get("model", "gaussian") != "gaussian",
         )
         element_bytes = 4 if backend.precision == "fp32" else 2
         free = available_memory_bytes(backend.device)

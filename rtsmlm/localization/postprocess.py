@@ -76,6 +76,7 @@ class Postprocessor:
         p_threshold: minimum integrated probability of a detection.
         candidate_threshold: minimum p of a local maximum to be considered at all.
         split_threshold: p above which a non-maximum pixel is a detection of its own (adjacent emitters).
+        has_z: False for a 2D model: its untrained z head is not read out, ``z`` and ``sigma_z`` are 0.
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class Postprocessor:
         p_threshold: float = 0.6,
         candidate_threshold: float = 0.3,
         split_threshold: float = 0.6,
+        has_z: bool = True,
     ) -> None:
         for name, value in (
             ("pixel_size_nm", pixel_size_nm),
@@ -111,6 +113,7 @@ class Postprocessor:
         self.p_threshold = float(p_threshold)
         self.candidate_threshold = float(candidate_threshold)
         self.split_threshold = float(split_threshold)
+        self.has_z = bool(has_z)
 
     def detection_map(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(detected, score)``: a ``(B, H, W)`` bool mask of detection pixels and the ``(B, H, W)``
@@ -217,4 +220,7 @@ class Postprocessor:
         locs["frame"] = frames[rows]
         for k, name in enumerate(("x", "y", "z", "photons", "bg", "sigma_x", "sigma_y", "sigma_z", "sigma_photons", "p")):
             locs[name] = host[:, k]
+        if not self.has_z:
+            locs["z"] = 0.0
+            locs["sigma_z"] = 0.0
         return locs, det_rows
