@@ -103,8 +103,11 @@ class SimulatedCamera:
                 if delay > 0 and self._stop.wait(delay):
                     break
             if self._truth_sink is not None:
-                dx, dy = self.sim.drift.at(i) if self._drift else (0.0, 0.0)
-                self._truth_sink(TruthRecord(i, truth, (float(dx), float(dy)) if self._drift else None))
+                drift = None
+                if self._drift:
+                    dx, dy = self.sim.drift.at(i)
+                    drift = (float(dx), float(dy), *((float(self.sim.drift.at_z(i)),) if self.sim.drift.has_z else ()))
+                self._truth_sink(TruthRecord(i, truth, drift))
             yield Frame(i, time.perf_counter(), data)
             i += 1
 

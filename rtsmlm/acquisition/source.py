@@ -85,11 +85,12 @@ class Source(Protocol):
 @dataclass(frozen=True)
 class TruthRecord:
     """The ground truth of one frame a simulated source delivered: its emitters (fields frame, x, y, z,
-    photons; nm) and the sample's true displacement (dx, dy nm) at that frame, None without drift."""
+    photons; nm) and the sample's true displacement (dx, dy nm, and dz when the drift moves z) at that
+    frame, None without drift."""
 
     frame: int
     emitters: np.ndarray
-    drift_nm: tuple[float, float] | None = None
+    drift_nm: tuple[float, ...] | None = None
 
 
 @runtime_checkable

@@ -3,8 +3,9 @@
 Each localization batch feeds :class:`~rtsmlm.analysis.drift.OnlineDrift` on this listener's own thread
 (a block update costs tens of ms, which no longer delays the image). The render listener reads the same
 estimator (its methods are thread-safe) to correct what it draws and redraws what an update moved. At the
-end of the run the drift is refined over every localization, written to ``drift.csv`` and handed to the
-listeners that end after this one (``RunEnd.drift``: the files add ``x_dc``, ``y_dc`` with it).
+end of the run the drift is refined over every localization — for a 3D run the axial drift too
+(:mod:`rtsmlm.analysis.drift_z`, ``dz``) — written to ``drift.csv`` and handed to the listeners that end
+after this one (``RunEnd.drift``: the files add ``x_dc``, ``y_dc`` with it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rtsmlm.core.locs import LocBatch, LocSpill
 from rtsmlm.io.tables import DriftTrajectory, write_drift_csv
 
 DRIFT_CSV = "drift.csv"
-_XY_DTYPE = np.dtype([("frame", "<i8"), ("x", "<f4"), ("y", "<f4")])
+_XY_DTYPE = np.dtype([("frame", "<i8"), ("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class DriftSummary:
     fiducials: dict[str, Any]
     max_abs_nm: float | None = None
     file: str | None = None
+    max_abs_dz_nm: float | None = None  # a 3D run: the largest axial drift (drift.csv's dz column)
 
 
 class DriftListener:
@@ -51,7 +53,7 @@ class DriftListener:
         locs = batch.locs
         if len(locs):
             xy = np.empty(len(locs), _XY_DTYPE)
-            xy["frame"], xy["x"], xy["y"] = locs["frame"], locs["x"], locs["y"]
+            xy["frame"], xy["x"], xy["y"], xy["z"] = locs["frame"], locs["x"], locs["y"], locs["z"]
             self._xy.append(xy)
         if not batch.late:
             # Catch-up batches (old frames, after the acquisition) are corrected with the estimate the live
@@ -60,16 +62,25 @@ class DriftListener:
 
     def on_run_end(self, end: Any) -> dict[str, DriftSummary]:
         locs = self._xy.all()
-        max_abs = file = None
+        max_abs = file = max_dz = None
         if len(locs):
-            traj = self.estimator.finalize(locs, int(locs["frame"].max()) + 1)
+            n_frames = int(locs["frame"].max()) + 1
+            traj = self.estimator.finalize(locs, n_frames)
+            if np.any(np.isfinite(locs["z"]) & (locs["z"] != 0)):  # a 3D model's run: the axial drift too
+                from rtsmlm.analysis.drift_z import estimate_z_drift
+
+                dx, dy = np.asarray(traj.dx)[locs["frame"]], np.asarray(traj.dy)[locs["frame"]]
+                dz = estimate_z_drift(locs["frame"], locs["x"] - dx, locs["y"] - dy, locs["z"], n_frames)
+                if dz is not None:
+                    traj = traj._replace(dz=dz)
+                    max_dz = float(np.max(np.abs(dz)))
             self._final = traj
             max_abs = float(np.max(np.hypot(traj.dx, traj.dy))) if len(traj.dx) else 0.0
             if self.out_dir is not None:
-                write_drift_csv(self.out_dir / DRIFT_CSV, traj.frames, traj.dx, traj.dy)
+                write_drift_csv(self.out_dir / DRIFT_CSV, traj.frames, traj.dx, traj.dy, dz=traj.dz)
                 file = DRIFT_CSV
         self._xy.close()
-        return {"drift": DriftSummary(self.estimator.fiducials.describe(), max_abs, file)}
+        return {"drift": DriftSummary(self.estimator.fiducials.describe(), max_abs, file, max_dz)}
 
     def final_drift(self) -> DriftTrajectory | None:
         """The run's final drift (after :meth:`on_run_end`)."""

@@ -58,6 +58,7 @@ def simulate_to_dir(cfg: Config, out: Path, *, overwrite: bool = False, progress
         writer.close()
     if cfg.sim.drift.enabled:
         table = sim.drift_table(n)
-        write_drift_csv(out / "drift.csv", table[:, 0], table[:, 1], table[:, 2])
+        write_drift_csv(out / "drift.csv", table[:, 0], table[:, 1], table[:, 2],
+                        dz=table[:, 3] if table.shape[1] > 3 else None)
     (out / "simulation.json").write_text(json.dumps(to_dict(cfg), indent=2))
     return out

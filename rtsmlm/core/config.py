@@ -67,6 +67,9 @@ class DriftSimConfig:
     sinusoid_amplitude_nm: float = _f(150.0, range=(0.0, 100_000.0))
     sinusoid_period_frames: float = _f(20_000.0, range=(1.0, None))
     linear_nm_per_frame: float = _f(0.01, range=(-1000.0, 1000.0))
+    z_nm_per_frame: float = _f(0.0, range=(-1000.0, 1000.0),
+                               doc="axial (focus) creep: the sample moves this much in z per frame (3D runs)")
+    z_random_walk_nm_per_frame: float = _f(0.0, range=(0.0, 1000.0), doc="axial random walk step per frame")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The small CSV tables other tools read: ground truth and drift, each with its save/load pair.
 
 * ``ground_truth.csv`` — ``frame,x,y,z,photons`` (0-based frames, nm): the simulator's emitters.
-* ``drift.csv`` — ``frame,dx,dy`` (0-based frames, nm, the sample's displacement; ``x_dc = x - dx``):
-  the estimated drift of a run, or the simulated one (``ground_truth_drift.csv``).
+* ``drift.csv`` — ``frame,dx,dy`` (0-based frames, nm, the sample's displacement; ``x_dc = x - dx``), and
+  ``dz`` after them for a 3D run (axial drift; ``z - dz`` is the corrected depth): the estimated drift of a
+  run, or the simulated one (``ground_truth_drift.csv``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ DRIFT_HEADER = "frame,dx,dy"
 
 
 class DriftTrajectory(NamedTuple):
-    """Per-frame drift: ``frames`` (int64, 0-based) and ``dx``, ``dy`` (nm, the sample's displacement)."""
+    """Per-frame drift: ``frames`` (int64, 0-based) and ``dx``, ``dy`` (nm, the sample's displacement);
+    ``dz`` (nm) for a 3D run whose axial drift was estimated (or simulated), else None."""
 
     frames: np.ndarray
     dx: np.ndarray
     dy: np.ndarray
+    dz: np.ndarray | None = None
 
 
 def write_truth_rows(fh: IO[str], truth: np.ndarray) -> None:
@@ -57,23 +60,30 @@ def read_truth_csv(path: str | Path) -> np.ndarray:
     return out
 
 
-def write_drift_csv(path: str | Path, frames: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> Path:
-    """Write ``frame,dx,dy`` (0-based frames, nm)."""
+def write_drift_csv(path: str | Path, frames: np.ndarray, dx: np.ndarray, dy: np.ndarray,
+                    dz: np.ndarray | None = None) -> Path:
+    """Write ``frame,dx,dy`` (0-based frames, nm), and ``dz`` when given."""
     frames = np.asarray(frames, dtype=np.int64)
-    dx = np.asarray(dx, dtype=np.float64)
-    dy = np.asarray(dy, dtype=np.float64)
-    if not (frames.shape == dx.shape == dy.shape) or frames.ndim != 1:
-        raise ValueError(f"drift for {path}: frames, dx and dy must be 1-D arrays of one length, got "
-                         f"{frames.shape}, {dx.shape}, {dy.shape}")
+    columns = [np.asarray(dx, dtype=np.float64), np.asarray(dy, dtype=np.float64)]
+    if dz is not None:
+        columns.append(np.asarray(dz, dtype=np.float64))
+    if any(c.shape != frames.shape for c in columns) or frames.ndim != 1:
+        raise ValueError(f"drift for {path}: frames, dx, dy (and dz) must be 1-D arrays of one length, got "
+                         f"{frames.shape}, {', '.join(str(c.shape) for c in columns)}")
     path = Path(path)
-    np.savetxt(path, np.column_stack([frames, dx, dy]), fmt=["%d", "%.4f", "%.4f"], delimiter=",",
-               header=DRIFT_HEADER, comments="")
+    header = DRIFT_HEADER + (",dz" if dz is not None else "")
+    np.savetxt(path, np.column_stack([frames, *columns]), fmt=["%d"] + ["%.4f"] * len(columns), delimiter=",",
+               header=header, comments="")
     return path
 
 
 def read_drift_csv(path: str | Path) -> DriftTrajectory:
-    """Read a ``frame,dx,dy`` file (a run's estimate or the simulated truth)."""
+    """Read a ``frame,dx,dy[,dz]`` file (a run's estimate or the simulated truth)."""
     path = Path(path)
     _check_header(path, "drift", DRIFT_HEADER)
-    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, usecols=(0, 1, 2))
-    return DriftTrajectory(data[:, 0].astype(np.int64), data[:, 1].copy(), data[:, 2].copy())
+    with path.open(encoding="utf-8") as fh:
+        names = fh.readline().strip().replace(" ", "").split(",")
+    has_z = len(names) > 3 and names[3] == "dz"
+    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, usecols=(0, 1, 2, 3) if has_z else (0, 1, 2))
+    return DriftTrajectory(data[:, 0].astype(np.int64), data[:, 1].copy(), data[:, 2].copy(),
+                           data[:, 3].copy() if has_z else None)

@@ -185,7 +185,7 @@ class TruthFiles:
         self._fh: Any = None
         self._closed = False
         self._pending: list[np.ndarray] = []
-        self._drift: list[tuple[int, float, float]] = []
+        self._drift: list[tuple[float, ...]] = []
         self._write_lock = threading.Lock()  # one writer of the file at a time
 
     def on_truth(self, record: TruthRecord) -> None:
@@ -204,7 +204,8 @@ class TruthFiles:
 
             table = np.asarray(self._drift, dtype=np.float64)
             # The simulated sample's true drift, to score drift.csv against.
-            write_drift_csv(self.drift_path, table[:, 0], table[:, 1], table[:, 2])
+            write_drift_csv(self.drift_path, table[:, 0], table[:, 1], table[:, 2],
+                            dz=table[:, 3] if table.shape[1] > 3 else None)
             drift_file = TRUTH_DRIFT_CSV
         return {"outputs": TruthFilesSummary(TRUTH_CSV, drift_file)}
 

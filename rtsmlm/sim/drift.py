@@ -1,6 +1,7 @@
-"""Smooth lateral stage drift: random walk + slow sinusoid + linear creep, zero at frame 0.
+"""Smooth stage drift, zero at frame 0: lateral random walk + slow sinusoid + linear creep, and an axial
+(focus) creep + random walk.
 
-``dx, dy`` at a frame is the sample's displacement in nm: a label at x0 is imaged at x0 + dx.
+``dx, dy, dz`` at a frame is the sample's displacement in nm: a label at x0 is imaged at x0 + dx (z0 + dz).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ class SimulatedDrift:
         self.direction = self.rng.normal(size=2)
         self.direction /= np.linalg.norm(self.direction)
         self._walk = np.zeros((0, 2))
+        # The axial walk has its own generator: lateral drift stays what it was for a given seed.
+        self._z_rng = np.random.default_rng([seed, 3])
+        self._z_walk = np.zeros(0)
 
     def _extend(self, n: int) -> None:
         while len(self._walk) < n:
@@ -43,3 +47,27 @@ class SimulatedDrift:
             lin = c.linear_nm_per_frame * flat[:, None] * self.direction[None, :]
             out = self._walk[flat] + sin + lin
         return out[0] if f.ndim == 0 else out
+
+    def at_z(self, frames: np.ndarray | int) -> np.ndarray | float:
+        """Axial drift dz (nm) for the given frame indices (a float for one frame)."""
+        f = np.asarray(frames)
+        flat = np.atleast_1d(f).astype(np.int64)
+        c = self.cfg
+        if not c.enabled or (c.z_nm_per_frame == 0.0 and c.z_random_walk_nm_per_frame == 0.0):
+            out = np.zeros(len(flat))
+        else:
+            top = int(flat.max()) + 1 if len(flat) else 0
+            while len(self._z_walk) < top:
+                steps = self._z_rng.normal(0.0, c.z_random_walk_nm_per_frame, self._CHUNK)
+                if not len(self._z_walk):
+                    steps[0] = 0.0
+                start = self._z_walk[-1] if len(self._z_walk) else 0.0
+                self._z_walk = np.concatenate([self._z_walk, start + np.cumsum(steps)])
+            out = self._z_walk[flat] + c.z_nm_per_frame * flat
+        return float(out[0]) if f.ndim == 0 else out
+
+    @property
+    def has_z(self) -> bool:
+        """Whether this drift moves the sample in z."""
+        c = self.cfg
+        return bool(c.enabled and (c.z_nm_per_frame != 0.0 or c.z_random_walk_nm_per_frame != 0.0))

@@ -81,7 +81,7 @@ class Simulator:
         dxy = self.drift.at(f)
         x = pos[:, 0] + dxy[0]
         y = pos[:, 1] + dxy[1]
-        z = pos[:, 2]
+        z = pos[:, 2] + self.drift.at_z(f) if self.drift.has_z else pos[:, 2]
         h, w = self.extent_nm
         inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
         x, y, z, photons = x[inside], y[inside], z[inside], photons[inside]
@@ -107,6 +107,8 @@ class Simulator:
         return np.stack([self.camera.expose(np.zeros(self.shape), self.rng) for _ in range(n_frames)])
 
     def drift_table(self, n_frames: int) -> np.ndarray:
-        """(n, 3) array of frame, dx, dy (nm) for frames 0..n-1."""
+        """(n, 3) array of frame, dx, dy (nm) for frames 0..n-1; (n, 4) with dz when the drift moves z."""
         d = self.drift.at(np.arange(n_frames))
+        if self.drift.has_z:
+            return np.column_stack([np.arange(n_frames), d, self.drift.at_z(np.arange(n_frames))])
         return np.column_stack([np.arange(n_frames), d])
