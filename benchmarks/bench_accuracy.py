@@ -114,10 +114,9 @@ def simulate_movie(cfg: rconfig.Config, name: str, n_frames: int) -> Movie:
     sim = Simulator(cfg)
     frames, truth = sim.movie(n_frames)
     camera = sim.camera
-    emccd = camera.model == "emccd" and camera.em_gain > 1.0
     # Photons are detected with probability QE: in photon units the shot noise is 1/QE times stronger.
     return Movie(name, frames, truth, camera, sim.seed, cfg.sim.density, cfg.sim.bg_photons,
-                 cfg.psf.sigma_nm, (2.0 if emccd else 1.0) / camera.qe)
+                 cfg.psf.sigma_nm, camera.excess_noise / camera.qe)
 
 
 def sim_config(base: rconfig.Config, *, seed: int, size: int, density: float, bg: float) -> rconfig.Config:

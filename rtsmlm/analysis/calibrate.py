@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from rtsmlm.core.camera import CameraModel
 from rtsmlm.core.errors import RtsmlmError
-from rtsmlm.localization.spots import find_isolated_spots, fit_spots
+from rtsmlm.localization.spots import find_isolated_spots, fit_spots, round_spots
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,6 @@ SKEW_DECISION = 1.15
 """Measured ratios: 0.9–1.0 for sCMOS, 1.3–1.5 for EMCCD (the spot mask trims some of the EMCCD tail)."""
 """Skewness of an EMCCD's output relative to a Poisson camera's at the same mean and variance slope."""
 MIN_SPOTS = 10
-ROUND_MAX_LOG_RATIO = 0.15
-"""A spot whose x and y widths differ by more than ~16 % is taken for two emitters (or out of focus)."""
 MAX_BASELINE_SD_ADU = 25.0
 MIN_PTC_SPAN = 0.3
 """A photon-transfer intercept less certain than this is no baseline: ask for a dark movie instead."""
@@ -307,13 +305,13 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
     # Fitted on the background-subtracted frames: an illumination gradient across the box would widen them.
     signal = photons - bg_map
     fits = fit_spots(signal, spots[:2000], 0.0)
-    good = _round_spots(fits)
+    good = round_spots(fits)
     if len(good) >= MIN_SPOTS and np.median(good["sigma_px"]) > 1.2:
         # A wide PSF (small pixels): a 7-px box cuts its tails off; fit again in a box of ±2.5 sigma.
         box = 2 * int(math.ceil(2.5 * float(np.median(good["sigma_px"])))) + 1
         spots = find_isolated_spots(photons, bg_map, box=box)
         fits = fit_spots(signal, spots[:2000], 0.0, box=box)
-        good = _round_spots(fits)
+        good = round_spots(fits)
     sigma = None
     if len(good) >= MIN_SPOTS:
         s = good["sigma_px"] * pixel_size_nm
@@ -336,15 +334,6 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
     return Calibration(camera_model, model_method, skew_ratio, baseline, gain, read, sigma, bg, ph, float(density),
                        on_frames, float(pixel_size_nm), int(frames.shape[0]), int(len(good)), ptc, warnings,
                        offset_sd, maps)
-
-
-def _round_spots(fits: np.ndarray) -> np.ndarray:
-    """Fits of single emitters: converged inside the bounds, and round (two emitters closer than the box
-    fit as one elongated spot, which would widen the PSF estimate)."""
-    sx, sy = fits["sigma_x_px"], fits["sigma_y_px"]
-    ok = (np.minimum(sx, sy) > 0.35) & (np.maximum(sx, sy) < 4.9) & (fits["photons"] > 0)
-    ok &= np.abs(np.log(np.maximum(sx, 1e-9) / np.maximum(sy, 1e-9))) < ROUND_MAX_LOG_RATIO
-    return fits[ok]
 
 
 def _on_frames(fits: np.ndarray) -> float | None:

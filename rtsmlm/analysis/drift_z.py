@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 SEARCH_NM = 400.0
+"""Largest axial drift of a block relative to the rest that is searched."""
 MAX_LOCS = 200_000
 """At most this many localizations (a random subset) are paired."""
-"""Largest axial drift of a block relative to the rest that is searched."""
 
 
 def _mode(diffs: np.ndarray, centre: float, search_nm: float, kernel_nm: float) -> float | None:
@@ -66,13 +66,13 @@ def estimate_z_drift(frames: np.ndarray, x_nm: np.ndarray, y_nm: np.ndarray, z_n
     frames, x, y, z = frames[order], x[order], y[order], z[order]
     # Blocks of equal localization counts (a bleaching sample has fewer late on).
     edges = np.linspace(0, len(frames), n_blocks + 1).astype(np.int64)
-    block = np.zeros(len(frames), np.int64)
-    for b in range(n_blocks):
-        block[edges[b]:edges[b + 1]] = b
+    block = np.repeat(np.arange(n_blocks), np.diff(edges))
     centres = np.array([frames[edges[b]:edges[b + 1]].mean() for b in range(n_blocks)])
     tree = cKDTree(np.column_stack([x, y]))
     pairs = tree.query_pairs(radius_nm, output_type="ndarray")
-    pairs = pairs[block[pairs[:, 0]] != block[pairs[:, 1]]]  # differences across time blocks only
+    first, second = block[pairs[:, 0]], block[pairs[:, 1]]
+    across = first != second  # differences across time blocks only
+    pairs, first, second = pairs[across], first[across], second[across]
     if len(pairs) < 20 * n_blocks:
         return None
     shift = np.zeros(n_blocks)
@@ -85,11 +85,10 @@ def estimate_z_drift(frames: np.ndarray, x_nm: np.ndarray, y_nm: np.ndarray, z_n
     for _ in range(passes):
         new = shift.copy()
         for b in range(n_blocks):
-            a_in = block[pairs[:, 0]] == b
-            b_in = block[pairs[:, 1]] == b
+            a_in, b_in = first == b, second == b
             # z of this block's localization minus its partner's, the partner corrected by its block's drift.
-            d = np.concatenate([z[pairs[a_in, 0]] - (z[pairs[a_in, 1]] - shift[block[pairs[a_in, 1]]]),
-                                z[pairs[b_in, 1]] - (z[pairs[b_in, 0]] - shift[block[pairs[b_in, 0]]])])
+            d = np.concatenate([z[pairs[a_in, 0]] - (z[pairs[a_in, 1]] - shift[second[a_in]]),
+                                z[pairs[b_in, 1]] - (z[pairs[b_in, 0]] - shift[first[b_in]])])
             m = _mode(d, shift[b], search_nm, kernel_nm)
             if m is not None:
                 new[b] = m

@@ -361,10 +361,6 @@ class DepthMaps:
         np.add.at(self.count.reshape(-1), flat, weight)
         np.add.at(self.z_sum.reshape(-1), flat, weight * z[inside])
 
-    def clear(self) -> None:
-        self.count[:] = 0.0
-        self.z_sum[:] = 0.0
-
 
 def colour_by_depth(value: np.ndarray, count: np.ndarray, z_sum: np.ndarray, z_range_nm: tuple[float, float],
                     colormap: str = "turbo", spread_px: float = 1.0) -> np.ndarray:

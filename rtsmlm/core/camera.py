@@ -54,6 +54,11 @@ class CameraModel:
         return cls(camera.model, camera.pixel_size_nm, camera.baseline_adu, camera.e_per_adu, em_gain,
                    camera.qe, camera.read_noise_e, camera.exposure_ms, offset_map=offset, variance_map=variance)
 
+    @property
+    def excess_noise(self) -> float:
+        """Excess-noise factor of the gain register: 2 for an EMCCD with EM gain, 1 otherwise."""
+        return 2.0 if self.model == "emccd" and self.em_gain > 1.0 else 1.0
+
     # -- forward: photons → ADU (simulation) ---------------------------------------------------------
 
     def expose(self, expected_photons: np.ndarray, rng: np.random.Generator) -> np.ndarray:

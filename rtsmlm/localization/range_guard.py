@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rtsmlm.localization.spots import find_isolated_spots, fit_spots
+from rtsmlm.localization.spots import find_isolated_spots, fit_spots, round_spots
 
 log = logging.getLogger("rtsmlm.range")
 
@@ -95,9 +95,8 @@ def round_spot_sigma(photons: np.ndarray, bg: float, max_spots: int = 60) -> flo
     """PSF σ (px) from the round spots only: in a dense movie a spot with a neighbour inside the fitted
     box fits wider, and elongated (two emitters) — only round fits (axes within 15 %) are single emitters.
     None when fewer than 5 are found."""
-    fits = fit_spots(photons, find_isolated_spots(np.asarray(photons, np.float64), bg)[:max_spots], bg)
-    round_ = fits[np.abs(np.log(fits["sigma_x_px"] / fits["sigma_y_px"])) < 0.15] if len(fits) else fits
-    return float(np.median(round_["sigma_px"])) if len(round_) >= 5 else None
+    fits = round_spots(fit_spots(photons, find_isolated_spots(np.asarray(photons, np.float64), bg)[:max_spots], bg))
+    return float(np.median(fits["sigma_px"])) if len(fits) >= 5 else None
 
 
 def check(photons: np.ndarray, meta: Any, told_sigma_px: float | None = None) -> RangeVerdict:

@@ -62,7 +62,7 @@ class MLERefiner:
         self.iterations = int(iterations)
         self.pixel_size_nm = camera.pixel_size_nm
         # Photons are photo-electrons / QE: their variance is F / QE times their mean.
-        self.excess = (2.0 if camera.model == "emccd" and camera.em_gain > 1.0 else 1.0) / max(camera.qe, 1e-3)
+        self.excess = camera.excess_noise / max(camera.qe, 1e-3)
         read_var = np.asarray(read_noise_photons(camera), np.float64) ** 2 / self.excess**2
         if read_var.ndim and read_var.shape != tuple(frame_shape):
             raise ValueError(f"the camera's read-noise map is {read_var.shape} but the frames are {tuple(frame_shape)}")

@@ -13,6 +13,8 @@ SPOT_DTYPE = np.dtype([("frame", "<i8"), ("y", "<f8"), ("x", "<f8"), ("photons",
                        ("sigma_x_px", "<f8"), ("sigma_y_px", "<f8"), ("bg", "<f8")])
 """``sigma_px`` is the geometric mean of the two axes' widths; an elongated spot (two emitters, or an
 astigmatic PSF out of focus) has ``sigma_x_px`` and ``sigma_y_px`` apart."""
+ROUND_MAX_LOG_RATIO = 0.15
+"""A spot whose x and y widths differ by more than ~16 % is taken for two emitters (or out of focus)."""
 
 
 def find_isolated_spots(photons: np.ndarray, bg: float | np.ndarray, *, snr: float = 2.0,
@@ -86,3 +88,12 @@ def fit_spots(photons: np.ndarray, spots: list[tuple[int, int, int]], bg: float 
             n, dy, dx, sx, sy, b = fit
             rows.append((k, y + dy, x + dx, n, float(np.sqrt(sx * sy)), sx, sy, b))
     return np.array(rows, dtype=SPOT_DTYPE) if rows else np.zeros(0, SPOT_DTYPE)
+
+
+def round_spots(fits: np.ndarray) -> np.ndarray:
+    """Fits of single emitters: converged inside the bounds, and round (two emitters closer than the box
+    fit as one elongated spot, which would widen the PSF estimate)."""
+    sx, sy = fits["sigma_x_px"], fits["sigma_y_px"]
+    ok = (np.minimum(sx, sy) > 0.35) & (np.maximum(sx, sy) < 4.9) & (fits["photons"] > 0)
+    ok &= np.abs(np.log(np.maximum(sx, 1e-9) / np.maximum(sy, 1e-9))) < ROUND_MAX_LOG_RATIO
+    return fits[ok]

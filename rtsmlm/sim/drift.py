@@ -53,7 +53,7 @@ class SimulatedDrift:
         f = np.asarray(frames)
         flat = np.atleast_1d(f).astype(np.int64)
         c = self.cfg
-        if not c.enabled or (c.z_nm_per_frame == 0.0 and c.z_random_walk_nm_per_frame == 0.0):
+        if not self.has_z:
             out = np.zeros(len(flat))
         else:
             top = int(flat.max()) + 1 if len(flat) else 0
