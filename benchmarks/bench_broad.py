@@ -1,6 +1,6 @@
 """Issue 14's precision and close-pair figures for one or more models, beside Picasso, in one run.
 
-Run: python benchmarks/bench_broad.py --models broad_2d[,broad_2d+mle,PATH…] [--sections crlb pairs dense]
+Run: python benchmarks/bench_broad.py --models broad_2d[,broad_2d+mle,PATH…] [--sections crlb pairs dense temporal]
                                       [--frames 1000] [--no-picasso] [--json out.json]
 
 (The camera matrix — six unseen cameras × densities — is ``benchmarks/bench_cameras.py --models …``.)
@@ -13,6 +13,10 @@ Run: python benchmarks/bench_broad.py --models broad_2d[,broad_2d+mle,PATH…] [
    (Fisher bound, Mortensen Eq. 6, with the camera's excess noise). Target ≤ 1.1 in every bin ≥ 500.
 2. ``pairs`` — recall by the distance of each true emitter to its nearest neighbour in the same frame
    (< 1 px, 1–2 px, 2–3 px, ≥ 3 px and all), 1 emitter/µm², EMCCD, background 50. Target ≥ 0.8 at 1–2 px.
+4. ``temporal`` — what refinement costs where the network sees an emitter in several frames: the default
+   camera at 0.1 emitters/µm², background 50, default brightness and on-time (600 frames); per-axis RMSE of
+   matched emitters ≥ 1000 photons, ≥ 4 px from the edges, split into single-frame and multi-frame ones,
+   each model as given (e.g. ``default,default+mle,default+fuse``), beside Jaccard over all true emitters.
 3. ``dense`` — Jaccard over all true emitters at 3 and 6 emitters/µm² (EMCCD, background 50): each model
    against Picasso MLE (net-gradient threshold chosen by a scan on a separate movie). Target: + 0.2.
 
@@ -174,13 +178,36 @@ def dense_section(localizers: dict[str, Any], args: argparse.Namespace, use_pica
     return out
 
 
+def temporal_section(localizers: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    print("\n4. Emitters seen in one frame vs several (default camera, 0.1/µm², bg 50, ≥ 1000 photons): per-axis RMSE nm")
+    cfg = rconfig.from_dict({"sim": {"seed": 77, "size": args.size, "density": 0.1, "bg_photons": 50.0}})
+    movie = acc.simulate_movie(cfg, "temporal", args.temporal_frames)
+    single = acc.single_frame_mask(movie.truth)
+    interior = acc.interior_mask(movie.truth, movie.frames.shape[1:], movie.pixel_size_nm, 4.0)
+    bright = np.asarray(movie.truth["photons"], np.float64) >= 1000.0
+    out = []
+    for label, loc in localizers.items():
+        pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
+        s, m_all, _ = acc.score(pred, movie.truth, 250.0, None)
+        row: dict[str, Any] = {"model": label, "jaccard": s["all"]["jaccard"]}
+        for name, keep in (("single_frame", single), ("multi_frame", ~single)):
+            m = acc.restrict_match(m_all, keep & interior & bright)
+            row[name] = {"n": len(m.dx), "rmse_axis_nm": float(np.sqrt(np.mean(np.r_[m.dx, m.dy] ** 2)))}
+        print(f"{label[:16]:16s} JI all {row['jaccard']:.3f}; single-frame {row['single_frame']['rmse_axis_nm']:.2f} nm "
+              f"(n{row['single_frame']['n']}); multi-frame {row['multi_frame']['rmse_axis_nm']:.2f} nm "
+              f"(n{row['multi_frame']['n']})", flush=True)
+        out.append(row)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="broad_2d")
-    ap.add_argument("--sections", nargs="+", default=["crlb", "pairs", "dense"], choices=["crlb", "pairs", "dense"])
+    ap.add_argument("--sections", nargs="+", default=["crlb", "pairs", "dense"], choices=["crlb", "pairs", "dense", "temporal"])
     ap.add_argument("--frames", type=int, default=1000, help="frames per CRLB movie")
     ap.add_argument("--pair-frames", type=int, default=300)
     ap.add_argument("--dense-frames", type=int, default=100)
+    ap.add_argument("--temporal-frames", type=int, default=600)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--no-picasso", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
@@ -202,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         result["pairs"] = pairs_section(localizers, args, use_picasso)
     if "dense" in args.sections:
         result["dense"] = dense_section(localizers, args, use_picasso)
+    if "temporal" in args.sections:
+        result["temporal"] = temporal_section(localizers, args)
     if args.json:
         args.json.write_text(json.dumps(to_jsonable(result), indent=1))
     return 0
