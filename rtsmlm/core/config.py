@@ -259,6 +259,9 @@ class TrainConfig:
     on_frames_max: float = _f(0.0, range=(0.0, 1e5),
                               doc="> 0: mean on-time drawn log-uniformly per sample from "
                                   "[on_frames_min, on_frames_max]; 0: sim.mean_on_frames")
+    pair_fraction: float = _f(0.0, range=(0.0, 1.0),
+                              doc="this fraction of blinking events gets a partner 0.5–2.5 px away, on in "
+                                  "overlapping frames with its own brightness: close pairs to learn to split")
 
 
 @dataclass(frozen=True)

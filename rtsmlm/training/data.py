@@ -22,6 +22,10 @@ from rtsmlm.sim.simulator import smooth_background
 
 EDGE_MARGIN_PX = 3.0
 """Emitters are also placed this far outside the patch so the net learns partial PSFs at the border."""
+PAIR_DISTANCE_PX = (0.5, 2.5)
+"""``train.pair_fraction``: partners are placed this far (px, uniform) from their event. Uniformly placed
+emitters at 1 per µm² are rarely this close, yet pairs 1–2 px apart are where a network falls back to
+reporting one molecule (issue 14: recall 0.56 at 1–2 px against 0.85 for isolated ones)."""
 
 
 @dataclass
@@ -96,7 +100,27 @@ class TrainingSimulator:
             bright = rng.uniform(lo, hi, n)
         else:
             bright = rng.uniform(t.photons_min, t.photons_max, n)
+        if t.pair_fraction > 0:
+            x, y, z, start, dur, bright = self._add_partners(x, y, z, start, dur, bright, tau)
         return x, y, z, start, dur, bright
+
+    def _add_partners(self, x, y, z, start, dur, bright, tau: float):
+        """Give ``train.pair_fraction`` of the events a partner ``PAIR_DISTANCE_PX`` away that starts within
+        a frame of it (so both are on together), lasts its own exponential time and has a brightness
+        drawn from the same sample's band. Only called when the fraction is > 0: the random stream of
+        configs without pairs is unchanged."""
+        rng = self.rng
+        has = rng.random(len(x)) < self.cfg.train.pair_fraction
+        k = int(has.sum())
+        dist = rng.uniform(*PAIR_DISTANCE_PX, k)
+        angle = rng.uniform(0.0, 2.0 * np.pi, k)
+        z_new = rng.uniform(-self.z_range, self.z_range, k) if self.z_range > 0 else np.zeros(k)
+        start_new = start[has] + rng.uniform(-1.0, 1.0, k)
+        dur_new = rng.exponential(tau, k)
+        bright_new = bright[rng.integers(0, len(bright), k)]  # the sample's band, independent of the partner
+        return (np.concatenate([x, x[has] + dist * np.cos(angle)]), np.concatenate([y, y[has] + dist * np.sin(angle)]),
+                np.concatenate([z, z_new]), np.concatenate([start, start_new]), np.concatenate([dur, dur_new]),
+                np.concatenate([bright, bright_new]))
 
     def sample(self):
         """One window: (T, P, P) float32 input ((T, C, P, P) with conditioning channels), central-frame
