@@ -100,14 +100,14 @@ def test_the_command_writes_a_config_that_run_and_train_accept_and_a_report(tmp_
 
 @pytest.mark.slow  # localizes 2 × 40 simulated frames
 def test_the_threshold_is_chosen_on_the_calibrated_conditions_and_beats_or_equals_the_fixed_one() -> None:
-    from rtsmlm.analysis.thresholds import GRID, choose_p_threshold
+    from rtsmlm.analysis.thresholds import GRID, JACCARD_TOLERANCE, choose_p_threshold
 
     # A dim sample: the fixed 0.6 loses dim emitters; the curve says which threshold recovers them.
     cfg = config.load(None, ["sim.size=64", "sim.density=0.5", "sim.photons_mean=700", "sim.photons_sigma=200",
                              "sim.bg_photons=60", "sim.seed=5", "backend.threads=1"])
     choice = choose_p_threshold(cfg, "default", frames=40)
     assert set(choice.curve) == {float(t) for t in GRID}
-    assert choice.p_threshold in choice.curve and choice.jaccard == max(choice.curve.values())
+    assert choice.p_threshold in choice.curve and choice.jaccard >= max(choice.curve.values()) - JACCARD_TOLERANCE
     assert choice.jaccard >= choice.curve[0.6]
     assert all(0.0 <= j <= 1.0 for j in choice.curve.values()) and choice.jaccard > 0.3
 

@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from rtsmlm.core.camera import CameraModel
 from rtsmlm.core.errors import RtsmlmError
-from rtsmlm.localization.spots import find_isolated_spots, fit_spots, round_spots
+from rtsmlm.localization.spots import background_map, find_isolated_spots, fit_spots, psf_width_fits
 
 log = logging.getLogger(__name__)
 
@@ -299,19 +299,11 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
                              read.value / gain.value, 10.0,
                              offset_map=dark_mean.astype(np.float32) if (dark_mean is not None and camera_model == "scmos") else None)
     photons = cal_camera.to_photons(frames.astype(np.float32)).astype(np.float64)
-    bg_map = np.median(photons, axis=0)
-    bg_map = ndimage.median_filter(bg_map, size=9)  # spots left out: the smooth background
+    bg_map = background_map(photons)
     spots = find_isolated_spots(photons, bg_map)
     # Fitted on the background-subtracted frames: an illumination gradient across the box would widen them.
-    signal = photons - bg_map
-    fits = fit_spots(signal, spots[:2000], 0.0)
-    good = round_spots(fits)
-    if len(good) >= MIN_SPOTS and np.median(good["sigma_px"]) > 1.2:
-        # A wide PSF (small pixels): a 7-px box cuts its tails off; fit again in a box of ±2.5 sigma.
-        box = 2 * int(math.ceil(2.5 * float(np.median(good["sigma_px"])))) + 1
-        spots = find_isolated_spots(photons, bg_map, box=box)
-        fits = fit_spots(signal, spots[:2000], 0.0, box=box)
-        good = round_spots(fits)
+    fits = fit_spots(photons - bg_map, spots[:2000], 0.0)
+    good = psf_width_fits(photons, bg_map, min_spots=MIN_SPOTS)  # single round spots; box widened for a wide PSF
     sigma = None
     if len(good) >= MIN_SPOTS:
         s = good["sigma_px"] * pixel_size_nm

@@ -64,6 +64,25 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_choose_threshold(args) -> int:
+    from rtsmlm.localization.checkpoint import load_meta, resolve
+    from rtsmlm.training.train import store_model_threshold
+
+    meta = load_meta(args.model)  # one sentence if it is not a checkpoint
+    if args.config:
+        cfg = config_mod.load(args.config)
+    else:
+        # The metadata holds the training ranges, not a sample: simulate the middle of them.
+        t = meta.train
+        sim = {"bg_photons": (t["bg_min"] + t["bg_max"]) / 2, "photons_mean": (t["photons_min"] + t["photons_max"]) / 2,
+               "photons_sigma": (t["photons_max"] - t["photons_min"]) / 4,
+               "density": max(0.1, (t["density_min"] + t["density_max"]) / 2)}
+        cfg = config_mod.from_dict({"train": t, "camera": meta.camera, "psf": meta.psf, "sim": sim},
+                                   f"{args.model} metadata")
+    store_model_threshold(resolve(args.model), cfg, frames=args.frames, progress=not args.quiet)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- evaluate
 
 def _cmd_evaluate(args) -> int:
@@ -253,6 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "model's name such as broad_2d or default); its width/depth/window are used")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("choose-threshold", help="choose a model's own detection threshold on its training "
+                                                "conditions, simulated, and store it in its metadata",
+                       description="What `rtsmlm train` does at its end, for a model trained before, or on other "
+                                   "conditions (--config). Runs use the stored threshold unless model.p_threshold "
+                                   "is set.")
+    p.add_argument("model", metavar="MODEL", help="checkpoint path prefix (its .json is rewritten)")
+    p.add_argument("--config", metavar="FILE", help="the conditions to choose on (camera, psf, [sim] sample, "
+                                                    "train.broad): e.g. the training config or `rtsmlm calibrate`'s "
+                                                    "output; default: the model's metadata, the middle of its "
+                                                    "training ranges")
+    p.add_argument("--frames", type=int, default=100, help="simulated frames per condition")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_choose_threshold)
 
     p = sub.add_parser("evaluate", help="score localizations against ground truth (prints JSON)")
     _add_config_args(p)

@@ -134,8 +134,11 @@ def effective_max_frames(src: SourceConfig) -> int:
 @dataclass(frozen=True)
 class ModelConfig:
     checkpoint: str = _f("default", doc="'default' = the model shipped for the default camera, or a path")
-    p_threshold: float = _f(0.6, range=(0.0, 1.0))
-    candidate_threshold: float = _f(0.3, range=(0.0, 1.0))
+    p_threshold: float = _f(-1.0, range=(-1.0, 1.0),
+                            doc="detection threshold (integrated probability); negative = the model's own, chosen "
+                                "on its training conditions when it was trained (0.6 for a model without one)")
+    candidate_threshold: float = _f(0.3, range=(0.0, 1.0),
+                                    doc="local maxima of p below this are not considered (at most p_threshold)")
     split_threshold: float = _f(0.6, range=(0.0, 1.0))
     refine: str = _f("off", choices=("off", "mle", "fuse"),
                      doc="isolated localizations refined by a maximum-likelihood fit of the PSF (psf.sigma_nm) to "

@@ -141,7 +141,8 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
         is_3d = is_3d or (meta.psf or {}).get("model", "gaussian") != "gaussian"  # a 3D model writes z
         model_info = {"checkpoint": cfg.model.checkpoint, "step": meta.step, "width": meta.width,
                       "depth": meta.depth, "window": meta.window, "trained_metrics": meta.metrics,
-                      "conditioning": list(meta.scales.conditioning), "refine": cfg.model.refine}
+                      "conditioning": list(meta.scales.conditioning), "refine": cfg.model.refine,
+                      "p_threshold": localizer.p_threshold, "p_threshold_from": localizer.p_threshold_source}
     # Everything that can still fail (the colour map, plugins, the stream's port) is checked or opened
     # before any output file is created, so a failed --overwrite run leaves the previous run's files untouched.
     from rtsmlm.analysis.live_render import check_colormap

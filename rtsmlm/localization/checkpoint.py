@@ -39,6 +39,10 @@ class ModelMeta:
     step: int = 0
     rtsmlm_version: str = rtsmlm.__version__
     metrics: dict[str, Any] | None = None
+    detection: dict[str, Any] | None = None
+    """The detection threshold chosen for this model on its training conditions, simulated
+    (:func:`rtsmlm.analysis.thresholds.choose_for_model`): ``p_threshold``, the ``jaccard`` it gave, the
+    ``conditions`` and ``frames`` simulated. Used when ``model.p_threshold`` is left at its default."""
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -68,6 +72,8 @@ class ModelMeta:
             raise CheckpointError(f"{source}: metadata key 'scales.conditioning' names {unknown[0]!r}; "
                                   f"known channels: {', '.join(CHANNELS)}")
         d["scales"] = Scales(**{**scales, "conditioning": tuple(scales.get("conditioning", []))})
+        if d.get("detection") is not None:
+            _check_table(source, d["detection"], _DETECTION_SCHEMA, "detection.")
         return cls(**d)
 
 
@@ -85,6 +91,13 @@ _SCHEMA: dict[str, tuple[type | tuple[type, ...], float | None, float | None, bo
     "step": (int, 0, None, False),
     "rtsmlm_version": (str, None, None, False),
     "metrics": ((dict, type(None)), None, None, False),
+    "detection": ((dict, type(None)), None, None, False),
+}
+_DETECTION_SCHEMA: dict[str, tuple[type | tuple[type, ...], float | None, float | None, bool]] = {
+    "p_threshold": ((int, float), 0.0, 1.0, True),
+    "jaccard": ((int, float), 0.0, 1.0, False),
+    "frames": (int, 1, None, False),
+    "conditions": (list, None, None, False),
 }
 _SCALES_SCHEMA: dict[str, tuple[type | tuple[type, ...], float | None, float | None, bool]] = {
     "input_scale": ((int, float), 1e-9, 1e12, True),
@@ -121,6 +134,35 @@ def _check_value(source: str, key: str, value: Any, kind: Any, lo: float | None,
         if not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
             bounds = f"{lo:g}..{hi:g}" if hi is not None else f">= {lo:g}"
             raise CheckpointError(f"{source}: metadata key {key!r} is {value!r}; allowed: {bounds}")
+
+
+DEFAULT_P_THRESHOLD = 0.6
+"""The detection threshold of a model whose metadata holds none (trained before thresholds were chosen)."""
+
+
+def detection_threshold(meta: ModelMeta, configured: float) -> tuple[float, str]:
+    """The p threshold a run uses and where it came from: ``configured`` when set (≥ 0: the user's
+    ``model.p_threshold`` or ``rtsmlm calibrate``'s choice), else the model's own (``meta.detection``,
+    chosen on its training conditions), else :data:`DEFAULT_P_THRESHOLD`."""
+    if configured >= 0:
+        return float(configured), "config"
+    if meta.detection is not None:
+        return float(meta.detection["p_threshold"]), "model"
+    return DEFAULT_P_THRESHOLD, "default"
+
+
+def store_detection(path_or_name: str | Path, detection: dict[str, Any]) -> ModelMeta:
+    """Write ``detection`` (see :attr:`ModelMeta.detection`) into a checkpoint's metadata, atomically;
+    the weights are untouched. Returns the new metadata (validated like a loaded one)."""
+    jpath = resolve(path_or_name).with_suffix(".json")
+    meta = load_meta(path_or_name)
+    data = meta.to_json()
+    data["detection"] = detection
+    new = ModelMeta.from_json(json.loads(json.dumps(data)), str(jpath))
+    tmp = jpath.with_name(jpath.stem + ".tmp.json")
+    tmp.write_text(json.dumps(new.to_json(), indent=2))
+    tmp.replace(jpath)
+    return new
 
 
 def shipped_models() -> list[str]:

@@ -24,7 +24,7 @@ from rtsmlm.core.camera import CameraModel
 from rtsmlm.core.locs import LOC_DTYPE, concat
 from rtsmlm.localization import conditioning, range_guard
 from rtsmlm.localization.backends.protocol import Backend
-from rtsmlm.localization.checkpoint import ModelMeta
+from rtsmlm.localization.checkpoint import ModelMeta, detection_threshold
 from rtsmlm.localization.postprocess import Postprocessor
 from rtsmlm.localization.range_guard import RangeVerdict
 from rtsmlm.localization.tiling import (
@@ -38,6 +38,10 @@ from rtsmlm.localization.tiling import (
 log = logging.getLogger("rtsmlm.localization")
 
 
+THRESHOLD_SOURCES = {"config": "model.p_threshold of the config", "model": "the model's own, chosen on its training "
+                     "conditions", "default": "the default; the model holds none"}
+
+
 class StreamingLocalizer:
     """Localizes molecules in a stream of raw frames with a frame-feature cache.
 
@@ -47,7 +51,9 @@ class StreamingLocalizer:
         camera: converts ADU to photons (per-pixel sCMOS maps included) and gives the pixel size in nm.
         frame_shape: (height, width) of the raw frames, any size.
         p_threshold, candidate_threshold, split_threshold: passed to
-            :class:`rtsmlm.localization.postprocess.Postprocessor`.
+            :class:`rtsmlm.localization.postprocess.Postprocessor`; a negative ``p_threshold`` is the
+            model's own (:func:`rtsmlm.localization.checkpoint.detection_threshold`), and the candidate
+            threshold is at most the p threshold.
         batch_size: frames per backend call; 0 = chosen from free memory (at most ``max_batch``; on the
             CPU at most 65536 pixels per call, which keeps activations in the caches).
         tile: tile core size in pixels; None = chosen from free memory (whole frames when they fit).
@@ -82,10 +88,12 @@ class StreamingLocalizer:
         self.window = backend.window
         self.maps_sink = maps_sink
         self._half = backend.window // 2
+        self.p_threshold, self.p_threshold_source = detection_threshold(meta, p_threshold)
         self.postprocessor = Postprocessor(
             pixel_size_nm=camera.pixel_size_nm, photon_scale=meta.scales.photon_scale,
             z_scale=meta.scales.z_scale, bg_scale=meta.scales.bg_scale,
-            p_threshold=p_threshold, candidate_threshold=candidate_threshold, split_threshold=split_threshold,
+            p_threshold=self.p_threshold, candidate_threshold=min(candidate_threshold, self.p_threshold),
+            split_threshold=split_threshold,
             has_z=(meta.psf or {}).get("model", "gaussian") != "gaussian",
         )
         element_bytes = 4 if backend.precision == "fp32" else 2
@@ -126,8 +134,9 @@ class StreamingLocalizer:
             self.batch_size = max(1, min(self.batch_size, max_tiles // k))
         calls = min(self.batch_size * k, self._tiles_per_call)
         backend.warmup(self.plan.tile_height, self.plan.tile_width, calls, calls)
-        log.info("localizer: %dx%d frames, %d tile(s) of %dx%d (margin %d), batch %d frames",
-                 height, width, k, self.plan.tile_height, self.plan.tile_width, self.plan.margin, self.batch_size)
+        log.info("localizer: %dx%d frames, %d tile(s) of %dx%d (margin %d), batch %d frames; p threshold %.2f (%s)",
+                 height, width, k, self.plan.tile_height, self.plan.tile_width, self.plan.margin, self.batch_size,
+                 self.p_threshold, THRESHOLD_SOURCES[self.p_threshold_source])
         # Feature cache of the current sequence: (rows, tiles, C, tile_h, tile_w), one row per frame in time
         # order with edge-padding rows at the start; _rows[i] is the frame index of row i.
         self._feats: torch.Tensor | None = None

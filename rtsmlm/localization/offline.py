@@ -27,13 +27,14 @@ class OfflineLocalizer:
     Args:
         checkpoint: 'default' (the shipped model) or a checkpoint path prefix.
         backend_cfg: which engine runs it (None = the config default, 'auto').
-        p_threshold, candidate_threshold, refine: as ``[model]`` in config.toml.
+        p_threshold, candidate_threshold, refine: as ``[model]`` in config.toml (a negative p threshold:
+            the model's own).
 
     Call :meth:`localize` once per movie, from one thread.
     """
 
     def __init__(self, checkpoint: str = "default", backend_cfg: "BackendConfig | None" = None,
-                 p_threshold: float = 0.6, candidate_threshold: float = 0.3, refine: str = "off") -> None:
+                 p_threshold: float = -1.0, candidate_threshold: float = 0.3, refine: str = "off") -> None:
         from rtsmlm.core.config import BackendConfig
         from rtsmlm.localization.backends import open_backend
 
@@ -72,7 +73,7 @@ class OfflineLocalizer:
 
 
 def localize_frames(frames: np.ndarray, camera: "CameraModel", checkpoint: str = "default",
-                    backend_cfg: "BackendConfig | None" = None, p_threshold: float = 0.6,
+                    backend_cfg: "BackendConfig | None" = None, p_threshold: float = -1.0,
                     candidate_threshold: float = 0.3, *, first_index: int = 0,
                     batch_size: int = 0, psf_sigma_nm: float | None = None) -> np.ndarray:
     """Open ``checkpoint`` on a backend and localize one movie (see :class:`OfflineLocalizer`)."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rtsmlm.localization.spots import find_isolated_spots, fit_spots, round_spots
+from rtsmlm.localization.spots import background_map, psf_width_fits
 
 log = logging.getLogger("rtsmlm.range")
 
@@ -78,10 +78,13 @@ def trained_ranges(meta: Any) -> dict[str, list[float]]:
 
 
 def measure(photons: np.ndarray, max_spots: int = 60) -> tuple[float, float | None, float | None, int]:
-    """(background, PSF sigma px, median spot photons, spots fitted) of frames already in photons."""
+    """(background, PSF sigma px, median spot photons, spots fitted) of frames already in photons. The
+    width and brightness come from single round spots on the smooth background
+    (:func:`rtsmlm.localization.spots.psf_width_fits`); a dense, structured or high-background movie
+    would otherwise read wider than its PSF (a false warning)."""
     photons = np.asarray(photons, dtype=np.float64)
     bg = float(np.median(photons))
-    fits = fit_spots(photons, find_isolated_spots(photons, bg)[:max_spots], bg, elliptical=False)  # the brightest: best widths
+    fits = psf_width_fits(photons, background_map(photons), max_spots=max_spots)  # the brightest: best widths
     if len(fits) < 5:
         return bg, None, None, len(fits)
     return bg, float(np.median(fits["sigma_px"])), float(np.median(fits["photons"])), len(fits)
@@ -89,14 +92,6 @@ def measure(photons: np.ndarray, max_spots: int = 60) -> tuple[float, float | No
 
 TOLD_SIGMA_TOLERANCE = 0.15
 """A conditioned model told a PSF σ more than this fraction away from the movie's measured σ is warned about."""
-
-
-def round_spot_sigma(photons: np.ndarray, bg: float, max_spots: int = 60) -> float | None:
-    """PSF σ (px) from the round spots only: in a dense movie a spot with a neighbour inside the fitted
-    box fits wider, and elongated (two emitters) — only round fits (axes within 15 %) are single emitters.
-    None when fewer than 5 are found."""
-    fits = round_spots(fit_spots(photons, find_isolated_spots(np.asarray(photons, np.float64), bg)[:max_spots], bg))
-    return float(np.median(fits["sigma_px"])) if len(fits) >= 5 else None
 
 
 def check(photons: np.ndarray, meta: Any, told_sigma_px: float | None = None) -> RangeVerdict:
@@ -121,10 +116,9 @@ def check(photons: np.ndarray, meta: Any, told_sigma_px: float | None = None) ->
                         "false or missed detections; use a model for this camera (rtsmlm train with a config "
                         "describing it, or the broad model: --model broad_2d)", what, value, unit, lo, hi, unit)
     told = told_sigma_px if "psf_sigma" in getattr(meta.scales, "conditioning", ()) else None
-    round_sigma = round_spot_sigma(photons, bg) if told is not None else None
-    if told is not None and round_sigma is not None and abs(round_sigma / told - 1.0) > TOLD_SIGMA_TOLERANCE:
+    if told is not None and sigma is not None and abs(sigma / told - 1.0) > TOLD_SIGMA_TOLERANCE:
         out.append("psf_sigma_told")
         log.warning("the movie's PSF sigma is %.2f px but the model is told %.2f px (psf.sigma_nm): it will look "
                     "for spots of the wrong size; measure the PSF with `rtsmlm calibrate movie.tif` and run with "
-                    "its config", round_sigma, told)
+                    "its config", sigma, told)
     return RangeVerdict(len(photons), bg, sigma, bright, n_spots, ranges, out, told)

@@ -183,11 +183,14 @@ def _ieee_floats():
 
 
 def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress: bool = True,
-          log_path: str | Path | None = None, init: str | Path | None = None) -> Path:
+          log_path: str | Path | None = None, init: str | Path | None = None,
+          choose_threshold: bool = True) -> Path:
     """Train a model for ``cfg``'s camera and PSF; returns the checkpoint prefix.
 
     ``init``: fine-tune from that checkpoint — its weights, its architecture (width, depth, window) and
     its input/output scales (the network's units must not change under it); the data are ``cfg``'s.
+    ``choose_threshold``: at the end, the kept checkpoint's own detection threshold is chosen on the
+    training conditions, simulated, and stored in its metadata (runs use it unless told another).
     """
     import torch
 
@@ -303,5 +306,21 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
     batches.close()
     if bar:
         bar.close()
+    if choose_threshold:
+        store_model_threshold(out_prefix, cfg, progress=progress)
     return out_prefix
+
+
+def store_model_threshold(prefix: str | Path, cfg: Config, *, frames: int = 100, progress: bool = True) -> dict:
+    """Choose a checkpoint's own detection threshold on ``cfg``'s conditions
+    (:func:`rtsmlm.analysis.thresholds.choose_for_model`) and store it in its metadata."""
+    from rtsmlm.analysis.thresholds import choose_for_model
+    from rtsmlm.localization.checkpoint import store_detection
+
+    detection = choose_for_model(str(prefix), cfg, frames=frames)
+    store_detection(prefix, detection)
+    if progress:
+        print(f"detection threshold {detection['p_threshold']:.2f} (Jaccard {detection['jaccard']:.3f} on "
+              f"{len(detection['conditions'])} simulated condition(s)) stored in {Path(prefix)}.json")
+    return detection
 

@@ -1,0 +1,95 @@
+"""A model's own detection threshold: chosen on its training conditions (simulated) when it is trained,
+stored in its metadata, used by runs unless the config sets one (issue 13 item 3)."""
+
+import json
+import shutil
+
+import pytest
+
+from rtsmlm.cli import main
+from rtsmlm.core import config
+from rtsmlm.localization.checkpoint import (
+    DEFAULT_MODEL_DIR,
+    DEFAULT_P_THRESHOLD,
+    CheckpointError,
+    detection_threshold,
+    load_meta,
+    store_detection,
+)
+
+
+def _copy_default(tmp_path):
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(DEFAULT_MODEL_DIR / f"default_2d{suffix}", tmp_path / f"model{suffix}")
+    return tmp_path / "model"
+
+
+def test_the_config_wins_then_the_model_then_the_default(tmp_path):
+    prefix = _copy_default(tmp_path)
+    meta = load_meta(prefix)
+    assert meta.detection is None
+    assert detection_threshold(meta, -1.0) == (DEFAULT_P_THRESHOLD, "default")
+    meta = store_detection(prefix, {"p_threshold": 0.45, "jaccard": 0.8, "frames": 10, "conditions": ["a"]})
+    assert load_meta(prefix).detection == meta.detection
+    assert detection_threshold(meta, -1.0) == (0.45, "model")
+    assert detection_threshold(meta, 0.7) == (0.7, "config")
+    assert detection_threshold(meta, 0.0) == (0.0, "config")  # 0 is a threshold, not "unset"
+    assert config.load().model.p_threshold < 0  # the default: the model's own
+
+
+def test_a_bad_stored_threshold_is_one_sentence_naming_the_file_and_key(tmp_path):
+    prefix = _copy_default(tmp_path)
+    data = json.loads(prefix.with_suffix(".json").read_text())
+    data["detection"] = {"p_threshold": 1.5}
+    prefix.with_suffix(".json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"model\.json: metadata key 'detection\.p_threshold' is 1\.5"):
+        load_meta(prefix)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with pytest.raises(CheckpointError, match="detection.p_threshold"):
+        store_detection(_copy_default(fresh), {"p_threshold": -0.1})
+
+
+@pytest.mark.slow  # simulates and localizes 30 frames, then a 60-frame run
+def test_choose_threshold_stores_the_best_of_the_curve_and_a_run_uses_it(tmp_path, capsys):
+    from rtsmlm.analysis.thresholds import GRID, JACCARD_TOLERANCE, threshold_curve
+
+    prefix = _copy_default(tmp_path)
+    # A dim sample, where the usual 0.6 loses emitters: the conditions to choose on.
+    conditions = tmp_path / "dim.toml"
+    conditions.write_text("[sim]\nsize = 64\ndensity = 0.5\nphotons_mean = 700.0\nphotons_sigma = 200.0\n"
+                          "bg_photons = 60.0\nseed = 5\n")
+    assert main(["choose-threshold", str(prefix), "--config", str(conditions), "--frames", "30"]) == 0
+    detection = load_meta(prefix).detection
+    assert detection is not None and detection["p_threshold"] in GRID and detection["frames"] == 30
+    assert "detection threshold" in capsys.readouterr().out
+    # It is the curve's best on those conditions (the same simulation, seeded).
+    cfg = config.load(conditions)
+    curve = threshold_curve(config.replace(cfg, sim=config.to_dict(config.replace(cfg.sim, seed=cfg.sim.seed + 7000))),
+                            str(prefix), frames=30)
+    assert detection["jaccard"] == pytest.approx(curve[detection["p_threshold"]], abs=1e-4)
+    assert detection["jaccard"] >= max(curve.values()) - JACCARD_TOLERANCE
+    # Of the thresholds as good as the best, the one nearest the usual 0.6.
+    assert all(abs(t - 0.6) >= abs(detection["p_threshold"] - 0.6) for t, j in curve.items()
+               if j >= max(curve.values()) - JACCARD_TOLERANCE)
+    assert detection["p_threshold"] < DEFAULT_P_THRESHOLD  # dim emitters need a lower one
+
+    out = tmp_path / "run"
+    common = ["run", "--quiet", "--no-stream", "--set", "backend.threads=1", "--set", f'model.checkpoint="{prefix}"',
+              "--set", "sim.size=64"]
+    assert main([*common, "--out", str(out), "--max-frames", "60"]) == 0
+    model = json.loads((out / "summary.json").read_text())["model"]
+    assert model["p_threshold"] == detection["p_threshold"] and model["p_threshold_from"] == "model"
+    out2 = tmp_path / "run2"
+    assert main([*common, "--out", str(out2), "--max-frames", "30", "--set", "model.p_threshold=0.7"]) == 0
+    model = json.loads((out2 / "summary.json").read_text())["model"]
+    assert model["p_threshold"] == 0.7 and model["p_threshold_from"] == "config"
+
+
+def test_training_ends_by_storing_the_models_threshold(tmp_path):
+    prefix = tmp_path / "m"
+    assert main(["train", "--out", str(prefix), "--steps", "1", "--set", "train.batch_size=2", "--set",
+                 "train.val_samples=4", "--set", "train.patch_size=16", "--set", "sim.size=32", "--quiet"]) == 0
+    detection = load_meta(prefix).detection
+    assert detection is not None and 0.0 <= detection["p_threshold"] <= 1.0
+    assert detection["conditions"] and detection["conditions"][0].startswith("training config")
