@@ -57,3 +57,11 @@ def test_a_3d_run_recovers_a_100_nm_focus_drift(tmp_path) -> None:
     assert rms <= 5.0, rms  # measured 2.2 nm
     summary = json.loads((out / "summary.json").read_text())
     assert summary["drift"]["max_abs_dz_nm"] == pytest.approx(np.abs(estimate.dz).max(), rel=1e-6)
+    # The files carry the corrected depth beside the raw one: z_dc = z - dz(frame).
+    from rtsmlm.io.locfiles import read_locs
+
+    locs = read_locs(out / "localizations.csv")
+    assert "z_dc" in locs.dtype.names and summary["outputs"]["drift_corrected_columns"][-1] == "z_dc"
+    np.testing.assert_allclose(locs["z"] - locs["z_dc"], estimate.dz[locs["frame"]], atol=0.01)
+    picasso = read_locs(out / "localizations.hdf5")
+    np.testing.assert_allclose(picasso["z_dc"], locs["z_dc"], atol=0.01)

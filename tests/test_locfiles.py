@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rtsmlm.core.locs import LOC_DTYPE, LOC_DTYPE_DC, with_drift_columns
+from rtsmlm.core.locs import LOC_DTYPE, LOC_DTYPE_DC, LOC_DTYPE_DC_Z, with_drift_columns
 from rtsmlm.io.locfiles import (
     THUNDERSTORM_COLUMNS,
     CsvLocWriter,
@@ -233,6 +233,37 @@ def test_picasso_drift_corrected_writes_corrected_xy_and_keeps_raw(tmp_path: Pat
     back = read_locs(h5_path)
     assert back.dtype == LOC_DTYPE_DC
     assert_same(back, locs, ("x", "y", "x_dc", "y_dc"), rtol=1e-6, atol=1e-3)
+
+
+def test_a_focus_drift_corrected_table_keeps_raw_and_corrected_z_in_every_format(tmp_path: Path) -> None:
+    """A 3D run's ``z_dc`` (z minus the estimated focus drift): an added rtsmlm CSV column; in Picasso the
+    corrected z in ``z`` and the raw one in ``z_raw`` (like x, y); ThunderSTORM's ``z [nm]`` is corrected."""
+    locs = with_drift_columns(make_locs(20), z=True)
+    assert locs.dtype == LOC_DTYPE_DC_Z and np.array_equal(locs["z_dc"], locs["z"])
+    locs["x"] = np.clip(locs["x"], 100.0, 6300.0)
+    locs["y"] = np.clip(locs["y"], 100.0, 6300.0)
+    locs["x_dc"], locs["y_dc"] = locs["x"] - 30.0, locs["y"] + 10.0
+    locs["z_dc"] = locs["z"] - 75.0
+    csv = write_csv(tmp_path / "dc.csv", locs)
+    assert csv.read_text().splitlines()[0].endswith(",x_dc,y_dc,z_dc")
+    back = read_locs(csv)
+    assert back.dtype == LOC_DTYPE_DC_Z
+    assert_same(back, locs, ("x", "y", "z", "x_dc", "y_dc", "z_dc"))
+    h5_path, _ = write_picasso_hdf5(tmp_path / "dc.hdf5", locs, PIXEL, 64, 64)
+    with h5py.File(h5_path, "r") as f:
+        raw = f["locs"][...]
+    np.testing.assert_allclose(raw["z"], locs["z_dc"], rtol=1e-6)
+    np.testing.assert_allclose(raw["z_raw"], locs["z"], rtol=1e-6)
+    back = read_locs(h5_path)
+    assert back.dtype == LOC_DTYPE_DC_Z
+    assert_same(back, locs, ("z", "z_dc"), rtol=1e-6, atol=1e-3)
+    ts = write_csv(tmp_path / "ts.csv", locs, "thunderstorm")
+    back = read_locs(ts)
+    assert_same(back, locs[["z_dc"]].astype([("z", "<f4")]), ("z",), rtol=1e-6, atol=1e-3)
+    # A 2D table written without z keeps Picasso's fields as before (no z_raw without z).
+    h5_2d, _ = write_picasso_hdf5(tmp_path / "dc2d.hdf5", locs, PIXEL, 64, 64, include_z=False)
+    with h5py.File(h5_2d, "r") as f:
+        assert "z" not in f["locs"].dtype.names and "z_raw" not in f["locs"].dtype.names
 
 
 def test_picasso_pixel_size_comes_from_yaml_or_argument(tmp_path: Path) -> None:

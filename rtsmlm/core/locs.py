@@ -32,6 +32,17 @@ LOC_DTYPE = np.dtype(
 DRIFT_COLUMNS = ("x_dc", "y_dc")
 LOC_DTYPE_DC = np.dtype(LOC_DTYPE.descr + [("x_dc", "<f4"), ("y_dc", "<f4")])
 """The table of a drift-corrected run: the raw columns plus drift-corrected ``x_dc``, ``y_dc`` (nm)."""
+LOC_DTYPE_DC_Z = np.dtype(LOC_DTYPE_DC.descr + [("z_dc", "<f4")])
+"""The table of a drift-corrected 3D run whose axial (focus) drift was estimated: also ``z_dc`` (nm)."""
+TABLE_DTYPES = (LOC_DTYPE, LOC_DTYPE_DC, LOC_DTYPE_DC_Z)
+
+
+def table_dtype(names: tuple[str, ...] | list[str] | None) -> np.dtype:
+    """Which of :data:`TABLE_DTYPES` a table with these columns is (the richest whose extra columns it has)."""
+    names = set(names or ())
+    if all(c in names for c in DRIFT_COLUMNS):
+        return LOC_DTYPE_DC_Z if "z_dc" in names else LOC_DTYPE_DC
+    return LOC_DTYPE
 
 
 def empty(n: int = 0, dtype: np.dtype = LOC_DTYPE) -> np.ndarray:
@@ -46,15 +57,16 @@ def concat(tables: list[np.ndarray], dtype: np.dtype = LOC_DTYPE) -> np.ndarray:
     return np.concatenate(tables)
 
 
-def with_drift_columns(locs: np.ndarray) -> np.ndarray:
-    """Return ``locs`` with ``x_dc``/``y_dc`` columns (initialised to the raw coordinates)."""
-    if "x_dc" in locs.dtype.names:
+def with_drift_columns(locs: np.ndarray, z: bool = False) -> np.ndarray:
+    """Return ``locs`` with ``x_dc``/``y_dc`` columns (and ``z_dc`` when ``z``), initialised to the raw
+    coordinates."""
+    want = LOC_DTYPE_DC_Z if z or "z_dc" in (locs.dtype.names or ()) else LOC_DTYPE_DC
+    if locs.dtype == want:
         return locs
-    out = np.empty(len(locs), dtype=LOC_DTYPE_DC)
-    for name in LOC_DTYPE.names:
-        out[name] = locs[name]
-    out["x_dc"] = locs["x"]
-    out["y_dc"] = locs["y"]
+    out = np.empty(len(locs), dtype=want)
+    for name in want.names:
+        raw = name[:-3] if name.endswith("_dc") else name
+        out[name] = locs[name] if name in (locs.dtype.names or ()) else locs[raw]
     return out
 
 

@@ -41,7 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from rtsmlm.core.errors import RtsmlmError
-from rtsmlm.core.locs import DRIFT_COLUMNS, LOC_DTYPE, LOC_DTYPE_DC
+from rtsmlm.core.locs import LOC_DTYPE, LOC_DTYPE_DC, LOC_DTYPE_DC_Z, TABLE_DTYPES, table_dtype
 from rtsmlm.io.paths import check_new_file
 
 __all__ = [
@@ -115,7 +115,7 @@ def read_locs(path: str | Path, pixel_size_nm: float | None = None) -> np.ndarra
     Detects rtsmlm CSV, ThunderSTORM CSV, the simulator's truth CSV (``frame,x,y,z,photons``), truth
     CSVs with only ``frame,x,y,z``, and Picasso HDF5. Columns the file lacks are NaN. Frames come back
     0-based, coordinates in nm. A table with drift-corrected columns comes back as
-    :data:`LOC_DTYPE_DC`. ``pixel_size_nm`` is needed only for Picasso files whose YAML has no
+    :data:`LOC_DTYPE_DC` (:data:`LOC_DTYPE_DC_Z` with ``z_dc``). ``pixel_size_nm`` is needed only for Picasso files whose YAML has no
     ``Pixelsize`` (and overrides it when given). A CSV ending in a partial line (a writer killed
     mid-write) is read up to its last complete line, with a warning.
     """
@@ -164,8 +164,8 @@ def _frames_from(path: Path, values: np.ndarray, base: int) -> np.ndarray:
     return values.astype(np.int64) - base
 
 
-def _table(n: int, drift: bool) -> np.ndarray:
-    out = np.empty(n, dtype=LOC_DTYPE_DC if drift else LOC_DTYPE)
+def _table(n: int, dtype: np.dtype) -> np.ndarray:
+    out = np.empty(n, dtype=dtype)
     for name in out.dtype.names:
         if name != "frame":
             out[name] = np.nan
@@ -174,8 +174,7 @@ def _table(n: int, drift: bool) -> np.ndarray:
 
 def _from_rtsmlm_csv(path: Path, names: list[str], data: np.ndarray) -> np.ndarray:
     col = {n: i for i, n in enumerate(names)}
-    drift = all(c in col for c in DRIFT_COLUMNS)
-    out = _table(len(data), drift)
+    out = _table(len(data), table_dtype(names))
     out["frame"] = _frames_from(path, data[:, col["frame"]], 0)
     for name in out.dtype.names:
         if name != "frame" and name in col:
@@ -189,7 +188,7 @@ def _from_thunderstorm(path: Path, names: list[str], data: np.ndarray) -> np.nda
         raise LocFileError(f"{path}: ThunderSTORM file without 'x [nm]'/'y [nm]' columns (export in nm)")
     if "frame" not in col:
         raise LocFileError(f"{path}: ThunderSTORM file without a 'frame' column")
-    out = _table(len(data), False)
+    out = _table(len(data), LOC_DTYPE)
     out["frame"] = _frames_from(path, data[:, col["frame"]], 1)  # ThunderSTORM counts frames from 1
     mapping = {"x": "x [nm]", "y": "y [nm]", "z": "z [nm]", "photons": "intensity [photon]",
                "bg": "offset [photon]", "sigma_z": "uncertainty_z [nm]"}
@@ -255,7 +254,8 @@ def _read_picasso(path: Path, pixel_size_nm: float | None) -> np.ndarray:
     if missing:
         raise LocFileError(f"{path}: the 'locs' dataset lacks {', '.join(sorted(missing))}")
     drift = "x_raw" in names and "y_raw" in names
-    out = _table(len(locs), drift)
+    z_drift = drift and "z_raw" in names and "z" in names
+    out = _table(len(locs), LOC_DTYPE_DC_Z if z_drift else LOC_DTYPE_DC if drift else LOC_DTYPE)
     out["frame"] = locs["frame"].astype(np.int64)
 
     def nm(px: np.ndarray) -> np.ndarray:
@@ -273,6 +273,8 @@ def _read_picasso(path: Path, pixel_size_nm: float | None) -> np.ndarray:
     for name in ("photons", "bg", "z", "sigma_z", "sigma_photons", "p"):
         if name in names:
             out[name] = locs[name]
+    if z_drift:  # like x and y: Picasso's z is the corrected one, the raw one beside it
+        out["z_dc"], out["z"] = locs["z"], locs["z_raw"]
     for name in MISSING_AS_ZERO:
         if name in names:
             out[name][locs[name] == 0] = np.nan  # written as 0 for Picasso's loader: no estimate
@@ -307,8 +309,9 @@ def _check_table(locs: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
     names = locs.dtype.names or ()
     missing = [n for n in dtype.names if n not in names]
     if missing:
+        suffix = {LOC_DTYPE_DC: "_DC", LOC_DTYPE_DC_Z: "_DC_Z"}.get(dtype, "")
         raise LocFileError(f"{path}: the localization table lacks {', '.join(missing)} "
-                           f"(expected rtsmlm.core.locs.LOC_DTYPE{'_DC' if dtype == LOC_DTYPE_DC else ''})")
+                           f"(expected rtsmlm.core.locs.LOC_DTYPE{suffix})")
     return locs
 
 
@@ -327,10 +330,12 @@ def _rtsmlm_csv_text(locs: np.ndarray, dtype: np.dtype) -> str:
 
 
 def _thunderstorm_csv_text(locs: np.ndarray, first_id: int, psf_sigma_nm: float | None,
-                           drift: bool) -> str:
+                           dtype: np.dtype) -> str:
     n = len(locs)
+    drift = dtype != LOC_DTYPE
     x = locs["x_dc"] if drift else locs["x"]
     y = locs["y_dc"] if drift else locs["y"]
+    z = locs["z_dc"] if dtype == LOC_DTYPE_DC_Z else locs["z"]
     sx = locs["sigma_x"].astype(np.float64)
     sy = locs["sigma_y"].astype(np.float64)
     bg = locs["bg"].astype(np.float64)
@@ -339,7 +344,7 @@ def _thunderstorm_csv_text(locs: np.ndarray, first_id: int, psf_sigma_nm: float 
     cols = [
         np.arange(first_id, first_id + n, dtype=np.int64),
         np.asarray(locs["frame"], dtype=np.int64) + 1,  # ThunderSTORM counts frames from 1
-        x.astype(np.float64), y.astype(np.float64), locs["z"].astype(np.float64),
+        x.astype(np.float64), y.astype(np.float64), z.astype(np.float64),
         np.full(n, np.nan if psf_sigma_nm is None else float(psf_sigma_nm)),
         locs["photons"].astype(np.float64), bg, bkgstd,
         np.sqrt((sx * sx + sy * sy) / 2.0),
@@ -347,13 +352,17 @@ def _thunderstorm_csv_text(locs: np.ndarray, first_id: int, psf_sigma_nm: float 
     return _csv_text(cols, ["%d", "%d"] + [_FLOAT_FMT] * 8)
 
 
-def _picasso_dtype(include_z: bool, drift: bool) -> np.dtype:
+def _picasso_dtype(include_z: bool, table: np.dtype) -> np.dtype:
+    """Picasso's fields for a table of ``table`` (one of TABLE_DTYPES): a drift-corrected one has the
+    corrected x, y (and z) in Picasso's columns and the raw ones in ``x_raw``, ``y_raw`` (``z_raw``)."""
     fields = list(PICASSO_BASE_DTYPE.descr)
     if include_z:
         fields.append(("z", "<f4"))
     fields += list(_PICASSO_EXTRAS)
-    if drift:
+    if table != LOC_DTYPE:
         fields += [("x_raw", "<f4"), ("y_raw", "<f4")]
+    if include_z and table == LOC_DTYPE_DC_Z:
+        fields.append(("z_raw", "<f4"))
     return np.dtype(fields)
 
 
@@ -384,7 +393,9 @@ def _to_picasso(locs: np.ndarray, dtype: np.dtype, pixel_size_nm: float, psf_sig
     out["lpx"] = locs["sigma_x"].astype(np.float64) / p
     out["lpy"] = locs["sigma_y"].astype(np.float64) / p
     out["net_gradient"] = np.nan_to_num(locs["p"], nan=0.0)
-    if "z" in dtype.names:
+    if "z_raw" in dtype.names:
+        out["z"], out["z_raw"] = locs["z_dc"], locs["z"]
+    elif "z" in dtype.names:
         out["z"] = locs["z"]
     for name, _ in _PICASSO_EXTRAS:
         out[name] = locs[name]
@@ -467,16 +478,16 @@ class CsvLocWriter:
 
     The header is written and flushed on construction, so even an empty run leaves a valid file. Each
     :meth:`flush` writes the buffered rows with one ``write`` call, flushes Python's buffer and, with
-    ``fsync`` (default), asks the OS to put the data on disk. ``dtype`` is :data:`LOC_DTYPE` or
-    :data:`LOC_DTYPE_DC`; for ThunderSTORM a drift-corrected table is written with its corrected x, y.
+    ``fsync`` (default), asks the OS to put the data on disk. ``dtype`` is one of :data:`TABLE_DTYPES`; for
+    ThunderSTORM a drift-corrected table is written with its corrected x, y (and z).
     """
 
     def __init__(self, path: str | Path, style: str = "rtsmlm", *, dtype: np.dtype = LOC_DTYPE,
                  psf_sigma_nm: float | None = None, fsync: bool = True, overwrite: bool = False) -> None:
         if style not in ("rtsmlm", "thunderstorm"):
             raise LocFileError(f"{path}: CSV style {style!r} is not one of 'rtsmlm', 'thunderstorm'")
-        if np.dtype(dtype) not in (LOC_DTYPE, LOC_DTYPE_DC):
-            raise LocFileError(f"{path}: dtype must be rtsmlm.core.locs.LOC_DTYPE or LOC_DTYPE_DC")
+        if np.dtype(dtype) not in TABLE_DTYPES:
+            raise LocFileError(f"{path}: dtype must be rtsmlm.core.locs.LOC_DTYPE, LOC_DTYPE_DC or LOC_DTYPE_DC_Z")
         self.path = Path(path)
         self.style = style
         self.dtype = np.dtype(dtype)
@@ -513,7 +524,7 @@ class CsvLocWriter:
             text = _rtsmlm_csv_text(locs, self.dtype)
         else:
             first_id = self._n_written + self._n_pending + 1
-            text = _thunderstorm_csv_text(locs, first_id, self.psf_sigma_nm, self.dtype == LOC_DTYPE_DC)
+            text = _thunderstorm_csv_text(locs, first_id, self.psf_sigma_nm, self.dtype)
         self._pending.append(text)
         self._n_pending += len(locs)
 
@@ -579,7 +590,7 @@ class PicassoHdf5Writer:
 
     The YAML (``Frames`` = highest frame written + 1, or ``n_frames``) is rewritten atomically on each
     flush. ``include_z`` adds Picasso's ``z`` column (nm); ``dtype`` = :data:`LOC_DTYPE_DC` writes
-    corrected x, y plus ``x_raw``, ``y_raw``.
+    corrected x, y plus ``x_raw``, ``y_raw``; :data:`LOC_DTYPE_DC_Z` also the corrected z plus ``z_raw``.
     """
 
     def __init__(self, path: str | Path, pixel_size_nm: float, width_px: int, height_px: int, *,
@@ -588,8 +599,8 @@ class PicassoHdf5Writer:
                  overwrite: bool = False, chunk_rows: int = 16384) -> None:
         import h5py
 
-        if np.dtype(dtype) not in (LOC_DTYPE, LOC_DTYPE_DC):
-            raise LocFileError(f"{path}: dtype must be rtsmlm.core.locs.LOC_DTYPE or LOC_DTYPE_DC")
+        if np.dtype(dtype) not in TABLE_DTYPES:
+            raise LocFileError(f"{path}: dtype must be rtsmlm.core.locs.LOC_DTYPE, LOC_DTYPE_DC or LOC_DTYPE_DC_Z")
         if not (pixel_size_nm and pixel_size_nm > 0):
             raise LocFileError(f"{path}: pixel_size_nm must be positive, got {pixel_size_nm!r}")
         self.path = Path(path)
@@ -600,7 +611,7 @@ class PicassoHdf5Writer:
         self.dtype = np.dtype(dtype)
         self.pixel_size_nm = float(pixel_size_nm)
         self.psf_sigma_nm = psf_sigma_nm
-        self.picasso_dtype = _picasso_dtype(include_z, self.dtype == LOC_DTYPE_DC)
+        self.picasso_dtype = _picasso_dtype(include_z, self.dtype)
         self._info: dict[str, Any] = {
             "Generated by": _generated_by(),
             "Width": int(width_px),
@@ -702,7 +713,7 @@ class PicassoHdf5Writer:
 def write_csv(path: str | Path, locs: np.ndarray, style: str = "rtsmlm", *,
               psf_sigma_nm: float | None = None, overwrite: bool = False) -> Path:
     """Write ``locs`` as an rtsmlm CSV (``style="rtsmlm"``) or a ThunderSTORM CSV; returns the path."""
-    dtype = LOC_DTYPE_DC if all(c in (locs.dtype.names or ()) for c in DRIFT_COLUMNS) else LOC_DTYPE
+    dtype = table_dtype(locs.dtype.names)
     with CsvLocWriter(path, style, dtype=dtype, psf_sigma_nm=psf_sigma_nm, fsync=False,
                       overwrite=overwrite) as w:
         w.append(locs)
@@ -717,7 +728,7 @@ def write_picasso_hdf5(path: str | Path, locs: np.ndarray, pixel_size_nm: float,
 
     ``n_frames`` defaults to the highest frame + 1; ``width_px``/``height_px`` are the camera image size.
     """
-    dtype = LOC_DTYPE_DC if all(c in (locs.dtype.names or ()) for c in DRIFT_COLUMNS) else LOC_DTYPE
+    dtype = table_dtype(locs.dtype.names)
     with PicassoHdf5Writer(path, pixel_size_nm, width_px, height_px, psf_sigma_nm=psf_sigma_nm,
                            include_z=include_z, dtype=dtype, n_frames=n_frames, metadata=metadata,
                            overwrite=overwrite) as w:

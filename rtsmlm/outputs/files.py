@@ -97,7 +97,8 @@ class TruthFilesSummary:
 class LocalizationFiles:
     """Listener writing the localization stream to CSV and Picasso HDF5, flushed every
     ``output.flush_interval_s``; the one owner of those files. At the end, when the run has a final
-    drift (``RunEnd.drift``), it replaces them by the drift-corrected table (``x_dc``, ``y_dc``)."""
+    drift (``RunEnd.drift``), it replaces them by the drift-corrected table (``x_dc``, ``y_dc``, and
+    ``z_dc`` in a 3D run whose focus drift was estimated)."""
 
     name = "files"
     critical = True
@@ -139,22 +140,26 @@ class LocalizationFiles:
         corrected = None
         if self._table is not None:
             if drift is not None and self.n_rows:
-                self._rewrite_corrected(drift, self._table.all())
-                corrected = ["x_dc", "y_dc"]
+                corrected = self._rewrite_corrected(drift, self._table.all())
             self._table.close()
         # Rows moved just inside the image so Picasso's loader keeps them (the CSV has exact values).
         return {"outputs": LocalizationFilesSummary([LOCS_CSV, LOCS_HDF5], self.hdf5.n_moved_inside, corrected)}
 
-    def _rewrite_corrected(self, drift: Any, table: np.ndarray) -> None:
+    def _rewrite_corrected(self, drift: Any, table: np.ndarray) -> list[str]:
         """Replace the streamed files by the drift-corrected table (atomic renames: a crash leaves the
-        streamed files or the corrected ones, never half of one)."""
+        streamed files or the corrected ones, never half of one); returns the corrected columns. A 3D run
+        whose focus drift was estimated (``drift.dz``) gets ``z_dc`` too."""
         from rtsmlm.core.locs import with_drift_columns
         from rtsmlm.io.locfiles import write_csv, write_picasso_hdf5
 
-        locs = with_drift_columns(table)
+        dz = getattr(drift, "dz", None)
+        has_z = dz is not None and self._layout["include_z"]
+        locs = with_drift_columns(table, z=has_z)
         frame = np.clip(locs["frame"], 0, len(drift.frames) - 1)
         locs["x_dc"] = locs["x"] - np.asarray(drift.dx)[frame]
         locs["y_dc"] = locs["y"] - np.asarray(drift.dy)[frame]
+        if has_z:
+            locs["z_dc"] = locs["z"] - np.asarray(dz)[frame]
         lay = self._layout
         out = self.out_dir
         tmp_csv = out / (LOCS_CSV + ".dc.tmp")
@@ -165,6 +170,7 @@ class LocalizationFiles:
         tmp_csv.replace(out / LOCS_CSV)
         Path(h5).replace(out / LOCS_HDF5)
         Path(yml).replace(out / LOCS_HDF5.replace(".hdf5", ".yaml"))
+        return ["x_dc", "y_dc", "z_dc"] if has_z else ["x_dc", "y_dc"]
 
 
 class TruthFiles:
