@@ -53,7 +53,9 @@ def calibrate_main(args: Any, cfg: Any) -> int:
     if args.models:
         choice = _choose_model(text, args.models.split(","), args.threshold_frames)
         text += (f"\n[model]\n# Chosen by simulating the calibrated conditions ({choice['frames']} frames): "
-                 f"Jaccard {choice['jaccard']:.3f}\ncheckpoint = \"{choice['model']}\"\n"
+                 f"Jaccard {choice['jaccard']:.3f}. The threshold is this checkpoint's: with another model (one\n"
+                 "# fine-tuned on this config carries its own, chosen on the same conditions) set p_threshold = -1.\n"
+                 f"checkpoint = \"{choice['model']}\"\n"
                  f"p_threshold = {choice['p_threshold']:.2f}\ncandidate_threshold = {min(0.3, choice['p_threshold']):.2f}\n")
     out.write_text(text)
     report = Path(args.report) if args.report else out.with_suffix(".png")
