@@ -19,8 +19,11 @@ from rtsmlm.localization.checkpoint import (
 
 
 def _copy_default(tmp_path):
-    for suffix in (".json", ".safetensors"):
-        shutil.copy(DEFAULT_MODEL_DIR / f"default_2d{suffix}", tmp_path / f"model{suffix}")
+    """The shipped default model as a model trained before thresholds were chosen (no ``detection``)."""
+    shutil.copy(DEFAULT_MODEL_DIR / "default_2d.safetensors", tmp_path / "model.safetensors")
+    meta = json.loads((DEFAULT_MODEL_DIR / "default_2d.json").read_text())
+    meta.pop("detection", None)
+    (tmp_path / "model.json").write_text(json.dumps(meta))
     return tmp_path / "model"
 
 
@@ -35,6 +38,7 @@ def test_the_config_wins_then_the_model_then_the_default(tmp_path):
     assert detection_threshold(meta, 0.7) == (0.7, "config")
     assert detection_threshold(meta, 0.0) == (0.0, "config")  # 0 is a threshold, not "unset"
     assert config.load().model.p_threshold < 0  # the default: the model's own
+    assert load_meta("default").detection is not None  # every shipped model carries one
 
 
 def test_a_bad_stored_threshold_is_one_sentence_naming_the_file_and_key(tmp_path):
