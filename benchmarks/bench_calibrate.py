@@ -16,7 +16,7 @@ photo-electron incl. EM gain), PSF σ error (%), background error (%, photo-elec
 Targets (issue 13): gain and σ within 5 %, baseline within 2 ADU, background within 10 %.
 
 With ``--accuracy``: what the calibration buys. On each camera's movie (the one calibrated, with its ground
-truth; all true emitters, 250 nm), Jaccard of (a) the shipped default model with its fixed threshold 0.6 and
+truth; all true emitters, 250 nm), Jaccard of (a) the shipped default model with its own threshold (0.6 before 2026-12-03) and
 the camera typed in correctly, and (b) the model and p threshold ``rtsmlm calibrate`` chose by simulating
 the calibrated conditions (default or broad_2d), run with the calibrated camera.
 """
@@ -70,7 +70,7 @@ def errors(cal, cfg, sim) -> dict:
 
 
 def accuracy(cal, cfg, sim, movie, truth) -> dict:
-    """Jaccard on the calibrated movie: the default model as shipped vs calibrate's choice."""
+    """Jaccard on the calibrated movie: the default model as shipped (its own threshold) vs calibrate's choice."""
     import tempfile
 
     from rtsmlm.analysis.calibrate import config_toml
@@ -79,7 +79,11 @@ def accuracy(cal, cfg, sim, movie, truth) -> dict:
     from rtsmlm.localization.offline import OfflineLocalizer
 
     backend = rconfig.replace(cfg.backend, name="torch", device="cpu", threads=1)
-    base = OfflineLocalizer("default", backend).localize(movie, sim.camera)
+    shipped = OfflineLocalizer("default", backend)  # its own threshold, as a run without calibrate uses it
+    base = shipped.localize(movie, sim.camera)
+    from rtsmlm.localization.checkpoint import detection_threshold
+
+    p_base = detection_threshold(shipped.meta, shipped.p_threshold)[0]
     j_base = evaluate(base, truth)["jaccard"]
     with tempfile.TemporaryDirectory() as tmp:
         maps = None
@@ -99,9 +103,9 @@ def accuracy(cal, cfg, sim, movie, truth) -> dict:
     chosen = OfflineLocalizer(choice["model"], backend, p_threshold=p, candidate_threshold=min(0.3, p)).localize(
         movie, cam, psf_sigma_nm=sigma_nm)
     j_chosen = evaluate(chosen, truth)["jaccard"]
-    print(f"  accuracy on this movie: default model @0.6, camera typed in: Jaccard {j_base:.3f}; calibrate's choice "
+    print(f"  accuracy on this movie: default model @{p_base:.2f} (its own), camera typed in: Jaccard {j_base:.3f}; calibrate's choice "
           f"{choice['model']} @{p:.2f}, calibrated camera: {j_chosen:.3f} ({j_chosen - j_base:+.3f})")
-    return {"default_fixed": j_base, "chosen": j_chosen, "choice": {k: v for k, v in choice.items() if k != "curves"}}
+    return {"default_own_threshold": j_base, "default_p_threshold": p_base, "chosen": j_chosen, "choice": {k: v for k, v in choice.items() if k != "curves"}}
 
 
 def row(label: str, e: dict | str, seconds: float) -> str:
