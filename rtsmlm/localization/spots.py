@@ -33,7 +33,7 @@ def find_isolated_spots(photons: np.ndarray, bg: float | np.ndarray, *, snr: flo
         above = smooth > bg_map + snr * noise
         if exclusive:
             # Every maximum above the threshold (5x5: a noise ripple on one spot is not a second one), then
-            # those whose nearest other one is farther than the box in both axes.
+            # those with no other one in the square of ±box pixels around them.
             peaks = (smooth == ndimage.maximum_filter(smooth, 5)) & above
             ys, xs = np.nonzero(peaks)
             crowd = ndimage.uniform_filter(peaks.astype(np.float64), 2 * box + 1, mode="constant")
@@ -121,8 +121,8 @@ def psf_width_fits(photons: np.ndarray, bg_map: np.ndarray, *, max_spots: int = 
     (``exclusive``), fitted on the background-subtracted frames (the fit's background then only absorbs
     what the map missed: a free background at 800 photons/px trades off against the width), round
     (:func:`round_spots`); for a wide PSF (σ > 1.2 px) again in a box of ±2.5 σ, as a 7-px box cuts the
-    tails off. Brightest spots first, at most ``max_spots``. None in a field too crowded for it
-    (:data:`MIN_ALONE_FRACTION`): no width is better than a wrong one."""
+    tails off. Brightest spots first, at most ``max_spots``. No fits (an empty table) in a field too crowded
+    for it (:data:`MIN_ALONE_FRACTION`): no width is better than a wrong one."""
     photons = np.asarray(photons, np.float64)
     signal = photons - bg_map
     alone = find_isolated_spots(photons, bg_map, exclusive=True)
