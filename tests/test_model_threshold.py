@@ -97,3 +97,18 @@ def test_training_ends_by_storing_the_models_threshold(tmp_path):
     detection = load_meta(prefix).detection
     assert detection is not None and 0.0 <= detection["p_threshold"] <= 1.0
     assert detection["conditions"] and detection["conditions"][0].startswith("training config")
+
+
+def test_choose_threshold_without_a_config_simulates_the_middle_of_the_training_ranges(tmp_path, capsys):
+    prefix = _copy_default(tmp_path)
+    assert main(["choose-threshold", str(prefix), "--frames", "10", "--quiet"]) == 0
+    detection = load_meta(prefix).detection
+    train = load_meta("default").train
+    bg = (train["bg_min"] + train["bg_max"]) / 2
+    assert detection is not None and detection["frames"] == 10
+    assert detection["conditions"] == [f"training config: emccd 100 nm px, σ 130 nm, bg {bg:g}, "
+                                       f"{(train['density_min'] + train['density_max']) / 2:g}/µm²"]
+    assert capsys.readouterr().out == ""  # --quiet
+    # Not a checkpoint: one sentence.
+    assert main(["choose-threshold", str(tmp_path / "nothing")]) == 2
+    assert "nothing.json does not exist" in capsys.readouterr().err
