@@ -297,9 +297,10 @@ def test_stop_mid_run_drains_flushes_and_accounts_for_every_frame(tmp_path):
             + summary["frames_lost_localizer"]) == acquired
     assert summary["frames_missing_final"] == 0
     assert summary["frames_recorded"] == acquired and summary["frames_lost_recorder"] == 0
-    # Drained: the frames still in the ring when the camera stopped were analysed too.
-    last = run.pipeline.stream.batches_since(0, timeout=0)[-1]
-    assert last.last_frame == acquired - 1
+    # Drained: the frames still in the ring when the camera stopped were analysed too. (The stream's last
+    # batch is not always the latest frame: frames skipped live under load are caught up after the drain.)
+    batches = run.pipeline.stream.batches_since(0, timeout=0)
+    assert max(b.last_frame for b in batches) == acquired - 1
     assert len(read_recorded(run.out_dir)) == acquired
     # Flushed: the files hold every localization of the stream.
     streamed = run.pipeline.stream.snapshot()
