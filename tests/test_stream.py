@@ -339,8 +339,11 @@ def test_a_real_run_streams_every_batch_in_order_identical_to_the_written_file(t
     from rtsmlm.outputs.stream import StreamListener
 
     address = f"tcp://127.0.0.1:{free_port()}"
+    # max_latency_ms 0: never skip a frame live (a loaded machine would, and the catch-up comes later):
+    # this test is about the stream's order and content, not the latency bound.
     cfg = from_dict({"sim": {"size": 32, "density": 1.0, "seed": 7}, "source": {"max_frames": 80},
-                     "pipeline": {"max_batch": 8}, "backend": {"name": "torch", "device": "cpu", "threads": 1}})
+                     "pipeline": {"max_batch": 8, "max_latency_ms": 0},
+                     "backend": {"name": "torch", "device": "cpu", "threads": 1}})
     cfg = dataclasses.replace(cfg, stream=StreamConfig(address=address, wait_for_subscribers=1,
                                                       wait_timeout_s=GUARD_S))
     source = open_source(cfg)
