@@ -85,8 +85,12 @@ def test_run_to_the_end_of_the_source_exits_0_with_every_output_complete(finishe
             + summary["frames_lost_localizer"]) == N_FRAMES
     assert summary["frames_missing_final"] == 0
     assert summary["frames_lost_recorder"] == 0
-    assert (f"{N_FRAMES} frames acquired (source.max_frames = {N_FRAMES}), {summary['frames_localized']} localized live, "
-            f"{summary['n_locs']} localizations") in stdout
+    # Frames older than pipeline.max_latency_ms when the localizer reached them (a slow start on a busy
+    # machine) are analysed after the acquisition, and the line says so.
+    late = summary.get("frames_caught_up", 0)
+    late_text = f" (+{late} analysed after the acquisition)" if late else ""
+    assert (f"{N_FRAMES} frames acquired (source.max_frames = {N_FRAMES}), {summary['frames_localized']} localized "
+            f"live{late_text}, {summary['n_locs']} localizations, 0 frames missing") in stdout
     # Every file is complete and closed: reading raises no warning about partial lines or open writers.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
