@@ -140,10 +140,17 @@ DEFAULT_P_THRESHOLD = 0.6
 """The detection threshold of a model whose metadata holds none (trained before thresholds were chosen)."""
 
 
+THRESHOLD_SOURCES = {"config": "model.p_threshold of the config",
+                     "model": "the model's own, chosen on its training conditions",
+                     "default": "the default; the model holds none"}
+"""Where :func:`detection_threshold`'s threshold came from, in words (the run's log line)."""
+
+
 def detection_threshold(meta: ModelMeta, configured: float) -> tuple[float, str]:
     """The p threshold a run uses and where it came from: ``configured`` when set (≥ 0: the user's
     ``model.p_threshold`` or ``rtsmlm calibrate``'s choice), else the model's own (``meta.detection``,
-    chosen on its training conditions), else :data:`DEFAULT_P_THRESHOLD`."""
+    chosen on its training conditions), else :data:`DEFAULT_P_THRESHOLD`; the source is a key of
+    :data:`THRESHOLD_SOURCES`."""
     if configured >= 0:
         return float(configured), "config"
     if meta.detection is not None:

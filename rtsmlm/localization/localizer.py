@@ -24,7 +24,7 @@ from rtsmlm.core.camera import CameraModel
 from rtsmlm.core.locs import LOC_DTYPE, concat
 from rtsmlm.localization import conditioning, range_guard
 from rtsmlm.localization.backends.protocol import Backend
-from rtsmlm.localization.checkpoint import ModelMeta, detection_threshold
+from rtsmlm.localization.checkpoint import THRESHOLD_SOURCES, ModelMeta, detection_threshold
 from rtsmlm.localization.postprocess import Postprocessor
 from rtsmlm.localization.range_guard import RangeVerdict
 from rtsmlm.localization.tiling import (
@@ -36,10 +36,6 @@ from rtsmlm.localization.tiling import (
 )
 
 log = logging.getLogger("rtsmlm.localization")
-
-
-THRESHOLD_SOURCES = {"config": "model.p_threshold of the config", "model": "the model's own, chosen on its training "
-                     "conditions", "default": "the default; the model holds none"}
 
 
 class StreamingLocalizer:

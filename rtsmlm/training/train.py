@@ -183,14 +183,13 @@ def _ieee_floats():
 
 
 def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress: bool = True,
-          log_path: str | Path | None = None, init: str | Path | None = None,
-          choose_threshold: bool = True) -> Path:
+          log_path: str | Path | None = None, init: str | Path | None = None) -> Path:
     """Train a model for ``cfg``'s camera and PSF; returns the checkpoint prefix.
 
     ``init``: fine-tune from that checkpoint — its weights, its architecture (width, depth, window) and
     its input/output scales (the network's units must not change under it); the data are ``cfg``'s.
-    ``choose_threshold``: at the end, the kept checkpoint's own detection threshold is chosen on the
-    training conditions, simulated, and stored in its metadata (runs use it unless told another).
+    At the end the kept checkpoint's own detection threshold is chosen on the training conditions,
+    simulated, and stored in its metadata (runs use it unless told another).
     """
     import torch
 
@@ -306,8 +305,7 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
     batches.close()
     if bar:
         bar.close()
-    if choose_threshold:
-        store_model_threshold(out_prefix, cfg, progress=progress)
+    store_model_threshold(out_prefix, cfg, progress=progress)
     return out_prefix
 
 
