@@ -40,8 +40,10 @@ def test_the_command_writes_a_config_that_simulates_the_calibrated_psf(tmp_path,
     cam = emccd()
     stack = bead_stack(psf, cam, n_beads=6, z_step_nm=25.0, seed=8)
     path = write_tiff_movie(tmp_path / "beads.tif", stack.frames, 100.0, cam.describe())
-    assert main(["calibrate-psf", str(path), "--z-step", "25", "--out", str(tmp_path / "psf.toml")]) == 0
+    assert main(["calibrate-psf", str(path), "--z-step", "25", "--model", "astigmatic",
+                 "--out", str(tmp_path / "psf.toml")]) == 0
     assert (tmp_path / "psf.png").is_file() and (tmp_path / "psf.json").is_file()
+    assert not (tmp_path / "psf_spline.npz").exists()
     cfg = rconfig.load(str(tmp_path / "psf.toml"))
     assert cfg.psf.model == "astigmatic"
     got = psf_from_config(cfg.psf, 100.0)
@@ -52,7 +54,7 @@ def test_the_command_writes_a_config_that_simulates_the_calibrated_psf(tmp_path,
 
 @pytest.mark.parametrize("case, message", [
     ("few slices", "has 6 slice(s); a PSF calibration needs a z-stack of at least 10 slices"),
-    ("one bead", "1 bead(s) with a usable focus curve were found"),
+    ("one bead", "1 bead(s) were found (isolated by ≥ 17 px, and bright)"),
     ("saturated", "pixels are saturated (65535)"),
     ("wrong z step", "check --z-step"),
 ])
@@ -64,7 +66,9 @@ def test_bad_stacks_are_one_sentence(case, message, tmp_path, capsys) -> None:
     frames = stack.frames[:6] if case == "few slices" else stack.frames
     path = write_tiff_movie(tmp_path / "beads.tif", frames, 100.0, cam.describe())
     step = "200" if case == "wrong z step" else "20"
-    assert main(["calibrate-psf", str(path), "--z-step", step, "--out", str(tmp_path / "psf.toml")]) == 2
+    model = "astigmatic" if case == "wrong z step" else "spline"  # a spline takes any z step at its word
+    assert main(["calibrate-psf", str(path), "--z-step", step, "--model", model,
+                 "--out", str(tmp_path / "psf.toml")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "psf.toml").exists()

@@ -22,7 +22,8 @@ import numpy as np
 
 from rtsmlm.core.errors import RtsmlmError
 
-__all__ = ["AstigmaticCalibration", "AxisFit", "PsfCalibrationError", "calibrate_astigmatic"]
+__all__ = ["AstigmaticCalibration", "AxisFit", "BeadCurve", "PsfCalibrationError", "bead_curves", "calibrate_astigmatic",
+           "check_stack"]
 
 MIN_SLICES = 10
 MIN_BEADS = 2
@@ -107,11 +108,26 @@ def _crossing(z: np.ndarray, d: np.ndarray) -> float | None:
     return float(z[k] - d[k] * (z[k + 1] - z[k]) / (d[k + 1] - d[k]))
 
 
-def calibrate_astigmatic(photons: np.ndarray, z_step_nm: float, pixel_size_nm: float, *, where: str = "the stack",
-                         box: int = 17, snr: float = 20.0) -> AstigmaticCalibration:
-    """Calibrate from a bead stack in photons (slices, height, width) taken ``z_step_nm`` apart."""
-    from rtsmlm.localization.spots import find_isolated_spots, fit_spot
+@dataclass(frozen=True)
+class BeadCurve:
+    """One bead of a stack: its box's centre pixel (row, column), and per usable slice the slice's z (nm, stack
+    middle = 0), the fitted centre (px, absolute) and widths σx, σy (px)."""
 
+    row: int
+    col: int
+    z_nm: np.ndarray
+    x_px: np.ndarray
+    y_px: np.ndarray
+    sigma_x_px: np.ndarray
+    sigma_y_px: np.ndarray
+
+    def focus_nm(self) -> float | None:
+        """Where σx = σy (the astigmatic convention's z = 0), nearest the stack's middle; None if never."""
+        return _crossing(self.z_nm, self.sigma_x_px - self.sigma_y_px)
+
+
+def check_stack(photons: np.ndarray, z_step_nm: float, where: str) -> np.ndarray:
+    """The stack as float64 (slices, height, width); one sentence if it cannot be a PSF calibration's."""
     stack = np.asarray(photons, dtype=np.float64)
     if stack.ndim != 3 or len(stack) < MIN_SLICES:
         n = len(stack) if stack.ndim == 3 else 1
@@ -119,30 +135,47 @@ def calibrate_astigmatic(photons: np.ndarray, z_step_nm: float, pixel_size_nm: f
                                   f"{MIN_SLICES} slices over the z range (e.g. ±800 nm in 10–50 nm steps)")
     if not z_step_nm > 0:
         raise PsfCalibrationError(f"--z-step must be a positive number of nm, got {z_step_nm}")
+    return stack
+
+
+def bead_curves(stack: np.ndarray, z_step_nm: float, *, box: int = 17, snr: float = 20.0) -> list[BeadCurve]:
+    """Every isolated bead of the stack's maximum projection (≥ ``box`` px from any other), fitted slice by
+    slice with a pixel-integrated elliptical Gaussian; beads with fewer than :data:`MIN_SLICES` fits dropped."""
+    from rtsmlm.localization.spots import find_isolated_spots, fit_spot
+
     n_slices = len(stack)
     z = (np.arange(n_slices) - (n_slices - 1) / 2.0) * z_step_nm
     bg = np.median(stack, axis=(1, 2))
     projection = (stack - bg[:, None, None]).max(axis=0)
-    spots = find_isolated_spots(projection[None], 0.0, snr=snr, box=box)
     half = box // 2
-    beads_z, beads_sx, beads_sy = [], [], []
-    for _, y, x in spots:
+    beads = []
+    for _, y, x in find_isolated_spots(projection[None], 0.0, snr=snr, box=box):
         if not (half <= y < stack.shape[1] - half and half <= x < stack.shape[2] - half):
             continue
         rows = []
         for k in range(n_slices):
             fit = fit_spot(stack[k, y - half:y + half + 1, x - half:x + half + 1], float(bg[k]))
             if fit is not None and fit[0] > 0:
-                rows.append((z[k], fit[3], fit[4]))
-        if len(rows) < MIN_SLICES:
-            continue
-        zb, sx, sy = (np.array(c) for c in zip(*rows))
-        offset = _crossing(zb, sx - sy)
+                rows.append((z[k], x + 0.5 + fit[2], y + 0.5 + fit[1], fit[3], fit[4]))
+        if len(rows) >= MIN_SLICES:
+            beads.append(BeadCurve(y, x, *(np.array(c) for c in zip(*rows))))
+    return beads
+
+
+def calibrate_astigmatic(photons: np.ndarray, z_step_nm: float, pixel_size_nm: float, *, where: str = "the stack",
+                         box: int = 17, snr: float = 20.0) -> AstigmaticCalibration:
+    """Calibrate from a bead stack in photons (slices, height, width) taken ``z_step_nm`` apart."""
+    stack = check_stack(photons, z_step_nm, where)
+    n_slices = len(stack)
+    z = (np.arange(n_slices) - (n_slices - 1) / 2.0) * z_step_nm
+    beads_z, beads_sx, beads_sy = [], [], []
+    for bead in bead_curves(stack, z_step_nm, box=box, snr=snr):
+        offset = bead.focus_nm()
         if offset is None:
             continue
-        beads_z.append(zb - offset)
-        beads_sx.append(sx)
-        beads_sy.append(sy)
+        beads_z.append(bead.z_nm - offset)
+        beads_sx.append(bead.sigma_x_px)
+        beads_sy.append(bead.sigma_y_px)
     if len(beads_z) < MIN_BEADS:
         raise PsfCalibrationError(f"{where}: {len(beads_z)} bead(s) with a usable focus curve were found (isolated, "
                                   f"bright, and with σx = σy somewhere in the stack); the calibration averages at "

@@ -1,5 +1,6 @@
-"""``rtsmlm calibrate-psf BEADS --z-step NM``: the astigmatic PSF from a z-stack of beads; writes the ``[psf]``
-table a 3D config takes, the full calibration (JSON) and a PNG report."""
+"""``rtsmlm calibrate-psf BEADS --z-step NM``: the 3D PSF from a z-stack of beads, as a cubic spline (default)
+and as astigmatic focus curves; writes the ``[psf]`` table a 3D config takes, the spline's voxels (.npz), the
+full calibration (JSON) and PNG reports."""
 
 from __future__ import annotations
 
@@ -15,22 +16,31 @@ __all__ = ["add_calibrate_psf_parser", "calibrate_psf_main"]
 
 
 def add_calibrate_psf_parser(sub: argparse._SubParsersAction, add_config_args: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("calibrate-psf", help="astigmatic 3D PSF from a z-stack of beads; write the [psf] config",
-                       description="Fit σx(z) and σy(z) of every isolated bead of a z-stack (TIFF/OME-TIFF, one "
-                                   "slice per focus step), align the beads at their σx = σy crossing and fit the "
-                                   "astigmatic focus curves; write psf.toml (the [psf] table for --config), "
-                                   "psf.json (the full fit) and psf.png (the report).")
+    p = sub.add_parser("calibrate-psf", help="3D PSF (spline or astigmatic) from a z-stack of beads; write the "
+                                             "[psf] config",
+                       description="Find the isolated beads of a z-stack (TIFF/OME-TIFF, one slice per focus step), "
+                                   "align them in x, y and z and average them into a cubic-spline PSF "
+                                   "(psf_spline.npz, report psf_spline.png); also fit σx(z), σy(z) with the "
+                                   "astigmatic focus curves where the PSF is astigmatic (report psf.png). Write "
+                                   "psf.toml (the [psf] table for --config; --model chooses which PSF it names) "
+                                   "and psf.json (every figure).")
     add_config_args(p)
     p.add_argument("stack", help="the bead z-stack")
     p.add_argument("--z-step", type=float, required=True, metavar="NM", help="focus step between slices, nm")
     p.add_argument("--pixel-size-nm", type=float, default=None, help="camera pixel size (default: the stack's)")
     p.add_argument("--out", default="psf.toml", metavar="TOML", help="config to write (default psf.toml)")
+    p.add_argument("--model", choices=("spline", "astigmatic"), default="spline",
+                   help="the PSF the config names: spline (any PSF shape, default) or astigmatic (Gaussian focus "
+                        "curves)")
+    p.add_argument("--box", type=int, default=17, help="side of the box cut around each bead, px (odd; beads "
+                                                       "must be this far apart)")
     return p
 
 
 def calibrate_psf_main(args: argparse.Namespace, cfg: Any) -> int:
     from rtsmlm.acquisition.file import camera_from_metadata
     from rtsmlm.analysis.psf_calibration import PsfCalibrationError, calibrate_astigmatic, write_report
+    from rtsmlm.analysis.spline_calibration import calibrate_spline, write_spline_report
     from rtsmlm.core.camera import CameraModel
     from rtsmlm.io.movies import open_movie
 
@@ -44,19 +54,53 @@ def calibrate_psf_main(args: argparse.Namespace, cfg: Any) -> int:
         if saturated:
             raise PsfCalibrationError(f"{args.stack}: {saturated} pixels are saturated ({np.iinfo(frames.dtype).max}); "
                                       "take the stack with less light or a shorter exposure")
-    cal = calibrate_astigmatic(camera.to_photons(frames), args.z_step, pixel_nm, where=args.stack)
+    photons = camera.to_photons(frames)
     out = Path(args.out)
-    psf = cal.psf_config()
-    lines = [f"# Written by rtsmlm calibrate-psf from {args.stack}: {cal.beads} beads, {cal.slices} slices "
-             f"{cal.z_step_nm:g} nm apart.",
-             f"# Per axis (σ0 px, focus nm, depth nm, A, B) in {out.with_suffix('.json').name}; "
-             f"residual {cal.residual_pct:.1f} %.", "[psf]"]
+    astig, astig_error = None, None
+    try:
+        astig = calibrate_astigmatic(photons, args.z_step, pixel_nm, where=args.stack, box=args.box)
+    except PsfCalibrationError as e:
+        if args.model == "astigmatic":
+            raise
+        astig_error = str(e)
+    report: dict[str, Any] = {"astigmatic": astig.to_json() if astig else {"error": astig_error}}
+    if args.model == "astigmatic":
+        psf = astig.psf_config()
+        header = (f"{astig.beads} beads, {astig.slices} slices {astig.z_step_nm:g} nm apart. Per axis (σ0 px, "
+                  f"focus nm, depth nm, A, B) in {out.with_suffix('.json').name}; residual {astig.residual_pct:.1f} %.")
+    else:
+        spline = calibrate_spline(photons, args.z_step, pixel_nm, where=args.stack, box=args.box)
+        npz = spline.psf.save(out.with_name(out.stem + "_spline.npz")).resolve()
+        write_spline_report(spline, out.with_name(out.stem + "_spline.png"))
+        z_lo, z_hi = spline.psf.z_range_nm
+        psf = {"model": "spline", "file": str(npz), "sigma_nm": round(spline.sigma_nm(), 2),
+               "z_range_nm": float(np.floor(min(-z_lo, z_hi)))}
+        if astig is not None:  # the focus curves stay beside it: the run's range guard reads the widths there
+            a = astig.psf_config()
+            psf.update(sigma_nm=a["sigma_nm"], astig_focal_offset_nm=a["astig_focal_offset_nm"],
+                       astig_depth_nm=a["astig_depth_nm"])
+        report["spline"] = {"file": str(npz), "beads": spline.beads, "slices": spline.slices,
+                            "z_step_nm": spline.z_step_nm, "z_range_nm": [z_lo, z_hi], "focus": spline.focus,
+                            "box_px": spline.psf.box, "bead_vs_model_rms_pct_of_peak": spline.residual_pct,
+                            "bead_shifts_px_px_nm": spline.shifts.tolist()}
+        header = (f"spline PSF from {spline.beads} beads, {spline.slices} slices {spline.z_step_nm:g} nm apart "
+                  f"(z = 0 where the beads are {'round' if spline.focus == 'crossing' else 'smallest'}); one bead "
+                  f"vs the model {spline.residual_pct:.1f} % of the peak RMS.")
+    report["psf"] = psf
+    lines = [f"# Written by rtsmlm calibrate-psf from {args.stack}: {header}", "[psf]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in psf.items()]
     out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(cal.to_json(), indent=2))
-    write_report(cal, out.with_suffix(".png"))
-    print(f"{cal.beads} beads; σ0 {psf['sigma_nm']:.1f} nm; foci at ∓{psf['astig_focal_offset_nm']:.0f} nm; depth "
-          f"{psf['astig_depth_nm']:.0f} nm; residual {cal.residual_pct:.1f} %")
-    print(f"wrote {out}, {out.with_suffix('.json')} and {out.with_suffix('.png')}; train a 3D model with it: "
-          f"rtsmlm train --config {out} --out MODEL", file=sys.stdout)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    if astig is not None:
+        write_report(astig, out.with_suffix(".png"))
+    print(header)
+    if astig is not None:
+        a = astig.psf_config()
+        print(f"astigmatic fit: σ0 {a['sigma_nm']:.1f} nm; foci at ∓{a['astig_focal_offset_nm']:.0f} nm; depth "
+              f"{a['astig_depth_nm']:.0f} nm; residual {astig.residual_pct:.1f} %")
+    written = [str(out), str(out.with_suffix(".json"))] + ([str(out.with_suffix(".png"))] if astig else [])
+    if args.model == "spline":
+        written += [out.stem + "_spline.npz", out.stem + "_spline.png"]
+    print(f"wrote {', '.join(written)}; train a 3D model with it: rtsmlm train --config {out} --out MODEL",
+          file=sys.stdout)
     return 0

@@ -53,11 +53,13 @@ class CameraConfig:
 
 @dataclass(frozen=True)
 class PSFConfig:
-    model: str = _f("gaussian", choices=("gaussian", "astigmatic"))
+    model: str = _f("gaussian", choices=("gaussian", "astigmatic", "spline"),
+                    doc="spline: the PSF measured from beads (rtsmlm calibrate-psf), voxels in psf.file")
     sigma_nm: float = _f(130.0, range=(10.0, 2000.0))
     astig_focal_offset_nm: float = _f(300.0, range=(0.0, 5000.0))
     astig_depth_nm: float = _f(400.0, range=(10.0, 10_000.0))
     z_range_nm: float = _f(0.0, range=(0.0, 5000.0))
+    file: str = _f("", doc="spline: the .npz written by rtsmlm calibrate-psf (voxels on the camera's pixel grid)")
 
 
 @dataclass(frozen=True)

@@ -63,9 +63,10 @@ def trained_ranges(meta: Any) -> dict[str, list[float]]:
     elif (meta.psf or {}).get("sigma_nm") and meta.pixel_size_nm:
         psf = meta.psf
         s = float(psf["sigma_nm"]) / float(meta.pixel_size_nm)
-        if psf.get("model", "gaussian") == "astigmatic":
+        if psf.get("model", "gaussian") in ("astigmatic", "spline"):
             # The fitted width (geometric mean of the two axes) grows away from focus: from sigma0 at the
-            # middle to its value at the edge of the trained z range.
+            # middle to its value at the edge of the trained z range. A spline PSF's config carries the
+            # astigmatic focus curves calibrate-psf fitted beside it (else the defaults: a typical defocus).
             c, d = float(psf.get("astig_focal_offset_nm", 0.0)), max(float(psf.get("astig_depth_nm", 1.0)), 1.0)
             zr = float(psf.get("z_range_nm", 0.0))
             far = s * ((1 + ((zr + c) / d) ** 2) * (1 + ((zr - c) / d) ** 2)) ** 0.25

@@ -2,7 +2,8 @@
 
 All PSFs implement :class:`PSF`. Positions are in pixels from the top-left corner of the image (pixel
 (i, j) spans x in [j, j+1), y in [i, i+1)); z in nm. A calibrated cubic-spline PSF fits the same
-protocol: it only has to turn (x, y, z, photons) into pixel-integrated expected counts.
+protocol (:class:`rtsmlm.sim.spline_psf.SplinePSF`): it only has to turn (x, y, z, photons) into
+pixel-integrated expected counts.
 """
 
 from __future__ import annotations
@@ -103,4 +104,8 @@ def psf_from_config(psf_cfg, pixel_size_nm: float) -> PSF:
         return GaussianPSF(sigma_px)
     if psf_cfg.model == "astigmatic":
         return AstigmaticPSF(sigma_px, psf_cfg.astig_focal_offset_nm, psf_cfg.astig_depth_nm)
-    raise ValueError(f"psf.model = {psf_cfg.model!r} is not a PSF model; use 'gaussian' or 'astigmatic'")
+    if psf_cfg.model == "spline":
+        from rtsmlm.sim.spline_psf import SplinePSF
+
+        return SplinePSF.load(psf_cfg.file, pixel_size_nm)
+    raise ValueError(f"psf.model = {psf_cfg.model!r} is not a PSF model; use 'gaussian', 'astigmatic' or 'spline'")

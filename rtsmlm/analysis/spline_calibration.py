@@ -1,0 +1,177 @@
+"""Cubic-spline PSF calibration from a z-stack of beads (``rtsmlm calibrate-psf``, the SMAP/DECODE approach).
+
+Every isolated bead is cut out in a box, its background removed and its brightness normalised; the beads are
+aligned to one another in x, y (their Gaussian-fitted centre) and z (their focus: σx = σy for an astigmatic
+PSF, else the slice where the spot is smallest), shifted onto a common grid by cubic interpolation, and
+averaged; the average is smoothed along z (the beads' shot noise changes from slice to slice, the PSF does
+not). Each slice normalised to unit sum, it is the voxel grid of :class:`rtsmlm.sim.spline_psf.SplinePSF`.
+
+The Gaussian fits define the frame: x, y = 0 is a fitted spot centre near focus and z = 0 the bead's focus.
+For a PSF that is not a Gaussian the fits are biased, but alike for every bead, so the beads still align;
+re-registering each bead to the average by least squares was measured to change nothing (errors 1.17–1.40 %
+of the peak with and without, astigmatic and two-lobed PSFs) and was left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rtsmlm.analysis.psf_calibration import MIN_BEADS, BeadCurve, PsfCalibrationError, bead_curves, check_stack
+from rtsmlm.sim.spline_psf import SplinePSF
+
+__all__ = ["SplineCalibration", "calibrate_spline", "write_spline_report"]
+
+Z_SMOOTH_NM = 200.0
+"""Window of the cubic Savitzky–Golay filter along z applied to the averaged beads: the PSF changes over
+hundreds of nm, the beads' shot noise from slice to slice, so the filter removes noise without bending the
+PSF (a cubic is kept exactly); at least 5 slices, so a coarse stack is smoothed little."""
+
+
+@dataclass(frozen=True)
+class SplineCalibration:
+    """The spline PSF, how many beads built it, and how far the beads scatter around it."""
+
+    psf: SplinePSF
+    beads: int
+    slices: int
+    z_step_nm: float
+    focus: str
+    """How the beads' z = 0 was found: 'crossing' (σx = σy) or 'smallest' (least σx·σy)."""
+    residual_pct: float
+    """RMS difference between a single bead and the model, in % of the model's peak (bead noise included)."""
+    mean_stack: np.ndarray = field(repr=False)
+    """The averaged beads before normalisation per slice, for the report."""
+    shifts: np.ndarray = field(repr=False)
+    """Per bead: x, y (px) of its centre from its box's middle pixel's centre, and its focus z (nm)."""
+
+    def sigma_nm(self) -> float:
+        """The Gaussian-equivalent width at z = 0 (second moment of the middle slice), nm."""
+        zs = np.arange(len(self.psf.psf)) * self.psf.dz_nm + self.psf.z0_nm
+        k = int(np.argmin(np.abs(zs)))
+        s = self.psf.psf[k]
+        yy, xx = np.indices(s.shape) - (s.shape[0] - 1) / 2.0
+        var = 0.5 * float(((xx**2 + yy**2) * s).sum() / s.sum()) - 1.0 / 12.0  # minus a pixel's own width
+        return float(np.sqrt(max(var, 0.01))) * self.psf.pixel_size_nm
+
+
+def _focus(beads: list[BeadCurve]) -> tuple[list[float], str]:
+    """Each bead's z offset from the stack's middle: where σx = σy if every bead has that, else where σx·σy
+    is least (a parabola through the smallest three)."""
+    crossings = [b.focus_nm() for b in beads]
+    if all(c is not None for c in crossings):
+        return [float(c) for c in crossings], "crossing"
+    out = []
+    for b in beads:
+        area = b.sigma_x_px * b.sigma_y_px
+        k = int(np.clip(np.argmin(area), 1, len(area) - 2))
+        zz, aa = b.z_nm[k - 1:k + 2], area[k - 1:k + 2]
+        a, bb, _ = np.polyfit(zz, aa, 2)
+        out.append(float(-bb / (2 * a)) if a > 0 else float(b.z_nm[k]))
+    return out, "smallest"
+
+
+def _shifted(cube: np.ndarray, dz: float, dy: float, dx: float) -> np.ndarray:
+    """The cube (z, y, x) sampled at +(dz, dy, dx) voxels: cubic spline, edges continued."""
+    from scipy.ndimage import shift
+
+    return shift(cube, (-dz, -dy, -dx), order=3, mode="nearest")
+
+
+def calibrate_spline(photons: np.ndarray, z_step_nm: float, pixel_size_nm: float, *, where: str = "the stack",
+                     box: int = 17, snr: float = 20.0) -> SplineCalibration:
+    """The spline PSF of a bead stack in photons (slices, height, width) taken ``z_step_nm`` apart."""
+    stack = check_stack(photons, z_step_nm, where)
+    n_slices = len(stack)
+    beads = bead_curves(stack, z_step_nm, box=box, snr=snr)
+    if len(beads) < MIN_BEADS:
+        raise PsfCalibrationError(f"{where}: {len(beads)} bead(s) were found (isolated by ≥ {box} px, and bright); "
+                                  f"the spline PSF averages at least {MIN_BEADS}: image a field with several beads")
+    offsets, focus = _focus(beads)
+    half = box // 2
+    margin = 2
+    bg = np.median(stack, axis=(1, 2))
+    cubes, shifts = [], []
+    for bead, dz_nm in zip(beads, offsets):
+        r, c = bead.row, bead.col
+        lo_r, lo_c = r - half - margin, c - half - margin
+        if lo_r < 0 or lo_c < 0 or r + half + margin >= stack.shape[1] or c + half + margin >= stack.shape[2]:
+            continue
+        cube = stack[:, lo_r:r + half + margin + 1, lo_c:c + half + margin + 1] - bg[:, None, None]
+        cube = cube / max(float(cube[:, margin:-margin, margin:-margin].sum()) / n_slices, 1e-9)
+        near = np.abs(bead.z_nm - dz_nm) <= max(3 * z_step_nm, 300.0)
+        x = float(np.median(bead.x_px[near] if near.sum() >= 3 else bead.x_px))
+        y = float(np.median(bead.y_px[near] if near.sum() >= 3 else bead.y_px))
+        cubes.append(cube)
+        shifts.append([x - (c + 0.5), y - (r + 0.5), dz_nm])
+    if len(cubes) < MIN_BEADS:
+        raise PsfCalibrationError(f"{where}: {len(cubes)} bead(s) lie ≥ {half + margin} px inside the field; the "
+                                  f"spline PSF averages at least {MIN_BEADS}")
+    shifts_arr = np.array(shifts)
+    # The common z grid: depths every bead covers after its own shift.
+    z_stack = (np.arange(n_slices) - (n_slices - 1) / 2.0) * z_step_nm
+    keep = ((z_stack + shifts_arr[:, 2].min() >= z_stack[0] - 1e-6)
+            & (z_stack + shifts_arr[:, 2].max() <= z_stack[-1] + 1e-6))
+    z_grid = z_stack[keep]
+
+    aligned = [_shifted(cube, dz / z_step_nm, dy, dx)[keep][:, margin:-margin, margin:-margin]
+               for cube, (dx, dy, dz) in zip(cubes, shifts_arr)]
+    core = _smooth_z(np.mean(aligned, axis=0), z_step_nm)
+    sums = core.sum(axis=(1, 2), keepdims=True)
+    if np.any(sums <= 0):
+        raise PsfCalibrationError(f"{where}: the averaged beads have no light in some slices; check the stack")
+    voxels = np.maximum(core, 0.0)
+    voxels = voxels / voxels.sum(axis=(1, 2), keepdims=True)
+    psf = SplinePSF(voxels, float(z_grid[0]), float(z_step_nm), float(pixel_size_nm))
+    resid = [np.sqrt(np.mean((bead - core) ** 2)) for bead in aligned]
+    peak = float(core.max())
+    return SplineCalibration(psf, len(cubes), n_slices, float(z_step_nm), focus,
+                             float(100.0 * np.median(resid) / peak), core, shifts_arr)
+
+
+def _smooth_z(cube: np.ndarray, z_step_nm: float) -> np.ndarray:
+    from scipy.signal import savgol_filter
+
+    window = max(5, int(round(Z_SMOOTH_NM / z_step_nm)) | 1)
+    if window > len(cube):
+        return cube
+    return savgol_filter(cube, window, 3, axis=0, mode="interp")
+
+
+def write_spline_report(cal: SplineCalibration, path: Path) -> Path:
+    """PNG: the model's x–z and y–z sections and five xy slices beside the averaged beads, and residuals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vox = cal.psf.psf
+    data = cal.mean_stack / cal.mean_stack.sum(axis=(1, 2), keepdims=True)
+    nz, ny, nx = vox.shape
+    zs = cal.psf.z0_nm + np.arange(nz) * cal.psf.dz_nm
+    picks = np.linspace(0, nz - 1, 5).round().astype(int)
+    fig, axes = plt.subplots(3, 6, figsize=(13, 6.5), dpi=100)
+    peak = float(vox.max())
+    for row, (label, arr) in enumerate((("model", vox), ("beads", data), ("beads − model", data - vox))):
+        lim = (0, peak) if row < 2 else (-0.05 * peak, 0.05 * peak)
+        cmap = "magma" if row < 2 else "RdBu_r"
+        ax = axes[row, 0]
+        ax.imshow(arr[:, ny // 2, :], aspect="auto", origin="lower", cmap=cmap, vmin=lim[0], vmax=lim[1],
+                  extent=(-nx / 2, nx / 2, zs[0], zs[-1]))
+        ax.set_title(f"{label}: x–z", fontsize=8)
+        ax.set_ylabel("z (nm)", fontsize=8)
+        for j, k in enumerate(picks):
+            a = axes[row, j + 1]
+            a.imshow(arr[k], cmap=cmap, vmin=lim[0], vmax=lim[1])
+            a.set_title(f"z {zs[k]:.0f} nm", fontsize=8)
+            a.set_xticks([])
+            a.set_yticks([])
+    fig.suptitle(f"spline PSF from {cal.beads} beads, {cal.slices} slices {cal.z_step_nm:g} nm apart "
+                 f"(z = 0: {cal.focus}); one bead vs the model: {cal.residual_pct:.1f} % of the peak RMS; "
+                 "residual colour scale ±5 % of the peak", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
