@@ -105,5 +105,5 @@ def test_psf_from_config_scales_sigma_by_the_pixel_size() -> None:
 
 
 def test_unknown_psf_model_is_refused_by_the_config() -> None:
-    with pytest.raises(config.ConfigError, match=r"'psf.model'.*'gaussian', 'astigmatic'"):
-        config.load(overrides=['psf.model="spline"'])
+    with pytest.raises(config.ConfigError, match=r"'psf.model'.*'gaussian', 'astigmatic', 'spline'"):
+        config.load(overrides=['psf.model="airy"'])

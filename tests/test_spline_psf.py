@@ -13,7 +13,7 @@ from rtsmlm.cli import main
 from rtsmlm.core import config as rconfig
 from rtsmlm.io.movies import write_tiff_movie
 from rtsmlm.sim import Simulator
-from rtsmlm.sim.beads import bead_stack
+from rtsmlm.sim.beads import TwoLobePSF, bead_stack
 from rtsmlm.sim.camera import emccd, scmos_random_maps
 from rtsmlm.sim.psf import AstigmaticPSF, psf_from_config
 from rtsmlm.sim.spline_psf import SplinePSF, SplinePSFError
@@ -28,26 +28,6 @@ def voxels_of(psf, box: int = 25, z_nm: np.ndarray = np.arange(-800.0, 801.0, 20
     c = (box - 1) / 2.0 + 0.5
     vox = np.stack([psf.render(np.array([c]), np.array([c]), np.array([z]), np.ones(1), (box, box)) for z in z_nm])
     return vox / vox.sum(axis=(1, 2), keepdims=True)
-
-
-class LobedPSF:
-    """A PSF no Gaussian describes: the astigmatic spot plus two dimmer side lobes, opposite each other, that
-    swing round it with z (so the spot's centre stays the emitter's). ``z_shift``: the same PSF with its z = 0
-    elsewhere (calibrate-psf puts z = 0 where a Gaussian fit is round, which the lobes move)."""
-
-    def __init__(self, z_shift: float = 0.0) -> None:
-        self.z_shift = z_shift
-
-    def render(self, x, y, z, photons, shape):
-        z = np.asarray(z, float) + self.z_shift
-        angle = z / 600.0 * np.pi / 2
-        lobe = AstigmaticPSF(1.3, 0.0, 1e4)
-        photons = np.asarray(photons, float)
-        img = ASTIG.render(x, y, z, 0.7 * photons, shape)
-        for sign in (1.0, -1.0):
-            img += lobe.render(x + sign * 2.5 * np.cos(angle), y + sign * 2.5 * np.sin(angle), z, 0.15 * photons,
-                               shape)
-        return img
 
 
 def worst_error(model, truth, z_max: float = 500.0, n: int = 41, seed: int = 3) -> float:
@@ -104,7 +84,7 @@ def test_save_and_load_round_trip_and_bad_files_are_one_sentence(tmp_path) -> No
 
 @pytest.mark.parametrize("truth, camera, beads, step", [
     (ASTIG, "emccd", 8, 20.0),
-    (LobedPSF(), "scmos", 6, 10.0),
+    (TwoLobePSF(), "scmos", 6, 10.0),
 ])
 def test_calibrate_spline_recovers_known_psfs_within_2_percent_of_the_peak(truth, camera, beads, step) -> None:
     cam = emccd() if camera == "emccd" else scmos_random_maps((96, 96), 3)
@@ -113,11 +93,11 @@ def test_calibrate_spline_recovers_known_psfs_within_2_percent_of_the_peak(truth
     assert cal.beads >= 3
     assert cal.focus == "crossing"  # both have an astigmatic core: z = 0 where the Gaussian fit is round
     assert cal.psf.z_range_nm[1] - cal.psf.z_range_nm[0] >= 1200.0  # of the 1600 nm stack, less the beads' spread
-    if isinstance(truth, LobedPSF):
+    if isinstance(truth, TwoLobePSF):
         # The lobe moves the Gaussian fits' round point off the core's focus: compare at the calibration's z = 0,
         # found in the truth the same way (to 5 nm).
         shifts = np.arange(-250.0, 251.0, 5.0)
-        truth = LobedPSF(shifts[np.argmin([worst_error(cal.psf, LobedPSF(s), n=9) for s in shifts])])
+        truth = TwoLobePSF(z_shift=shifts[np.argmin([worst_error(cal.psf, TwoLobePSF(z_shift=s), n=9) for s in shifts])])
     assert worst_error(cal.psf, truth) < 0.02
     assert cal.residual_pct < 5.0
 

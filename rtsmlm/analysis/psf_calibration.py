@@ -163,13 +163,15 @@ def bead_curves(stack: np.ndarray, z_step_nm: float, *, box: int = 17, snr: floa
 
 
 def calibrate_astigmatic(photons: np.ndarray, z_step_nm: float, pixel_size_nm: float, *, where: str = "the stack",
-                         box: int = 17, snr: float = 20.0) -> AstigmaticCalibration:
-    """Calibrate from a bead stack in photons (slices, height, width) taken ``z_step_nm`` apart."""
+                         box: int = 17, snr: float = 20.0, beads: list[BeadCurve] | None = None
+                         ) -> AstigmaticCalibration:
+    """Calibrate from a bead stack in photons (slices, height, width) taken ``z_step_nm`` apart (``beads``: its
+    :func:`bead_curves`, when already fitted)."""
     stack = check_stack(photons, z_step_nm, where)
     n_slices = len(stack)
     z = (np.arange(n_slices) - (n_slices - 1) / 2.0) * z_step_nm
     beads_z, beads_sx, beads_sy = [], [], []
-    for bead in bead_curves(stack, z_step_nm, box=box, snr=snr):
+    for bead in beads if beads is not None else bead_curves(stack, z_step_nm, box=box, snr=snr):
         offset = bead.focus_nm()
         if offset is None:
             continue

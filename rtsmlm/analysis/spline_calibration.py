@@ -81,11 +81,13 @@ def _shifted(cube: np.ndarray, dz: float, dy: float, dx: float) -> np.ndarray:
 
 
 def calibrate_spline(photons: np.ndarray, z_step_nm: float, pixel_size_nm: float, *, where: str = "the stack",
-                     box: int = 17, snr: float = 20.0) -> SplineCalibration:
-    """The spline PSF of a bead stack in photons (slices, height, width) taken ``z_step_nm`` apart."""
+                     box: int = 17, snr: float = 20.0, beads: list[BeadCurve] | None = None) -> SplineCalibration:
+    """The spline PSF of a bead stack in photons (slices, height, width) taken ``z_step_nm`` apart (``beads``: its
+    :func:`~rtsmlm.analysis.psf_calibration.bead_curves`, when already fitted)."""
     stack = check_stack(photons, z_step_nm, where)
     n_slices = len(stack)
-    beads = bead_curves(stack, z_step_nm, box=box, snr=snr)
+    if beads is None:
+        beads = bead_curves(stack, z_step_nm, box=box, snr=snr)
     if len(beads) < MIN_BEADS:
         raise PsfCalibrationError(f"{where}: {len(beads)} bead(s) were found (isolated by ≥ {box} px, and bright); "
                                   f"the spline PSF averages at least {MIN_BEADS}: image a field with several beads")

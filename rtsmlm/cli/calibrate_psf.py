@@ -39,7 +39,13 @@ def add_calibrate_psf_parser(sub: argparse._SubParsersAction, add_config_args: A
 
 def calibrate_psf_main(args: argparse.Namespace, cfg: Any) -> int:
     from rtsmlm.acquisition.file import camera_from_metadata
-    from rtsmlm.analysis.psf_calibration import PsfCalibrationError, calibrate_astigmatic, write_report
+    from rtsmlm.analysis.psf_calibration import (
+        PsfCalibrationError,
+        bead_curves,
+        calibrate_astigmatic,
+        check_stack,
+        write_report,
+    )
     from rtsmlm.analysis.spline_calibration import calibrate_spline, write_spline_report
     from rtsmlm.core.camera import CameraModel
     from rtsmlm.io.movies import open_movie
@@ -57,8 +63,9 @@ def calibrate_psf_main(args: argparse.Namespace, cfg: Any) -> int:
     photons = camera.to_photons(frames)
     out = Path(args.out)
     astig, astig_error = None, None
+    beads = bead_curves(check_stack(photons, args.z_step, args.stack), args.z_step, box=args.box)  # fitted once
     try:
-        astig = calibrate_astigmatic(photons, args.z_step, pixel_nm, where=args.stack, box=args.box)
+        astig = calibrate_astigmatic(photons, args.z_step, pixel_nm, where=args.stack, box=args.box, beads=beads)
     except PsfCalibrationError as e:
         if args.model == "astigmatic":
             raise
@@ -69,7 +76,7 @@ def calibrate_psf_main(args: argparse.Namespace, cfg: Any) -> int:
         header = (f"{astig.beads} beads, {astig.slices} slices {astig.z_step_nm:g} nm apart. Per axis (σ0 px, "
                   f"focus nm, depth nm, A, B) in {out.with_suffix('.json').name}; residual {astig.residual_pct:.1f} %.")
     else:
-        spline = calibrate_spline(photons, args.z_step, pixel_nm, where=args.stack, box=args.box)
+        spline = calibrate_spline(photons, args.z_step, pixel_nm, where=args.stack, box=args.box, beads=beads)
         npz = spline.psf.save(out.with_name(out.stem + "_spline.npz")).resolve()
         write_spline_report(spline, out.with_name(out.stem + "_spline.png"))
         z_lo, z_hi = spline.psf.z_range_nm

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from rtsmlm.core.camera import CameraModel
-from rtsmlm.sim.psf import PSF
+from rtsmlm.sim.psf import PSF, AstigmaticPSF
 
-__all__ = ["BeadStack", "bead_stack"]
+__all__ = ["BeadStack", "TwoLobePSF", "bead_stack"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +52,25 @@ def bead_stack(psf: PSF, camera: CameraModel, *, n_beads: int = 8, size: int = 9
         expected = psf.render(x_px, y_px, z + offsets, np.full(len(xs), photons), (size, size)) + bg_photons
         frames[k] = camera.expose(expected, rng)
     return BeadStack(frames, z_nm, x_px, y_px, offsets)
+
+
+class TwoLobePSF:
+    """A PSF no Gaussian describes, for testing a spline calibration: an astigmatic core (70 % of the light)
+    and two side lobes 2.5 px out, opposite each other, that swing a quarter turn per 600 nm of z (so the
+    spot's centre stays the emitter's). ``z_shift`` moves its z = 0: calibrate-psf puts z = 0 where a
+    Gaussian fit of the spot is round, which the lobes move away from the core's."""
+
+    def __init__(self, core: AstigmaticPSF | None = None, z_shift: float = 0.0) -> None:
+        self.core = core or AstigmaticPSF(1.3, 300.0, 400.0)
+        self.lobe = AstigmaticPSF(self.core.sigma_px, 0.0, 1e4)
+        self.z_shift = z_shift
+
+    def render(self, x, y, z, photons, shape):
+        z = np.asarray(z, float) + self.z_shift
+        angle = z / 600.0 * np.pi / 2
+        photons = np.asarray(photons, float)
+        img = self.core.render(x, y, z, 0.7 * photons, shape)
+        for sign in (1.0, -1.0):
+            img += self.lobe.render(x + sign * 2.5 * np.cos(angle), y + sign * 2.5 * np.sin(angle), z,
+                                    0.15 * photons, shape)
+        return img
