@@ -49,7 +49,7 @@ Z_EVAL_NM = 500.0
 
 
 def simulate(density: float, seed: int, frames: int, size: int, bg: float) -> tuple[rconfig.Config, np.ndarray, np.ndarray, object]:
-    cfg = rconfig.load(TRAIN_CONFIG, [f"sim.seed={seed}", f"sim.size={size}", f"sim.density={density}",
+    cfg = rconfig.load(TRAIN_CONFIG, [f"sim.seed={seed}", f"sim.size={size}", f"sim.density={density}", "sim.structure='uniform'",
                                       f"sim.bg_photons={bg}", f"psf.z_range_nm={Z_EVAL_NM}"])
     sim = Simulator(cfg)
     movie, truth = sim.movie(frames)

@@ -121,7 +121,7 @@ def simulate_movie(cfg: rconfig.Config, name: str, n_frames: int) -> Movie:
 
 def sim_config(base: rconfig.Config, *, seed: int, size: int, density: float, bg: float) -> rconfig.Config:
     """``base`` with the simulator's seed, frame size, density and background replaced."""
-    sim = rconfig.replace(base.sim, seed=seed, size=size, density=density, bg_photons=bg)
+    sim = rconfig.replace(base.sim, seed=seed, size=size, density=density, bg_photons=bg, structure="uniform")
     return rconfig.replace(base, sim=rconfig.to_dict(sim))
 
 

@@ -56,7 +56,7 @@ def movie_config(*, camera: str, seed: int, size: int, density: float, bg: float
                  photons: tuple[float, float] = (2500.0, 1000.0)) -> rconfig.Config:
     cam = dict(SCMOS_PRESET) if camera == "scmos" else {"model": "emccd"}
     sim = {"seed": seed, "size": size, "density": density, "bg_photons": bg, "photons_mean": photons[0],
-           "photons_sigma": photons[1]}
+           "photons_sigma": photons[1], "structure": "uniform"}
     if single_frame:
         sim["mean_on_frames"] = 0.7  # most blinks within one frame; the mask keeps those seen in one frame only
     return rconfig.from_dict({"camera": cam, "psf": {"sigma_nm": 130.0}, "sim": sim})
@@ -180,7 +180,8 @@ def dense_section(localizers: dict[str, Any], args: argparse.Namespace, use_pica
 
 def temporal_section(localizers: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
     print("\n4. Emitters seen in one frame vs several (default camera, 0.1/µm², bg 50, ≥ 1000 photons): per-axis RMSE nm")
-    cfg = rconfig.from_dict({"sim": {"seed": 77, "size": args.size, "density": 0.1, "bg_photons": 50.0}})
+    cfg = rconfig.from_dict({"sim": {"seed": 77, "size": args.size, "density": 0.1, "bg_photons": 50.0,
+                                     "structure": "uniform"}})
     movie = acc.simulate_movie(cfg, "temporal", args.temporal_frames)
     single = acc.single_frame_mask(movie.truth)
     interior = acc.interior_mask(movie.truth, movie.frames.shape[1:], movie.pixel_size_nm, 4.0)

@@ -48,6 +48,7 @@ def simulate(name: str, seed: int, frames: int, size: int, density: float, struc
     cam, sigma, bg, photons = CAMERAS[name]
     cfg = rconfig.from_dict({"camera": cam, "psf": {"sigma_nm": sigma},
                              "sim": {"seed": seed, "size": size, "density": density, "bg_photons": bg,
+                                     "structure": "uniform",
                                      "bg_structured": structured, "photons_mean": photons,
                                      "photons_sigma": 0.4 * photons}})
     sim = Simulator(cfg)

@@ -50,6 +50,7 @@ def camera_config(name: str, seed: int, size: int, density: float) -> rconfig.Co
     cam, sigma, bg, photons = CAMERAS[name]
     return rconfig.from_dict({"camera": cam, "psf": {"sigma_nm": sigma},
                               "sim": {"seed": seed, "size": size, "density": density, "bg_photons": bg,
+                                      "structure": "uniform",
                                       "photons_mean": photons, "photons_sigma": 0.4 * photons}})
 
 

@@ -60,7 +60,8 @@ class Trace:
 
 def make_config(args: argparse.Namespace) -> object:
     return from_dict({"camera": {"exposure_ms": args.exposure_ms},
-                      "sim": {"size": args.size, "density": args.density_at_1, "labels_per_um2": args.labels,
+                      "sim": {"structure": "uniform", "size": args.size, "density": args.density_at_1,
+                              "labels_per_um2": args.labels,
                               "bleach_probability": args.bleach, "seed": args.seed}})
 
 

@@ -1,6 +1,6 @@
 """Calibrate + fine-tune for one camera no shipped model was trained for, against the shipped models.
 
-Run: python benchmarks/bench_finetune.py --finetuned PREFIX [--reference PREFIX] [--camera scmos-65nm-bg800]
+Run: python benchmarks/bench_finetune.py --finetuned PREFIX [PREFIX …] [--reference PREFIX] [--camera scmos-65nm-bg800]
                                         [--frames 100]
 
 The fine-tuned model is made the way a user would: simulate (or record) the camera's movie and a dark
@@ -27,7 +27,8 @@ from rtsmlm.core import config as rconfig  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--finetuned", required=True, metavar="PREFIX")
+    ap.add_argument("--finetuned", required=True, metavar="PREFIX", nargs="+",
+                    help="fine-tuned models (several: e.g. from different --init models)")
     ap.add_argument("--reference", metavar="PREFIX", help="a from-scratch model for the same camera")
     ap.add_argument("--camera", default="scmos-65nm-bg800", choices=sorted(CAMERAS))
     ap.add_argument("--frames", type=int, default=100)
@@ -38,7 +39,9 @@ def main() -> None:
     torch.set_num_threads(1)
     base = rconfig.load(None)
     backend = rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
-    models = {"default": "default", "broad_2d": "broad_2d", "fine-tuned": args.finetuned}
+    models = {"default": "default", "broad_2d": "broad_2d"}
+    for prefix in args.finetuned:
+        models[f"fine-tuned {Path(prefix).name}" if len(args.finetuned) > 1 else "fine-tuned"] = prefix
     if args.reference:
         models["from scratch"] = args.reference
     localizers = {label: acc.open_model(ckpt, backend, base.model) for label, ckpt in models.items()}

@@ -44,6 +44,7 @@ def test_a_3d_run_recovers_a_100_nm_focus_drift(tmp_path) -> None:
     out = tmp_path / "run"
     code = main(["run", "--model", "astig_3d", "--out", str(out), "--set", 'psf.model="astigmatic"',
                  "--set", "psf.z_range_nm=500", "--set", "sim.density=1.0", "--set", "sim.seed=21",
+                 "--set", 'sim.structure="uniform"',
                  "--set", "sim.drift.enabled=true", "--set", "sim.drift.random_walk_nm_per_frame=0",
                  "--set", "sim.drift.sinusoid_amplitude_nm=0", "--set", "sim.drift.linear_nm_per_frame=0",
                  "--set", f"sim.drift.z_nm_per_frame={100.0 / 1500}", "--set", "source.max_frames=1500",

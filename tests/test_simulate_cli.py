@@ -57,7 +57,7 @@ def test_writes_movie_truth_drift_and_config(run_dir: Path) -> None:
                                                    "simulation.json"}
     cfg = run_config(run_dir)
     assert (cfg.sim.frames, cfg.sim.size, cfg.sim.density, cfg.sim.seed, cfg.sim.structure) \
-        == (FRAMES, SIZE, 1.0, 5, "uniform")
+        == (FRAMES, SIZE, 1.0, 5, "filaments")
     assert cfg.sim.drift.enabled and cfg.camera.pixel_size_nm == PIXEL_NM and cfg.sim.fiducials == FIDUCIALS
 
 

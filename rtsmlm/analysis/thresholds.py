@@ -81,12 +81,14 @@ def choose_for_model(checkpoint: str, cfg: Config, *, frames: int = 100, backend
         for k, cond in enumerate(BROAD_CONDITIONS):
             data = {**base, "camera": {**config_mod.to_dict(config_mod.CameraConfig()), **cond["camera"]},
                     "psf": {**config_mod.to_dict(config_mod.PSFConfig()), **cond["psf"]},
-                    "sim": {**base["sim"], "seed": 7000 + k, **cond["sim"]}}
+                    "sim": {**base["sim"], "seed": 7000 + k, "structure": "uniform", **cond["sim"]}}
             conditions.append(config_mod.from_dict(data, "threshold conditions"))
         names = [f"{c.camera.model} {c.camera.pixel_size_nm:g} nm px, σ {c.psf.sigma_nm:g} nm, bg {c.sim.bg_photons:g}, "
                  f"{c.sim.density:g}/µm²" for c in conditions]
     else:
-        conditions = [config_mod.replace(cfg, sim=config_mod.to_dict(config_mod.replace(cfg.sim, seed=cfg.sim.seed + 7000)))]
+        # Emitters spread evenly, whatever the config's sample: the threshold is the model's, not a structure's.
+        conditions = [config_mod.replace(cfg, sim=config_mod.to_dict(config_mod.replace(
+            cfg.sim, seed=cfg.sim.seed + 7000, structure="uniform")))]
         names = [f"training config: {cfg.camera.model} {cfg.camera.pixel_size_nm:g} nm px, σ {cfg.psf.sigma_nm:g} nm, "
                  f"bg {cfg.sim.bg_photons:g}, {cfg.sim.density:g}/µm²"]
     curves = [threshold_curve(c, checkpoint, frames=frames, backend_cfg=backend_cfg) for c in conditions]

@@ -79,7 +79,9 @@ class SimConfig:
     size: int = _f(64, range=(8, 8192))
     frames: int = _f(2000, range=(1, None))
     seed: int = _f(0, range=(0, None))
-    structure: str = _f("uniform", choices=("uniform", "filaments", "rings"))
+    structure: str = _f("filaments", choices=("uniform", "filaments", "rings"),
+                        doc="the sample: microtubule-like filaments (the default: a render a microscopist "
+                            "recognises), labels spread evenly, or ring-shaped complexes (nuclear pores)")
     density: float = _f(0.3, range=(0.0, 20.0))
     labels_per_um2: float = _f(200.0, range=(1e-3, 1e5), doc="uniform structure: label density")
     filament_count: int = _f(6, range=(1, 10_000))
