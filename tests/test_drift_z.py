@@ -44,7 +44,6 @@ def test_a_3d_run_recovers_a_100_nm_focus_drift(tmp_path) -> None:
     out = tmp_path / "run"
     code = main(["run", "--model", "astig_3d", "--out", str(out), "--set", 'psf.model="astigmatic"',
                  "--set", "psf.z_range_nm=500", "--set", "sim.density=1.0", "--set", "sim.seed=21",
-                 "--set", 'sim.structure="uniform"',
                  "--set", "sim.drift.enabled=true", "--set", "sim.drift.random_walk_nm_per_frame=0",
                  "--set", "sim.drift.sinusoid_amplitude_nm=0", "--set", "sim.drift.linear_nm_per_frame=0",
                  "--set", f"sim.drift.z_nm_per_frame={100.0 / 1500}", "--set", "source.max_frames=1500",
@@ -55,7 +54,7 @@ def test_a_3d_run_recovers_a_100_nm_focus_drift(tmp_path) -> None:
     assert truth.dz[-1] == pytest.approx(100.0 * 1499 / 1500)
     n = min(len(estimate.frames), len(truth.frames))
     rms = float(np.sqrt(np.mean((estimate.dz[:n] - truth.dz[:n]) ** 2)))
-    assert rms <= 5.0, rms  # measured 2.2 nm
+    assert rms <= 5.0, rms  # measured 2.7 nm on the default filament sample (1.9 nm with labels spread evenly)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["drift"]["max_abs_dz_nm"] == pytest.approx(np.abs(estimate.dz).max(), rel=1e-6)
     # The files carry the corrected depth beside the raw one: z_dc = z - dz(frame).

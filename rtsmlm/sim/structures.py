@@ -28,7 +28,9 @@ def filaments(rng: np.random.Generator, extent_nm: tuple[float, float], count: i
 
     Each filament runs from one edge region to the opposite through 4 random control points, so it is
     gently curved (persistence length ≫ field size, like microtubules). Labels sit at a Poisson number
-    of uniformly random arc positions, displaced by the linker/antibody size (Gaussian, ``jitter_nm``).
+    of uniformly random arc positions, displaced by the linker/antibody size (Gaussian, ``jitter_nm``). In
+    3D (``z_range_nm`` > 0) the filament's depth varies smoothly along it (a spline through random depths
+    within ±0.8 ``z_range_nm`` at the control points), the labels jittered about it.
     """
     h, w = extent_nm
     out = []
@@ -52,10 +54,16 @@ def filaments(rng: np.random.Generator, extent_nm: tuple[float, float], count: i
         xy_l = np.stack([np.interp(pos, np.arange(len(s)), xy[:, 0]),
                          np.interp(pos, np.arange(len(s)), xy[:, 1])], axis=1)
         xy_l += rng.normal(0.0, jitter_nm, xy_l.shape)
+        if z_range_nm > 0:
+            # In 3D a filament rises and falls smoothly along its length (a microtubule is one tube, not a
+            # cloud of labels): z through the same control points, the labels jittered about it.
+            z_ctrl = CubicSpline(t, rng.uniform(-0.8 * z_range_nm, 0.8 * z_range_nm, len(t)))
+            z = np.interp(pos, np.arange(len(s)), z_ctrl(s)) + rng.normal(0.0, jitter_nm, len(pos))
+            z = np.clip(z, -z_range_nm, z_range_nm)
+        else:
+            z = np.zeros(len(pos))
         keep = (xy_l[:, 0] >= 0) & (xy_l[:, 0] < w) & (xy_l[:, 1] >= 0) & (xy_l[:, 1] < h)
-        xy_l = xy_l[keep]
-        z = rng.uniform(-z_range_nm, z_range_nm, len(xy_l)) if z_range_nm > 0 else np.zeros(len(xy_l))
-        out.append(np.column_stack([xy_l, z]))
+        out.append(np.column_stack([xy_l[keep], z[keep]]))
     return np.concatenate(out) if out else np.empty((0, 3))
 
 
