@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from rtsmlm.analysis.psf_calibration import PsfCalibrationError, calibrate_astigmatic
-from rtsmlm.analysis.spline_calibration import calibrate_spline
+from rtsmlm.analysis.spline_calibration import calibrate_spline, max_difference
 from rtsmlm.core import config as rconfig
 from rtsmlm.core.jsonio import to_jsonable
 from rtsmlm.sim.beads import TwoLobePSF, bead_stack
@@ -38,30 +38,7 @@ from rtsmlm.sim.camera import emccd, scmos_random_maps
 from rtsmlm.sim.psf import AstigmaticPSF
 from rtsmlm.sim.spline_psf import SplinePSF
 
-SHAPE = (48, 48)
 Z = np.linspace(-500.0, 500.0, 101)
-
-
-def voxels(psf, box: int = 25, step: float = 10.0) -> tuple[np.ndarray, float]:
-    """``psf`` sampled the way calibrate-psf stores a PSF: emitter at the middle pixel's centre, unit slices."""
-    zs = np.arange(-1000.0, 1000.0 + step / 2, step)
-    c = (box - 1) / 2.0 + 0.5
-    vox = np.stack([psf.render(np.array([c]), np.array([c]), np.array([z]), np.ones(1), (box, box)) for z in zs])
-    return vox / vox.sum(axis=(1, 2), keepdims=True), float(zs[0])
-
-
-def worst_error(model, truth, z_max: float = 500.0, n: int = 41, seed: int = 3) -> float:
-    rng = np.random.default_rng(seed)
-    worst, peak = 0.0, 0.0
-    for z in np.linspace(-z_max, z_max, n):
-        x, y = rng.uniform(20, 21, 1), rng.uniform(20, 21, 1)
-        a = model.render(x, y, np.array([z]), np.ones(1), SHAPE)
-        b = truth.render(x, y, np.array([z]), np.ones(1), SHAPE)
-        inside = a > 0
-        b_box = np.where(inside, b * a.sum() / b[inside].sum(), b)
-        worst = max(worst, float(np.abs(a - b_box).max()))
-        peak = max(peak, float(b.max()))
-    return worst / peak
 
 
 class ShiftedSpline:
@@ -79,11 +56,11 @@ def main() -> None:
     ap.add_argument("--photons", type=float, default=50000.0, help="photons per bead per slice")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    lobed_vox, lobed_z0 = voxels(TwoLobePSF())
+
     truths = {
         "astigmatic σ0 1.3 px, EMCCD": (AstigmaticPSF(1.3, 300.0, 400.0), "emccd"),
         "astigmatic σ0 1.05 px, sCMOS": (AstigmaticPSF(1.05, 200.0, 350.0), "scmos"),
-        "spline, two-lobed, sCMOS": (SplinePSF(lobed_vox, lobed_z0, 10.0, 100.0), "scmos"),
+        "spline, two-lobed, sCMOS": (SplinePSF.sampled(TwoLobePSF(), 100.0), "scmos"),
     }
     print(f"load average {os.getloadavg()[0]:.1f}; bead stacks ±800 nm, {args.photons:g} photons per bead per slice, "
           "background 10 photons/px")
@@ -106,9 +83,9 @@ def main() -> None:
                 compare = truth
                 if isinstance(truth, SplinePSF):
                     shifts = np.arange(-250.0, 251.0, 5.0)
-                    best = shifts[np.argmin([worst_error(cal.psf, ShiftedSpline(truth, s), n=9) for s in shifts])]
+                    best = shifts[np.argmin([max_difference(cal.psf, ShiftedSpline(truth, s), depths=9) for s in shifts])]
                     compare = ShiftedSpline(truth, float(best))
-                err = 100.0 * worst_error(cal.psf, compare)
+                err = 100.0 * max_difference(cal.psf, compare)
                 sigma_err = None
                 if isinstance(truth, AstigmaticPSF):
                     try:
@@ -138,10 +115,9 @@ def training_speed(batches: int = 20) -> dict[str, float]:
     from rtsmlm.training.data import TrainingSimulator
 
     astig = AstigmaticPSF(1.3, 300.0, 400.0)
-    vox, z0 = voxels(astig)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        path = SplinePSF(vox, z0, 10.0, 100.0).save(Path(tmp) / "psf.npz")
+        path = SplinePSF.sampled(astig, 100.0).save(Path(tmp) / "psf.npz")
         for name, psf in (("astigmatic", {"model": "astigmatic", "sigma_nm": 130.0}),
                           ("spline", {"model": "spline", "file": str(path), "sigma_nm": 130.0})):
             cfg = rconfig.from_dict({"psf": {**psf, "z_range_nm": 600.0},

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtsmlm.analysis.spline_calibration import calibrate_spline
+from rtsmlm.analysis.spline_calibration import calibrate_spline, max_difference
 from rtsmlm.cli import main
 from rtsmlm.core import config as rconfig
 from rtsmlm.io.movies import write_tiff_movie
@@ -23,34 +23,14 @@ ASTIG = AstigmaticPSF(1.3, 300.0, 400.0)
 SHAPE = (48, 48)
 
 
-def voxels_of(psf, box: int = 25, z_nm: np.ndarray = np.arange(-800.0, 801.0, 20.0)) -> np.ndarray:
-    """The PSF sampled as calibrate-psf stores it: an emitter at the middle pixel's centre, slices summing to 1."""
-    c = (box - 1) / 2.0 + 0.5
-    vox = np.stack([psf.render(np.array([c]), np.array([c]), np.array([z]), np.ones(1), (box, box)) for z in z_nm])
-    return vox / vox.sum(axis=(1, 2), keepdims=True)
-
-
-def worst_error(model, truth, z_max: float = 500.0, n: int = 41, seed: int = 3) -> float:
-    """Largest |model − truth| over emitters at random sub-pixel positions and z ∈ [−z_max, z_max], as a
-    fraction of the truth's peak over z; the truth renormalised to the model's box (the calibration cannot
-    see light outside it)."""
-    rng = np.random.default_rng(seed)
-    zs = np.linspace(-z_max, z_max, n)
-    worst, peak = 0.0, 0.0
-    for z in zs:
-        x, y = rng.uniform(20, 21, 1), rng.uniform(20, 21, 1)
-        a = model.render(x, y, np.array([z]), np.ones(1), SHAPE)
-        b = truth.render(x, y, np.array([z]), np.ones(1), SHAPE)
-        inside = a > 0
-        b_box = np.where(inside, b * a.sum() / b[inside].sum(), b)
-        worst = max(worst, float(np.abs(a - b_box).max()))
-        peak = max(peak, float(b.max()))
-    return worst / peak
+def known_spline(psf=ASTIG) -> SplinePSF:
+    """``psf`` in spline form, sampled over ±800 nm in 20 nm steps."""
+    return SplinePSF.sampled(psf, 100.0, z_nm=np.arange(-800.0, 801.0, 20.0))
 
 
 def test_a_spline_of_a_known_psf_renders_it_at_any_position_and_depth() -> None:
-    spline = SplinePSF(voxels_of(ASTIG), -800.0, 20.0, 100.0)
-    assert worst_error(spline, ASTIG, z_max=700.0, n=71) < 0.006
+    spline = known_spline()
+    assert max_difference(spline, ASTIG, z_max_nm=700.0, depths=71) < 0.006
     img = spline.render(np.array([20.3, 30.8]), np.array([25.5, 10.1]), np.array([-150.0, 420.0]),
                         np.array([1000.0, 3000.0]), SHAPE)
     assert img.sum() == pytest.approx(4000.0, rel=1e-3)  # the interpolant keeps the mass to 0.1 %
@@ -63,7 +43,7 @@ def test_a_spline_of_a_known_psf_renders_it_at_any_position_and_depth() -> None:
 
 
 def test_save_and_load_round_trip_and_bad_files_are_one_sentence(tmp_path) -> None:
-    spline = SplinePSF(voxels_of(ASTIG), -800.0, 20.0, 100.0)
+    spline = known_spline()
     path = spline.save(tmp_path / "psf.npz")
     back = SplinePSF.load(path, 100.0)
     assert back.z_range_nm == (-800.0, 800.0)
@@ -97,13 +77,13 @@ def test_calibrate_spline_recovers_known_psfs_within_2_percent_of_the_peak(truth
         # The lobe moves the Gaussian fits' round point off the core's focus: compare at the calibration's z = 0,
         # found in the truth the same way (to 5 nm).
         shifts = np.arange(-250.0, 251.0, 5.0)
-        truth = TwoLobePSF(z_shift=shifts[np.argmin([worst_error(cal.psf, TwoLobePSF(z_shift=s), n=9) for s in shifts])])
-    assert worst_error(cal.psf, truth) < 0.02
+        truth = TwoLobePSF(z_shift=shifts[np.argmin([max_difference(cal.psf, TwoLobePSF(z_shift=s), depths=9) for s in shifts])])
+    assert max_difference(cal.psf, truth) < 0.02
     assert cal.residual_pct < 5.0
 
 
 def test_the_simulator_and_the_trainer_take_a_spline_psf(tmp_path) -> None:
-    path = SplinePSF(voxels_of(ASTIG), -800.0, 20.0, 100.0).save(tmp_path / "psf.npz")
+    path = known_spline().save(tmp_path / "psf.npz")
     cfg = rconfig.from_dict({"psf": {"model": "spline", "file": str(path), "z_range_nm": 500.0},
                              "sim": {"size": 32, "density": 1.0, "seed": 2},
                              "train": {"patch_size": 16, "window": 3}})
@@ -128,7 +108,7 @@ def test_calibrate_psf_writes_a_spline_config_that_simulates_the_beads_psf(tmp_p
     assert cfg.psf.model == "spline" and cfg.psf.file == str((tmp_path / "psf_spline.npz").resolve())
     assert cfg.psf.z_range_nm >= 700.0
     assert cfg.psf.astig_focal_offset_nm == pytest.approx(300.0, abs=20)  # the focus curves ride along
-    assert worst_error(psf_from_config(cfg.psf, 100.0), ASTIG) < 0.02
+    assert max_difference(psf_from_config(cfg.psf, 100.0), ASTIG) < 0.02
     assert "spline PSF from" in capsys.readouterr().out
     out = tmp_path / "sim"
     assert main(["simulate", "--config", str(tmp_path / "psf.toml"), "--frames", "5", "--size", "32",

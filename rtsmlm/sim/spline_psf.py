@@ -124,6 +124,18 @@ class SplinePSF:
         np.maximum(out, 0.0, out=out)  # the interpolant can ring slightly below 0 at the box edge
         return out, y0, x0
 
+    @classmethod
+    def sampled(cls, psf, pixel_size_nm: float, *, box: int = 25, z_nm: np.ndarray | None = None) -> "SplinePSF":
+        """Any PSF sampled the way calibrate-psf stores one (an emitter at the middle pixel's centre, each slice
+        normalised to unit sum), ``z_nm`` evenly spaced (default ±1000 nm in 10 nm steps): a known spline
+        PSF to test a calibration against, or an analytic PSF in spline form."""
+        z_nm = np.arange(-1000.0, 1000.5, 10.0) if z_nm is None else np.asarray(z_nm, np.float64)
+        c = (box - 1) / 2.0 + 0.5
+        vox = np.stack([psf.render(np.array([c]), np.array([c]), np.array([z]), np.ones(1), (box, box))
+                        for z in z_nm])
+        return cls(vox / vox.sum(axis=(1, 2), keepdims=True), float(z_nm[0]), float(z_nm[1] - z_nm[0]),
+                   float(pixel_size_nm))
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         np.savez(path, psf=self.psf.astype(np.float32), z0_nm=self.z0_nm, dz_nm=self.dz_nm,
