@@ -69,8 +69,7 @@ def test_choose_threshold_stores_the_best_of_the_curve_and_a_run_uses_it(tmp_pat
     assert "detection threshold" in capsys.readouterr().out
     # It is the curve's best on those conditions (the same simulation, seeded).
     cfg = config.load(conditions)
-    curve = threshold_curve(config.replace(cfg, sim=config.to_dict(config.replace(cfg.sim, seed=cfg.sim.seed + 7000,
-                                                                                  structure="uniform"))),
+    curve = threshold_curve(config.replace(cfg, sim=config.to_dict(config.replace(cfg.sim, seed=cfg.sim.seed + 7000))),
                             str(prefix), frames=30)
     assert detection["jaccard"] == pytest.approx(curve[detection["p_threshold"]], abs=1e-4)
     assert detection["jaccard"] >= max(curve.values()) - JACCARD_TOLERANCE

@@ -81,14 +81,12 @@ def choose_for_model(checkpoint: str, cfg: Config, *, frames: int = 100, backend
         for k, cond in enumerate(BROAD_CONDITIONS):
             data = {**base, "camera": {**config_mod.to_dict(config_mod.CameraConfig()), **cond["camera"]},
                     "psf": {**config_mod.to_dict(config_mod.PSFConfig()), **cond["psf"]},
-                    "sim": {**base["sim"], "seed": 7000 + k, "structure": "uniform", **cond["sim"]}}
+                    "sim": {**base["sim"], "seed": 7000 + k, **cond["sim"]}}
             conditions.append(config_mod.from_dict(data, "threshold conditions"))
         names = [f"{c.camera.model} {c.camera.pixel_size_nm:g} nm px, σ {c.psf.sigma_nm:g} nm, bg {c.sim.bg_photons:g}, "
                  f"{c.sim.density:g}/µm²" for c in conditions]
     else:
-        # Emitters spread evenly, whatever the config's sample: the threshold is the model's, not a structure's.
-        conditions = [config_mod.replace(cfg, sim=config_mod.to_dict(config_mod.replace(
-            cfg.sim, seed=cfg.sim.seed + 7000, structure="uniform")))]
+        conditions = [config_mod.replace(cfg, sim=config_mod.to_dict(config_mod.replace(cfg.sim, seed=cfg.sim.seed + 7000)))]
         names = [f"training config: {cfg.camera.model} {cfg.camera.pixel_size_nm:g} nm px, σ {cfg.psf.sigma_nm:g} nm, "
                  f"bg {cfg.sim.bg_photons:g}, {cfg.sim.density:g}/µm²"]
     curves = [threshold_curve(c, checkpoint, frames=frames, backend_cfg=backend_cfg) for c in conditions]
@@ -101,12 +99,16 @@ def choose_for_model(checkpoint: str, cfg: Config, *, frames: int = 100, backend
 def threshold_curve(cfg: Config, checkpoint: str, *, frames: int = 100, size: int = 64,
                     tolerance_nm: float = 250.0, backend_cfg=None) -> dict[float, float]:
     """Jaccard over all true emitters at each p threshold of :data:`GRID` on ``frames`` simulated frames
-    of ``size``² of ``cfg``'s camera, PSF and sample."""
+    of ``size``² of ``cfg``'s camera, PSF and sample (its brightness, background and density; emitters
+    spread evenly)."""
     from rtsmlm.core import config as config_mod
     from rtsmlm.localization.offline import OfflineLocalizer
     from rtsmlm.sim import Simulator
 
-    sim_cfg = config_mod.replace(cfg, sim=config_mod.to_dict(config_mod.replace(cfg.sim, size=size)))
+    # Emitters spread evenly, whatever the config's sample: a threshold (and calibrate's choice of model) is
+    # the model's and the camera's, not one structure's.
+    sim_cfg = config_mod.replace(cfg, sim=config_mod.to_dict(config_mod.replace(cfg.sim, size=size,
+                                                                                structure="uniform")))
     sim = Simulator(sim_cfg)
     movie, truth_table = sim.movie(frames)
     if backend_cfg is None:

