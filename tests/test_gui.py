@@ -301,6 +301,12 @@ def test_controls_act_on_a_running_acquisition_and_closing_flushes_everything(qt
     window.percentile_box.setValue(95.0)
     qtbot.waitUntil(lambda: window.shown_sr.percentile == 95.0, timeout=60_000)
     assert (window.shown_sr.image == 255).mean() > 2 * saturated_before  # white at a lower value
+    # The depth range boxes (a 2D run: shown but disabled) reach the worker; an empty range is refused.
+    assert [b.isEnabled() for b in window.z_boxes] == [False, False]
+    window.set_z_range(-300.0, 300.0)
+    assert window.worker.z_range == (-300.0, 300.0)
+    window.set_z_range(200.0, 100.0)
+    assert window.worker.z_range == (-300.0, 300.0) and "is empty" in window.statusBar().currentMessage()
 
     # Pause: the images freeze while the run goes on; resume catches up.
     window.action_pause.trigger()

@@ -315,3 +315,16 @@ def test_live_view_of_a_3d_run_is_coloured_by_depth_through_drift_redraws() -> N
     assert left[2] > left[0] + 20 and right[0] > right[2] + 20
     assert worker._sr.z_range_nm == (-500.0, 500.0)
     assert "z -500" in _depth_bar((-500.0, 500.0)) and "+500 nm" in _depth_bar((-500.0, 500.0))
+    # The live view's depth range control: a range around the right half's depth puts the left half at the
+    # colour map's low end, the right half mid-map; an empty range is refused in one sentence.
+    worker.set_z_range((0.0, 800.0))
+    assert worker._prepare_sr(snap) and worker._sr.z_range_nm == (0.0, 800.0)
+    rgb2 = worker._sr.rgb
+    left2 = rgb2[:, : w // 2][bright[:, : w // 2]].mean(0)
+    right2 = rgb2[:, w // 2:][bright[:, w // 2:]].mean(0)
+    assert left2[2] < left[2] - 20  # −400 nm, a tenth up the map before, is clipped to turbo's dark low end
+    assert right2[1] > right[1] + 20  # +400 nm moves from the red end to turbo's green middle
+    with pytest.raises(ValueError, match="low < high"):
+        worker.set_z_range((300.0, 300.0))
+    worker.set_z_range(None)
+    assert worker._prepare_sr(snap) and worker._sr.z_range_nm == (-500.0, 500.0)

@@ -112,6 +112,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         self._sr_geometry: tuple[int, int, float] | None = None
         self.n_refreshes = 0
         self._lut = lookup_table(cfg.gui.colormap)
+        self._z_range: tuple[float, float] | None = None  # the user's depth colour range, kept across runs
         self._build_ui()
         self._bind_worker()
         self._timer = QtCore.QTimer(self)
@@ -206,6 +207,23 @@ class LiveWindow(QtWidgets.QMainWindow):
         self.cmap_box.setCurrentText(self.cfg.gui.colormap)
         self.cmap_box.currentTextChanged.connect(self.set_colormap)
         tb.addWidget(self.cmap_box)
+        # 3D runs: the depth range the colours span (the run's own until the user changes it).
+        z_max = float(self.cfg.psf.z_range_nm) or 500.0
+        self.z_boxes = []
+        tb.addWidget(label("depth"))
+        for value, tip in ((-z_max, "Depth (nm) shown in the colour map's first colour"),
+                           (z_max, "Depth (nm) shown in the colour map's last colour")):
+            box = QtWidgets.QSpinBox()
+            box.setRange(-5000, 5000)
+            box.setSingleStep(50)
+            box.setSuffix(" nm")
+            box.setValue(int(round(value)))
+            box.setToolTip(tip + "; 3D runs only")
+            box.setKeyboardTracking(False)
+            box.setEnabled(self.cfg.psf.model != "gaussian")
+            box.valueChanged.connect(lambda _v: self.set_z_range(self.z_boxes[0].value(), self.z_boxes[1].value()))
+            tb.addWidget(box)
+            self.z_boxes.append(box)
 
     def _build_sr_panel(self) -> QtWidgets.QWidget:
         panel = QtWidgets.QWidget()
@@ -325,6 +343,8 @@ class LiveWindow(QtWidgets.QMainWindow):
         self._worker = DisplayWorker(run, refresh_hz=self.cfg.gui.refresh_hz,
                                      percentile=self.percentile_box.value())
         self._worker.set_lookup_table(self._lut)
+        if self._z_range is not None:
+            self._worker.set_z_range(self._z_range)
         self._worker_run = run
         # A new run started before the last one's final view arrived (a quick Start after a finish): that
         # wait counted the old worker's views, which the new worker never reaches; forget it.
@@ -577,6 +597,17 @@ class LiveWindow(QtWidgets.QMainWindow):
     def set_percentile(self, percentile: float) -> None:
         if self._worker is not None:
             self._worker.set_percentile(float(percentile))
+
+    def set_z_range(self, low_nm: float, high_nm: float) -> None:
+        """Colour a 3D run's SR image by depth from ``low_nm`` to ``high_nm``; an empty range is refused
+        with a status message (the previous range stays)."""
+        if low_nm >= high_nm:
+            self.statusBar().showMessage(f"depth range {low_nm:g} to {high_nm:g} nm is empty: the low end must be "
+                                         "below the high end", 5000)
+            return
+        self._z_range = (float(low_nm), float(high_nm))
+        if self._worker is not None:
+            self._worker.set_z_range(self._z_range)
 
     def set_colormap(self, name: str) -> None:
         try:

@@ -212,6 +212,7 @@ class DisplayWorker:
         self.max_px = max_px
         self.camera_percentiles = camera_percentiles
         self._percentile = percentile
+        self._z_range: tuple[float, float] | None = None  # the user's depth colour range; None = the run's
         self._lut = _gray_lut()
         self._lock = threading.Lock()
         self._latest: LiveView | None = None
@@ -222,7 +223,7 @@ class DisplayWorker:
         self._camera: CameraView | None = None
         self._camera_seq = 0
         self._sr: SRView | None = None
-        self._sr_key: tuple[int, float, int] | None = None
+        self._sr_key: tuple[Any, ...] | None = None
         self._sr_seq = 0
         self._series = TimeSeries.empty()
         self._series_key: tuple[int, int] | None = None
@@ -253,6 +254,22 @@ class DisplayWorker:
     @property
     def percentile(self) -> float:
         return self._percentile
+
+    def set_z_range(self, z_range_nm: tuple[float, float] | None) -> None:
+        """Depth colour range of a 3D run's SR image (nm, low to high): the colour map's ends, depths beyond
+        take the end colours. None: the run's own (``psf.z_range_nm``, or the localizations' 1st-99th
+        percentile)."""
+        if z_range_nm is not None:
+            lo, hi = (float(v) for v in z_range_nm)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"the depth colour range must be two finite depths, low < high; got {z_range_nm!r}")
+            z_range_nm = (lo, hi)
+        with self._lock:
+            self._z_range = z_range_nm
+
+    @property
+    def z_range(self) -> tuple[float, float] | None:
+        return self._z_range
 
     def set_lookup_table(self, lut: np.ndarray) -> None:
         """Colour map of the SR image: a (256, 3) uint8 table, applied here so the GUI thread only
@@ -336,8 +353,8 @@ class DisplayWorker:
         if snapshot is None:
             return False
         with self._lock:
-            percentile, lut = self._percentile, self._lut
-        key = (id(snapshot), percentile, id(lut))
+            percentile, lut, z_override = self._percentile, self._lut, self._z_range
+        key = (id(snapshot), percentile, id(lut), z_override)
         if key == self._sr_key:
             return False
         self._sr_key = key
@@ -346,6 +363,8 @@ class DisplayWorker:
         _, white = percentile_levels(pooled, 0.0, percentile, nonzero=True)
         image, pixel_nm = to_uint8(pooled, 0.0, white), render_pixel_nm * factor
         z_range = getattr(snapshot, "z_range_nm", None)
+        if z_range is not None and z_override is not None:
+            z_range = z_override
         if z_range is not None and snapshot.depth_count is not None:
             # A 3D run: hue = the pixel's mean z, brightness = the render (the colour bar says the range).
             count, _ = pool(snapshot.depth_count, self.max_px, "sum")
