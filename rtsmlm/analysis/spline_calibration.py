@@ -43,7 +43,7 @@ class SplineCalibration:
     residual_pct: float
     """RMS difference between a single bead and the model, in % of the model's peak (bead noise included)."""
     mean_stack: np.ndarray = field(repr=False)
-    """The averaged beads before normalisation per slice, for the report."""
+    """The averaged beads before the z smoothing and the normalisation per slice, for the report."""
     shifts: np.ndarray = field(repr=False)
     """Per bead: x, y (px) of its centre from its box's middle pixel's centre, and its focus z (nm)."""
 
@@ -120,7 +120,8 @@ def calibrate_spline(photons: np.ndarray, z_step_nm: float, pixel_size_nm: float
 
     aligned = [_shifted(cube, dz / z_step_nm, dy, dx)[keep][:, margin:-margin, margin:-margin]
                for cube, (dx, dy, dz) in zip(cubes, shifts_arr)]
-    core = _smooth_z(np.mean(aligned, axis=0), z_step_nm)
+    averaged = np.mean(aligned, axis=0)
+    core = _smooth_z(averaged, z_step_nm)
     sums = core.sum(axis=(1, 2), keepdims=True)
     if np.any(sums <= 0):
         raise PsfCalibrationError(f"{where}: the averaged beads have no light in some slices; check the stack")
@@ -130,7 +131,7 @@ def calibrate_spline(photons: np.ndarray, z_step_nm: float, pixel_size_nm: float
     resid = [np.sqrt(np.mean((bead - core) ** 2)) for bead in aligned]
     peak = float(core.max())
     return SplineCalibration(psf, len(cubes), n_slices, float(z_step_nm), focus,
-                             float(100.0 * np.median(resid) / peak), core, shifts_arr)
+                             float(100.0 * np.median(resid) / peak), averaged, shifts_arr)
 
 
 def _smooth_z(cube: np.ndarray, z_step_nm: float) -> np.ndarray:
@@ -175,7 +176,7 @@ def write_spline_report(cal: SplineCalibration, path: Path) -> Path:
     picks = np.linspace(0, nz - 1, 5).round().astype(int)
     fig, axes = plt.subplots(3, 6, figsize=(13, 6.5), dpi=100)
     peak = float(vox.max())
-    for row, (label, arr) in enumerate((("model", vox), ("beads", data), ("beads − model", data - vox))):
+    for row, (label, arr) in enumerate((("model", vox), ("beads averaged", data), ("averaged − model", data - vox))):
         lim = (0, peak) if row < 2 else (-0.05 * peak, 0.05 * peak)
         cmap = "magma" if row < 2 else "RdBu_r"
         ax = axes[row, 0]
