@@ -483,6 +483,19 @@ def test_tiff_killed_with_a_cut_last_page_keeps_the_complete_pages(tmp_path: Pat
         np.testing.assert_array_equal(m.read(7), expected_frame(7))
 
 
+def test_tiff_killed_after_linking_a_page_it_never_wrote_keeps_the_complete_pages(tmp_path: Path) -> None:
+    """The kill came after tifffile pointed the last page at the next one's place (the end of the file) and
+    before that page reached the disk: tifffile warns of an invalid page offset; the frames before it open."""
+    path = tmp_path / "killed.tif"
+    kill_writer_midway(path, n_flushed=9, n_more=0)
+    with tifffile.TiffFile(path) as tif:
+        last_ifd = tif.pages[8].offset
+    path.write_bytes(path.read_bytes()[:last_ifd])  # page 8's IFD and pixels never written
+    with open_movie(path) as m:
+        assert m.n_frames == 8
+        np.testing.assert_array_equal(m.read(7), expected_frame(7))
+
+
 def test_tiff_killed_while_closing_keeps_only_flushed_frames(tmp_path: Path) -> None:
     path = tmp_path / "killed.tif"
     kill_writer_midway(path, n_flushed=7, n_more=0)

@@ -400,7 +400,9 @@ def _tiff_reader(path: Path, tif: Any, series: Any, n_pages: int, warnings: list
     if declared is not None and declared != n_frames:
         raise SourceError(f"{path}: its {declared_by} says {declared} frames of {width}x{height} but only "
                           f"{n_frames} can be read from the file's {size} bytes (truncated or damaged)")
-    if declared is None and damage:
+    # A writer killed between linking a new page and writing it leaves the last page pointer at the end of
+    # the file ("invalid page offset"): its envelope says so, and the complete pages are kept below.
+    if declared is None and damage and state not in ("o", "c"):
         raise SourceError(f"{path}: the TIFF structure is damaged or the file is truncated "
                           f"({size} bytes; tifffile: {damage[0]})")
 
