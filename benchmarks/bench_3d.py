@@ -88,53 +88,45 @@ def per_bin(m, truth: np.ndarray, psf: AstigmaticPSF, bg: float, pixel_nm: float
     return rows
 
 
+def _picasso_gausslq(frames: np.ndarray, camera, net_gradient: float):
+    """Picasso's identification + elliptical least-squares fit (box 9), and the movie info its z tools take."""
+    import bench_accuracy as acc
+    from picasso import localize as plocalize
+
+    with acc.picasso_quiet():
+        df = plocalize.localize_frames(frames, None, {"Min. Net Gradient": float(net_gradient), "Box Size": 9},
+                                       camera_info=acc.picasso_camera_info(camera), fitting_method="gausslq")
+    info = [{"Frames": len(frames), "Width": frames.shape[2], "Height": frames.shape[1],
+             "Pixelsize": camera.pixel_size_nm}]
+    return df, info
+
+
 def picasso_calibration(psf: AstigmaticPSF, camera, seed: int = 31100, step: float = 20.0) -> dict:
     """Picasso's z calibration from a simulated bead stack of ``psf`` on ``camera``."""
-    import contextlib
-    import io
-    import warnings
-
+    import bench_accuracy as acc
     import matplotlib
 
     matplotlib.use("Agg")
-    from picasso import localize as plocalize
     from picasso import zfit
 
     from rtsmlm.sim.beads import bead_stack
 
     stack = bead_stack(psf, camera, n_beads=8, size=96, z_range_nm=800.0, z_step_nm=step, seed=seed)
     frames = stack.frames[::-1].copy()  # Picasso: the first frame is the stage's top (+z) position
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        locs = plocalize.localize_frames(frames, None, {"Min. Net Gradient": 5000.0, "Box Size": 9},
-                                         camera_info=_picasso_camera(camera), fitting_method="gausslq")
-        info = [{"Frames": len(frames), "Width": frames.shape[2], "Height": frames.shape[1],
-                 "Pixelsize": camera.pixel_size_nm}]
+    locs, info = _picasso_gausslq(frames, camera, 5000.0)
+    with acc.picasso_quiet():
         return zfit.calibrate_z(locs, info, step, 1.0)
-
-
-def _picasso_camera(camera) -> dict:
-    return {"Baseline": camera.baseline_adu, "Sensitivity": camera.e_per_adu, "Gain": camera.em_gain,
-            "Qe": camera.qe, "Pixelsize": camera.pixel_size_nm}
 
 
 def run_picasso_3d(frames: np.ndarray, camera, net_gradient: float, calibration: dict) -> np.ndarray:
     """Picasso's 3D astigmatic localization (gausslq + zfit) as a LOC_DTYPE table in nm."""
-    import contextlib
-    import io
-    import warnings
-
-    from picasso import localize as plocalize
+    import bench_accuracy as acc
     from picasso import zfit
 
     from rtsmlm.core.locs import LOC_DTYPE
 
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        df = plocalize.localize_frames(frames, None, {"Min. Net Gradient": float(net_gradient), "Box Size": 9},
-                                       camera_info=_picasso_camera(camera), fitting_method="gausslq")
-        info = [{"Frames": len(frames), "Width": frames.shape[2], "Height": frames.shape[1],
-                 "Pixelsize": camera.pixel_size_nm}]
+    df, info = _picasso_gausslq(frames, camera, net_gradient)
+    with acc.picasso_quiet():
         df, _ = zfit.zfit(df, info, calibration=dict(calibration), magnification_factor=1.0,
                           pixelsize=float(camera.pixel_size_nm), fitting_method="gausslq")
     out = np.zeros(len(df), LOC_DTYPE)

@@ -50,6 +50,8 @@ CPU by default (``--backend``, ``--precision``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import shutil
@@ -317,21 +319,29 @@ def picasso_available() -> str | None:
     return None
 
 
-def run_picasso(frames: np.ndarray, camera: CameraModel, net_gradient: float, box: int = 7) -> np.ndarray:
-    """Picasso's identification (minimum net gradient) + MLE Gaussian fit, as a LOC_DTYPE table in nm."""
-    import contextlib
-    import io
+def picasso_camera_info(camera: CameraModel) -> dict[str, float]:
+    """The camera as Picasso's ``localize_frames`` takes it."""
+    return {"Baseline": camera.baseline_adu, "Sensitivity": camera.e_per_adu, "Gain": camera.em_gain,
+            "Qe": camera.qe, "Pixelsize": camera.pixel_size_nm}
 
-    from picasso import localize as plocalize
 
-    camera_info = {"Baseline": camera.baseline_adu, "Sensitivity": camera.e_per_adu, "Gain": camera.em_gain,
-                   "Qe": camera.qe, "Pixelsize": camera.pixel_size_nm}
-    params = {"Min. Net Gradient": float(net_gradient), "Box Size": int(box)}
-    # Picasso prints notes (CPU utilisation, audio backends) and warns about deprecations: keep the
-    # benchmark's table readable.
+@contextlib.contextmanager
+def picasso_quiet():
+    """Picasso prints notes (CPU utilisation, audio backends) and warns about deprecations: keep the
+    benchmark's table readable."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        df = plocalize.localize_frames(frames, None, params, camera_info=camera_info, fitting_method="gaussmle")
+        yield
+
+
+def run_picasso(frames: np.ndarray, camera: CameraModel, net_gradient: float, box: int = 7) -> np.ndarray:
+    """Picasso's identification (minimum net gradient) + MLE Gaussian fit, as a LOC_DTYPE table in nm."""
+    from picasso import localize as plocalize
+
+    params = {"Min. Net Gradient": float(net_gradient), "Box Size": int(box)}
+    with picasso_quiet():
+        df = plocalize.localize_frames(frames, None, params, camera_info=picasso_camera_info(camera),
+                                       fitting_method="gaussmle")
     out = np.zeros(len(df), LOC_DTYPE)
     if len(df) == 0:
         return out

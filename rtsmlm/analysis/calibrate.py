@@ -338,13 +338,11 @@ def _on_frames(spots: list[tuple[int, int, int]]) -> float | None:
         by_frame[int(k)] = table[table[:, 0] == k, 1:]
     again = total = 0
     for k, pts in by_frame.items():
-        nxt = by_frame.get(k + 1)
-        if nxt is None and k + 1 not in by_frame:
-            total += len(pts)
-            continue
-        d = np.abs(pts[:, None, :] - nxt[None, :, :]).max(-1) if nxt is not None else None  # Chebyshev, px
-        again += int(np.sum(d.min(axis=1) <= 1.0)) if d is not None and d.size else 0
         total += len(pts)
+        nxt = by_frame.get(k + 1)  # a frame is a key only when it has spots
+        if nxt is not None:
+            d = np.abs(pts[:, None, :] - nxt[None, :, :]).max(-1)  # Chebyshev distance, px
+            again += int(np.sum(d.min(axis=1) <= 1.0))
     p = again / max(total, 1)
     return float(1.0 / max(1.0 - p, 1e-3))
 

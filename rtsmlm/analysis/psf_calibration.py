@@ -23,7 +23,7 @@ import numpy as np
 from rtsmlm.core.errors import RtsmlmError
 
 __all__ = ["AstigmaticCalibration", "AxisFit", "BeadCurve", "PsfCalibrationError", "bead_curves", "calibrate_astigmatic",
-           "check_stack"]
+           "check_stack", "slice_depths"]
 
 MIN_SLICES = 10
 MIN_BEADS = 2
@@ -126,6 +126,11 @@ class BeadCurve:
         return _crossing(self.z_nm, self.sigma_x_px - self.sigma_y_px)
 
 
+def slice_depths(n_slices: int, z_step_nm: float) -> np.ndarray:
+    """The z of each slice of a stack taken ``z_step_nm`` apart, nm, the stack's middle at 0."""
+    return (np.arange(n_slices) - (n_slices - 1) / 2.0) * z_step_nm
+
+
 def check_stack(photons: np.ndarray, z_step_nm: float, where: str) -> np.ndarray:
     """The stack as float64 (slices, height, width); one sentence if it cannot be a PSF calibration's."""
     stack = np.asarray(photons, dtype=np.float64)
@@ -144,7 +149,7 @@ def bead_curves(stack: np.ndarray, z_step_nm: float, *, box: int = 17, snr: floa
     from rtsmlm.localization.spots import find_isolated_spots, fit_spot
 
     n_slices = len(stack)
-    z = (np.arange(n_slices) - (n_slices - 1) / 2.0) * z_step_nm
+    z = slice_depths(n_slices, z_step_nm)
     bg = np.median(stack, axis=(1, 2))
     projection = (stack - bg[:, None, None]).max(axis=0)
     half = box // 2
@@ -169,7 +174,7 @@ def calibrate_astigmatic(photons: np.ndarray, z_step_nm: float, pixel_size_nm: f
     :func:`bead_curves`, when already fitted)."""
     stack = check_stack(photons, z_step_nm, where)
     n_slices = len(stack)
-    z = (np.arange(n_slices) - (n_slices - 1) / 2.0) * z_step_nm
+    z = slice_depths(n_slices, z_step_nm)
     beads_z, beads_sx, beads_sy = [], [], []
     for bead in beads if beads is not None else bead_curves(stack, z_step_nm, box=box, snr=snr):
         offset = bead.focus_nm()

@@ -60,19 +60,21 @@ def calibrate_psf_main(args: argparse.Namespace, cfg: Any) -> int:
         if saturated:
             raise PsfCalibrationError(f"{args.stack}: {saturated} pixels are saturated ({np.iinfo(frames.dtype).max}); "
                                       "take the stack with less light or a shorter exposure")
-    photons = camera.to_photons(frames)
+    # One float64 stack (the calibrations take it without a copy) and one fit of the beads for both PSF models.
+    photons = check_stack(camera.to_photons(frames), args.z_step, args.stack)
     out = Path(args.out)
     astig, astig_error = None, None
-    beads = bead_curves(check_stack(photons, args.z_step, args.stack), args.z_step, box=args.box)  # fitted once
+    beads = bead_curves(photons, args.z_step, box=args.box)
     try:
         astig = calibrate_astigmatic(photons, args.z_step, pixel_nm, where=args.stack, box=args.box, beads=beads)
     except PsfCalibrationError as e:
         if args.model == "astigmatic":
             raise
         astig_error = str(e)
+    astig_psf = astig.psf_config() if astig is not None else None
     report: dict[str, Any] = {"astigmatic": astig.to_json() if astig else {"error": astig_error}}
     if args.model == "astigmatic":
-        psf = astig.psf_config()
+        psf = astig_psf
         header = (f"{astig.beads} beads, {astig.slices} slices {astig.z_step_nm:g} nm apart. Per axis (σ0 px, "
                   f"focus nm, depth nm, A, B) in {out.with_suffix('.json').name}; residual {astig.residual_pct:.1f} %.")
     else:
@@ -82,10 +84,8 @@ def calibrate_psf_main(args: argparse.Namespace, cfg: Any) -> int:
         z_lo, z_hi = spline.psf.z_range_nm
         psf = {"model": "spline", "file": str(npz), "sigma_nm": round(spline.sigma_nm(), 2),
                "z_range_nm": float(np.floor(min(-z_lo, z_hi)))}
-        if astig is not None:  # the focus curves stay beside it: the run's range guard reads the widths there
-            a = astig.psf_config()
-            psf.update(sigma_nm=a["sigma_nm"], astig_focal_offset_nm=a["astig_focal_offset_nm"],
-                       astig_depth_nm=a["astig_depth_nm"])
+        if astig_psf is not None:  # the focus curves stay beside it: the run's range guard reads the widths there
+            psf.update({k: astig_psf[k] for k in ("sigma_nm", "astig_focal_offset_nm", "astig_depth_nm")})
         report["spline"] = {"file": str(npz), "beads": spline.beads, "slices": spline.slices,
                             "z_step_nm": spline.z_step_nm, "z_range_nm": [z_lo, z_hi], "focus": spline.focus,
                             "box_px": spline.psf.box, "bead_vs_model_rms_pct_of_peak": spline.residual_pct,
@@ -98,13 +98,11 @@ def calibrate_psf_main(args: argparse.Namespace, cfg: Any) -> int:
     lines += [f"{k} = {json.dumps(v)}" for k, v in psf.items()]
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    if astig is not None:
-        write_report(astig, out.with_suffix(".png"))
     print(header)
     if astig is not None:
-        a = astig.psf_config()
-        print(f"astigmatic fit: σ0 {a['sigma_nm']:.1f} nm; foci at ∓{a['astig_focal_offset_nm']:.0f} nm; depth "
-              f"{a['astig_depth_nm']:.0f} nm; residual {astig.residual_pct:.1f} %")
+        write_report(astig, out.with_suffix(".png"))
+        print(f"astigmatic fit: σ0 {astig_psf['sigma_nm']:.1f} nm; foci at ∓{astig_psf['astig_focal_offset_nm']:.0f} nm; "
+              f"depth {astig_psf['astig_depth_nm']:.0f} nm; residual {astig.residual_pct:.1f} %")
     written = [str(out), str(out.with_suffix(".json"))] + ([str(out.with_suffix(".png"))] if astig else [])
     if args.model == "spline":
         written += [out.stem + "_spline.npz", out.stem + "_spline.png"]

@@ -57,16 +57,15 @@ def bead_stack(psf: PSF, camera: CameraModel, *, n_beads: int = 8, size: int = 9
 class TwoLobePSF:
     """A PSF no Gaussian describes, for testing a spline calibration: an astigmatic core (70 % of the light)
     and two side lobes 2.5 px out, opposite each other, that swing a quarter turn per 600 nm of z (so the
-    spot's centre stays the emitter's). ``z_shift`` moves its z = 0: calibrate-psf puts z = 0 where a
-    Gaussian fit of the spot is round, which the lobes move away from the core's."""
+    spot's centre stays the emitter's). calibrate-psf puts z = 0 where a Gaussian fit of the spot is round,
+    which the lobes move away from the core's focus."""
 
-    def __init__(self, core: AstigmaticPSF | None = None, z_shift: float = 0.0) -> None:
+    def __init__(self, core: AstigmaticPSF | None = None) -> None:
         self.core = core or AstigmaticPSF(1.3, 300.0, 400.0)
         self.lobe = AstigmaticPSF(self.core.sigma_px, 0.0, 1e4)
-        self.z_shift = z_shift
 
     def render(self, x, y, z, photons, shape):
-        z = np.asarray(z, float) + self.z_shift
+        z = np.asarray(z, float)
         angle = z / 600.0 * np.pi / 2
         photons = np.asarray(photons, float)
         img = self.core.render(x, y, z, 0.7 * photons, shape)
