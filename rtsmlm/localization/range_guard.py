@@ -104,7 +104,7 @@ def check(photons: np.ndarray, meta: Any, told_sigma_px: float | None = None) ->
     names = {"background_photons": ("background", "photons/px"), "psf_sigma_px": ("PSF sigma", "px"),
              "spot_photons": ("spot brightness", "photons")}
     # Brightness slack: a spot's sum in a 7x7 box misses the tails and partial blinks are dimmer.
-    # Background slack above the range: measured, the default model (trained on 20-150 photons/px) kept its
+    # Background slack above the range: measured (benchmarks/bench_range_guard.py), the default model (trained on 20-150 photons/px) kept its
     # Jaccard to 1.33x the range's top (0.789 at 200 vs 0.830 at 150 on its camera, 0.855 vs 0.881 on an
     # EMCCD of 107 nm pixels: still above broad_2d's 0.779 / 0.831) and fell behind broad_2d at 2x (300:
     # 0.664 vs 0.752, 0.735 vs 0.778), collapsing at 3x (0.42): warn from 1.6x, where the broad model wins.
