@@ -145,8 +145,8 @@ class ModelConfig:
                                     doc="local maxima of p below this are not considered (at most p_threshold)")
     split_threshold: float = _f(0.6, range=(0.0, 1.0))
     refine: str = _f("off", choices=("off", "mle", "fuse"),
-                     doc="isolated localizations refined by a maximum-likelihood fit of the PSF (psf.sigma_nm) to "
-                         "the frame (2D models): mle = the fit's position (emitters on for one frame), fuse = its "
+                     doc="isolated localizations refined by a maximum-likelihood fit of the PSF (psf.sigma_nm; a 3D "
+                         "model's astigmatic focus curves, z fitted too) to the frame: mle = the fit's position (emitters on for one frame), fuse = its "
                          "inverse-variance mean with the network's (keeps the neighbouring frames' help)")
 
 

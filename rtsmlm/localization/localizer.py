@@ -59,7 +59,7 @@ class StreamingLocalizer:
         psf_sigma_px: the PSF σ in camera pixels (``psf.sigma_nm`` / pixel size): required by a model
             conditioned on it (:mod:`rtsmlm.localization.conditioning`) and by ``refine="mle"``.
         refine: "off", "mle" or "fuse": isolated localizations are refined by a maximum-likelihood fit of
-            the PSF (:mod:`rtsmlm.localization.refine`; 2D Gaussian PSF models).
+            the PSF (:mod:`rtsmlm.localization.refine`; Gaussian 2D and astigmatic 3D models).
         maps_sink: optional callable receiving each batch of stitched output maps ``(B, 10, H, W)`` (a
             torch tensor on the backend's device) and the list of their frame indices, before
             post-processing (to save or display the maps, or to test the network path).
@@ -180,17 +180,30 @@ class StreamingLocalizer:
         return torch.as_tensor(maps, device=self.backend.device)
 
     def _make_refiner(self, refine: str, camera: CameraModel, psf_sigma_px: float | None):
+        """The MLE refiner of ``model.refine``: a 2D model fits the run's PSF σ (``psf.sigma_nm``, the one the
+        user calibrated), a 3D model the astigmatic focus curves it was trained for (its metadata)."""
         if refine == "off":
             return None
         from rtsmlm.localization.refine import MODES, MLERefiner
+        from rtsmlm.sim.psf import AstigmaticPSF, GaussianPSF
 
         if refine not in MODES:
             raise ValueError(f"model.refine = {refine!r}; allowed: 'off', {', '.join(repr(m) for m in MODES)}")
-        if (self.meta.psf or {}).get("model", "gaussian") != "gaussian":
-            raise ValueError(f"model.refine = {refine!r} fits a 2D Gaussian PSF; this is a 3D model: use refine = 'off'")
+        psf_meta = self.meta.psf or {}
+        kind = psf_meta.get("model", "gaussian")
+        if kind == "astigmatic":
+            px = camera.pixel_size_nm
+            psf = AstigmaticPSF(float(psf_meta["sigma_nm"]) / px, float(psf_meta["astig_focal_offset_nm"]),
+                                float(psf_meta["astig_depth_nm"]))
+            return MLERefiner(psf, camera, self.frame_shape, device=self.backend.device, mode=refine,
+                              z_range_nm=float(psf_meta.get("z_range_nm") or 600.0))
+        if kind != "gaussian":
+            raise ValueError(f"model.refine = {refine!r} fits a Gaussian or astigmatic PSF; this model's PSF is "
+                             f"{kind!r}: use refine = 'off'")
         if psf_sigma_px is None:
             raise ValueError(f"model.refine = {refine!r} needs the PSF width: give psf.sigma_nm")
-        return MLERefiner(psf_sigma_px, camera, self.frame_shape, device=self.backend.device, mode=refine)
+        return MLERefiner(GaussianPSF(psf_sigma_px), camera, self.frame_shape, device=self.backend.device,
+                          mode=refine)
 
     # -- streaming -----------------------------------------------------------------------------------
 

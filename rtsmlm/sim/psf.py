@@ -86,10 +86,17 @@ class AstigmaticPSF:
     depth_nm: float
 
     def sigmas(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z = np.asarray(z, float)
-        sx = self.sigma_px * np.sqrt(1.0 + ((z - self.focal_offset_nm) / self.depth_nm) ** 2)
-        sy = self.sigma_px * np.sqrt(1.0 + ((z + self.focal_offset_nm) / self.depth_nm) ** 2)
+        sx, sy, _, _ = self.width_curves(np.asarray(z, float))
         return sx, sy
+
+    def width_curves(self, z):
+        """σx(z), σy(z) in px and their slopes dσx/dz, dσy/dz in px per nm. Plain arithmetic, so ``z`` may
+        be a numpy array or a torch tensor on any device (the MLE refinement fits z through these curves)."""
+        ux = (z - self.focal_offset_nm) / self.depth_nm
+        uy = (z + self.focal_offset_nm) / self.depth_nm
+        sx = self.sigma_px * (1.0 + ux * ux) ** 0.5
+        sy = self.sigma_px * (1.0 + uy * uy) ** 0.5
+        return sx, sy, self.sigma_px**2 * ux / (self.depth_nm * sx), self.sigma_px**2 * uy / (self.depth_nm * sy)
 
     def render(self, x, y, z, photons, shape):
         sx, sy = self.sigmas(z)
