@@ -340,3 +340,19 @@ def test_evaluate_files_skips_crlb_without_photons(tmp_path: Path, shared_data: 
     assert result["efficiency_lat"] == pytest.approx(90.0, abs=1e-3)
     assert result["crlb"] is None and "no photon counts" in result["crlb_note"]
     assert result["plot"] is None and not (tmp_path / "none.png").exists()
+
+
+def test_crlb_in_frame_is_the_single_emitter_bound_alone_and_larger_at_an_edge_or_beside_a_neighbour() -> None:
+    from rtsmlm.analysis.metrics import crlb_fisher_3d_nm, crlb_in_frame_nm
+    from rtsmlm.sim.psf import AstigmaticPSF
+
+    psf = AstigmaticPSF(1.3, 300.0, 400.0)
+    alone = crlb_in_frame_nm([32.5], [32.5], [200.0], [2000.0], 50.0, psf.sigmas, (64, 64), 100.0, 2.0)
+    # crlb_fisher_3d_nm puts the emitter at a pixel centre on a ±6 px region: the same model.
+    np.testing.assert_allclose(alone, crlb_fisher_3d_nm(2000.0, 50.0, psf.sigmas, 200.0, 100.0, 2.0), rtol=1e-6)
+    edge = crlb_in_frame_nm([0.7], [32.5], [200.0], [2000.0], 50.0, psf.sigmas, (64, 64), 100.0, 2.0)
+    assert edge[0] > 1.5 * alone[0] and edge[2] > alone[2]  # half the spot is off the sensor
+    far = crlb_in_frame_nm([32.5, 44.5], [32.5, 32.5], [200.0, 300.0], [2000.0] * 2, 50.0, psf.sigmas, (64, 64), 100.0, 2.0)
+    near = crlb_in_frame_nm([32.5, 34.5], [32.5, 32.5], [200.0, 300.0], [2000.0] * 2, 50.0, psf.sigmas, (64, 64), 100.0, 2.0)
+    np.testing.assert_allclose(far, alone, rtol=0.02)  # 12 px away: no overlap, no cost
+    assert near[0] > 2.0 * alone[0] and near[2] > 1.2 * alone[2]  # 2 px apart along x: x suffers most

@@ -381,6 +381,56 @@ def crlb_fisher_3d_nm(photons: float, bg_per_px: float, sigmas_px: Any, z_nm: fl
             float(math.sqrt(cov[2, 2])))
 
 
+def crlb_in_frame_nm(x_px: np.ndarray, y_px: np.ndarray, z_nm: np.ndarray, photons: np.ndarray, bg_per_px: float,
+                     sigmas_px: Any, frame_shape: tuple[int, int], pixel_nm: float, excess_noise: float = 1.0,
+                     roi_half_px: int = 6) -> tuple[float, float, float]:
+    """Per-axis CRLB (x, y, z in nm) of the first of several emitters of one frame, all of them unknown.
+
+    The bound an emitter actually has where it is: its neighbours' positions, depths and photons are
+    estimated with it (their overlapping light costs information), and pixels beyond the frame's edge do not
+    exist (a spot cut off by the edge is less informative). Model: μ = Σ_j N_j·Ex(x_j, σx(z_j))·Ey(y_j, σy(z_j))
+    + b on the pixels within ``roi_half_px`` of any of the emitters, clipped to ``frame_shape``; Poisson noise
+    times ``excess_noise``; unknowns (x, y, z, N) of every emitter and b; Fisher matrix from central finite
+    differences. Positions in pixels (pixel j spans [j, j+1)); ``sigmas_px(z)`` as in :func:`crlb_fisher_3d_nm`.
+    For the isolated emitter of a large frame it equals :func:`crlb_fisher_3d_nm` at that emitter's offset.
+    """
+    from scipy.special import erf
+
+    x_px, y_px = np.atleast_1d(np.asarray(x_px, float)), np.atleast_1d(np.asarray(y_px, float))
+    z_nm, photons = np.atleast_1d(np.asarray(z_nm, float)), np.atleast_1d(np.asarray(photons, float))
+    h, w = frame_shape
+    r0 = max(0, int(math.floor(y_px.min())) - roi_half_px)
+    r1 = min(h, int(math.floor(y_px.max())) + roi_half_px + 1)
+    c0 = max(0, int(math.floor(x_px.min())) - roi_half_px)
+    c1 = min(w, int(math.floor(x_px.max())) + roi_half_px + 1)
+    rows, cols = np.arange(r0, r1, dtype=np.float64), np.arange(c0, c1, dtype=np.float64)
+
+    def axis(edges: np.ndarray, c: float, s: float) -> np.ndarray:
+        return 0.5 * (erf((edges + 1.0 - c) / (math.sqrt(2.0) * s)) - erf((edges - c) / (math.sqrt(2.0) * s)))
+
+    def mu(q: np.ndarray) -> np.ndarray:
+        out = np.full((len(rows), len(cols)), q[-1])
+        for x0, y0, z, n in q[:-1].reshape(-1, 4):
+            sx, sy = (float(v) for v in sigmas_px(np.asarray(z)))
+            out += n * np.outer(axis(rows, y0, sy), axis(cols, x0, sx))
+        return out
+
+    q0 = np.concatenate([np.column_stack([x_px, y_px, z_nm, photons]).ravel(), [float(bg_per_px)]])
+    steps = np.concatenate([np.column_stack([np.full(len(x_px), 1e-3), np.full(len(x_px), 1e-3),
+                                             np.full(len(x_px), 0.5), 1e-3 * np.maximum(photons, 1.0)]).ravel(),
+                            [1e-3 * max(float(bg_per_px), 1.0)]])
+    jac = []
+    for k in range(len(q0)):
+        dq = np.zeros(len(q0))
+        dq[k] = steps[k]
+        jac.append(((mu(q0 + dq) - mu(q0 - dq)) / (2 * steps[k])).ravel())
+    jac = np.array(jac)
+    fisher = (jac / mu(q0).ravel()) @ jac.T
+    cov = excess_noise * np.linalg.pinv(fisher)
+    return (float(math.sqrt(max(cov[0, 0], 0.0))) * pixel_nm, float(math.sqrt(max(cov[1, 1], 0.0))) * pixel_nm,
+            float(math.sqrt(max(cov[2, 2], 0.0))))
+
+
 # --------------------------------------------------------------------------------------------------
 # Precision versus CRLB per photon bin
 
