@@ -1,7 +1,8 @@
 """Accuracy across cameras no shipped model was trained for: the generality matrix.
 
 Run: python benchmarks/bench_cameras.py [--models default,broad_2d,broad_2d+fuse] [--frames 100] [--size 64]
-                                        [--densities 0.1,1,3] [--no-picasso] [--no-storm] [--json out.json]
+                                        [--densities 0.1,1,3] [--calibrated-thresholds] [--no-picasso] [--no-storm]
+                                        [--json out.json]
 
 Six simulated cameras (EMCCD and sCMOS with per-pixel maps; pixel 65–160 nm; PSF σ 90–180 nm; background
 5–800 photons/px; gain 0.3–5 ADU per photon), fresh seeds, × densities (emitters/µm²/frame). Each model
@@ -11,6 +12,12 @@ threshold tuned per cell on a separate movie) when installed. Matching tolerance
 
 Printed per cell: Jaccard and lateral RMSE over **all** true emitters, and Jaccard of the bright ones
 (≥ 1000 photons in the frame) beside it.
+
+``--calibrated-thresholds``: each model also at the p threshold ``rtsmlm calibrate`` chooses for the cell's
+conditions (:func:`rtsmlm.analysis.thresholds.choose_thresholds`: the cell's camera, PSF, brightness,
+background and density simulated on a separate movie, the seed Picasso's threshold is tuned on), as
+``MODEL@cal`` — what a user who ran ``calibrate`` gets with no training (printed with its candidate and p
+thresholds).
 """
 
 from __future__ import annotations
@@ -60,6 +67,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--densities", default="0.1,1,3")
+    ap.add_argument("--calibrated-thresholds", action="store_true",
+                    help="also score each model at the threshold rtsmlm calibrate would choose per cell")
     ap.add_argument("--no-picasso", action="store_true")
     ap.add_argument("--no-storm", action="store_true", help="skip the storm-analysis test movie")
     ap.add_argument("--json", default=None)
@@ -73,16 +82,23 @@ def main() -> None:
     backend_cfg = rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
     localizers = dict(acc.open_model_spec(m, backend_cfg, base.model) for m in models)  # MODEL[+mle|+fuse]
     models = list(localizers)
+    calibrated = {}  # MODEL@cal: the same model at the thresholds calibrate chooses for each cell
+    if args.calibrated_thresholds:
+        from rtsmlm.analysis.thresholds import choose_thresholds
+
+        calibrated = {label + "@cal": acc.open_model_spec(m, backend_cfg, base.model)[1]
+                      for m, label in zip(args.models.split(","), models)}
+    columns = models + list(calibrated)
     picasso = None if args.no_picasso else acc.picasso_available()
     use_picasso = not args.no_picasso and picasso is None
     print(f"load average {os.getloadavg()[0]:.1f}; {args.frames} frames of {args.size}² per cell; "
           f"Picasso: {'yes' if use_picasso else 'no (' + (picasso or '--no-picasso') + ')'}")
-    header = f"{'camera':28s} {'dens':>5s} " + " ".join(f"{m[:14]:>24s}" for m in models)
+    header = f"{'camera':28s} {'dens':>5s} " + " ".join(f"{m[:18]:>24s}" for m in columns)
     if use_picasso:
         header += f" {'picasso':>24s}"
     print(header)
     print(f"{'':28s} {'':>5s} " + " ".join(f"{'JI all / RMSE / JI bright':>24s}" for _ in
-                                          range(len(models) + use_picasso)))
+                                          range(len(columns) + use_picasso)))
     results = []
     for k, name in enumerate(CAMERAS):
         for density in densities:
@@ -96,6 +112,17 @@ def main() -> None:
                 row["models"][m] = s
                 cells.append(f"{s['all']['jaccard']:.3f} / {s['all']['rmse_lat_nm']:5.1f} / "
                              f"{s['population']['jaccard']:.3f}")
+            for label, loc in calibrated.items():
+                choice = choose_thresholds(camera_config(name, 9000 + 10 * k, args.size, density),
+                                           loc.checkpoint, frames=args.frames, size=args.size, backend_cfg=backend_cfg)
+                loc.p_threshold, loc.candidate_threshold = choice.p_threshold, choice.candidate_threshold
+                pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
+                s, _, _ = acc.score(pred, movie.truth, 250.0, 1000.0)
+                s["thresholds"] = {"p": choice.p_threshold, "candidate": choice.candidate_threshold}
+                row["models"][label] = s
+                cells.append(f"{s['all']['jaccard']:.3f} / {s['all']['rmse_lat_nm']:5.1f} / "
+                             f"{s['population']['jaccard']:.3f} ({choice.candidate_threshold:.2f}, "
+                             f"{choice.p_threshold:.2f})")
             if use_picasso:
                 tune_cfg = camera_config(name, 9000 + 10 * k, args.size, density)
                 tune = acc.simulate_movie(tune_cfg, name, max(20, args.frames // 3))

@@ -102,17 +102,28 @@ def test_the_command_writes_a_config_that_run_and_train_accept_and_a_report(tmp_
 
 
 @pytest.mark.slow  # localizes 2 × 40 simulated frames
-def test_the_threshold_is_chosen_on_the_calibrated_conditions_and_beats_or_equals_the_fixed_one() -> None:
-    from rtsmlm.analysis.thresholds import GRID, JACCARD_TOLERANCE, choose_p_threshold
+def test_the_thresholds_are_chosen_on_the_calibrated_conditions_as_a_run_at_them_scores() -> None:
+    from rtsmlm.analysis.metrics import evaluate
+    from rtsmlm.analysis.thresholds import CANDIDATE_GRID, GRID, JACCARD_TOLERANCE, choose_thresholds
+    from rtsmlm.localization.offline import OfflineLocalizer
+    from rtsmlm.sim import Simulator
 
-    # A dim sample: the fixed 0.6 loses dim emitters; the curve says which threshold recovers them.
+    # A dim sample: the fixed 0.6 loses dim emitters; the surface says which thresholds recover them.
     cfg = config.load(None, ["sim.size=64", "sim.density=0.5", "sim.photons_mean=700", "sim.photons_sigma=200",
-                             "sim.bg_photons=60", "sim.seed=5", "backend.threads=1"])
-    choice = choose_p_threshold(cfg, "default", frames=40)
-    assert set(choice.curve) == {float(t) for t in GRID}
-    assert choice.p_threshold in choice.curve and choice.jaccard >= max(choice.curve.values()) - JACCARD_TOLERANCE
-    assert choice.jaccard >= choice.curve[0.6]
-    assert all(0.0 <= j <= 1.0 for j in choice.curve.values()) and choice.jaccard > 0.3
+                             "sim.bg_photons=60", "sim.seed=5", "sim.structure='uniform'", "backend.threads=1"])
+    choice = choose_thresholds(cfg, "default", frames=40)
+    assert set(choice.surface) == {(c, float(t)) for c in CANDIDATE_GRID for t in GRID}
+    assert choice.jaccard == choice.surface[(choice.candidate_threshold, choice.p_threshold)]
+    assert choice.jaccard >= max(choice.surface.values()) - JACCARD_TOLERANCE
+    assert choice.jaccard >= choice.surface[(0.3, 0.6)]
+    assert all(0.0 <= j <= 1.0 for j in choice.surface.values()) and choice.jaccard > 0.3
+    # Each entry is what a run at those thresholds scores on the same simulated movie.
+    movie, truth = Simulator(cfg).movie(40)
+    loc = OfflineLocalizer("default", config.replace(cfg.backend, name="torch", device="cpu"))
+    for cand, p in ((0.15, 0.3), (0.3, 0.6)):
+        loc.p_threshold, loc.candidate_threshold = p, cand
+        got = evaluate(loc.localize(movie, Simulator(cfg).camera), truth, tolerance_nm=250.0)["jaccard"]
+        assert got == pytest.approx(choice.surface[(cand, p)], abs=1e-9)
 
 
 def test_a_missing_or_foreign_maps_file_is_one_sentence(tmp_path) -> None:

@@ -1,9 +1,12 @@
-"""Detection threshold chosen for the conditions at hand: simulate them, localize once with a low
-threshold, and keep the ``p_threshold`` that maximises the Jaccard index against the simulated truth.
+"""Detection thresholds chosen for the conditions at hand: simulate them, run the network once, and keep
+the ``p_threshold`` (and, for ``rtsmlm calibrate``, the ``candidate_threshold``) that maximise the Jaccard
+index against the simulated truth.
 
-A threshold tuned for one camera's brightness and background is wrong for another's (a dim sample needs a
-lower one, a bright dense one a higher one); this replaces tuning by hand. Filtering one low-threshold table
-by its ``p`` column is what a run at each threshold would keep (the detection score is ``p``).
+Thresholds tuned for one camera's brightness, background and density are wrong for another's (a dim sample
+needs a lower p threshold; a dense one a lower candidate threshold — an emitter near a pixel corner spreads
+its probability over several pixels, none of them a high maximum — and a sparse one on a high background a
+higher one, or noise blobs pass); this replaces tuning by hand. The network's output maps are kept and
+post-processed at every pair of thresholds: exactly what a run at each would report.
 """
 
 from __future__ import annotations
@@ -16,29 +19,40 @@ from rtsmlm.analysis.metrics import evaluate
 from rtsmlm.core.config import Config
 from rtsmlm.sim.camera import SCMOS_PRESET
 
-__all__ = ["BROAD_CONDITIONS", "ThresholdChoice", "choose_for_model", "choose_p_threshold", "threshold_curve"]
+__all__ = ["BROAD_CONDITIONS", "CANDIDATE_GRID", "GRID", "ThresholdChoice", "choose_for_model",
+           "choose_thresholds", "threshold_curve", "threshold_surface"]
 
 GRID = tuple(np.round(np.arange(0.2, 0.91, 0.05), 2))
 """The p thresholds tried."""
+DEFAULT_CANDIDATE = 0.3
+"""``model.candidate_threshold``'s default: what a run uses unless calibrate or the user sets another."""
+CANDIDATE_GRID = (0.15, 0.2, DEFAULT_CANDIDATE)
+"""The candidate thresholds ``rtsmlm calibrate`` tries (a run uses min(candidate, p) as the localizer does)."""
 
 
 @dataclass(frozen=True)
 class ThresholdChoice:
-    """The chosen ``p_threshold``, the Jaccard it gave, and the whole curve (threshold → Jaccard)."""
+    """The chosen ``p_threshold`` and ``candidate_threshold``, the Jaccard they gave, the curve at the chosen
+    candidate threshold (p threshold → Jaccard) and the whole surface ((candidate, p) → Jaccard)."""
 
     p_threshold: float
+    candidate_threshold: float
     jaccard: float
     curve: dict[float, float]
     frames: int
+    surface: dict[tuple[float, float], float]
 
 
-def choose_p_threshold(cfg: Config, checkpoint: str, *, frames: int = 100, size: int = 64,
-                       tolerance_nm: float = 250.0, backend_cfg=None) -> ThresholdChoice:
-    """Simulate ``frames`` frames of ``size``² with ``cfg`` (camera, PSF, sample), localize them with
-    ``checkpoint`` and pick the p threshold of :data:`GRID` with the best Jaccard over all true emitters
-    (within :data:`JACCARD_TOLERANCE`, the one nearest 0.6)."""
-    return _best(threshold_curve(cfg, checkpoint, frames=frames, size=size, tolerance_nm=tolerance_nm,
-                                 backend_cfg=backend_cfg), frames)
+def choose_thresholds(cfg: Config, checkpoint: str, *, frames: int = 100, size: int = 64,
+                      tolerance_nm: float = 250.0, backend_cfg=None,
+                      candidates: tuple[float, ...] = CANDIDATE_GRID) -> ThresholdChoice:
+    """Simulate ``frames`` frames of ``size``² with ``cfg`` (camera, PSF, sample), run ``checkpoint`` on them
+    and pick the (candidate, p) thresholds of ``candidates`` × :data:`GRID` with the best Jaccard over all
+    true emitters (within :data:`JACCARD_TOLERANCE`, the candidate threshold nearest the default, then the p
+    threshold nearest 0.6)."""
+    surface = threshold_surface(cfg, checkpoint, frames=frames, size=size, tolerance_nm=tolerance_nm,
+                                backend_cfg=backend_cfg, candidates=candidates)
+    return _best(surface, frames)
 
 
 JACCARD_TOLERANCE = 0.005
@@ -48,10 +62,12 @@ on ~1000 emitters); of those the one nearest the usual 0.6 is kept. The curves a
 light) turn a low threshold's extra detections into false positives that no simulation shows."""
 
 
-def _best(curve: dict[float, float], frames: int) -> ThresholdChoice:
-    top = max(curve.values())
-    best = min((t for t in curve if curve[t] >= top - JACCARD_TOLERANCE), key=lambda t: abs(t - 0.6))
-    return ThresholdChoice(best, curve[best], curve, frames)
+def _best(surface: dict[tuple[float, float], float], frames: int) -> ThresholdChoice:
+    top = max(surface.values())
+    cand, p = min((k for k in surface if surface[k] >= top - JACCARD_TOLERANCE),
+                  key=lambda k: (abs(k[0] - DEFAULT_CANDIDATE), abs(k[1] - 0.6)))
+    curve = {t: j for (c, t), j in surface.items() if c == cand}
+    return ThresholdChoice(p, cand, surface[(cand, p)], curve, frames, surface)
 
 
 BROAD_CONDITIONS: tuple[dict, ...] = (
@@ -90,19 +106,35 @@ def choose_for_model(checkpoint: str, cfg: Config, *, frames: int = 100, backend
         names = [f"training config: {cfg.camera.model} {cfg.camera.pixel_size_nm:g} nm px, σ {cfg.psf.sigma_nm:g} nm, "
                  f"bg {cfg.sim.bg_photons:g}, {cfg.sim.density:g}/µm²"]
     curves = [threshold_curve(c, checkpoint, frames=frames, backend_cfg=backend_cfg) for c in conditions]
-    mean = {t: float(np.mean([c[t] for c in curves])) for t in curves[0]}
+    mean = {(DEFAULT_CANDIDATE, t): float(np.mean([c[t] for c in curves])) for t in curves[0]}
     choice = _best(mean, frames)
     return {"p_threshold": choice.p_threshold, "jaccard": round(choice.jaccard, 4), "frames": frames,
             "conditions": names}
 
 
 def threshold_curve(cfg: Config, checkpoint: str, *, frames: int = 100, size: int = 64,
-                    tolerance_nm: float = 250.0, backend_cfg=None) -> dict[float, float]:
-    """Jaccard over all true emitters at each p threshold of :data:`GRID` on ``frames`` simulated frames
-    of ``size``² of ``cfg``'s camera, PSF and sample (its brightness, background and density; emitters
-    spread evenly)."""
+                    tolerance_nm: float = 250.0, backend_cfg=None,
+                    candidate: float = DEFAULT_CANDIDATE) -> dict[float, float]:
+    """Jaccard over all true emitters at each p threshold of :data:`GRID` with one candidate threshold (the
+    run default unless given): :func:`threshold_surface`'s row."""
+    surface = threshold_surface(cfg, checkpoint, frames=frames, size=size, tolerance_nm=tolerance_nm,
+                                backend_cfg=backend_cfg, candidates=(candidate,))
+    return {t: j for (_, t), j in surface.items()}
+
+
+def threshold_surface(cfg: Config, checkpoint: str, *, frames: int = 100, size: int = 64,
+                      tolerance_nm: float = 250.0, backend_cfg=None,
+                      candidates: tuple[float, ...] = CANDIDATE_GRID) -> dict[tuple[float, float], float]:
+    """Jaccard over all true emitters at each (candidate, p) threshold pair (``candidates`` × :data:`GRID`) on
+    ``frames`` simulated frames of ``size``² of ``cfg``'s camera, PSF and sample (its brightness, background
+    and density; emitters spread evenly). The network runs once; its maps are post-processed at each pair as
+    a run at those thresholds would (candidate threshold at most the p threshold)."""
+    import torch
+
     from rtsmlm.core import config as config_mod
-    from rtsmlm.localization.offline import OfflineLocalizer
+    from rtsmlm.core.locs import concat
+    from rtsmlm.localization.backends import open_backend
+    from rtsmlm.localization.localizer import StreamingLocalizer, localize_movie
     from rtsmlm.sim import Simulator
 
     # Emitters spread evenly, whatever the config's sample: a threshold (and calibrate's choice of model) is
@@ -113,7 +145,16 @@ def threshold_curve(cfg: Config, checkpoint: str, *, frames: int = 100, size: in
     movie, truth_table = sim.movie(frames)
     if backend_cfg is None:
         backend_cfg = config_mod.replace(cfg.backend, name="torch", device="cpu")
-    loc = OfflineLocalizer(checkpoint, backend_cfg, p_threshold=min(GRID), candidate_threshold=min(GRID))
-    locs = loc.localize(movie, sim.camera, psf_sigma_nm=sim_cfg.psf.sigma_nm)
-    return {float(t): float(evaluate(locs[locs["p"] > t], truth_table, tolerance_nm=tolerance_nm)["jaccard"])
-            for t in GRID}
+    backend, meta = open_backend(backend_cfg, checkpoint)
+    maps: list[tuple[torch.Tensor, list[int]]] = []
+    localizer = StreamingLocalizer(backend, meta, sim.camera, movie.shape[1:], min(GRID), min(GRID),
+                                   psf_sigma_px=sim_cfg.psf.sigma_nm / sim.camera.pixel_size_nm,
+                                   maps_sink=lambda out, idx: maps.append((out.detach().float().cpu(), list(idx))))
+    localize_movie(localizer, movie)
+    surface = {}
+    for cand in candidates:
+        for t in GRID:
+            post = localizer.postprocessor.with_thresholds(float(t), min(float(cand), float(t)))
+            locs = concat([post(out, idx) for out, idx in maps])
+            surface[(float(cand), float(t))] = float(evaluate(locs, truth_table, tolerance_nm=tolerance_nm)["jaccard"])
+    return surface

@@ -56,7 +56,7 @@ def calibrate_main(args: Any, cfg: Any) -> int:
                  f"Jaccard {choice['jaccard']:.3f}. The threshold is this checkpoint's: with another model (one\n"
                  "# fine-tuned on this config carries its own, chosen on the same conditions) set p_threshold = -1.\n"
                  f"checkpoint = \"{choice['model']}\"\n"
-                 f"p_threshold = {choice['p_threshold']:.2f}\ncandidate_threshold = {min(0.3, choice['p_threshold']):.2f}\n")
+                 f"p_threshold = {choice['p_threshold']:.2f}\ncandidate_threshold = {choice['candidate_threshold']:.2f}\n")
     out.write_text(text)
     report = Path(args.report) if args.report else out.with_suffix(".png")
     write_report(cal, report)
@@ -74,7 +74,8 @@ def calibrate_main(args: Any, cfg: Any) -> int:
             print(f"PSF sigma {cal.psf_sigma_nm.value:.1f} nm; background {cal.background_photons['median']:.1f} "
                   f"photons/px; {cal.spots_fitted} spots fitted")
     if choice is not None:
-        print(f"model {choice['model']} with p_threshold {choice['p_threshold']:.2f}: Jaccard {choice['jaccard']:.3f} on "
+        print(f"model {choice['model']} with p_threshold {choice['p_threshold']:.2f}, candidate_threshold "
+              f"{choice['candidate_threshold']:.2f}: Jaccard {choice['jaccard']:.3f} on "
               f"the calibrated conditions simulated (" + ", ".join(f"{m} {j:.3f}" for m, j in choice['by_model'].items())
               + ")")
     for w in cal.warnings:
@@ -89,10 +90,10 @@ def calibrate_main(args: Any, cfg: Any) -> int:
 
 
 def _choose_model(config_text: str, models: list[str], frames: int) -> dict[str, Any]:
-    """The model and p threshold with the best Jaccard on the calibrated conditions, simulated."""
+    """The model and detection thresholds with the best Jaccard on the calibrated conditions, simulated."""
     import tempfile
 
-    from rtsmlm.analysis.thresholds import choose_p_threshold
+    from rtsmlm.analysis.thresholds import choose_thresholds
     from rtsmlm.core import config as config_mod
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,8 +103,10 @@ def _choose_model(config_text: str, models: list[str], frames: int) -> dict[str,
     # The detected density is a lower bound (dim and overlapping emitters are missed).
     cfg = config_mod.replace(cfg, sim=config_mod.to_dict(config_mod.replace(
         cfg.sim, density=max(1.5 * cfg.sim.density, 0.1), seed=cfg.sim.seed + 1)))
-    results = {m: choose_p_threshold(cfg, m, frames=frames) for m in models}
+    results = {m: choose_thresholds(cfg, m, frames=frames) for m in models}
     best = max(results, key=lambda m: results[m].jaccard)
-    return {"model": best, "p_threshold": results[best].p_threshold, "jaccard": results[best].jaccard,
+    return {"model": best, "p_threshold": results[best].p_threshold,
+            "candidate_threshold": min(results[best].candidate_threshold, results[best].p_threshold),
+            "jaccard": results[best].jaccard,
             "frames": frames, "by_model": {m: r.jaccard for m, r in results.items()},
             "curves": {m: r.curve for m, r in results.items()}}

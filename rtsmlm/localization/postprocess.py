@@ -115,6 +115,11 @@ class Postprocessor:
         self.split_threshold = float(split_threshold)
         self.has_z = bool(has_z)
 
+    def with_thresholds(self, p_threshold: float, candidate_threshold: float) -> "Postprocessor":
+        """The same read-out with other detection thresholds (to score several on one set of maps)."""
+        return Postprocessor(self.pixel_size_nm, self.photon_scale, self.z_scale, self.bg_scale, p_threshold,
+                             candidate_threshold, self.split_threshold, self.has_z)
+
     def detection_map(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(detected, score)``: a ``(B, H, W)`` bool mask of detection pixels and the ``(B, H, W)``
         integrated probability (p summed over each pixel and its 4-connected neighbours)."""
