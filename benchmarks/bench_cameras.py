@@ -69,6 +69,9 @@ def main() -> None:
     ap.add_argument("--densities", default="0.1,1,3")
     ap.add_argument("--calibrated-thresholds", action="store_true",
                     help="also score each model at the threshold rtsmlm calibrate would choose per cell")
+    ap.add_argument("--candidates", default="",
+                    help="with --calibrated-thresholds: the candidate thresholds calibrate may choose from "
+                         "(comma-separated; default its grid; 0.3 alone = the p threshold only, as before)")
     ap.add_argument("--no-picasso", action="store_true")
     ap.add_argument("--no-storm", action="store_true", help="skip the storm-analysis test movie")
     ap.add_argument("--json", default=None)
@@ -84,7 +87,9 @@ def main() -> None:
     models = list(localizers)
     calibrated = {}  # MODEL@cal: the same model at the thresholds calibrate chooses for each cell
     if args.calibrated_thresholds:
-        from rtsmlm.analysis.thresholds import choose_thresholds
+        from rtsmlm.analysis.thresholds import CANDIDATE_GRID, choose_thresholds
+
+        candidates = tuple(float(c) for c in args.candidates.split(",")) if args.candidates else CANDIDATE_GRID
 
         calibrated = {label + "@cal": acc.open_model_spec(m, backend_cfg, base.model)[1]
                       for m, label in zip(args.models.split(","), models)}
@@ -114,7 +119,8 @@ def main() -> None:
                              f"{s['population']['jaccard']:.3f}")
             for label, loc in calibrated.items():
                 choice = choose_thresholds(camera_config(name, 9000 + 10 * k, args.size, density),
-                                           loc.checkpoint, frames=args.frames, size=args.size, backend_cfg=backend_cfg)
+                                           loc.checkpoint, frames=args.frames, size=args.size, backend_cfg=backend_cfg,
+                                           candidates=candidates)
                 loc.p_threshold, loc.candidate_threshold = choice.p_threshold, choice.candidate_threshold
                 pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
                 s, _, _ = acc.score(pred, movie.truth, 250.0, 1000.0)

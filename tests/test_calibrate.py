@@ -111,8 +111,9 @@ def test_the_thresholds_are_chosen_on_the_calibrated_conditions_as_a_run_at_them
     # A dim sample: the fixed 0.6 loses dim emitters; the surface says which thresholds recover them.
     cfg = config.load(None, ["sim.size=64", "sim.density=0.5", "sim.photons_mean=700", "sim.photons_sigma=200",
                              "sim.bg_photons=60", "sim.seed=5", "sim.structure='uniform'", "backend.threads=1"])
-    choice = choose_thresholds(cfg, "default", frames=40)
-    assert set(choice.surface) == {(c, float(t)) for c in CANDIDATE_GRID for t in GRID}
+    choice = choose_thresholds(cfg, "default", frames=40, candidates=(0.15, 0.3))
+    assert set(choice.surface) == {(c, float(t)) for c in (0.15, 0.3) for t in GRID}
+    assert CANDIDATE_GRID == (0.3,)  # calibrate's default: the p threshold alone (measured: the grid gained 0.001)
     assert choice.jaccard == choice.surface[(choice.candidate_threshold, choice.p_threshold)]
     assert choice.jaccard >= max(choice.surface.values()) - JACCARD_TOLERANCE
     assert choice.jaccard >= choice.surface[(0.3, 0.6)]

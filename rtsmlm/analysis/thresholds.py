@@ -26,8 +26,11 @@ GRID = tuple(np.round(np.arange(0.2, 0.91, 0.05), 2))
 """The p thresholds tried."""
 DEFAULT_CANDIDATE = 0.3
 """``model.candidate_threshold``'s default: what a run uses unless calibrate or the user sets another."""
-CANDIDATE_GRID = (0.15, 0.2, DEFAULT_CANDIDATE)
-"""The candidate thresholds ``rtsmlm calibrate`` tries (a run uses min(candidate, p) as the localizer does)."""
+CANDIDATE_GRID = (DEFAULT_CANDIDATE,)
+"""The candidate thresholds ``rtsmlm calibrate`` tries (a run uses min(candidate, p) as the localizer does).
+Only the default: choosing it too, from (0.15, 0.2, 0.3), was measured (``bench_cameras.py
+--calibrated-thresholds --candidates 0.15,0.2,0.3`` against ``--candidates 0.3``) at +0.001 mean Jaccard over
+the 18 cells — the p threshold already takes the candidate threshold down with it (min(0.3, p))."""
 
 
 @dataclass(frozen=True)
@@ -49,23 +52,27 @@ def choose_thresholds(cfg: Config, checkpoint: str, *, frames: int = 100, size: 
     """Simulate ``frames`` frames of ``size``² with ``cfg`` (camera, PSF, sample), run ``checkpoint`` on them
     and pick the (candidate, p) thresholds of ``candidates`` × :data:`GRID` with the best Jaccard over all
     true emitters (within :data:`JACCARD_TOLERANCE`, the candidate threshold nearest the default, then the p
-    threshold nearest 0.6)."""
+    threshold nearest the model's own: the choice leaves what a run would use only for a clear gain)."""
+    from rtsmlm.localization.checkpoint import detection_threshold, load_meta
+
     surface = threshold_surface(cfg, checkpoint, frames=frames, size=size, tolerance_nm=tolerance_nm,
                                 backend_cfg=backend_cfg, candidates=candidates)
-    return _best(surface, frames)
+    own, _ = detection_threshold(load_meta(checkpoint), -1.0)
+    return _best(surface, frames, prefer_p=own)
 
 
 JACCARD_TOLERANCE = 0.005
 """Thresholds whose simulated Jaccard is this close to the best are as good (the curve's statistical noise
-on ~1000 emitters); of those the one nearest the usual 0.6 is kept. The curves are flat at the low end
+on ~1000 emitters); of those the one nearest the usual 0.6 is kept when a model's own threshold is chosen,
+and the default candidate threshold with the p threshold nearest the model's own when calibrate chooses. The curves are flat at the low end
 (0.2–0.4 within 0.003 for the shipped models), and a real movie's artefacts (hot pixels, out-of-focus
 light) turn a low threshold's extra detections into false positives that no simulation shows."""
 
 
-def _best(surface: dict[tuple[float, float], float], frames: int) -> ThresholdChoice:
+def _best(surface: dict[tuple[float, float], float], frames: int, prefer_p: float = 0.6) -> ThresholdChoice:
     top = max(surface.values())
     cand, p = min((k for k in surface if surface[k] >= top - JACCARD_TOLERANCE),
-                  key=lambda k: (abs(k[0] - DEFAULT_CANDIDATE), abs(k[1] - 0.6)))
+                  key=lambda k: (abs(k[0] - DEFAULT_CANDIDATE), abs(k[1] - prefer_p)))
     curve = {t: j for (c, t), j in surface.items() if c == cand}
     return ThresholdChoice(p, cand, surface[(cand, p)], curve, frames, surface)
 
