@@ -78,6 +78,7 @@ class MLERefiner:
         widest = float(np.max(np.concatenate(psf.width_curves(ends)[:2]))) if self.has_z else float(psf.sigma_px)
         self.sigma = float(psf.sigma_px)
         self.half = max(3, int(math.ceil(3.0 * min(widest, 4.0 * self.sigma))))
+        # Depth steps are capped at MAX_STEP_Z_NM: a 250 nm start error needs a few more iterations.
         self.iterations = int(iterations) + (4 if self.has_z else 0)
         self.pixel_size_nm = camera.pixel_size_nm
         # Photons are photo-electrons / QE: their variance is F / QE times their mean.
