@@ -22,7 +22,6 @@ that the null rarely reaches.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
