@@ -74,7 +74,7 @@ def test_bad_input_is_one_sentence() -> None:
         calibrate(movie, pixel_size_nm=108.0, camera_model="ccd")
 
 
-def test_the_command_writes_a_config_that_run_and_train_accept_and_a_report(tmp_path) -> None:
+def test_the_command_writes_a_config_that_run_and_train_accept_and_a_report(tmp_path, capsys) -> None:
     from rtsmlm.cli import main
     from rtsmlm.io.movies import write_tiff_movie
 
@@ -99,6 +99,16 @@ def test_the_command_writes_a_config_that_run_and_train_accept_and_a_report(tmp_
     assert np.allclose(cam.offset_map, dark.mean(axis=0), atol=0.01)
     png = out.with_suffix(".png")
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The fine-tune it suggests starts from the default model at this background (tens of photons/px).
+    assert f"rtsmlm train --config {out} --init default" in capsys.readouterr().out
+
+
+def test_a_fine_tune_starts_from_default_unless_the_background_is_beyond_its_range() -> None:
+    from rtsmlm.cli.calibrate import fine_tune_init
+
+    # The default model was trained on 20-150 photons/px; its range guard passes up to 1.6x (240).
+    assert [fine_tune_init(bg) for bg in (5.0, 200.0, 239.0, 241.0, 800.0)] == \
+        ["default", "default", "default", "broad_2d", "broad_2d"]
 
 
 @pytest.mark.slow  # localizes 2 × 40 simulated frames

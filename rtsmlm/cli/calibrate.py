@@ -80,13 +80,25 @@ def calibrate_main(args: Any, cfg: Any) -> int:
               + ")")
     for w in cal.warnings:
         print(f"rtsmlm calibrate: warning: {w}", file=sys.stderr)
-    # Fine-tune the model that fits best already (measured on an EMCCD of 107 nm pixels at background 200:
-    # from the chosen default model 0.878 / 0.861 / 0.784, from broad_2d 0.860 / 0.841 / 0.754 at 0.1 / 1 / 3
-    # emitters per µm², 2000 steps each).
-    init = choice["model"] if choice is not None else "broad_2d"
+    init = fine_tune_init(cal.background_photons["median"])
     print(f"wrote {out} and {report}; next: rtsmlm run --config {out} --source {args.movie}, or fine-tune a "
           f"model: rtsmlm train --config {out} --init {init} --out MODEL")
     return 0
+
+
+def fine_tune_init(background_photons: float) -> str:
+    """The shipped model a fine-tune for this camera should start from: the default model, unless the
+    background is beyond what its range guard lets pass (then the broad model, which saw 1–1000 photons/px).
+    Measured (benchmarks/bench_finetune.py, 2000 steps each, Jaccard at 0.1 / 1 / 3 emitters/µm²): from
+    default vs from broad_2d, EMCCD 107 nm at background 200: 0.878 / 0.861 / 0.784 vs 0.860 / 0.841 / 0.754;
+    EMCCD 160 nm (σ 1.06 px, outside the default's σ range) at 20: 0.925 / 0.857 / 0.716 vs 0.909 / 0.840 / 0.692;
+    sCMOS 108 nm (σ 0.93 px) at 5: 0.956 / 0.908 / 0.849 vs 0.945 / 0.893 / 0.818. Not measured above
+    background 200, where the default's input scaling was never trained."""
+    from rtsmlm.localization.checkpoint import load_meta
+    from rtsmlm.localization.range_guard import SLACK, trained_ranges
+
+    top = trained_ranges(load_meta("default")).get("background_photons", [0.0, float("inf")])[1]
+    return "default" if background_photons <= top * SLACK["background_photons"][1] else "broad_2d"
 
 
 def _choose_model(config_text: str, models: list[str], frames: int) -> dict[str, Any]:

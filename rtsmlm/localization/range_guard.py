@@ -52,6 +52,15 @@ PENDING = RangeVerdict(0, None, None, None, 0, {})
 """Placeholder while the check runs (so it starts once)."""
 
 
+SLACK = {"background_photons": (0.7, 1.6), "psf_sigma_px": (1.0, 1.0), "spot_photons": (0.3, 1.5)}
+"""How far outside its trained range (factors of the range's ends) a measured quantity passes.
+Brightness: a spot's sum in a 7x7 box misses the tails and partial blinks are dimmer. Background above the
+range: measured (benchmarks/bench_range_guard.py), the default model (trained on 20-150 photons/px) kept its
+Jaccard to 1.33x the range's top (0.789 at 200 vs 0.830 at 150 on its camera, 0.855 vs 0.881 on an EMCCD of
+107 nm pixels: still above broad_2d's 0.779 / 0.831) and fell behind broad_2d at 2x (300: 0.664 vs 0.752,
+0.735 vs 0.778), collapsing at 3x (0.42): warn from 1.6x, where the broad model wins."""
+
+
 def trained_ranges(meta: Any) -> dict[str, list[float]]:
     """Background (photons/px), PSF sigma (px) and brightness (photons) the checkpoint was trained on."""
     t = dict(meta.train or {})
@@ -103,18 +112,12 @@ def check(photons: np.ndarray, meta: Any, told_sigma_px: float | None = None) ->
     measured = {"background_photons": bg, "psf_sigma_px": sigma, "spot_photons": bright}
     names = {"background_photons": ("background", "photons/px"), "psf_sigma_px": ("PSF sigma", "px"),
              "spot_photons": ("spot brightness", "photons")}
-    # Brightness slack: a spot's sum in a 7x7 box misses the tails and partial blinks are dimmer.
-    # Background slack above the range: measured (benchmarks/bench_range_guard.py), the default model (trained on 20-150 photons/px) kept its
-    # Jaccard to 1.33x the range's top (0.789 at 200 vs 0.830 at 150 on its camera, 0.855 vs 0.881 on an
-    # EMCCD of 107 nm pixels: still above broad_2d's 0.779 / 0.831) and fell behind broad_2d at 2x (300:
-    # 0.664 vs 0.752, 0.735 vs 0.778), collapsing at 3x (0.42): warn from 1.6x, where the broad model wins.
-    slack = {"background_photons": (0.7, 1.6), "psf_sigma_px": (1.0, 1.0), "spot_photons": (0.3, 1.5)}
     out = []
     for key, value in measured.items():
         if value is None or key not in ranges:
             continue
         lo, hi = ranges[key]
-        if value < lo * slack[key][0] or value > hi * slack[key][1]:
+        if value < lo * SLACK[key][0] or value > hi * SLACK[key][1]:
             what, unit = names[key]
             out.append(key)
             log.warning("the movie's %s is %.3g %s, outside the %.3g–%.3g %s this model was trained on: expect "
