@@ -100,7 +100,7 @@ def test_the_command_writes_a_config_that_run_and_train_accept_and_a_report(tmp_
     png = out.with_suffix(".png")
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The fine-tune it suggests starts from the default model at this background (tens of photons/px).
-    assert f"rtsmlm train --config {out} --init default" in capsys.readouterr().out
+    assert f"rtsmlm train --config {out} --init default --steps 2000" in capsys.readouterr().out
 
 
 def test_a_fine_tune_starts_from_default_unless_the_background_is_beyond_its_range() -> None:
