@@ -84,16 +84,10 @@ def isolated_interior(truth: np.ndarray, frame_nm: float) -> np.ndarray:
     """Which true emitters have no other within ISOLATION_NM in their frame and are EDGE_NM inside the frame:
     the population for which the single-emitter bound is the bound (near an edge the spot is cut off, beside
     a neighbour the spots overlap, and both raise the true bound above the one computed)."""
-    keep = np.zeros(len(truth), bool)
-    order = np.argsort(truth["frame"], kind="stable")
-    frames = truth["frame"][order]
-    for group in np.split(order, np.flatnonzero(np.diff(frames)) + 1):
-        x, y = truth["x"][group], truth["y"][group]
-        d = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
-        np.fill_diagonal(d, np.inf)
-        keep[group] = d.min(axis=1) > ISOLATION_NM
-    inside = np.minimum.reduce([truth["x"], truth["y"], frame_nm - truth["x"], frame_nm - truth["y"]]) > EDGE_NM
-    return keep & inside
+    import bench_accuracy as acc
+
+    alone = acc.nearest_neighbour_px(truth, 1.0) > ISOLATION_NM  # pixel 1 nm: distances in nm
+    return alone & acc.interior_mask(truth, (frame_nm, frame_nm), 1.0, EDGE_NM)
 
 
 NEIGHBOUR_NM = 1500.0

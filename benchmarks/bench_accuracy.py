@@ -227,6 +227,19 @@ def interior_mask(truth: np.ndarray, shape: tuple[int, int], pixel_nm: float, bo
     return (x >= b) & (x <= w * pixel_nm - b) & (y >= b) & (y <= h * pixel_nm - b)
 
 
+def nearest_neighbour_px(truth: np.ndarray, pixel_nm: float) -> np.ndarray:
+    """Distance (px) of every true emitter to the nearest other true emitter in the same frame (inf if alone)."""
+    from scipy.spatial import cKDTree
+
+    pts = np.column_stack([truth["x"], truth["y"], np.asarray(truth["frame"], np.float64) * 1e9])
+    if len(pts) < 2:
+        return np.full(len(pts), np.inf)
+    d, _ = cKDTree(pts).query(pts, k=2)
+    nn = d[:, 1] / pixel_nm
+    nn[nn > 1e6] = np.inf
+    return nn
+
+
 def single_frame_mask(truth: np.ndarray) -> np.ndarray:
     """True for emitters that are not also visible in the previous or next frame.
 

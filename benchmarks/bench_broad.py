@@ -92,23 +92,10 @@ def crlb_table(m_all: Any, movie: Any) -> list[dict[str, Any]]:
 
     truth = movie.truth
     keep = (acc.interior_mask(truth, movie.frames.shape[1:], movie.pixel_size_nm, 4.0)
-            & acc.single_frame_mask(truth) & (nearest_neighbour_px(truth, movie.pixel_size_nm) >= ISOLATION_PX))
+            & acc.single_frame_mask(truth) & (acc.nearest_neighbour_px(truth, movie.pixel_size_nm) >= ISOLATION_PX))
     rows = precision_vs_crlb(acc.restrict_match(m_all, keep), truth["photons"][keep], movie.bg_photons,
                              movie.psf_sigma_nm, movie.pixel_size_nm, movie.excess_noise, bins=list(CRLB_EDGES))
     return rows or [{"n": 0, "ratio_fisher": math.nan}] * (len(CRLB_EDGES) - 1)
-
-
-def nearest_neighbour_px(truth: np.ndarray, pixel_nm: float) -> np.ndarray:
-    """Distance (px) of every true emitter to the nearest other true emitter in the same frame (inf if alone)."""
-    from scipy.spatial import cKDTree
-
-    pts = np.column_stack([truth["x"], truth["y"], np.asarray(truth["frame"], np.float64) * 1e9])
-    if len(pts) < 2:
-        return np.full(len(pts), np.inf)
-    d, _ = cKDTree(pts).query(pts, k=2)
-    nn = d[:, 1] / pixel_nm
-    nn[nn > 1e6] = np.inf
-    return nn
 
 
 def recall_by_distance(pred: np.ndarray, truth: np.ndarray, pixel_nm: float) -> list[dict[str, Any]]:
@@ -117,7 +104,7 @@ def recall_by_distance(pred: np.ndarray, truth: np.ndarray, pixel_nm: float) -> 
     m = match(pred, truth, tolerance_nm=250.0)
     found = np.zeros(len(truth), bool)
     found[m.truth_index] = True
-    nn = nearest_neighbour_px(truth, pixel_nm)
+    nn = acc.nearest_neighbour_px(truth, pixel_nm)
     rows = []
     for lo, hi in zip(PAIR_BINS_PX[:-1], PAIR_BINS_PX[1:]):
         sel = (nn >= lo) & (nn < hi)

@@ -353,32 +353,12 @@ def crlb_fisher_3d_nm(photons: float, bg_per_px: float, sigmas_px: Any, z_nm: fl
     ``sigmas_px(z)`` returns (sigma_x, sigma_y) in pixels at depth z nm (e.g.
     :meth:`rtsmlm.sim.psf.AstigmaticPSF.sigmas`). Model: μ_k = N·Ex_k(x₀, σx(z))·Ey_k(y₀, σy(z)) + b,
     pixel-integrated, Poisson noise times ``excess_noise``; unknowns (x₀, y₀, z, N, b); the Fisher matrix
-    from central finite differences of μ, the emitter at a pixel centre.
+    from central finite differences of μ, the emitter at a pixel centre of a (2·``roi_half_px`` + 1)² region:
+    :func:`crlb_in_frame_nm` of one emitter alone.
     """
-    from scipy.special import erf
-
-    centres = np.arange(-roi_half_px, roi_half_px + 1, dtype=np.float64)
-
-    def axis(x0: float, s: float) -> np.ndarray:
-        return 0.5 * (erf((centres + 0.5 - x0) / (math.sqrt(2.0) * s)) - erf((centres - 0.5 - x0) / (math.sqrt(2.0) * s)))
-
-    def mu(q: np.ndarray) -> np.ndarray:
-        x0, y0, z, n, b = q
-        sx, sy = (float(v) for v in sigmas_px(np.asarray(z)))
-        return n * np.outer(axis(y0, sy), axis(x0, sx)) + b
-
-    q0 = np.array([0.0, 0.0, float(z_nm), float(photons), float(bg_per_px)])
-    steps = np.array([1e-3, 1e-3, 0.5, 1e-3 * max(photons, 1.0), 1e-3 * max(bg_per_px, 1.0)])
-    jac = []
-    for k in range(5):
-        dq = np.zeros(5)
-        dq[k] = steps[k]
-        jac.append((mu(q0 + dq) - mu(q0 - dq)) / (2 * steps[k]))
-    m0 = mu(q0)
-    fisher = np.array([[np.sum(ji * jj / m0) for jj in jac] for ji in jac])
-    cov = excess_noise * np.linalg.inv(fisher)
-    return (float(math.sqrt(cov[0, 0])) * pixel_nm, float(math.sqrt(cov[1, 1])) * pixel_nm,
-            float(math.sqrt(cov[2, 2])))
+    centre = roi_half_px + 0.5
+    return crlb_in_frame_nm([centre], [centre], [z_nm], [photons], bg_per_px, sigmas_px,
+                            (2 * roi_half_px + 1, 2 * roi_half_px + 1), pixel_nm, excess_noise, roi_half_px)
 
 
 def crlb_in_frame_nm(x_px: np.ndarray, y_px: np.ndarray, z_nm: np.ndarray, photons: np.ndarray, bg_per_px: float,
@@ -392,7 +372,7 @@ def crlb_in_frame_nm(x_px: np.ndarray, y_px: np.ndarray, z_nm: np.ndarray, photo
     + b on the pixels within ``roi_half_px`` of any of the emitters, clipped to ``frame_shape``; Poisson noise
     times ``excess_noise``; unknowns (x, y, z, N) of every emitter and b; Fisher matrix from central finite
     differences. Positions in pixels (pixel j spans [j, j+1)); ``sigmas_px(z)`` as in :func:`crlb_fisher_3d_nm`.
-    For the isolated emitter of a large frame it equals :func:`crlb_fisher_3d_nm` at that emitter's offset.
+    Alone and far from the edges it is :func:`crlb_fisher_3d_nm`.
     """
     from scipy.special import erf
 

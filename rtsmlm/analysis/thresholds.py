@@ -64,9 +64,10 @@ def choose_thresholds(cfg: Config, checkpoint: str, *, frames: int = 100, size: 
 JACCARD_TOLERANCE = 0.005
 """Thresholds whose simulated Jaccard is this close to the best are as good (the curve's statistical noise
 on ~1000 emitters); of those the one nearest the usual 0.6 is kept when a model's own threshold is chosen,
-and the default candidate threshold with the p threshold nearest the model's own when calibrate chooses. The curves are flat at the low end
-(0.2–0.4 within 0.003 for the shipped models), and a real movie's artefacts (hot pixels, out-of-focus
-light) turn a low threshold's extra detections into false positives that no simulation shows."""
+and the default candidate threshold with the p threshold nearest the model's own when calibrate chooses.
+The curves are flat at the low end (0.2–0.4 within 0.003 for the shipped models), and a real movie's
+artefacts (hot pixels, out-of-focus light) turn a low threshold's extra detections into false positives that
+no simulation shows."""
 
 
 def _best(surface: dict[tuple[float, float], float], frames: int, prefer_p: float = 0.6) -> ThresholdChoice:

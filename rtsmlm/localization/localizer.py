@@ -184,19 +184,18 @@ class StreamingLocalizer:
         user calibrated), a 3D model the astigmatic focus curves it was trained for (its metadata)."""
         if refine == "off":
             return None
+        from rtsmlm.core.config import from_dict
         from rtsmlm.localization.refine import MODES, MLERefiner
-        from rtsmlm.sim.psf import AstigmaticPSF, GaussianPSF
+        from rtsmlm.sim.psf import GaussianPSF, psf_from_config
 
         if refine not in MODES:
             raise ValueError(f"model.refine = {refine!r}; allowed: 'off', {', '.join(repr(m) for m in MODES)}")
         psf_meta = self.meta.psf or {}
         kind = psf_meta.get("model", "gaussian")
         if kind == "astigmatic":
-            px = camera.pixel_size_nm
-            psf = AstigmaticPSF(float(psf_meta["sigma_nm"]) / px, float(psf_meta["astig_focal_offset_nm"]),
-                                float(psf_meta["astig_depth_nm"]))
-            return MLERefiner(psf, camera, self.frame_shape, device=self.backend.device, mode=refine,
-                              z_range_nm=float(psf_meta.get("z_range_nm") or 600.0))
+            psf_cfg = from_dict({"psf": psf_meta}, "the model's PSF").psf
+            return MLERefiner(psf_from_config(psf_cfg, camera.pixel_size_nm), camera, self.frame_shape,
+                              device=self.backend.device, mode=refine, z_range_nm=psf_cfg.z_range_nm or 600.0)
         if kind != "gaussian":
             raise ValueError(f"model.refine = {refine!r} fits a Gaussian or astigmatic PSF; this model's PSF is "
                              f"{kind!r}: use refine = 'off'")

@@ -74,10 +74,8 @@ class MLERefiner:
         self.has_z = isinstance(psf, AstigmaticPSF)
         self.z_limit_nm = 1.5 * float(z_range_nm) if self.has_z else 0.0
         # The widest spot of the depth range (3D) sets the patch.
-        ends = np.array([-float(z_range_nm), float(z_range_nm)])
-        widest = float(np.max(np.concatenate(psf.width_curves(ends)[:2]))) if self.has_z else float(psf.sigma_px)
-        self.sigma = float(psf.sigma_px)
-        self.half = max(3, int(math.ceil(3.0 * min(widest, 4.0 * self.sigma))))
+        widest = float(np.max(np.concatenate(psf.width_curves(np.array([-1.0, 1.0]) * float(z_range_nm))[:2])))
+        self.half = max(3, int(math.ceil(3.0 * min(widest, 4.0 * psf.sigma_px))))
         # Depth steps are capped at MAX_STEP_Z_NM: a 250 nm start error needs a few more iterations.
         self.iterations = int(iterations) + (4 if self.has_z else 0)
         self.pixel_size_nm = camera.pixel_size_nm
@@ -94,13 +92,6 @@ class MLERefiner:
 
     # -- pixel-integrated Gaussian ------------------------------------------------------------------
 
-    def _widths(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """σx, σy (px) at depths ``z`` (nm) and their slopes by z (px/nm); constant in 2D."""
-        if self.has_z:
-            return self.psf.width_curves(z)
-        const = torch.full_like(z, self.sigma)
-        return const, const, torch.zeros_like(z), torch.zeros_like(z)
-
     @staticmethod
     def _axis(edges: torch.Tensor, centre: torch.Tensor, sigma: torch.Tensor):
         """Fraction of a 1D Gaussian in each pixel [k, k+1) and its derivatives by the centre and by σ.
@@ -116,7 +107,7 @@ class MLERefiner:
 
     def _psf(self, cols: torch.Tensor, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor):
         """(n, P, P) PSF patches and their derivatives by x, y and z (per nm; zero in 2D)."""
-        sx, sy, dsx, dsy = self._widths(z)
+        sx, sy, dsx, dsy = self.psf.width_curves(z)
         ex, dex, sex = self._axis(cols, x, sx)
         ey, dey, sey = self._axis(rows, y, sy)
         psf = ey[:, :, None] * ex[:, None, :]
@@ -214,7 +205,7 @@ class MLERefiner:
         their depths)."""
         count = len(locs)
         isolated = np.ones(count, bool)
-        sx, sy, _, _ = self._widths(z)
+        sx, sy, _, _ = self.psf.width_curves(z)
         spot = torch.maximum(sx, sy).cpu().numpy().astype(np.float64)
         reach = self.half + 3.0 * float(spot.max()) + 1.0
         frames = np.asarray(locs["frame"])

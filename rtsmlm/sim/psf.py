@@ -73,6 +73,11 @@ class GaussianPSF:
         s = np.full(np.shape(z), self.sigma_px)
         return s, s
 
+    def width_curves(self, z):
+        """σx, σy (px) and their slopes by z (zero): the astigmatic PSF's interface, for numpy or torch ``z``."""
+        flat = z * 0.0
+        return flat + self.sigma_px, flat + self.sigma_px, flat, flat
+
 
 @dataclass(frozen=True)
 class AstigmaticPSF:
