@@ -8,7 +8,8 @@ background (an illumination profile, ±50 %), and a 50-frame dark movie of the s
 calibrated three ways, the camera type (EMCCD or sCMOS) given as a user knows it: with the dark movie;
 without it (photon-transfer intercept, read noise taken from the default camera, a wrong prior on purpose);
 and without it on a flat background with the baseline unknown (expected to refuse: no photon-transfer
-line). The type the noise skewness would have guessed is printed beside (✓/✗): advisory only. Then the storm-analysis
+line). The type the noise skewness would have guessed is printed beside (✓/✗, ? when the skewness
+tells nothing): advisory only. Then the storm-analysis
 test movie (real .dax format, flat background, baseline known from its README).
 
 Printed per camera and mode: camera type detected (✓/✗), baseline error (ADU), gain error (%, ADU per
@@ -35,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cameras import CAMERAS  # noqa: E402
 
-from rtsmlm.analysis.calibrate import SKEW_DECISION, CalibrationError, calibrate  # noqa: E402
+from rtsmlm.analysis.calibrate import CalibrationError, calibrate, camera_type_from_skew  # noqa: E402
 from rtsmlm.core import config as rconfig  # noqa: E402
 from rtsmlm.core.camera import CameraModel  # noqa: E402
 from rtsmlm.core.jsonio import to_jsonable  # noqa: E402
@@ -60,8 +61,8 @@ def errors(cal, cfg, sim) -> dict:
     cam = sim.camera
     true_gain = cam.em_gain / cam.e_per_adu  # ADU per photo-electron (the sCMOS map's mean for sCMOS)
     true_bg = float(np.median(sim.background)) * cam.qe  # photo-electrons per pixel
-    guess = None if cal.skew_ratio is None else ("emccd" if cal.skew_ratio > SKEW_DECISION else "scmos")
-    out = {"type_ok": guess == cam.model, "skew_ratio": cal.skew_ratio,
+    guess = camera_type_from_skew(cal.skew_ratio)
+    out = {"type_ok": guess == cam.model, "type_guess": guess, "skew_ratio": cal.skew_ratio,
            "baseline_err_adu": cal.baseline_adu.value - cam.baseline_adu,
            "gain_err_pct": 100 * (cal.gain_adu_per_e.value / true_gain - 1),
            "bg_err_pct": 100 * (cal.background_photons["median"] / true_bg - 1),
@@ -114,7 +115,7 @@ def row(label: str, e: dict | str, seconds: float) -> str:
         return f"  {label:34s} refused: {e[:110]}"
     sig = f"{e['sigma_err_pct']:+6.1f} %" if e["sigma_err_pct"] is not None else "    n/a"
     ok = lambda good: "" if good else " ✗"  # noqa: E731
-    return (f"  {label:34s} type guess {'✓' if e['type_ok'] else '✗'} ({e['skew_ratio'] or float('nan'):.2f})  "
+    return (f"  {label:34s} type guess {'✓' if e['type_ok'] else '?' if e['type_guess'] is None else '✗'} ({e['skew_ratio'] or float('nan'):.2f})  "
             f"baseline {e['baseline_err_adu']:+6.2f} ADU{ok(abs(e['baseline_err_adu']) <= 2)}  "
             f"gain {e['gain_err_pct']:+6.1f} %{ok(abs(e['gain_err_pct']) <= 5)}  "
             f"σ {sig}{ok(e['sigma_err_pct'] is None or abs(e['sigma_err_pct']) <= 5)}  "
