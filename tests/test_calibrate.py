@@ -129,6 +129,7 @@ def test_the_command_writes_a_config_that_run_and_train_accept_and_a_report(tmp_
     assert loaded.psf.sigma_nm == pytest.approx(150.0, rel=0.05)
     assert loaded.model.checkpoint in ("default", "broad_2d") and 0.2 <= loaded.model.p_threshold <= 0.9
     assert loaded.train.bg_min < np.median(sim.background) * 0.8 < loaded.train.bg_max
+    assert loaded.train.threads == 0  # the fine-tune takes every core
     # An sCMOS with dark frames: each pixel's own offset goes to the run through camera.maps_file.
     from rtsmlm.core.camera import CameraModel
 
@@ -138,7 +139,7 @@ def test_the_command_writes_a_config_that_run_and_train_accept_and_a_report(tmp_
     png = out.with_suffix(".png")
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The fine-tune it suggests starts from the default model at this background (tens of photons/px).
-    assert f"rtsmlm train --config {out} --init default --steps 2000" in capsys.readouterr().out
+    assert f"rtsmlm train --config {out} --init default --steps 1500" in capsys.readouterr().out
 
 
 def test_a_fine_tune_starts_from_default_unless_the_background_is_beyond_its_range() -> None:

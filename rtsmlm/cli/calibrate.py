@@ -86,9 +86,10 @@ def calibrate_main(args: Any, cfg: Any) -> int:
     return 0
 
 
-FINE_TUNE_STEPS = 2000
-"""Steps of the fine-tune calibrate suggests (train.steps' 15,000 is for a model from scratch): measured within
-0.01 of a from-scratch model on most cells of three cameras (README, "Fine-tuning for your camera")."""
+FINE_TUNE_STEPS = 1500
+"""Steps of the fine-tune calibrate suggests (train.steps' 15,000 is for a model from scratch): from default,
+as good as 2000 steps on the cameras measured (benchmarks/bench_finetune.py; README, "Fine-tuning for your
+camera") and 7.7 min wall on a 2-core CPU with both cores (the calibrated config's train.threads = 0)."""
 
 
 def fine_tune_init(background_photons: float) -> str:
