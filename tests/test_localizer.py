@@ -219,6 +219,20 @@ def test_the_range_guard_names_a_background_outside_the_training_range(caplog):
             assert caplog.text == ""
 
 
+def test_only_a_camera_difference_the_photon_conversion_leaves_is_warned() -> None:
+    """Another pixel size (the PSF's width in pixels is the range guard's to measure), baseline or gain is no
+    mismatch for the default model; another noise model is."""
+    import warnings
+
+    meta = checkpoint.load_meta("default")
+    same_noise = {**meta.camera, "pixel_size_nm": 107.0, "baseline_adu": 400.0, "e_per_adu": 12.0, "em_gain": 50.0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert checkpoint.check_compatible(meta, same_noise) == []
+    with pytest.warns(UserWarning, match="camera.model: model trained for emccd"):
+        assert checkpoint.check_compatible(meta, {**meta.camera, "model": "scmos"}) != []
+
+
 def test_big_endian_frames_give_the_same_localizations(opened):
     """A .dax movie arrives big-endian ('>u2'); the localizer takes it as the same counts."""
     backend, meta = opened

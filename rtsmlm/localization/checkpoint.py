@@ -251,11 +251,13 @@ def load(path_or_name: str | Path, device: str = "cpu"):
     return model, meta
 
 
-CAMERA_KEYS = ("model", "pixel_size_nm")
-"""Camera differences that matter to a model trained for one camera: the noise model and the pixel size
-(the PSF's width in pixels). Baseline, e⁻/ADU, EM gain and QE do not: the localizer converts ADU to photons
-with the run's camera. A broad model (trained over cameras and PSF widths) is checked by the range guard
-(rtsmlm.localization.range_guard) instead."""
+CAMERA_KEYS = ("model",)
+"""Camera differences that matter to a model trained for one camera and that only the configuration tells:
+the noise model (EMCCD excess noise or sCMOS). Baseline, e⁻/ADU, EM gain and QE do not: the localizer
+converts ADU to photons with the run's camera. Nor does the pixel size itself: what matters is the PSF's width
+in pixels, which the range guard (rtsmlm.localization.range_guard) measures on the movie (a 107 nm camera
+with a 140 nm PSF is the 100 nm / 130 nm camera the default model was trained for, and was warned about). A
+broad model (trained over cameras and PSF widths) is checked by the range guard only."""
 
 
 def check_compatible(meta: ModelMeta, camera: dict[str, Any], source: str = "the run") -> list[str]:
