@@ -219,6 +219,23 @@ def test_the_range_guard_names_a_background_outside_the_training_range(caplog):
             assert caplog.text == ""
 
 
+def test_without_spots_to_measure_the_configured_psf_width_is_checked(caplog) -> None:
+    """No spot to fit (here: background only; in practice a crowded field): the configured σ in pixels stands in
+    for the measured one, so a camera whose pixels make the default model's PSF too narrow is still named."""
+    import logging
+
+    from rtsmlm.localization.range_guard import check
+
+    meta = checkpoint.load_meta("default")  # trained on 130 nm / 100 nm = 1.3 px
+    photons = np.random.default_rng(3).poisson(60.0, (20, 64, 64)).astype(np.float32)
+    for told, expect in ((1.3, []), (130.0 / 160.0, ["psf_sigma_px"])):
+        with caplog.at_level(logging.WARNING, logger="rtsmlm.range"):
+            caplog.clear()
+            verdict = check(photons, meta, told_sigma_px=told)
+        assert verdict.psf_sigma_px is None and verdict.out_of_range == expect
+        assert ("configured PSF sigma" in caplog.text) == bool(expect)
+
+
 def test_only_a_camera_difference_the_photon_conversion_leaves_is_warned() -> None:
     """Another pixel size (the PSF's width in pixels is the range guard's to measure), baseline or gain is no
     mismatch for the default model; another noise model is."""

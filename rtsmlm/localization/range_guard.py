@@ -106,12 +106,18 @@ TOLD_SIGMA_TOLERANCE = 0.15
 
 def check(photons: np.ndarray, meta: Any, told_sigma_px: float | None = None) -> RangeVerdict:
     """The verdict for frames in photons against ``meta``'s training ranges; warns once per quantity.
-    ``told_sigma_px``: the PSF σ a conditioned model is given, checked against the measured one."""
+    ``told_sigma_px``: the configured PSF σ (the one a conditioned model is given), checked against the
+    measured one, and against the training range when the movie is too crowded to measure it."""
     bg, sigma, bright, n_spots = measure(photons)
     ranges = trained_ranges(meta)
     measured = {"background_photons": bg, "psf_sigma_px": sigma, "spot_photons": bright}
     names = {"background_photons": ("background", "photons/px"), "psf_sigma_px": ("PSF sigma", "px"),
              "spot_photons": ("spot brightness", "photons")}
+    if sigma is None and told_sigma_px is not None:
+        # Too crowded to measure: the configured width (psf.sigma_nm / pixel size) stands in for it, so another
+        # pixel size is still caught (checkpoint.CAMERA_KEYS leaves it to this guard).
+        measured["psf_sigma_px"] = told_sigma_px
+        names["psf_sigma_px"] = ("configured PSF sigma (psf.sigma_nm / pixel size)", "px")
     out = []
     for key, value in measured.items():
         if value is None or key not in ranges:
