@@ -35,12 +35,14 @@ from scipy import ndimage
 
 from rtsmlm.core.camera import CameraModel
 from rtsmlm.core.errors import RtsmlmError
-from rtsmlm.localization.spots import find_isolated_spots, psf_width_fits
+from rtsmlm.localization.spots import find_isolated_spots, psf_width_fits, smooth_background
 
 log = logging.getLogger(__name__)
 
 MIN_FRAMES = 10
 """Fewer frames give no usable temporal statistics."""
+MIN_KEPT_FRAMES = MIN_FRAMES // 2
+"""A pixel's statistics need this many frames left after the masks."""
 EXCESS_NOISE = {"emccd": 2.0, "scmos": 1.0}
 EMCCD_SKEW_RATIO = 1.5
 """Skewness of an EMCCD's output relative to a Poisson camera's at the same mean and variance: per photo-
@@ -136,17 +138,20 @@ class Calibration:
 # Photon transfer
 
 
-def _spot_mask(frames: np.ndarray, radius: int = 5, frames_around: int = 2) -> np.ndarray:
-    """True where a pixel of a frame may hold emitter light: within 4 px of a local maximum of the
-    3×3-smoothed frame that stands out of the pixel's own temporal spread, in that frame and the frames
-    before and after it (an emitter switching on or off mid-frame is dim there). Left out of the noise
-    statistics, so blinking does not count as camera noise."""
+def _spot_peaks(frames: np.ndarray) -> np.ndarray:
+    """Where emitters are, frame by frame: local maxima of the 3×3-smoothed frame that stand out of the
+    pixel's own temporal spread (MASK_SIGMAS robust sigmas)."""
     smooth = ndimage.uniform_filter(frames.astype(np.float64), size=(1, 3, 3))
     med = np.median(smooth, axis=0)
     spread = 1.4826 * np.median(np.abs(smooth - med), axis=0) + 1e-9
-    peaks = (smooth == ndimage.maximum_filter(smooth, size=(1, 5, 5))) & (smooth > med + MASK_SIGMAS * spread)
-    mask = ndimage.binary_dilation(peaks, structure=np.ones((2 * frames_around + 1, 2 * radius + 1, 2 * radius + 1), bool))
-    return mask
+    return (smooth == ndimage.maximum_filter(smooth, size=(1, 5, 5))) & (smooth > med + MASK_SIGMAS * spread)
+
+
+def _spot_mask(peaks: np.ndarray, radius: int = 5, frames_around: int = 2) -> np.ndarray:
+    """True where a pixel of a frame may hold emitter light: within ``radius`` px of a peak
+    (:func:`_spot_peaks`), in that frame and ``frames_around`` before and after it (an emitter switching on or
+    off mid-frame is dim there). Left out of the noise statistics, so blinking does not count as camera noise."""
+    return ndimage.binary_dilation(peaks, structure=np.ones((2 * frames_around + 1, 2 * radius + 1, 2 * radius + 1), bool))
 
 
 def camera_type_from_skew(ratio: float | None) -> str | None:
@@ -170,15 +175,15 @@ def _busy_neighbourhood(frames: np.ndarray, radius: int = QUIET_RADIUS, sigmas: 
     return around > q25 + sigmas * spread
 
 
-def _quiet_background(mean_photons: np.ndarray, n: np.ndarray, min_frames: int = MIN_FRAMES // 2) -> np.ndarray:
+def _quiet_background(mean_photons: np.ndarray, n: np.ndarray) -> np.ndarray:
     """The background map in photons: each pixel's mean over the frames the noise statistics kept (no
-    emitter near), median-filtered over 9 px. Not the temporal median of all frames
-    (:func:`rtsmlm.localization.spots.background_map`), which a dense movie's emitters lift: +21–32 % at
-    1 emitter/µm² on a dim background. Pixels with fewer than ``min_frames`` kept take the field's median."""
+    emitter near), smoothed as :func:`rtsmlm.localization.spots.background_map` smooths its temporal median of
+    all frames, which a dense movie's emitters lift: +21–32 % at 1 emitter/µm² on a dim background. Pixels
+    with fewer than MIN_KEPT_FRAMES kept take the field's median."""
     m = np.asarray(mean_photons, np.float64).copy()
-    thin = n < min_frames
+    thin = n < MIN_KEPT_FRAMES
     m[thin] = np.median(m[~thin]) if (~thin).any() else np.median(m)
-    return ndimage.median_filter(m, size=9)
+    return smooth_background(m)
 
 
 def _pixel_moments(frames: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -254,13 +259,14 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
 
     # The quiet-neighbourhood test keeps under half of a pixel's frames: a short movie (tens of frames) goes
     # without it rather than be refused.
+    peaks = _spot_peaks(frames)
     busy = _busy_neighbourhood(frames)
     for use_busy, (radius, around) in [(True, m) for m in MASKS] + [(False, m) for m in MASKS]:
-        mask = _spot_mask(frames, radius, around) | (busy if use_busy else False)
+        mask = _spot_mask(peaks, radius, around) | (busy if use_busy else False)
         mean, var, _, n = _pixel_moments(frames, mask)
-        if np.median(n) >= MIN_FRAMES // 2:
+        if np.median(n) >= MIN_KEPT_FRAMES:
             break
-    if np.median(n) < MIN_FRAMES // 2:
+    if np.median(n) < MIN_KEPT_FRAMES:
         raise CalibrationError("nearly every pixel is covered by a spot in most frames: the movie is too dense "
                                "to see the camera's noise; give a movie (or frames) with fewer emitters on")
     if dark_mean is not None:
@@ -269,7 +275,10 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
     else:
         signal, excess_var = mean, var
     xb, vb = _binned(signal, [excess_var], n)
-    skew_mask = _spot_mask(frames, *SKEW_MASK) | (busy if use_busy else False)
+    # Neither the dark movie nor the baseline given: the photon-transfer line with its intercept free.
+    free_line = _line(xb, vb) if dark_mean is None and baseline_adu is None else None
+    prior_read_adu = prior.read_noise_e / prior.e_per_adu
+    skew_mask = _spot_mask(peaks, *SKEW_MASK) | (busy if use_busy else False)
     mean_s, var_s, m3_s, n_s = _pixel_moments(frames, skew_mask)
     xs, m3b = _binned(mean_s - dark_mean if dark_mean is not None else mean_s, [m3_s], n_s)
 
@@ -280,13 +289,12 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
     if dark_mean is not None:
         above_px, shot_var = mean_s - dark_mean, var_s - dark_var
     elif baseline_adu is not None:
-        above_px, shot_var = mean_s - baseline_adu, var_s - (prior.read_noise_e / prior.e_per_adu) ** 2
+        above_px, shot_var = mean_s - baseline_adu, var_s - prior_read_adu ** 2
     else:
-        slope_all, icpt_all, _, _ = _line(xb, vb)
         # The line's zero-variance point stands in for the baseline (the read noise folded into it).
-        above_px = var_s / slope_all if slope_all > 0 else np.zeros_like(var_s)
+        above_px = var_s / free_line[0] if free_line[0] > 0 else np.zeros_like(var_s)
         shot_var = var_s
-    ok = (above_px > 0) & (shot_var > 0) & (n_s >= 5)
+    ok = (above_px > 0) & (shot_var > 0) & (n_s >= MIN_KEPT_FRAMES)
     if ok.sum() >= 100:
         skew_ratio = float(np.median(m3_s[ok] * above_px[ok] / shot_var[ok] ** 2))
     detected = camera_type_from_skew(skew_ratio)
@@ -310,7 +318,7 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
 
     # Gain and baseline from the photon-transfer line.
     if dark_mean is None and baseline_adu is not None:
-        read_adu = prior.read_noise_e / prior.e_per_adu
+        read_adu = prior_read_adu
         x0 = xb - baseline_adu
         vr = vb - read_adu ** 2
         slope = float(np.sum(vr * x0) / np.sum(x0 * x0))
@@ -327,8 +335,8 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
                             f"dark movie ({dark.shape[0]} frames)")
         read = Estimate(float(np.sqrt(np.mean(dark_var))), None, "dark movie")
     else:
-        read_adu = prior.read_noise_e / prior.e_per_adu
-        slope, icpt, slope_sd, icpt_sd = _line(xb, vb)
+        read_adu = prior_read_adu
+        slope, icpt, slope_sd, icpt_sd = free_line
         # v = slope * (mean - baseline) + read²  →  baseline = (read² - icpt) / slope
         b = (read_adu ** 2 - icpt) / slope if slope > 0 else float("nan")
         b_sd = math.hypot(icpt_sd / slope, 0.5 * read_adu ** 2 / slope) if slope > 0 else float("inf")
@@ -337,7 +345,7 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
         span = float(xb[-1] - xb[0]) / max(float(np.median(xb)) - b, 1e-9) if np.isfinite(b) else 0.0
         # And more than their noise does: on a flat field an EMCCD's skewed noise makes the pixels that read
         # brighter also read noisier, a line with no photon transfer in it (+60 % gain, +38 ADU baseline).
-        kept = n >= MIN_FRAMES // 2
+        kept = n >= MIN_KEPT_FRAMES
         spread = 1.4826 * np.median(np.abs(mean[kept] - np.median(mean[kept])))
         structure = spread ** 2 / float(np.median(var[kept] / n[kept]))
         if not (b_sd <= MAX_BASELINE_SD_ADU and span >= MIN_PTC_SPAN and structure >= MIN_PTC_STRUCTURE):
@@ -447,7 +455,7 @@ def config_toml(cal: Calibration, *, exposure_ms: float = 10.0, em_gain: float |
     # Detected spots undercount (dim and overlapping ones are missed): train well above them.
     lines += ["density_min = 0.0", f"density_max = {max(4.0 * cal.density_per_um2, 2.0):.3g}",
               "# All cores: a fine-tune for this microscope is the machine's work while it runs (1500 steps: 7.7 min",
-              "# on a 2-core CPU, 2.1x one thread's time); set 1 on a machine shared with an acquisition.",
+              "# on a 2-core CPU, 3.3 steps/s against one thread's 2.1); set 1 on a machine shared with an acquisition.",
               "threads = 0"]
     return "\n".join(lines) + "\n"
 

@@ -105,9 +105,14 @@ def fit_spots(photons: np.ndarray, spots: list[tuple[int, int, int]], bg: float 
 
 def background_map(photons: np.ndarray) -> np.ndarray:
     """The smooth background of frames in photons: the temporal median (a blinking emitter is off in most
-    frames), median-filtered over 9 px (what remains of long-lived ones). A structured illumination or a
-    per-pixel offset error is followed, which one number for the whole movie would not."""
-    return ndimage.median_filter(np.median(np.asarray(photons, np.float64), axis=0), size=9)
+    frames), through :func:`smooth_background`. A structured illumination or a per-pixel offset error is
+    followed, which one number for the whole movie would not."""
+    return smooth_background(np.median(np.asarray(photons, np.float64), axis=0))
+
+
+def smooth_background(level: np.ndarray) -> np.ndarray:
+    """A per-pixel background level median-filtered over 9 px: what remains of long-lived emitters goes."""
+    return ndimage.median_filter(level, size=9)
 
 
 MIN_ALONE_FRACTION = 0.06
