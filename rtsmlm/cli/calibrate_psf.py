@@ -88,10 +88,13 @@ def calibrate_psf_main(args: argparse.Namespace, cfg: Any) -> int:
             psf.update({k: astig_psf[k] for k in ("sigma_nm", "astig_focal_offset_nm", "astig_depth_nm")})
         report["spline"] = {"file": str(npz), "beads": spline.beads, "slices": spline.slices,
                             "z_step_nm": spline.z_step_nm, "z_range_nm": [z_lo, z_hi], "focus": spline.focus,
-                            "box_px": spline.psf.box, "bead_vs_model_rms_pct_of_peak": spline.residual_pct,
+                            "box_px": spline.psf.box, "samples_per_pixel": spline.psf.oversample,
+                            "estimate": spline.estimate.describe(),
+                            "bead_vs_model_rms_pct_of_peak": spline.residual_pct,
                             "bead_shifts_px_px_nm": spline.shifts.tolist()}
         header = (f"spline PSF from {spline.beads} beads, {spline.slices} slices {spline.z_step_nm:g} nm apart "
-                  f"(z = 0 where the beads are {'round' if spline.focus == 'crossing' else 'smallest'}); one bead "
+                  f"(z = 0 where the beads are {'round' if spline.focus == 'crossing' else 'smallest'}; "
+                  f"{spline.estimate.describe()}); one bead "
                   f"vs the model {spline.residual_pct:.1f} % of the peak RMS.")
     report["psf"] = psf
     lines = [f"# Written by rtsmlm calibrate-psf from {args.stack}: {header}", "[psf]"]
