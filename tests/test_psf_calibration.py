@@ -37,11 +37,13 @@ def test_known_astigmatic_psfs_are_recovered_within_3_percent(psf, step, beads, 
 
 def test_noise_peaks_of_the_maximum_projection_are_not_beads() -> None:
     """A long EMCCD stack's maximum projection has outliers that pass the spot test; they have no light in the
-    slices (seed 1002: one did, and the spline average was built a quarter from noise)."""
-    psf = AstigmaticPSF(1.3, 300.0, 400.0)
-    stack = bead_stack(psf, emccd(), n_beads=3, z_step_nm=10.0, seed=1002, photons=50000.0)
-    found = bead_curves(emccd().to_photons(stack.frames), 10.0)
-    assert sorted((b.row, b.col) for b in found) == sorted(zip(stack.y_px.astype(int), stack.x_px.astype(int)))
+    slices (seed 1002: one did, and the spline average was built a quarter from noise; seed 128: one passed a
+    test against the frame's median, which lies below an EMCCD's mean background)."""
+    for psf, seed in ((AstigmaticPSF(1.3, 300.0, 400.0), 1002), (AstigmaticPSF(0.8, 250.0, 350.0), 128)):
+        stack = bead_stack(psf, emccd(), n_beads=3, z_step_nm=10.0, seed=seed, photons=50000.0)
+        found = {(b.row, b.col) for b in bead_curves(emccd().to_photons(stack.frames), 10.0)}
+        true = set(zip(stack.y_px.astype(int), stack.x_px.astype(int)))
+        assert found and found <= true  # (a bead 17 px from a brighter one is not isolated: seed 128's third)
 
 
 def test_the_command_writes_a_config_that_simulates_the_calibrated_psf(tmp_path, capsys) -> None:

@@ -28,9 +28,10 @@ __all__ = ["AstigmaticCalibration", "AxisFit", "BeadCurve", "PsfCalibrationError
 MIN_SLICES = 10
 MIN_BEADS = 2
 BEAD_SIGNIFICANCE = 10.0
-"""A bead's mean box flux over the stack, in standard errors of that mean, at least: noise peaks of the maximum
-projection sit near 0 (measured: one passed as a bead in a 3-bead EMCCD stack, 161 slices, and wrecked the
-spline average); a bead of 50,000 photons per slice on background 10 sits at thousands."""
+"""A bead's mean flux over the stack (its box above the box's 2-pixel edge), in standard errors of that mean, at
+least: noise peaks of the maximum projection sit near 0 (measured: two passed as beads in 3-bead EMCCD stacks of
+161 slices, and wrecked the spline average); a bead of 50,000 photons per slice on background 10 sits at
+thousands."""
 PLAUSIBLE_DEPTH_NM = (100.0, 3000.0)
 """Focus depths of astigmatic set-ups (cylindrical lens + high-NA objective): a fit outside means a wrong z step."""
 
@@ -162,8 +163,13 @@ def bead_curves(stack: np.ndarray, z_step_nm: float, *, box: int = 17, snr: floa
         if not (half <= y < stack.shape[1] - half and half <= x < stack.shape[2] - half):
             continue
         # The maximum projection of many noisy slices has outliers that pass as spots: a bead's light is in every
-        # slice, so its box's background-subtracted sum must stand far above its own scatter over the slices.
-        flux = (stack[:, y - half:y + half + 1, x - half:x + half + 1] - bg[:, None, None]).sum(axis=(1, 2))
+        # slice, so its box's light above the box's own edge (not the frame's median, which an EMCCD's skewed
+        # noise puts below the mean) must stand far above its scatter over the slices.
+        cut = stack[:, y - half:y + half + 1, x - half:x + half + 1]
+        edge = np.concatenate([cut[:, :2].reshape(n_slices, -1), cut[:, -2:].reshape(n_slices, -1),
+                               cut[:, 2:-2, :2].reshape(n_slices, -1), cut[:, 2:-2, -2:].reshape(n_slices, -1)], axis=1)
+        inner = cut[:, 2:-2, 2:-2]
+        flux = (inner - edge.mean(axis=1)[:, None, None]).sum(axis=(1, 2))
         if flux.mean() < BEAD_SIGNIFICANCE * flux.std() / np.sqrt(n_slices):
             continue
         rows = []
