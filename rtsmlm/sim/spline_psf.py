@@ -136,12 +136,15 @@ class SplinePSF:
             plane = wz[:, 0, None, None] * c[iz - 1]
             for a in range(1, 4):
                 plane += wz[:, a, None, None] * c[iz - 1 + a]
-        else:
-            rows = (tap_y[:, None] + np.arange(span_y))[:, :, None]
-            cols = (tap_x[:, None] + np.arange(span_x))[:, None, :]
-            plane = wz[:, 0, None, None] * self._coeff[(iz - 1)[:, None, None], rows, cols]
+        else:  # each box reads its own window: one flat index, offset by a slice for each z tap
+            _, rows, cols = self._coeff.shape
+            window = (np.arange(span_y)[:, None] * cols + np.arange(span_x)[None, :]).ravel()
+            index = ((iz - 1) * rows * cols + tap_y * cols + tap_x)[:, None] + window
+            flat = self._coeff.ravel()
+            plane = wz[:, 0, None] * flat.take(index)
             for a in range(1, 4):
-                plane += wz[:, a, None, None] * self._coeff[(iz - 1 + a)[:, None, None], rows, cols]
+                plane += wz[:, a, None] * flat.take(index + a * rows * cols)
+            plane = plane.reshape(len(x), span_y, span_x)
         # Separable in x then y: box pixel i takes taps k·i … k·i + 3 with the emitter's 4 weights.
         along_x = wx[:, 0, None, None] * plane[:, :, 0:k * (kx - 1) + 1:k]
         for a in range(1, 4):
