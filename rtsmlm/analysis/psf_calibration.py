@@ -158,6 +158,8 @@ def bead_curves(stack: np.ndarray, z_step_nm: float, *, box: int = 17, snr: floa
     bg = np.median(stack, axis=(1, 2))
     projection = (stack - bg[:, None, None]).max(axis=0)
     half = box // 2
+    edge = np.ones((2 * half + 1,) * 2, bool)  # the box's 2-pixel edge, for the bead's local background
+    edge[2:-2, 2:-2] = False
     beads = []
     for _, y, x in find_isolated_spots(projection[None], 0.0, snr=snr, box=box):
         if not (half <= y < stack.shape[1] - half and half <= x < stack.shape[2] - half):
@@ -166,15 +168,12 @@ def bead_curves(stack: np.ndarray, z_step_nm: float, *, box: int = 17, snr: floa
         # slice, so its box's light above the box's own edge (not the frame's median, which an EMCCD's skewed
         # noise puts below the mean) must stand far above its scatter over the slices.
         cut = stack[:, y - half:y + half + 1, x - half:x + half + 1]
-        edge = np.concatenate([cut[:, :2].reshape(n_slices, -1), cut[:, -2:].reshape(n_slices, -1),
-                               cut[:, 2:-2, :2].reshape(n_slices, -1), cut[:, 2:-2, -2:].reshape(n_slices, -1)], axis=1)
-        inner = cut[:, 2:-2, 2:-2]
-        flux = (inner - edge.mean(axis=1)[:, None, None]).sum(axis=(1, 2))
+        flux = (cut[:, ~edge] - cut[:, edge].mean(axis=1, keepdims=True)).sum(axis=1)
         if flux.mean() < BEAD_SIGNIFICANCE * flux.std() / np.sqrt(n_slices):
             continue
         rows = []
         for k in range(n_slices):
-            fit = fit_spot(stack[k, y - half:y + half + 1, x - half:x + half + 1], float(bg[k]))
+            fit = fit_spot(cut[k], float(bg[k]))
             if fit is not None and fit[0] > 0:
                 rows.append((z[k], x + 0.5 + fit[2], y + 0.5 + fit[1], fit[3], fit[4]))
         if len(rows) >= MIN_SLICES:

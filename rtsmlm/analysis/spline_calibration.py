@@ -15,6 +15,7 @@ of the peak with and without, astigmatic and two-lobed PSFs) and was left out.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -172,7 +173,7 @@ def calibrate_spline(photons: np.ndarray, z_step_nm: float, pixel_size_nm: float
     centred = [_shifted(cube, dz / z_step_nm, dy, dx)[keep][:, margin:-margin, margin:-margin]
                for cube, (dx, dy, dz) in zip(cubes, shifts_arr)]
     grids = {e.oversample for e in (ESTIMATES if estimate is None else (estimate,))} | {1}
-    fits = {k: _LateralFit(shifts_arr[:, :2], box, k) for k in grids}
+    fits = {k: _LateralFit(z_aligned, shifts_arr[:, :2], k) for k in grids}
 
     def model(how: Estimate, leave_out: int | None = None) -> np.ndarray:
         """The spline coefficients (z, m, m) of estimate ``how``, smoothed along z, from every bead but
@@ -180,7 +181,7 @@ def calibrate_spline(photons: np.ndarray, z_step_nm: float, pixel_size_nm: float
         if how.kind == "average":
             used = [c for i, c in enumerate(centred) if i != leave_out]
             return fits[1].coefficients_of(_smooth_z(np.mean(used, axis=0), z_step_nm))
-        return _smooth_z(fits[how.oversample].solve(z_aligned, how.smoothness, leave_out), z_step_nm)
+        return _smooth_z(fits[how.oversample].solve(how.smoothness, leave_out), z_step_nm)
 
     if estimate is None and len(cubes) < MIN_BEADS_TO_CHOOSE:
         estimate = ESTIMATES[0]
@@ -216,13 +217,15 @@ class _LateralFit:
     once by least squares, with a second-difference penalty that fills what no bead's phase samples with the
     smoothest surface; one matrix serves every slice (the beads' x, y do not change with z)."""
 
-    def __init__(self, centres: np.ndarray, box: int, oversample: int) -> None:
-        self.box, self.k = box, oversample
-        self.nodes = oversample * (box - 1) + 1
+    def __init__(self, beads: list[np.ndarray], centres: np.ndarray, oversample: int) -> None:
+        """``beads``: their z-aligned boxes (each z, box, box); ``centres``: their x, y (px) from the box's
+        middle pixel's centre."""
+        self.beads = beads
+        self.box, self.k = beads[0].shape[1], oversample
+        self.nodes = oversample * (self.box - 1) + 1
         self.extra = 2 * oversample + 2  # a bead's centre may lie up to a pixel off its box's middle
         self.m = self.nodes + 2 * self.extra
         self.axes = [(self._taps(y), self._taps(x)) for x, y in centres]
-        self._normal: np.ndarray | None = None
 
     def _taps(self, centre: float) -> np.ndarray:
         """(box, m): the B-spline weights of each coefficient for the box's pixels of a bead at ``centre`` px."""
@@ -240,22 +243,31 @@ class _LateralFit:
         by, bx = self.axes[bead]
         return np.kron(by.T @ by, bx.T @ bx)
 
-    def solve(self, beads: list[np.ndarray], smoothness: float, leave_out: int | None = None) -> np.ndarray:
-        """Coefficients (z, m, m) from the beads' z-aligned boxes (each z, box, box), all but ``leave_out``;
-        ``smoothness``: the curvature penalty's weight relative to the data's mean weight per coefficient."""
+    @cached_property
+    def _system(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """The normal matrix of every bead, the curvature penalty, and the data's mean weight per coefficient:
+        built once, on the first :meth:`solve` (averaging needs none of it)."""
+        normal = sum(self._block(b) for b in range(len(self.axes)))
+        d2 = np.diff(np.eye(self.m), 2, axis=0)
+        curvature = d2.T @ d2
+        eye = np.eye(self.m)
+        return normal, np.kron(eye, curvature) + np.kron(curvature, eye), float(np.mean(np.diag(normal)))
+
+    @cached_property
+    def _projected(self) -> list[np.ndarray]:
+        """Each bead's box projected onto the coefficients, Byᵀ · box · Bx (z, m, m)."""
+        return [by.T @ bead @ bx for (by, bx), bead in zip(self.axes, self.beads)]
+
+    def solve(self, smoothness: float, leave_out: int | None = None) -> np.ndarray:
+        """Coefficients (z, m, m) fitted to every bead but ``leave_out``; ``smoothness``: the curvature penalty's
+        weight relative to the data's mean weight per coefficient."""
         from scipy.linalg import cho_factor, cho_solve
 
-        if self._normal is None:
-            self._normal = sum(self._block(b) for b in range(len(self.axes)))
-            d2 = np.diff(np.eye(self.m), 2, axis=0)
-            curvature = d2.T @ d2
-            eye = np.eye(self.m)
-            self._penalty = np.kron(eye, curvature) + np.kron(curvature, eye)
-            self._scale = float(np.mean(np.diag(self._normal)))
-        normal = self._normal if leave_out is None else self._normal - self._block(leave_out)
-        factor = cho_factor(normal + self._scale * (smoothness * self._penalty + 1e-9 * np.eye(self.m**2)))
-        rhs = sum(np.einsum("iy,zij,jx->zyx", by, bead, bx)
-                  for b, ((by, bx), bead) in enumerate(zip(self.axes, beads)) if b != leave_out)
+        normal, penalty, scale = self._system
+        if leave_out is not None:
+            normal = normal - self._block(leave_out)
+        factor = cho_factor(normal + scale * (smoothness * penalty + 1e-9 * np.eye(self.m**2)))
+        rhs = sum(p for b, p in enumerate(self._projected) if b != leave_out)
         n = len(rhs)
         return cho_solve(factor, rhs.reshape(n, -1).T).T.reshape(n, self.m, self.m)
 
@@ -270,7 +282,7 @@ class _LateralFit:
     def predict(self, coeff: np.ndarray, bead: int) -> np.ndarray:
         """Bead ``bead``'s boxes (z, box, box) as the model sees them."""
         by, bx = self.axes[bead]
-        return np.einsum("iy,zyx,jx->zij", by, coeff, bx)
+        return by @ coeff @ bx.T
 
     def samples(self, coeff: np.ndarray) -> np.ndarray:
         """The spline's values at the fine grid's nodes (z, nodes, nodes)."""

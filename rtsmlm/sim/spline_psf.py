@@ -5,7 +5,7 @@ The PSF is stored as samples ``psf[z, y, x]`` of its pixel-integrated form: the 
 photons that falls in a camera pixel whose centre is (x − cx, y − cy) / ``oversample`` camera pixels from the
 emitter, at depth z (cx, cy is the grid's middle node). With ``oversample`` = 1 the samples are camera pixels
 and each slice sums to 1; with ``oversample`` = k they are k per camera pixel along each axis (each of the k²
-interleaved camera-pixel grids sums to 1): a sharp PSF — σ below ~1.2 px, e.g. 130 nm on a 160 nm camera —
+interleaved camera-pixel grids sums to 1): a sharp PSF — σ about 1 px or less, e.g. 130 nm on a 160 nm camera —
 changes too much within a pixel for a cubic through camera-pixel samples (1.5 % of the peak for σ 0.8 px at
 oversample 1). Because the samples are pixel integrals, the model is pixel-integrated by construction; between
 samples it is a tricubic B-spline interpolant.
@@ -131,7 +131,7 @@ class SplinePSF:
         uz = np.clip((z - self.z0_nm) / self.dz_nm, 0.0, nz - 1.0) + 2
         iz = np.minimum(np.floor(uz).astype(np.int64), nz + 1)
         wz = bspline_weights(uz - iz)
-        if k == 1:  # every box reads the same rows and columns: slices, no gather
+        if k == 1:  # every box reads the same rows and columns: slices (45 ms for 2000 emitters; gathered 51)
             c = self._coeff[:, tap_y[0]:tap_y[0] + span_y, tap_x[0]:tap_x[0] + span_x]
             plane = wz[:, 0, None, None] * c[iz - 1]
             for a in range(1, 4):
