@@ -30,18 +30,20 @@ def find_isolated_spots(photons: np.ndarray, bg: float | np.ndarray, *, snr: flo
     found: list[tuple[float, int, int, int]] = []
     for k, frame in enumerate(photons):
         smooth = ndimage.uniform_filter(frame, 3)
-        above = smooth > bg_map + snr * noise
+        # Every maximum above the threshold (5x5: a noise ripple on one spot is not a second one), then those
+        # alone or highest in the square of ±box pixels around them. Maxima, not pixels: a brighter spot just
+        # over box pixels away has shoulder pixels within it, and they must not hide this one (a bead 18 px from
+        # a brighter one was lost in a 17-px box).
+        peaks = (smooth == ndimage.maximum_filter(smooth, 5)) & (smooth > bg_map + snr * noise)
         if exclusive:
-            # Every maximum above the threshold (5x5: a noise ripple on one spot is not a second one), then
-            # those with no other one in the square of ±box pixels around them.
-            peaks = (smooth == ndimage.maximum_filter(smooth, 5)) & above
             ys, xs = np.nonzero(peaks)
             crowd = ndimage.uniform_filter(peaks.astype(np.float64), 2 * box + 1, mode="constant")
             alone = np.round(crowd[ys, xs] * (2 * box + 1) ** 2) <= 1  # itself only
             peaks = np.zeros_like(peaks)
             peaks[ys[alone], xs[alone]] = True
         else:
-            peaks = (smooth == ndimage.maximum_filter(smooth, 2 * box + 1)) & above
+            value = np.where(peaks, smooth, -np.inf)
+            peaks &= value >= ndimage.maximum_filter(value, 2 * box + 1)
         for y, x in zip(*np.nonzero(peaks)):
             if half <= y < frame.shape[0] - half and half <= x < frame.shape[1] - half:
                 found.append((float(smooth[y, x] - bg_map[y, x]), k, int(y), int(x)))
