@@ -94,6 +94,12 @@ def test_fuse_weighs_the_network_by_its_own_sigma() -> None:
     fuse = MLERefiner(GaussianPSF(SIGMA_PX), camera, SHAPE, mode="fuse")
     np.testing.assert_allclose(fuse(sure, torch.from_numpy(frames), list(range(5)))["x"], locs["x"], atol=0.01)
     np.testing.assert_allclose(fuse(unsure, torch.from_numpy(frames), list(range(5)))["x"], fitted["x"], atol=0.01)
+    # Fused with itself (a "network" that saw exactly what the fit saw) the answer is the fit, and so is its σ:
+    # two estimates from the same photons are not two independent measurements (no 1/√2).
+    again = fuse(fitted, torch.from_numpy(frames), list(range(5)))
+    np.testing.assert_allclose(again["x"], fitted["x"], atol=0.5)  # nm: the refit converges again from there
+    np.testing.assert_allclose(again["sigma_x"], fitted["sigma_x"], rtol=0.05)  # independent: 1/√2 = −29 %
+    assert np.all(fuse(sure, torch.from_numpy(frames), list(range(5)))["sigma_x"] == pytest.approx(0.01))
     with pytest.raises(ValueError, match="refinement mode 'best'"):
         MLERefiner(GaussianPSF(SIGMA_PX), camera, SHAPE, mode="best")
 
