@@ -58,3 +58,43 @@ def test_a_spot_just_beyond_the_box_from_a_brighter_one_is_isolated(apart, both)
                 for n, x in ((9000.0, 20.45), (8100.0, 20.0 + apart)))
     found = [(y, x) for _, y, x in find_isolated_spots(frame[None], 0.0, snr=20.0, box=17)]
     assert found == ([(32, 20), (32, 20 + apart)] if both else [(32, 20)])
+
+
+def test_the_command_writes_a_config_that_simulates_the_calibrated_psf(tmp_path, capsys) -> None:
+    psf = AstigmaticPSF(1.3, 300.0, 400.0)
+    cam = emccd()
+    stack = bead_stack(psf, cam, n_beads=6, z_step_nm=25.0, seed=8)
+    path = write_tiff_movie(tmp_path / "beads.tif", stack.frames, 100.0, cam.describe())
+    assert main(["calibrate-psf", str(path), "--z-step", "25", "--model", "astigmatic",
+                 "--out", str(tmp_path / "psf.toml")]) == 0
+    assert (tmp_path / "psf.png").is_file() and (tmp_path / "psf.json").is_file()
+    assert not (tmp_path / "psf_spline.npz").exists()
+    cfg = rconfig.load(str(tmp_path / "psf.toml"))
+    assert cfg.psf.model == "astigmatic"
+    got = psf_from_config(cfg.psf, 100.0)
+    for a, b in zip(got.sigmas(Z), psf.sigmas(Z)):
+        assert np.abs(a / b - 1).max() < 0.03
+    assert "beads" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case, message", [
+    ("few slices", "has 6 slice(s); a PSF calibration needs a z-stack of at least 10 slices"),
+    ("one bead", "1 bead(s) were found (isolated by ≥ 17 px, and bright)"),
+    ("saturated", "pixels are saturated (65535)"),
+    ("wrong z step", "check --z-step"),
+])
+def test_bad_stacks_are_one_sentence(case, message, tmp_path, capsys) -> None:
+    psf = AstigmaticPSF(1.3, 300.0, 400.0)
+    cam = emccd()
+    stack = bead_stack(psf, cam, n_beads=1 if case == "one bead" else 6, z_step_nm=20.0, seed=2,
+                       photons=2e7 if case == "saturated" else 20000.0)
+    frames = stack.frames[:6] if case == "few slices" else stack.frames
+    path = write_tiff_movie(tmp_path / "beads.tif", frames, 100.0, cam.describe())
+    step = "200" if case == "wrong z step" else "20"
+    model = "astigmatic" if case == "wrong z step" else "spline"  # a spline takes any z step at its word
+    assert main(["calibrate-psf", str(path), "--z-step", step, "--model", model,
+                 "--out", str(tmp_path / "psf.toml")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "psf.toml").exists()
+    assert issubclass(PsfCalibrationError, ValueError)
