@@ -308,6 +308,16 @@ def open_model(checkpoint: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig
                             model_cfg.refine)
 
 
+def reference_backend() -> tuple[rconfig.Config, Any]:
+    """The default config and the backend the accuracy benchmarks run every model on: torch fp32 on one CPU
+    thread, torch's own pool set to one as well, so figures compare across runs and machines."""
+    import torch
+
+    torch.set_num_threads(1)
+    base = rconfig.load(None)
+    return base, rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
+
+
 def open_model_spec(spec: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig) -> tuple[str, Any]:
     """(label, OfflineLocalizer) of a benchmark's model spec: a shipped name or checkpoint path, optionally
     ``+mle`` / ``+fuse`` for that refinement (model.refine). The label is the checkpoint's file name."""

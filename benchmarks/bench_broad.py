@@ -200,11 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-picasso", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(1)
-    base = rconfig.load(None)
-    backend_cfg = rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
+    base, backend_cfg = acc.reference_backend()
     localizers = dict(acc.open_model_spec(spec, backend_cfg, base.model) for spec in args.models.split(","))
     why_not = None if args.no_picasso else acc.picasso_available()
     use_picasso = not args.no_picasso and why_not is None

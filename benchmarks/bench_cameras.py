@@ -76,13 +76,10 @@ def main() -> None:
     ap.add_argument("--no-storm", action="store_true", help="skip the storm-analysis test movie")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    import torch
 
-    torch.set_num_threads(1)
     models = args.models.split(",")
     densities = [float(d) for d in args.densities.split(",")]
-    base = rconfig.load(None)
-    backend_cfg = rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
+    base, backend_cfg = acc.reference_backend()
     localizers = dict(acc.open_model_spec(m, backend_cfg, base.model) for m in models)  # MODEL[+mle|+fuse]
     models = list(localizers)
     calibrated = {}  # MODEL@cal: the same model at the thresholds calibrate chooses for each cell

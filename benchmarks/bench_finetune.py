@@ -22,8 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_accuracy as acc  # noqa: E402
 from bench_cameras import CAMERAS, camera_config  # noqa: E402
 
-from rtsmlm.core import config as rconfig  # noqa: E402
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -34,11 +32,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--size", type=int, default=64)
     args = ap.parse_args()
-    import torch
-
-    torch.set_num_threads(1)
-    base = rconfig.load(None)
-    backend = rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
+    base, backend = acc.reference_backend()
     models = {"default": "default", "broad_2d": "broad_2d"}
     for prefix in args.finetuned:
         models[f"fine-tuned {Path(prefix).name}" if len(args.finetuned) > 1 else "fine-tuned"] = prefix

@@ -31,12 +31,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--density", type=float, default=1.0)
     args = ap.parse_args()
-    import torch
-
-    torch.set_num_threads(1)
     logging.disable(logging.WARNING)  # the range guard's own warnings: the table is the point here
-    base = rconfig.load(None)
-    backend = rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
+    base, backend = acc.reference_backend()
     models = {m: acc.open_model(m, backend, base.model) for m in ("default", "broad_2d")}
     print(f"load average {os.getloadavg()[0]:.1f}; {args.frames} frames of 64², {args.density:g} emitters/µm²; "
           "Jaccard all / ≥ 1000 photons")

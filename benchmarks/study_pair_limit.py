@@ -33,7 +33,6 @@ import bench_accuracy as acc  # noqa: E402
 import bench_broad as bb  # noqa: E402
 
 from rtsmlm.analysis.metrics import match  # noqa: E402
-from rtsmlm.core import config as rconfig  # noqa: E402
 from rtsmlm.localization.refine import MLERefiner  # noqa: E402
 
 HALF = 4  # 9×9 patches
@@ -107,9 +106,7 @@ def main() -> None:
     ap.add_argument("--model", default="broad_2d")
     ap.add_argument("--frames", type=int, default=300)
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    base = rconfig.load(None)
-    backend_cfg = rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
+    base, backend_cfg = acc.reference_backend()
     _, loc = acc.open_model_spec(args.model, backend_cfg, base.model)
     from scipy.spatial import cKDTree
 

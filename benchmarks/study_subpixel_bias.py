@@ -31,7 +31,6 @@ import bench_accuracy as acc  # noqa: E402
 import bench_broad as broad  # noqa: E402
 
 from rtsmlm.analysis.metrics import match  # noqa: E402
-from rtsmlm.core import config as rconfig  # noqa: E402
 
 PHASE_BINS = 10
 EDGE_PX = 0.1
@@ -61,11 +60,7 @@ def main() -> None:
     ap.add_argument("--models", default="broad_2d")
     ap.add_argument("--frames", type=int, default=2000)
     args = ap.parse_args()
-    import torch
-
-    torch.set_num_threads(1)
-    base = rconfig.load(None)
-    backend = rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
+    base, backend = acc.reference_backend()
     localizers = dict(acc.open_model_spec(spec, backend, base.model) for spec in args.models.split(","))
     for k, (camera, bg) in enumerate((("emccd", 20.0), ("scmos", 100.0))):
         cfg = broad.movie_config(camera=camera, seed=41000 + k, size=64, density=0.1, bg=bg, single_frame=True,
