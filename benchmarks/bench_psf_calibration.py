@@ -64,11 +64,12 @@ def main() -> None:
           f"{'astig σ err %':>14s} {'time s':>7s}")
     rows = []
     seed = 100
+    bead_counts = {int(b) for b in args.beads.split(",")}
     for label, (truth, cam_name) in truths.items():
         for beads in (3, 8, 20):
             for step in (10.0, 20.0, 50.0):
                 seed += 1
-                if args.only not in label or str(beads) not in args.beads.split(","):
+                if args.only not in label or beads not in bead_counts:
                     continue
                 size = 96 if beads <= 8 else 160
                 cam = emccd() if cam_name == "emccd" else scmos_random_maps((size, size), seed)
