@@ -17,7 +17,7 @@ Printed per cell: Jaccard and lateral RMSE over **all** true emitters, and Jacca
 conditions (:func:`rtsmlm.analysis.thresholds.choose_thresholds`: the cell's camera, PSF, brightness,
 background and density simulated on a separate movie, the seed Picasso's threshold is tuned on), as
 ``MODEL@cal`` — what a user who ran ``calibrate`` gets with no training (printed with its candidate and p
-thresholds).
+thresholds and its brightness floor in photons). ``--floors 0`` leaves the floor out (as before it existed).
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ def main() -> None:
     ap.add_argument("--candidates", default="",
                     help="with --calibrated-thresholds: the candidate thresholds calibrate may choose from "
                          "(comma-separated; default its grid; 0.3 alone = the p threshold only, as before)")
+    ap.add_argument("--floors", default="",
+                    help="with --calibrated-thresholds: the brightness floors calibrate may choose from, as "
+                         "fractions of the cell's brightness (comma-separated; default its grid; 0 = no floor)")
     ap.add_argument("--no-picasso", action="store_true")
     ap.add_argument("--no-storm", action="store_true", help="skip the storm-analysis test movie")
     ap.add_argument("--json", default=None)
@@ -84,9 +87,10 @@ def main() -> None:
     models = list(localizers)
     calibrated = {}  # MODEL@cal: the same model at the thresholds calibrate chooses for each cell
     if args.calibrated_thresholds:
-        from rtsmlm.analysis.thresholds import CANDIDATE_GRID, choose_thresholds
+        from rtsmlm.analysis.thresholds import CANDIDATE_GRID, FLOOR_FRACTIONS, choose_thresholds
 
         candidates = tuple(float(c) for c in args.candidates.split(",")) if args.candidates else CANDIDATE_GRID
+        floors = tuple(float(f) for f in args.floors.split(",")) if args.floors else FLOOR_FRACTIONS
 
         calibrated = {label + "@cal": acc.open_model_spec(m, backend_cfg, base.model)[1]
                       for m, label in zip(args.models.split(","), models)}
@@ -117,15 +121,17 @@ def main() -> None:
             for label, loc in calibrated.items():
                 choice = choose_thresholds(camera_config(name, 9000 + 10 * k, args.size, density),
                                            loc.checkpoint, frames=args.frames, size=args.size, backend_cfg=backend_cfg,
-                                           candidates=candidates)
+                                           candidates=candidates, floors=floors)
                 loc.p_threshold, loc.candidate_threshold = choice.p_threshold, choice.candidate_threshold
+                loc.min_photons = choice.min_photons
                 pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
                 s, _, _ = acc.score(pred, movie.truth, 250.0, 1000.0)
-                s["thresholds"] = {"p": choice.p_threshold, "candidate": choice.candidate_threshold}
+                s["thresholds"] = {"p": choice.p_threshold, "candidate": choice.candidate_threshold,
+                                   "min_photons": choice.min_photons}
                 row["models"][label] = s
                 cells.append(f"{s['all']['jaccard']:.3f} / {s['all']['rmse_lat_nm']:5.1f} / "
                              f"{s['population']['jaccard']:.3f} ({choice.candidate_threshold:.2f}, "
-                             f"{choice.p_threshold:.2f})")
+                             f"{choice.p_threshold:.2f}, {choice.min_photons:.0f})")
             if use_picasso:
                 tune_cfg = camera_config(name, 9000 + 10 * k, args.size, density)
                 tune = acc.simulate_movie(tune_cfg, name, max(20, args.frames // 3))

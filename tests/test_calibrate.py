@@ -160,20 +160,27 @@ def test_the_thresholds_are_chosen_on_the_calibrated_conditions_as_a_run_at_them
     # A dim sample: the fixed 0.6 loses dim emitters; the surface says which thresholds recover them.
     cfg = config.load(None, ["sim.size=64", "sim.density=0.5", "sim.photons_mean=700", "sim.photons_sigma=200",
                              "sim.bg_photons=60", "sim.seed=5", "sim.structure='uniform'", "backend.threads=1"])
-    choice = choose_thresholds(cfg, "default", frames=40, candidates=(0.15, 0.3))
-    assert set(choice.surface) == {(c, float(t)) for c in (0.15, 0.3) for t in GRID}
+    choice = choose_thresholds(cfg, "default", frames=40, candidates=(0.15, 0.3), floors=(0.0, 0.2))
+    assert set(choice.surface) == {(c, float(t), f) for c in (0.15, 0.3) for t in GRID for f in (0.0, 140.0)}
     assert CANDIDATE_GRID == (0.3,)  # calibrate's default: the p threshold alone (measured: the grid gained 0.001)
-    assert choice.jaccard == choice.surface[(choice.candidate_threshold, choice.p_threshold)]
+    key = (choice.candidate_threshold, choice.p_threshold, choice.min_photons)
+    assert choice.jaccard == choice.surface[key]
     assert choice.jaccard >= max(choice.surface.values()) - JACCARD_TOLERANCE
-    assert choice.jaccard >= choice.surface[(0.3, 0.6)]
+    assert choice.jaccard >= choice.surface[(0.3, 0.6, 0.0)]
     assert all(0.0 <= j <= 1.0 for j in choice.surface.values()) and choice.jaccard > 0.3
-    # Each entry is what a run at those thresholds scores on the same simulated movie.
+    # Each entry is what a run at those settings scores on the same simulated movie, the floor included.
     movie, truth = Simulator(cfg).movie(40)
     loc = OfflineLocalizer("default", config.replace(cfg.backend, name="torch", device="cpu"))
-    for cand, p in ((0.15, 0.3), (0.3, 0.6)):
-        loc.p_threshold, loc.candidate_threshold = p, cand
-        got = evaluate(loc.localize(movie, Simulator(cfg).camera), truth, tolerance_nm=250.0)["jaccard"]
-        assert got == pytest.approx(choice.surface[(cand, p)], abs=1e-9)
+    for cand, p, floor in ((0.15, 0.3, 0.0), (0.3, 0.6, 0.0), (0.15, 0.3, 140.0)):
+        loc.p_threshold, loc.candidate_threshold, loc.min_photons = p, cand, floor
+        locs = loc.localize(movie, Simulator(cfg).camera)
+        assert (locs["photons"] >= floor).all()
+        got = evaluate(locs, truth, tolerance_nm=250.0)["jaccard"]
+        assert got == pytest.approx(choice.surface[(cand, p, floor)], abs=1e-9)
+    # The floor removes detections (and is chosen only for a clear gain over none).
+    assert choice.surface[(0.15, 0.3, 140.0)] != choice.surface[(0.15, 0.3, 0.0)]
+    if choice.min_photons > 0:
+        assert choice.jaccard > max(j for k, j in choice.surface.items() if k[2] == 0.0) + JACCARD_TOLERANCE
 
 
 def test_a_missing_or_foreign_maps_file_is_one_sentence(tmp_path) -> None:

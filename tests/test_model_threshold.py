@@ -85,9 +85,16 @@ def test_choose_threshold_stores_the_best_of_the_curve_and_a_run_uses_it(tmp_pat
     model = json.loads((out / "summary.json").read_text())["model"]
     assert model["p_threshold"] == detection["p_threshold"] and model["p_threshold_from"] == "model"
     out2 = tmp_path / "run2"
-    assert main([*common, "--out", str(out2), "--max-frames", "30", "--set", "model.p_threshold=0.7"]) == 0
+    assert main([*common, "--out", str(out2), "--max-frames", "30", "--set", "model.p_threshold=0.7",
+                 "--set", "model.min_photons=600"]) == 0
     model = json.loads((out2 / "summary.json").read_text())["model"]
-    assert model["p_threshold"] == 0.7 and model["p_threshold_from"] == "config"
+    assert model["p_threshold"] == 0.7 and model["p_threshold_from"] == "config" and model["min_photons"] == 600
+    # The brightness floor (what calibrate may choose) holds for every localization the run wrote.
+    from rtsmlm.io.locfiles import read_locs
+
+    for name in ("localizations.csv", "localizations.hdf5"):
+        table = read_locs(out2 / name)
+        assert len(table) and (table["photons"] >= 600).all(), name
 
 
 def test_training_ends_by_storing_the_models_threshold(tmp_path):

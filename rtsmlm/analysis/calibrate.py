@@ -444,7 +444,11 @@ def config_toml(cal: Calibration, *, exposure_ms: float = 10.0, em_gain: float |
     bg = cal.background_photons
     lines += ["", "[sim]", f"bg_photons = {bg['median']:.4g}", f"density = {max(cal.density_per_um2, 0.01):.3g}"]
     if cal.spot_photons:
-        lines.append(f"photons_mean = {cal.spot_photons['median']:.4g}")
+        # The spread of the fitted spots' brightness (a normal's 10–90 % width): the simulations that choose
+        # the thresholds and the brightness floor should see this movie's dim tail, not the default's 1000.
+        spread = (cal.spot_photons["p90"] - cal.spot_photons["p10"]) / 2.563
+        lines += [f"photons_mean = {cal.spot_photons['median']:.4g}",
+                  f"photons_sigma = {max(spread, 0.1 * cal.spot_photons['median']):.4g}"]
     if cal.on_frames is not None:
         lines.append(f"mean_on_frames = {max(cal.on_frames, 1.0):.3g}")
     lines += ["", "[train]", "# Ranges around what was measured (a model trained on them fits this microscope).",

@@ -1,11 +1,14 @@
 """Detection thresholds chosen for the conditions at hand: simulate them, run the network once, and keep
-the ``p_threshold`` (and, for ``rtsmlm calibrate``, the ``candidate_threshold``) that maximise the Jaccard
-index against the simulated truth.
+the ``p_threshold`` (and, for ``rtsmlm calibrate``, the ``candidate_threshold`` and the brightness floor
+``min_photons``) that maximise the Jaccard index against the simulated truth.
 
 Thresholds tuned for one camera's brightness, background and density are wrong for another's (a dim sample
 needs a lower p threshold; a dense one a lower candidate threshold — an emitter near a pixel corner spreads
 its probability over several pixels, none of them a high maximum — and a sparse one on a high background a
-higher one, or noise blobs pass); this replaces tuning by hand. The network's output maps are kept and
+higher one, or noise blobs pass); this replaces tuning by hand. A broad model, trained on brightness down to
+100 photons, scores a noise blob on a sharp PSF as a likely dim emitter whatever the threshold; where the
+calibrated brightness makes such emitters rare, a floor on the read-out photons removes them (a model trained
+for the camera learns that floor from its brightness range). The network's output maps are kept and
 post-processed at every pair of thresholds: exactly what a run at each would report.
 """
 
@@ -19,7 +22,7 @@ from rtsmlm.analysis.metrics import evaluate
 from rtsmlm.core.config import Config
 from rtsmlm.sim.camera import SCMOS_PRESET
 
-__all__ = ["BROAD_CONDITIONS", "CANDIDATE_GRID", "GRID", "ThresholdChoice", "choose_for_model",
+__all__ = ["BROAD_CONDITIONS", "CANDIDATE_GRID", "FLOOR_FRACTIONS", "GRID", "ThresholdChoice", "choose_for_model",
            "choose_thresholds", "threshold_curve", "threshold_surface"]
 
 GRID = tuple(np.round(np.arange(0.2, 0.91, 0.05), 2))
@@ -31,32 +34,41 @@ CANDIDATE_GRID = (DEFAULT_CANDIDATE,)
 Only the default: choosing it too, from (0.15, 0.2, 0.3), was measured (``bench_cameras.py
 --calibrated-thresholds --candidates 0.15,0.2,0.3`` against ``--candidates 0.3``) at +0.001 mean Jaccard over
 the 18 cells — the p threshold already takes the candidate threshold down with it (min(0.3, p))."""
+FLOOR_FRACTIONS = (0.0, 0.1, 0.15, 0.2)
+"""The brightness floors ``rtsmlm calibrate`` tries, as fractions of the calibrated median brightness
+(``sim.photons_mean``): a floor at a fifth of the typical emitter loses few emitters that any method could
+find (those on for a small part of the frame) and is tried only against no floor at all."""
 
 
 @dataclass(frozen=True)
 class ThresholdChoice:
-    """The chosen ``p_threshold`` and ``candidate_threshold``, the Jaccard they gave, the curve at the chosen
-    candidate threshold (p threshold → Jaccard) and the whole surface ((candidate, p) → Jaccard)."""
+    """The chosen ``p_threshold``, ``candidate_threshold`` and ``min_photons``, the Jaccard they gave, the
+    curve at the chosen candidate threshold and floor (p threshold → Jaccard) and the whole surface
+    ((candidate, p, floor in photons) → Jaccard)."""
 
     p_threshold: float
     candidate_threshold: float
     jaccard: float
     curve: dict[float, float]
     frames: int
-    surface: dict[tuple[float, float], float]
+    surface: dict[tuple[float, float, float], float]
+    min_photons: float = 0.0
 
 
 def choose_thresholds(cfg: Config, checkpoint: str, *, frames: int = 100, size: int = 64,
                       tolerance_nm: float = 250.0, backend_cfg=None,
-                      candidates: tuple[float, ...] = CANDIDATE_GRID) -> ThresholdChoice:
+                      candidates: tuple[float, ...] = CANDIDATE_GRID,
+                      floors: tuple[float, ...] = FLOOR_FRACTIONS) -> ThresholdChoice:
     """Simulate ``frames`` frames of ``size``² with ``cfg`` (camera, PSF, sample), run ``checkpoint`` on them
-    and pick the (candidate, p) thresholds of ``candidates`` × :data:`GRID` with the best Jaccard over all
-    true emitters (within :data:`JACCARD_TOLERANCE`, the candidate threshold nearest the default, then the p
-    threshold nearest the model's own: the choice leaves what a run would use only for a clear gain)."""
+    and pick the (candidate, p, floor) of ``candidates`` × :data:`GRID` × ``floors`` (fractions of
+    ``cfg.sim.photons_mean``) with the best Jaccard over all true emitters (within :data:`JACCARD_TOLERANCE`:
+    no floor if it is as good, then the candidate threshold nearest the default, then the p threshold
+    nearest the model's own — the choice leaves what a run would use only for a clear gain)."""
     from rtsmlm.localization.checkpoint import detection_threshold, load_meta
 
     surface = threshold_surface(cfg, checkpoint, frames=frames, size=size, tolerance_nm=tolerance_nm,
-                                backend_cfg=backend_cfg, candidates=candidates)
+                                backend_cfg=backend_cfg, candidates=candidates,
+                                floors=tuple(f * cfg.sim.photons_mean for f in floors))
     own, _ = detection_threshold(load_meta(checkpoint), -1.0)
     return _best(surface, frames, prefer_p=own)
 
@@ -70,12 +82,12 @@ artefacts (hot pixels, out-of-focus light) turn a low threshold's extra detectio
 no simulation shows."""
 
 
-def _best(surface: dict[tuple[float, float], float], frames: int, prefer_p: float = 0.6) -> ThresholdChoice:
+def _best(surface: dict[tuple[float, float, float], float], frames: int, prefer_p: float = 0.6) -> ThresholdChoice:
     top = max(surface.values())
-    cand, p = min((k for k in surface if surface[k] >= top - JACCARD_TOLERANCE),
-                  key=lambda k: (abs(k[0] - DEFAULT_CANDIDATE), abs(k[1] - prefer_p)))
-    curve = {t: j for (c, t), j in surface.items() if c == cand}
-    return ThresholdChoice(p, cand, surface[(cand, p)], curve, frames, surface)
+    cand, p, floor = min((k for k in surface if surface[k] >= top - JACCARD_TOLERANCE),
+                         key=lambda k: (k[2], abs(k[0] - DEFAULT_CANDIDATE), abs(k[1] - prefer_p)))
+    curve = {t: j for (c, t, f), j in surface.items() if c == cand and f == floor}
+    return ThresholdChoice(p, cand, surface[(cand, p, floor)], curve, frames, surface, floor)
 
 
 BROAD_CONDITIONS: tuple[dict, ...] = (
@@ -114,7 +126,7 @@ def choose_for_model(checkpoint: str, cfg: Config, *, frames: int = 100, backend
         names = [f"training config: {cfg.camera.model} {cfg.camera.pixel_size_nm:g} nm px, σ {cfg.psf.sigma_nm:g} nm, "
                  f"bg {cfg.sim.bg_photons:g}, {cfg.sim.density:g}/µm²"]
     curves = [threshold_curve(c, checkpoint, frames=frames, backend_cfg=backend_cfg) for c in conditions]
-    mean = {(DEFAULT_CANDIDATE, t): float(np.mean([c[t] for c in curves])) for t in curves[0]}
+    mean = {(DEFAULT_CANDIDATE, t, 0.0): float(np.mean([c[t] for c in curves])) for t in curves[0]}
     choice = _best(mean, frames)
     return {"p_threshold": choice.p_threshold, "jaccard": round(choice.jaccard, 4), "frames": frames,
             "conditions": names}
@@ -127,16 +139,18 @@ def threshold_curve(cfg: Config, checkpoint: str, *, frames: int = 100, size: in
     run default unless given): :func:`threshold_surface`'s row."""
     surface = threshold_surface(cfg, checkpoint, frames=frames, size=size, tolerance_nm=tolerance_nm,
                                 backend_cfg=backend_cfg, candidates=(candidate,))
-    return {t: j for (_, t), j in surface.items()}
+    return {t: j for (_, t, _), j in surface.items()}
 
 
 def threshold_surface(cfg: Config, checkpoint: str, *, frames: int = 100, size: int = 64,
                       tolerance_nm: float = 250.0, backend_cfg=None,
-                      candidates: tuple[float, ...] = CANDIDATE_GRID) -> dict[tuple[float, float], float]:
-    """Jaccard over all true emitters at each (candidate, p) threshold pair (``candidates`` × :data:`GRID`) on
+                      candidates: tuple[float, ...] = CANDIDATE_GRID,
+                      floors: tuple[float, ...] = (0.0,)) -> dict[tuple[float, float, float], float]:
+    """Jaccard over all true emitters at each (candidate, p, floor) triple (``candidates`` × :data:`GRID` ×
+    ``floors``, the floors in photons) on
     ``frames`` simulated frames of ``size``² of ``cfg``'s camera, PSF and sample (its brightness, background
     and density; emitters spread evenly). The network runs once; its maps are post-processed at each pair as
-    a run at those thresholds would (candidate threshold at most the p threshold)."""
+    a run at those settings would (candidate threshold at most the p threshold)."""
     import torch
 
     from rtsmlm.core import config as config_mod
@@ -164,5 +178,8 @@ def threshold_surface(cfg: Config, checkpoint: str, *, frames: int = 100, size: 
         for t in GRID:
             post = localizer.postprocessor.with_thresholds(float(t), min(float(cand), float(t)))
             locs = concat([post(out, idx) for out, idx in maps])
-            surface[(float(cand), float(t))] = float(evaluate(locs, truth_table, tolerance_nm=tolerance_nm)["jaccard"])
+            for floor in floors:
+                kept = locs[locs["photons"] >= floor] if floor > 0 else locs  # as the post-processor's floor
+                surface[(float(cand), float(t), float(floor))] = float(
+                    evaluate(kept, truth_table, tolerance_nm=tolerance_nm)["jaccard"])
     return surface

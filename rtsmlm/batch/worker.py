@@ -116,10 +116,7 @@ def _localizer(cfg: Config, camera: Any, shape: tuple[int, int]) -> Any:
             _choose_gpu()
         backend, meta = open_backend(cfg.backend, cfg.model.checkpoint)
         check_compatible(meta, camera.describe(), f"checkpoint {cfg.model.checkpoint!r}")
-        loc = StreamingLocalizer(backend, meta, camera, shape, cfg.model.p_threshold, cfg.model.candidate_threshold,
-                                 max_batch=cfg.pipeline.max_batch, split_threshold=cfg.model.split_threshold,
-                                 memory_bytes=int(cfg.pipeline.memory_mb * 2**20 * 3 / 4),
-                                 psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm, refine=cfg.model.refine)
+        loc = StreamingLocalizer.for_run(backend, meta, camera, shape, cfg)
         while len(_LOCALIZERS) >= 2:
             _LOCALIZERS.pop(next(iter(_LOCALIZERS)))
         _LOCALIZERS[key] = loc

@@ -56,7 +56,10 @@ def calibrate_main(args: Any, cfg: Any) -> int:
                  f"Jaccard {choice['jaccard']:.3f}. The threshold is this checkpoint's: with another model (one\n"
                  "# fine-tuned on this config carries its own, chosen on the same conditions) set p_threshold = -1.\n"
                  f"checkpoint = \"{choice['model']}\"\n"
-                 f"p_threshold = {choice['p_threshold']:.2f}\ncandidate_threshold = {choice['candidate_threshold']:.2f}\n")
+                 f"p_threshold = {choice['p_threshold']:.2f}\ncandidate_threshold = {choice['candidate_threshold']:.2f}\n"
+                 "# Detections the network reads out dimmer than this are dropped (0: none; chosen on the same\n"
+                 "# simulation: where noise blobs pass as dim emitters of a broad model).\n"
+                 f"min_photons = {choice['min_photons']:.4g}\n")
     out.write_text(text)
     report = Path(args.report) if args.report else out.with_suffix(".png")
     write_report(cal, report)
@@ -75,7 +78,7 @@ def calibrate_main(args: Any, cfg: Any) -> int:
                   f"photons/px; {cal.spots_fitted} spots fitted")
     if choice is not None:
         print(f"model {choice['model']} with p_threshold {choice['p_threshold']:.2f}, candidate_threshold "
-              f"{choice['candidate_threshold']:.2f}: Jaccard {choice['jaccard']:.3f} on "
+              f"{choice['candidate_threshold']:.2f}, min_photons {choice['min_photons']:.4g}: Jaccard {choice['jaccard']:.3f} on "
               f"the calibrated conditions simulated (" + ", ".join(f"{m} {j:.3f}" for m, j in choice['by_model'].items())
               + ")")
     for w in cal.warnings:
@@ -111,7 +114,8 @@ def fine_tune_init(background_photons: float) -> str:
 
 
 def _choose_model(config_text: str, models: list[str], frames: int) -> dict[str, Any]:
-    """The model and detection thresholds with the best Jaccard on the calibrated conditions, simulated."""
+    """The model, detection thresholds and brightness floor with the best Jaccard on the calibrated conditions,
+    simulated."""
     import tempfile
 
     from rtsmlm.analysis.thresholds import choose_thresholds
@@ -128,6 +132,7 @@ def _choose_model(config_text: str, models: list[str], frames: int) -> dict[str,
     best = max(results, key=lambda m: results[m].jaccard)
     return {"model": best, "p_threshold": results[best].p_threshold,
             "candidate_threshold": min(results[best].candidate_threshold, results[best].p_threshold),
+            "min_photons": results[best].min_photons,
             "jaccard": results[best].jaccard,
             "frames": frames, "by_model": {m: r.jaccard for m, r in results.items()},
             "curves": {m: r.curve for m, r in results.items()}}

@@ -144,6 +144,9 @@ class ModelConfig:
     candidate_threshold: float = _f(0.3, range=(0.0, 1.0),
                                     doc="local maxima of p below this are not considered (at most p_threshold)")
     split_threshold: float = _f(0.6, range=(0.0, 1.0))
+    min_photons: float = _f(0.0, range=(0.0, 1e7),
+                            doc="detections the network reads out dimmer than this many photons are dropped (0 = "
+                                "none); rtsmlm calibrate sets it when the movie's simulated conditions gain from it")
     refine: str = _f("off", choices=("off", "mle", "fuse"),
                      doc="isolated localizations refined by a maximum-likelihood fit of the PSF (psf.sigma_nm; a 3D "
                          "model's astigmatic focus curves, z fitted too) to the frame: mle = the fit's position (emitters on for one frame), fuse = its "

@@ -131,18 +131,14 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
 
         backend, meta = backend if backend is not None else open_backend(cfg.backend, cfg.model.checkpoint)
         check_compatible(meta, camera.describe(), f"source {cfg.source.kind}")
-        localizer = StreamingLocalizer(backend, meta, camera, source.shape, cfg.model.p_threshold,
-                                       cfg.model.candidate_threshold, max_batch=cfg.pipeline.max_batch,
-                                       split_threshold=cfg.model.split_threshold,
-                                       memory_bytes=int(cfg.pipeline.memory_mb * 2**20 * 3 / 4),
-                                       psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm,
-                                       refine=cfg.model.refine)
+        localizer = StreamingLocalizer.for_run(backend, meta, camera, source.shape, cfg)
         backend_info = backend.describe()
         is_3d = is_3d or (meta.psf or {}).get("model", "gaussian") != "gaussian"  # a 3D model writes z
         model_info = {"checkpoint": cfg.model.checkpoint, "step": meta.step, "width": meta.width,
                       "depth": meta.depth, "window": meta.window, "trained_metrics": meta.metrics,
                       "conditioning": list(meta.scales.conditioning), "refine": cfg.model.refine,
-                      "p_threshold": localizer.p_threshold, "p_threshold_from": localizer.p_threshold_source}
+                      "p_threshold": localizer.p_threshold, "p_threshold_from": localizer.p_threshold_source,
+                      "min_photons": cfg.model.min_photons}
     # Everything that can still fail (the colour map, plugins, the stream's port) is checked or opened
     # before any output file is created, so a failed --overwrite run leaves the previous run's files untouched.
     from rtsmlm.analysis.live_render import check_colormap

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ from rtsmlm.localization.tiling import (
     choose_sizes,
 )
 
+if TYPE_CHECKING:
+    from rtsmlm.core.config import Config
+
 log = logging.getLogger("rtsmlm.localization")
 
 
@@ -46,7 +50,7 @@ class StreamingLocalizer:
         meta: the checkpoint metadata (window, depth, output scales, input scale).
         camera: converts ADU to photons (per-pixel sCMOS maps included) and gives the pixel size in nm.
         frame_shape: (height, width) of the raw frames, any size.
-        p_threshold, candidate_threshold, split_threshold: passed to
+        p_threshold, candidate_threshold, split_threshold, min_photons: passed to
             :class:`rtsmlm.localization.postprocess.Postprocessor`; a negative ``p_threshold`` is the
             model's own (:func:`rtsmlm.localization.checkpoint.detection_threshold`), and the candidate
             threshold is at most the p threshold.
@@ -72,7 +76,7 @@ class StreamingLocalizer:
                  p_threshold: float, candidate_threshold: float, *, batch_size: int = 0, tile: int | None = None,
                  margin: int | None = None, max_batch: int = 16, split_threshold: float = 0.6,
                  memory_bytes: int | None = None, psf_sigma_px: float | None = None, refine: str = "off",
-                 maps_sink: Callable[[torch.Tensor, list[int]], None] | None = None) -> None:
+                 min_photons: float = 0.0, maps_sink: Callable[[torch.Tensor, list[int]], None] | None = None) -> None:
         height, width = (int(v) for v in frame_shape)
         if backend.window != meta.window:
             raise ValueError(f"backend runs a window of {backend.window} frames but the checkpoint metadata "
@@ -91,6 +95,7 @@ class StreamingLocalizer:
             p_threshold=self.p_threshold, candidate_threshold=min(candidate_threshold, self.p_threshold),
             split_threshold=split_threshold,
             has_z=(meta.psf or {}).get("model", "gaussian") != "gaussian",
+            min_photons=min_photons,
         )
         element_bytes = 4 if backend.precision == "fp32" else 2
         free = available_memory_bytes(backend.device)
@@ -130,9 +135,10 @@ class StreamingLocalizer:
             self.batch_size = max(1, min(self.batch_size, max_tiles // k))
         calls = min(self.batch_size * k, self._tiles_per_call)
         backend.warmup(self.plan.tile_height, self.plan.tile_width, calls, calls)
-        log.info("localizer: %dx%d frames, %d tile(s) of %dx%d (margin %d), batch %d frames; p threshold %.2f (%s)",
+        log.info("localizer: %dx%d frames, %d tile(s) of %dx%d (margin %d), batch %d frames; p threshold %.2f (%s)%s",
                  height, width, k, self.plan.tile_height, self.plan.tile_width, self.plan.margin, self.batch_size,
-                 self.p_threshold, THRESHOLD_SOURCES[self.p_threshold_source])
+                 self.p_threshold, THRESHOLD_SOURCES[self.p_threshold_source],
+                 f"; detections under {min_photons:g} photons dropped" if min_photons > 0 else "")
         # Feature cache of the current sequence: (rows, tiles, C, tile_h, tile_w), one row per frame in time
         # order with edge-padding rows at the start; _rows[i] is the frame index of row i.
         self._feats: torch.Tensor | None = None
@@ -150,6 +156,18 @@ class StreamingLocalizer:
         self._guard_thread: threading.Thread | None = None
         y0, x0 = max(0, height // 2 - 128), max(0, width // 2 - 128)
         self._guard_crop = (slice(y0, y0 + 256), slice(x0, x0 + 256))  # the central 256² at most
+
+    @classmethod
+    def for_run(cls, backend: Backend, meta: ModelMeta, camera: CameraModel, frame_shape: tuple[int, int],
+                cfg: "Config") -> "StreamingLocalizer":
+        """The localizer a run of ``cfg`` uses (live runs and batch workers alike): ``[model]``'s thresholds,
+        brightness floor and refinement, ``[pipeline]``'s batch bound and memory (three quarters of it: the
+        rest is the ring's and the outputs'), the PSF σ in pixels."""
+        return cls(backend, meta, camera, frame_shape, cfg.model.p_threshold, cfg.model.candidate_threshold,
+                   max_batch=cfg.pipeline.max_batch, split_threshold=cfg.model.split_threshold,
+                   memory_bytes=int(cfg.pipeline.memory_mb * 2**20 * 3 / 4),
+                   psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm, refine=cfg.model.refine,
+                   min_photons=cfg.model.min_photons)
 
     def _input_transform(self, camera: CameraModel) -> tuple[torch.Tensor, torch.Tensor]:
         """Offset (ADU) and scale so that photons = (ADU - offset) * scale, on the backend's device, as

@@ -13,7 +13,11 @@ near a pixel border, that pixel's neighbours. Spatial integration turns the map 
    same summed score, so two emitters in adjacent pixels are both reported — unless such a pixel's
    read-out position (pixel centre + predicted offset) lies within ``MERGE_RADIUS_PX`` of an adjacent
    maximum's: then both pixels describe the same molecule and only the maximum is kept;
-4. candidates with score > ``p_threshold`` become localizations read out at the candidate pixel.
+4. candidates with score > ``p_threshold`` become localizations read out at the candidate pixel;
+5. with ``min_photons`` > 0, those the network reads out dimmer than it are dropped (a brightness floor:
+   ``rtsmlm calibrate`` sets it where the simulated conditions of the movie show noise blobs that the network
+   scores as dim emitters — a model trained for one camera learns that floor from its brightness range; a
+   broad one, trained down to 100 photons, cannot know it).
 
 The heavy part (masks, sums, gathering) runs in torch on the device of ``out`` (GPU when the network runs
 there); only the selected rows are copied to the host.
@@ -77,6 +81,7 @@ class Postprocessor:
         candidate_threshold: minimum p of a local maximum to be considered at all.
         split_threshold: p above which a non-maximum pixel is a detection of its own (adjacent emitters).
         has_z: False for a 2D model: its untrained z head is not read out, ``z`` and ``sigma_z`` are 0.
+        min_photons: detections the network reads out dimmer than this (photons) are dropped; 0 = none.
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class Postprocessor:
         candidate_threshold: float = 0.3,
         split_threshold: float = 0.6,
         has_z: bool = True,
+        min_photons: float = 0.0,
     ) -> None:
         for name, value in (
             ("pixel_size_nm", pixel_size_nm),
@@ -106,6 +112,8 @@ class Postprocessor:
                 raise ValueError(f"Postprocessor {name} must lie in [0, 1], got {value!r}.")
         if not p_threshold >= 0.0:
             raise ValueError(f"Postprocessor p_threshold must be >= 0, got {p_threshold!r}.")
+        if not min_photons >= 0.0:
+            raise ValueError(f"Postprocessor min_photons must be >= 0, got {min_photons!r}.")
         self.pixel_size_nm = float(pixel_size_nm)
         self.photon_scale = float(photon_scale)
         self.z_scale = float(z_scale)
@@ -114,11 +122,13 @@ class Postprocessor:
         self.candidate_threshold = float(candidate_threshold)
         self.split_threshold = float(split_threshold)
         self.has_z = bool(has_z)
+        self.min_photons = float(min_photons)
 
-    def with_thresholds(self, p_threshold: float, candidate_threshold: float) -> "Postprocessor":
+    def with_thresholds(self, p_threshold: float, candidate_threshold: float,
+                        min_photons: float = 0.0) -> "Postprocessor":
         """The same read-out with other detection thresholds (to score several on one set of maps)."""
         return Postprocessor(self.pixel_size_nm, self.photon_scale, self.z_scale, self.bg_scale, p_threshold,
-                             candidate_threshold, self.split_threshold, self.has_z)
+                             candidate_threshold, self.split_threshold, self.has_z, min_photons)
 
     def detection_map(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(detected, score)``: a ``(B, H, W)`` bool mask of detection pixels and the ``(B, H, W)``
@@ -136,7 +146,10 @@ class Postprocessor:
         split = ~is_max & (p > self.split_threshold)
         maxima = is_max & (score > self.p_threshold)
         split = split & (score > self.p_threshold) & ~self._same_emitter_as_neighbour(out, split, maxima)
-        return maxima | split, score
+        detected = maxima | split
+        if self.min_photons > 0.0:
+            detected &= out[:, CH_PHOT] * self.photon_scale >= self.min_photons
+        return detected, score
 
     @staticmethod
     def _same_emitter_as_neighbour(out: torch.Tensor, split: torch.Tensor, maxima: torch.Tensor) -> torch.Tensor:
