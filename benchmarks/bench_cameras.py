@@ -61,6 +61,22 @@ def camera_config(name: str, seed: int, size: int, density: float) -> rconfig.Co
                                       "photons_mean": photons, "photons_sigma": 0.4 * photons}})
 
 
+def set_calibrated_thresholds(loc, name: str, density: float, frames: int, size: int, backend_cfg,
+                              candidates: tuple[float, ...] | None = None, floors: tuple[float, ...] | None = None):
+    """Give ``loc`` (an OfflineLocalizer) the thresholds and brightness floor ``rtsmlm calibrate`` chooses for
+    the cell (camera ``name`` at ``density``), simulated on the cell's separate tuning seed; returns the
+    :class:`rtsmlm.analysis.thresholds.ThresholdChoice`."""
+    from rtsmlm.analysis.thresholds import CANDIDATE_GRID, FLOOR_FRACTIONS, choose_thresholds
+
+    k = list(CAMERAS).index(name)
+    choice = choose_thresholds(camera_config(name, 9000 + 10 * k, size, density), loc.checkpoint, frames=frames,
+                               size=size, backend_cfg=backend_cfg, candidates=candidates or CANDIDATE_GRID,
+                               floors=floors or FLOOR_FRACTIONS)
+    loc.p_threshold, loc.candidate_threshold = choice.p_threshold, choice.candidate_threshold
+    loc.min_photons = choice.min_photons
+    return choice
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="default,broad_2d")
@@ -87,7 +103,7 @@ def main() -> None:
     models = list(localizers)
     calibrated = {}  # MODEL@cal: the same model at the thresholds calibrate chooses for each cell
     if args.calibrated_thresholds:
-        from rtsmlm.analysis.thresholds import CANDIDATE_GRID, FLOOR_FRACTIONS, choose_thresholds
+        from rtsmlm.analysis.thresholds import CANDIDATE_GRID, FLOOR_FRACTIONS
 
         candidates = tuple(float(c) for c in args.candidates.split(",")) if args.candidates else CANDIDATE_GRID
         floors = tuple(float(f) for f in args.floors.split(",")) if args.floors else FLOOR_FRACTIONS
@@ -119,11 +135,8 @@ def main() -> None:
                 cells.append(f"{s['all']['jaccard']:.3f} / {s['all']['rmse_lat_nm']:5.1f} / "
                              f"{s['population']['jaccard']:.3f}")
             for label, loc in calibrated.items():
-                choice = choose_thresholds(camera_config(name, 9000 + 10 * k, args.size, density),
-                                           loc.checkpoint, frames=args.frames, size=args.size, backend_cfg=backend_cfg,
-                                           candidates=candidates, floors=floors)
-                loc.p_threshold, loc.candidate_threshold = choice.p_threshold, choice.candidate_threshold
-                loc.min_photons = choice.min_photons
+                choice = set_calibrated_thresholds(loc, name, density, args.frames, args.size, backend_cfg,
+                                                   candidates, floors)
                 pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
                 s, _, _ = acc.score(pred, movie.truth, 250.0, 1000.0)
                 s["thresholds"] = {"p": choice.p_threshold, "candidate": choice.candidate_threshold,

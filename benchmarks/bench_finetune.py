@@ -1,7 +1,7 @@
 """Calibrate + fine-tune for one camera no shipped model was trained for, against the shipped models.
 
 Run: python benchmarks/bench_finetune.py --finetuned PREFIX [PREFIX …] [--reference PREFIX] [--camera scmos-65nm-bg800]
-                                        [--frames 100]
+                                        [--frames 100] [--calibrated-thresholds]
 
 The fine-tuned model is made the way a user would: simulate (or record) the camera's movie and a dark
 movie, ``rtsmlm calibrate movie.tif --dark dark.tif --camera scmos --models "" --out camera.toml``, then
@@ -9,6 +9,8 @@ movie, ``rtsmlm calibrate movie.tif --dark dark.tif --camera scmos --models "" -
 go in the README). ``--reference`` adds a model trained from scratch for the same calibrated camera
 (``rtsmlm train --config camera.toml --steps 15000 --out PREFIX``), issue 13's yardstick. Scored here on the cells of ``bench_cameras.py`` for that camera (same seeds, 100 frames of
 64², densities 0.1 / 1 / 3 per µm², all true emitters, 250 nm), every model given the true camera.
+``--calibrated-thresholds``: every model also as ``MODEL@cal``, at the thresholds and brightness floor
+``rtsmlm calibrate`` chooses for the cell (as ``bench_cameras.py --calibrated-thresholds``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_accuracy as acc  # noqa: E402
-from bench_cameras import CAMERAS, camera_config  # noqa: E402
+from bench_cameras import CAMERAS, camera_config, set_calibrated_thresholds  # noqa: E402
 
 
 def main() -> None:
@@ -31,14 +33,19 @@ def main() -> None:
     ap.add_argument("--camera", default="scmos-65nm-bg800", choices=sorted(CAMERAS))
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--calibrated-thresholds", action="store_true",
+                    help="also score each model at the thresholds and floor calibrate chooses per cell")
+    ap.add_argument("--models", default="default,broad_2d", help="shipped models beside the fine-tunes")
     args = ap.parse_args()
     base, backend = acc.reference_backend()
-    models = {"default": "default", "broad_2d": "broad_2d"}
+    models = {m: m for m in args.models.split(",") if m}
     for prefix in args.finetuned:
         models[f"fine-tuned {Path(prefix).name}" if len(args.finetuned) > 1 else "fine-tuned"] = prefix
     if args.reference:
         models["from scratch"] = args.reference
     localizers = {label: acc.open_model(ckpt, backend, base.model) for label, ckpt in models.items()}
+    if args.calibrated_thresholds:
+        localizers.update({label + "@cal": acc.open_model(ckpt, backend, base.model) for label, ckpt in models.items()})
     k = list(CAMERAS).index(args.camera)
     print(f"load average {os.getloadavg()[0]:.1f}; camera {args.camera}; {args.frames} frames of {args.size}² per "
           f"cell (bench_cameras.py seeds); Jaccard all / lateral RMSE nm / Jaccard ≥1000 photons")
@@ -47,6 +54,9 @@ def main() -> None:
         movie = acc.simulate_movie(cfg, args.camera, args.frames)
         cells = []
         for label, loc in localizers.items():
+            if label.endswith("@cal"):
+                choice = set_calibrated_thresholds(loc, args.camera, density, args.frames, args.size, backend)
+                label += f" ({choice.p_threshold:.2f}, {choice.min_photons:.0f})"
             pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
             s, _, _ = acc.score(pred, movie.truth, 250.0, 1000.0)
             cells.append(f"{label} {s['all']['jaccard']:.3f} / {s['all']['rmse_lat_nm']:.1f} / "

@@ -169,7 +169,8 @@ def test_the_thresholds_are_chosen_on_the_calibrated_conditions_as_a_run_at_them
     assert choice.jaccard >= choice.surface[(0.3, 0.6, 0.0)]
     assert all(0.0 <= j <= 1.0 for j in choice.surface.values()) and choice.jaccard > 0.3
     # Each entry is what a run at those settings scores on the same simulated movie, the floor included.
-    movie, truth = Simulator(cfg).movie(40)
+    assert choice.frames == 49  # 40 asked, but 1000 emitters at 0.5/µm² on 41 µm² take 49 frames
+    movie, truth = Simulator(cfg).movie(choice.frames)
     loc = OfflineLocalizer("default", config.replace(cfg.backend, name="torch", device="cpu"))
     for cand, p, floor in ((0.15, 0.3, 0.0), (0.3, 0.6, 0.0), (0.15, 0.3, 140.0)):
         loc.p_threshold, loc.candidate_threshold, loc.min_photons = p, cand, floor
@@ -181,6 +182,16 @@ def test_the_thresholds_are_chosen_on_the_calibrated_conditions_as_a_run_at_them
     assert choice.surface[(0.15, 0.3, 140.0)] != choice.surface[(0.15, 0.3, 0.0)]
     if choice.min_photons > 0:
         assert choice.jaccard > max(j for k, j in choice.surface.items() if k[2] == 0.0) + JACCARD_TOLERANCE
+
+
+def test_a_sparse_sample_is_simulated_long_enough_for_a_thousand_emitters() -> None:
+    from rtsmlm.analysis.thresholds import MAX_FRAMES, frames_for
+
+    dense = config.load(None, ["sim.density=3"])  # 100 nm pixels: 64² frames are 41 µm², 123 emitters each
+    assert frames_for(dense, 100, 64) == 100
+    sparse = config.load(None, ["sim.density=0.1", "camera.pixel_size_nm=65"])  # 1.7 emitters per frame
+    assert frames_for(sparse, 100, 64) == 578
+    assert frames_for(config.load(None, ["sim.density=0.001"]), 100, 64) == MAX_FRAMES
 
 
 def test_a_missing_or_foreign_maps_file_is_one_sentence(tmp_path) -> None:

@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="default,broad_2d", metavar="NAMES",
                    help="models to try on the calibrated conditions, simulated; the best one and its p threshold "
                         "go into the config (default: default,broad_2d; '' to skip)")
-    p.add_argument("--threshold-frames", type=int, default=100, help="simulated frames for that choice")
+    p.add_argument("--threshold-frames", type=int, default=100,
+                   help="simulated frames for that choice (more for a sparse sample: at least 1000 emitters)")
     p.add_argument("--json", action="store_true", help="print every figure as JSON")
     p.set_defaults(func=_cmd_calibrate)
 
