@@ -23,8 +23,8 @@ from rtsmlm.analysis.metrics import evaluate
 from rtsmlm.core.config import Config
 from rtsmlm.sim.camera import SCMOS_PRESET
 
-__all__ = ["BROAD_CONDITIONS", "CANDIDATE_GRID", "FLOOR_FRACTIONS", "GRID", "ThresholdChoice", "choose_for_model",
-           "choose_thresholds", "threshold_curve", "threshold_surface"]
+__all__ = ["BROAD_CONDITIONS", "CANDIDATE_GRID", "FLOOR_FRACTIONS", "GRID", "MIN_EMITTERS", "ThresholdChoice",
+           "choose_for_model", "choose_thresholds", "frames_for", "threshold_curve", "threshold_surface"]
 
 GRID = tuple(np.round(np.arange(0.2, 0.91, 0.05), 2))
 """The p thresholds tried."""
@@ -76,8 +76,8 @@ def choose_thresholds(cfg: Config, checkpoint: str, *, frames: int = 100, size: 
                       candidates: tuple[float, ...] = CANDIDATE_GRID,
                       floors: tuple[float, ...] = FLOOR_FRACTIONS) -> ThresholdChoice:
     """Simulate ``frames`` frames (more for a sparse sample: :func:`frames_for`) of ``size``² with ``cfg``
-    (camera, PSF, sample), run ``checkpoint`` on them and pick the (candidate, p, floor) of ``candidates`` × :data:`GRID` × ``floors`` (fractions of
-    ``cfg.sim.photons_mean``) with the best Jaccard over all true emitters (within :data:`JACCARD_TOLERANCE`:
+    (camera, PSF, sample), run ``checkpoint`` on them and pick the (candidate, p, floor) of ``candidates`` ×
+    :data:`GRID` × ``floors`` (fractions of ``cfg.sim.photons_mean``) with the best Jaccard over all true emitters (within :data:`JACCARD_TOLERANCE`:
     no floor if it is as good, then the candidate threshold nearest the default, then the p threshold
     nearest the model's own — the choice leaves what a run would use only for a clear gain)."""
     from rtsmlm.localization.checkpoint import detection_threshold, load_meta
@@ -164,9 +164,9 @@ def threshold_surface(cfg: Config, checkpoint: str, *, frames: int = 100, size: 
                       candidates: tuple[float, ...] = CANDIDATE_GRID,
                       floors: tuple[float, ...] = (0.0,)) -> dict[tuple[float, float, float], float]:
     """Jaccard over all true emitters at each (candidate, p, floor) triple (``candidates`` × :data:`GRID` ×
-    ``floors``, the floors in photons) on
-    ``frames`` simulated frames of ``size``² of ``cfg``'s camera, PSF and sample (its brightness, background
-    and density; emitters spread evenly). The network runs once; its maps are post-processed at each pair as
+    ``floors``, the floors in photons) on ``frames`` simulated frames of ``size``² of ``cfg``'s camera, PSF and
+    sample (its brightness, background and density; emitters spread evenly). The network runs once; its maps
+    are post-processed at each triple as
     a run at those settings would (candidate threshold at most the p threshold)."""
     import torch
 
