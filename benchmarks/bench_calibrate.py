@@ -92,11 +92,11 @@ def accuracy(cal, cfg, sim, movie, truth) -> dict:
     j_base = evaluate(base, truth)["jaccard"]
     with tempfile.TemporaryDirectory() as tmp:
         maps = None
-        if cal.camera_model == "scmos" and cal.dark_maps is not None:
+        if cal.camera_model == "scmos" and cal.pixel_maps is not None:
             from rtsmlm.core.camera import save_maps
 
             maps = Path(tmp) / "maps.npz"
-            save_maps(maps, *cal.dark_maps)
+            save_maps(maps, *cal.pixel_maps)
         text = config_toml(cal, em_gain=cfg.camera.em_gain if cal.camera_model == "emccd" else None, maps_file=maps)
         choice = _choose_model(text, ["default", "broad_2d"], 100)
         path = Path(tmp) / "c.toml"

@@ -194,6 +194,44 @@ def test_a_sparse_sample_is_simulated_long_enough_for_a_thousand_emitters() -> N
     assert frames_for(config.load(None, ["sim.density=0.001"]), 100, 64) == MAX_FRAMES
 
 
+@pytest.mark.parametrize("background, expect_map", [(600, True), (5, False)])
+def test_an_scmos_pixels_own_response_is_measured_from_a_bright_background(tmp_path, background, expect_map) -> None:
+    from rtsmlm.core.camera import load_maps, save_maps
+
+    # The simulated sCMOS has a 3 % per-pixel gain spread (SCMOS_PRESET): a fixed pattern as strong as the shot
+    # noise at hundreds of photons per pixel, which the network reads as emitters unless the run corrects it.
+    cfg, sim, movie, dark = _movie([*SCMOS, "camera.scmos_gain_sigma=0.03", f"sim.bg_photons={background}"],
+                                   frames=200)
+    cal = calibrate(movie, pixel_size_nm=cfg.camera.pixel_size_nm, dark=dark)
+    offset, variance, response = cal.pixel_maps
+    if not expect_map:
+        assert response is None  # at 5 photons/px the ratios are mostly noise: no map rather than a noisy one
+        return
+    true = sim.camera.gain_map.mean() / sim.camera.gain_map  # a brighter pixel has fewer e⁻ per ADU
+    assert np.corrcoef(response.ravel(), true.ravel())[0, 1] > 0.85
+    assert np.std(response - true) < 0.5 * np.std(true)
+    # Through the maps file to the run's camera, which then converts every pixel with its own gain.
+    save_maps(tmp_path / "maps.npz", *cal.pixel_maps)
+    assert np.array_equal(load_maps(tmp_path / "maps.npz")[2], response)
+    loaded = CameraModel.from_config(config.load(None, ['camera.model="scmos"', "camera.e_per_adu=0.4",
+                                                        f'camera.maps_file="{tmp_path / "maps.npz"}"']).camera)
+    assert np.allclose(loaded.gain_map, 0.4 / response)
+    flat = loaded.to_photons(sim.camera.mean_adu(np.full(sim.shape, 1000.0)).astype(np.float32))
+    uncorrected = CameraModel.from_config(config.load(None, ['camera.model="scmos"', "camera.e_per_adu=0.4"]).camera)
+    assert np.std(flat) < 0.5 * np.std(uncorrected.to_photons(sim.camera.mean_adu(np.full(sim.shape, 1000.0))))
+
+
+def test_a_maps_file_without_a_response_still_loads_and_a_foreign_response_is_named(tmp_path) -> None:
+    from rtsmlm.core.camera import MapsError, save_maps
+
+    save_maps(tmp_path / "old.npz", np.full((8, 8), 100.0), np.ones((8, 8)))  # as written before responses
+    cam = CameraModel.from_config(config.load(None, [f'camera.maps_file="{tmp_path / "old.npz"}"']).camera)
+    assert cam.gain_map is None and cam.offset_map.shape == (8, 8)
+    np.savez(tmp_path / "bad.npz", offset_adu=np.zeros((8, 8)), variance_adu2=np.ones((8, 8)), response=np.ones((4, 4)))
+    with pytest.raises(MapsError, match="response map"):
+        CameraModel.from_config(config.load(None, [f'camera.maps_file="{tmp_path / "bad.npz"}"']).camera)
+
+
 def test_a_missing_or_foreign_maps_file_is_one_sentence(tmp_path) -> None:
     from rtsmlm.core.camera import CameraModel, MapsError
 

@@ -43,11 +43,11 @@ def calibrate_main(args: Any, cfg: Any) -> int:
     out = Path(args.out)
     em_gain = args.em_gain or (cfg.camera.em_gain if cal.camera_model == "emccd" else None)
     maps_file = None
-    if cal.camera_model == "scmos" and cal.dark_maps is not None:
+    if cal.camera_model == "scmos" and cal.pixel_maps is not None:
         from rtsmlm.core.camera import save_maps
 
         maps_file = out.with_name(out.stem + "_maps.npz").resolve()
-        save_maps(maps_file, *cal.dark_maps)  # each pixel's own offset: the run subtracts it
+        save_maps(maps_file, *cal.pixel_maps)  # each pixel's own offset and response: the run corrects both
     text = config_toml(cal, exposure_ms=cfg.camera.exposure_ms, em_gain=em_gain, maps_file=maps_file)
     choice = None
     if args.models:

@@ -48,11 +48,17 @@ class CameraModel:
         Used where the frames do not say: files without camera metadata, camera properties
         Micro-Manager does not report."""
         em_gain = camera.em_gain if camera.model == "emccd" else 1.0
-        offset = variance = None
+        offset = variance = gain = None
         if getattr(camera, "maps_file", ""):
-            offset, variance = load_maps(camera.maps_file)
+            offset, variance, response = load_maps(camera.maps_file)
+            if response is not None:
+                if response.shape != offset.shape:
+                    raise MapsError(f"camera.maps_file {camera.maps_file}: the response map is {response.shape}, "
+                                    f"the offset map {offset.shape}")
+                gain = (camera.e_per_adu / response).astype(np.float32)  # a brighter pixel: fewer e⁻ per ADU
         return cls(camera.model, camera.pixel_size_nm, camera.baseline_adu, camera.e_per_adu, em_gain,
-                   camera.qe, camera.read_noise_e, camera.exposure_ms, offset_map=offset, variance_map=variance)
+                   camera.qe, camera.read_noise_e, camera.exposure_ms, offset_map=offset, gain_map=gain,
+                   variance_map=variance)
 
     @property
     def excess_noise(self) -> float:
@@ -101,19 +107,26 @@ class CameraModel:
         return d
 
 
-def save_maps(path: Any, offset_adu: np.ndarray, variance_adu2: np.ndarray) -> None:
-    """Write per-pixel sCMOS maps (``camera.maps_file``)."""
-    np.savez(path, offset_adu=np.asarray(offset_adu, np.float32), variance_adu2=np.asarray(variance_adu2, np.float32))
+def save_maps(path: Any, offset_adu: np.ndarray, variance_adu2: np.ndarray,
+              response: np.ndarray | None = None) -> None:
+    """Write per-pixel sCMOS maps (``camera.maps_file``): offset, read-noise variance and, when measured, each
+    pixel's response relative to the mean (its gain is ``camera.e_per_adu`` / response)."""
+    arrays = {"offset_adu": np.asarray(offset_adu, np.float32), "variance_adu2": np.asarray(variance_adu2, np.float32)}
+    if response is not None:
+        arrays["response"] = np.asarray(response, np.float32)
+    np.savez(path, **arrays)
 
 
-def load_maps(path: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(offset map ADU, read-noise variance map ADU²) from ``camera.maps_file``; one clear error otherwise."""
+def load_maps(path: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(offset map ADU, read-noise variance map ADU², relative response or None) from ``camera.maps_file``;
+    one clear error otherwise."""
     from pathlib import Path
 
     p = Path(path).expanduser()
     try:
         with np.load(p) as data:
             offset, variance = data["offset_adu"].astype(np.float32), data["variance_adu2"].astype(np.float32)
+            response = data["response"].astype(np.float32) if "response" in data.files else None
     except FileNotFoundError:
         raise MapsError(f"camera.maps_file {p} does not exist (write it with rtsmlm calibrate --dark)") from None
     except (KeyError, ValueError, OSError) as e:
@@ -121,7 +134,7 @@ def load_maps(path: Any) -> tuple[np.ndarray, np.ndarray]:
     if offset.ndim != 2 or offset.shape != variance.shape:
         raise MapsError(f"camera.maps_file {p}: the maps must be two 2-D arrays of one shape, got {offset.shape} "
                         f"and {variance.shape}")
-    return offset, variance
+    return offset, variance, response
 
 
 class MapsError(RtsmlmError, ValueError):
