@@ -246,7 +246,8 @@ def _accuracy(args, cfg, specs: list[str]) -> dict[str, Any]:
         backend, meta = _open(spec, args.threads[0], args, args.checkpoint)
         loc = StreamingLocalizer(backend, meta, camera, frames.shape[1:], cfg.model.p_threshold,
                                  cfg.model.candidate_threshold, batch_size=args.batch,
-                                 psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm, refine=cfg.model.refine)
+                                 psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm, refine=cfg.model.refine,
+                                 min_photons=cfg.model.min_photons)
         locs = localize_movie(loc, frames)
         path = out / f"locs_{spec_text.replace(':', '_')}.csv"
         write_csv(path, locs, overwrite=True)
