@@ -58,7 +58,8 @@ def calibrate_main(args: Any, cfg: Any) -> int:
                  f"checkpoint = \"{choice['model']}\"\n"
                  f"p_threshold = {choice['p_threshold']:.2f}\ncandidate_threshold = {choice['candidate_threshold']:.2f}\n"
                  "# Detections the network reads out dimmer than this are dropped (0: none; chosen on the same\n"
-                 "# simulation: where noise blobs pass as dim emitters of a broad model).\n"
+                 "# simulation, where noise blobs pass as dim emitters of a broad model). A sample with many more\n"
+                 "# dim emitters than the measured brightness spread would lose some: set 0 to keep every one.\n"
                  f"min_photons = {choice['min_photons']:.4g}\n")
     out.write_text(text)
     report = Path(args.report) if args.report else out.with_suffix(".png")
@@ -134,5 +135,5 @@ def _choose_model(config_text: str, models: list[str], frames: int) -> dict[str,
             "candidate_threshold": min(results[best].candidate_threshold, results[best].p_threshold),
             "min_photons": results[best].min_photons,
             "jaccard": results[best].jaccard,
-            "frames": frames, "by_model": {m: r.jaccard for m, r in results.items()},
+            "frames": results[best].frames, "by_model": {m: r.jaccard for m, r in results.items()},
             "curves": {m: r.curve for m, r in results.items()}}
