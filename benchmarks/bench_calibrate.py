@@ -76,20 +76,33 @@ def errors(cal, cfg, sim) -> dict:
 
 def accuracy(cal, cfg, sim, movie, truth) -> dict:
     """Jaccard on the calibrated movie: the default model as shipped (its own threshold) vs calibrate's choice."""
-    import tempfile
-
-    from rtsmlm.analysis.calibrate import config_toml
     from rtsmlm.analysis.metrics import evaluate
-    from rtsmlm.cli.calibrate import _choose_model
+    from rtsmlm.localization.checkpoint import detection_threshold
     from rtsmlm.localization.offline import OfflineLocalizer
 
     backend = rconfig.replace(cfg.backend, name="torch", device="cpu", threads=1)
     shipped = OfflineLocalizer("default", backend)  # its own threshold, as a run without calibrate uses it
     base = shipped.localize(movie, sim.camera)
-    from rtsmlm.localization.checkpoint import detection_threshold
-
     p_base = detection_threshold(shipped.meta, shipped.p_threshold)[0]
     j_base = evaluate(base, truth)["jaccard"]
+    choice, chosen = run_choice(cal, backend, movie, em_gain=cfg.camera.em_gain)
+    j_chosen = evaluate(chosen, truth)["jaccard"]
+    print(f"  accuracy on this movie: default model @{p_base:.2f} (its own), camera typed in: Jaccard {j_base:.3f}; calibrate's choice "
+          f"{choice['model']} @{choice['p_threshold']:.2f}, floor {choice['min_photons']:.0f} photons, calibrated camera: "
+          f"{j_chosen:.3f} ({j_chosen - j_base:+.3f})")
+    return {"default_own_threshold": j_base, "default_p_threshold": p_base, "chosen": j_chosen, "choice": choice}
+
+
+def run_choice(cal, backend, movie: np.ndarray, em_gain: float | None = None) -> tuple[dict, np.ndarray]:
+    """What ``rtsmlm calibrate`` makes of ``cal`` and a run of its config gives on ``movie``: the choice (model,
+    thresholds, brightness floor; without the curves) and the localizations, with the calibrated camera (its
+    pixel maps when it is an sCMOS calibrated with dark frames; ``em_gain`` of an EMCCD as given) and PSF."""
+    import tempfile
+
+    from rtsmlm.analysis.calibrate import config_toml
+    from rtsmlm.cli.calibrate import _choose_model
+    from rtsmlm.localization.offline import OfflineLocalizer
+
     with tempfile.TemporaryDirectory() as tmp:
         maps = None
         if cal.camera_model == "scmos" and cal.pixel_maps is not None:
@@ -97,39 +110,24 @@ def accuracy(cal, cfg, sim, movie, truth) -> dict:
 
             maps = Path(tmp) / "maps.npz"
             save_maps(maps, *cal.pixel_maps)
-        text = config_toml(cal, em_gain=cfg.camera.em_gain if cal.camera_model == "emccd" else None, maps_file=maps)
+        text = config_toml(cal, em_gain=em_gain if cal.camera_model == "emccd" else None, maps_file=maps)
         choice = _choose_model(text, ["default", "broad_2d"], 100)
         path = Path(tmp) / "c.toml"
         path.write_text(text)
         calibrated = rconfig.load(path)
-        camera, sigma_nm = calibrated.camera, calibrated.psf.sigma_nm
-        cam = CameraModel.from_config(camera)
+        camera = CameraModel.from_config(calibrated.camera)  # reads the maps file: inside the temporary folder
     p = choice["p_threshold"]
-    j_chosen = evaluate(run_choice(choice, backend, movie, cam, sigma_nm), truth)["jaccard"]
-    print(f"  accuracy on this movie: default model @{p_base:.2f} (its own), camera typed in: Jaccard {j_base:.3f}; calibrate's choice "
-          f"{choice['model']} @{p:.2f}, floor {choice['min_photons']:.0f} photons, calibrated camera: {j_chosen:.3f} "
-          f"({j_chosen - j_base:+.3f})")
-    return {"default_own_threshold": j_base, "default_p_threshold": p_base, "chosen": j_chosen, "choice": {k: v for k, v in choice.items() if k != "curves"}}
-
-
-def run_choice(choice: dict, backend, movie: np.ndarray, camera: CameraModel, sigma_nm: float) -> np.ndarray:
-    """The localizations of ``movie`` by calibrate's choice: its model, thresholds and brightness floor."""
-    from rtsmlm.localization.offline import OfflineLocalizer
-
-    p = choice["p_threshold"]
-    return OfflineLocalizer(choice["model"], backend, p_threshold=p, candidate_threshold=min(0.3, p),
-                            min_photons=choice["min_photons"]).localize(movie, camera, psf_sigma_nm=sigma_nm)
+    locs = OfflineLocalizer(choice["model"], backend, p_threshold=p, candidate_threshold=min(0.3, p),
+                            min_photons=choice["min_photons"]).localize(movie, camera,
+                                                                        psf_sigma_nm=calibrated.psf.sigma_nm)
+    return {k: v for k, v in choice.items() if k != "curves"}, locs
 
 
 def storm_accuracy(cal, movie: np.ndarray) -> dict:
     """The storm-analysis movie (real): each shipped 2D model at its own threshold with the camera as its
     README gives it (configs/storm_analysis_camera.toml) against calibrate's choice on the calibrated camera;
     Jaccard over all 2000 true emitters at the 250 nm tolerance of the other benchmarks."""
-    import tempfile
-
-    from rtsmlm.analysis.calibrate import config_toml
     from rtsmlm.analysis.metrics import evaluate
-    from rtsmlm.cli.calibrate import _choose_model
     from rtsmlm.io.locfiles import read_locs
     from rtsmlm.localization.offline import OfflineLocalizer
 
@@ -141,15 +139,9 @@ def storm_accuracy(cal, movie: np.ndarray) -> dict:
         locs = OfflineLocalizer(model, backend).localize(movie, CameraModel.from_config(typed.camera),
                                                         psf_sigma_nm=typed.psf.sigma_nm)
         out[model] = evaluate(locs, truth, tolerance_nm=250.0)["jaccard"]
-    with tempfile.TemporaryDirectory() as tmp:
-        text = config_toml(cal)
-        choice = _choose_model(text, ["default", "broad_2d"], 100)
-        path = Path(tmp) / "c.toml"
-        path.write_text(text)
-        calibrated = rconfig.load(path)
-    locs = run_choice(choice, backend, movie, CameraModel.from_config(calibrated.camera), calibrated.psf.sigma_nm)
+    choice, locs = run_choice(cal, backend, movie)
     out["chosen"] = evaluate(locs, truth, tolerance_nm=250.0)["jaccard"]
-    out["choice"] = {k: v for k, v in choice.items() if k != "curves"}
+    out["choice"] = choice
     print(f"  accuracy (Jaccard, all 2000 emitters, 250 nm): default {out['default']:.3f}, broad_2d "
           f"{out['broad_2d']:.3f} (own thresholds, camera typed in); calibrate's choice {choice['model']} "
           f"@{choice['p_threshold']:.2f}, floor {choice['min_photons']:.0f} photons, calibrated camera: {out['chosen']:.3f}")

@@ -103,11 +103,9 @@ def main() -> None:
     models = list(localizers)
     calibrated = {}  # MODEL@cal: the same model at the thresholds calibrate chooses for each cell
     if args.calibrated_thresholds:
-        from rtsmlm.analysis.thresholds import CANDIDATE_GRID, FLOOR_FRACTIONS
-
-        candidates = tuple(float(c) for c in args.candidates.split(",")) if args.candidates else CANDIDATE_GRID
-        floors = tuple(float(f) for f in args.floors.split(",")) if args.floors else FLOOR_FRACTIONS
-
+        # Empty: calibrate's own grids (set_calibrated_thresholds' defaults).
+        candidates = tuple(float(c) for c in args.candidates.split(",")) if args.candidates else None
+        floors = tuple(float(f) for f in args.floors.split(",")) if args.floors else None
         calibrated = {label + "@cal": acc.open_model_spec(m, backend_cfg, base.model)[1]
                       for m, label in zip(args.models.split(","), models)}
     columns = models + list(calibrated)

@@ -409,11 +409,12 @@ def _response_map(signal: np.ndarray, signal_var: np.ndarray, n: np.ndarray) -> 
     """Each pixel's response relative to its neighbourhood (an sCMOS's photo-response non-uniformity, a few
     per cent from pixel to pixel: its own amplifier), from the movie itself: the pixel's mean background over
     its quiet frames (``signal``, ADU above its dark level; ``signal_var`` that difference's variance: the
-    frames' noise over their number ``n`` plus the dark level's) over the median of its 7×7 neighbourhood. Left uncorrected it is a fixed pattern as strong as the shot noise
-    at a background of several hundred photons, static from frame to frame, which a network reads as dim
-    emitters (measured: bench_calibrate's sCMOS at background 800, Jaccard 0.32 without, 0.74 with). The
-    ratios are shrunk towards 1 by the share of their spread that noise explains (signal_var / level²), so a
-    dim background, where the ratios are mostly noise, gives no map (None)."""
+    frames' noise over their number ``n`` plus the dark level's) over the median of its 7×7 neighbourhood.
+    Left uncorrected it is a fixed pattern as strong as the shot noise at a background of several hundred
+    photons, static from frame to frame, which a network reads as dim emitters (measured: bench_calibrate's
+    sCMOS at background 800, Jaccard 0.32 without, 0.74 with). The ratios are shrunk towards 1 by the share of
+    their spread that noise explains (signal_var / level²), so a dim background, where the ratios are mostly
+    noise, gives no map (None)."""
     from scipy.ndimage import median_filter
 
     local = median_filter(signal, size=RESPONSE_BOX, mode="nearest")

@@ -22,8 +22,8 @@ neighbouring frames of an emitter that stays on (its RMSE there rises, 5.1 → 7
 neighbouring frames helped) and the fit's (its CRLB) — keeps the temporal gain, recovers part of the
 single-frame one; its σ is the smaller of the two (both saw the same frame). Only localizations with no other
 within ``ISOLATION_SIGMAS`` σ are refined; a fit that fails (not finite) or moves more than ``MAX_SHIFT_PX``
-from the network's position (a missed neighbour pulling it) keeps the network's values. All arithmetic is batched torch on the
-frames' device; only the localization table crosses to the host.
+from the network's position (a missed neighbour pulling it) keeps the network's values. All arithmetic is
+batched torch on the frames' device; only the localization table crosses to the host.
 """
 
 from __future__ import annotations
