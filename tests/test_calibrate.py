@@ -177,7 +177,9 @@ def test_the_thresholds_are_chosen_on_the_calibrated_conditions_as_a_run_at_them
         locs = loc.localize(movie, Simulator(cfg).camera)
         assert (locs["photons"] >= floor).all()
         got = evaluate(locs, truth, tolerance_nm=250.0)["jaccard"]
-        assert got == pytest.approx(choice.surface[(cand, p, floor)], abs=1e-9)
+        # Up to one detection apart: the run's batches differ from the surface's, and on some CPUs that moves
+        # the network's outputs by a rounding error, enough to put a read-out at the floor on the other side.
+        assert got == pytest.approx(choice.surface[(cand, p, floor)], abs=0.002)
     # The floor removes detections (and is chosen only for a clear gain over none).
     assert choice.surface[(0.15, 0.3, 140.0)] != choice.surface[(0.15, 0.3, 0.0)]
     if choice.min_photons > 0:
@@ -240,3 +242,18 @@ def test_a_missing_or_foreign_maps_file_is_one_sentence(tmp_path) -> None:
     np.savez(tmp_path / "other.npz", something=np.zeros(3))
     with pytest.raises(MapsError, match="not an rtsmlm maps file"):
         CameraModel.from_config(config.load(None, [f'camera.maps_file="{tmp_path / "other.npz"}"']).camera)
+
+
+def test_a_ten_frame_movie_gives_the_gain_from_the_pixels_no_emitter_reached() -> None:
+    # A short movie (the storm-analysis test data: 10 frames of 256², baseline known): a loose spot mask lets
+    # emitter light into the noise statistics (that movie read gain 1.45 for 1); the strictest mask that leaves
+    # enough pixels is used instead.
+    storm_like = ['camera.model="scmos"', "camera.e_per_adu=1", "camera.em_gain=1", "camera.qe=1",
+                  "camera.read_noise_e=1", "camera.spurious_charge=0", "camera.baseline_adu=100",
+                  "camera.pixel_size_nm=160", "camera.scmos_offset_sigma_adu=0", "camera.scmos_gain_sigma=0",
+                  "psf.sigma_nm=160", "sim.bg_photons=50", "sim.mean_on_frames=1", "sim.size=256", "sim.density=0.12"]
+    cfg, sim, movie, _ = _movie(storm_like, frames=10, structured=False)
+    cal = calibrate(movie, pixel_size_nm=160.0, prior=CameraModel.from_config(cfg.camera), camera_model="scmos",
+                    baseline_adu=100.0)
+    assert cal.gain_adu_per_e.value == pytest.approx(1.0, rel=0.05)
+    assert cal.background_photons["median"] == pytest.approx(50.0, rel=0.10)

@@ -123,6 +123,16 @@ def test_overrides_change_single_keys_over_the_file(tmp_path: Path) -> None:
     assert config.load(overrides=["sim.seed=3", "sim.seed=4"]).sim.seed == 4
 
 
+def test_config_text_loads_as_its_file_would_and_errors_name_its_source(tmp_path: Path) -> None:
+    text = "[camera]\npixel_size_nm = 110.0\n\n[sim]\nbg_photons = 40.0\n"
+    overrides = ["sim.seed=9"]
+    assert config.loads(text, overrides) == load_text(tmp_path, text, overrides)
+    with pytest.raises(ConfigError, match="the calibrated config: not valid TOML"):
+        config.loads("[sim\n", source="the calibrated config")
+    with pytest.raises(ConfigError, match="camera.pixel_size_nm"):
+        config.loads("[camera]\npixel_size_nm = -1.0\n")
+
+
 def test_overrides_are_validated_like_the_file() -> None:
     with pytest.raises(ConfigError, match=r"'sim\.densty'.*did you mean 'density'"):
         config.load(overrides=["sim.densty=1"])

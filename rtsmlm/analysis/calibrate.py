@@ -43,6 +43,9 @@ MIN_FRAMES = 10
 """Fewer frames give no usable temporal statistics."""
 MIN_KEPT_FRAMES = MIN_FRAMES // 2
 """A pixel's statistics need this many frames left after the masks."""
+MIN_NOISE_PIXELS = 5000
+"""Pixels (with MIN_KEPT_FRAMES frames each) that the noise statistics need, or half the field if smaller:
+~1 % error on the gain with 5 frames each."""
 EXCESS_NOISE = {"emccd": 2.0, "scmos": 1.0}
 EMCCD_SKEW_RATIO = 1.5
 """Skewness of an EMCCD's output relative to a Poisson camera's at the same mean and variance: per photo-
@@ -66,6 +69,9 @@ MASK_SIGMAS = 5.0
 MASKS = ((5, 2), (3, 1), (2, 0))
 """Spot masks for the photon-transfer line (px and frames around a peak MASK_SIGMAS robust sigmas up), tried
 in this order until enough of every pixel's frames are left (a dense movie needs a tight mask)."""
+SPREAD_BOX = 15
+"""Pixels (a square this wide) whose median temporal spread is the noise a spot must stand out of: wider than a
+spot, narrower than an illumination profile."""
 SKEW_MASK = (3, 1)
 """The tighter spot mask for the skewness test: a wide mask also trims the camera's own noise tail, which is
 what tells an EMCCD from an sCMOS. The light of dim or distant emitters that it leaves is caught by
@@ -141,10 +147,13 @@ class Calibration:
 
 def _spot_peaks(frames: np.ndarray) -> np.ndarray:
     """Where emitters are, frame by frame: local maxima of the 3×3-smoothed frame that stand out of the
-    pixel's own temporal spread (MASK_SIGMAS robust sigmas)."""
+    temporal spread of the pixels around (MASK_SIGMAS robust sigmas). Around, not the pixel's own: in a short
+    movie (tens of frames) a pixel that emitters reach in a few frames reads a wide spread of its own, and its
+    emitters went unmasked (10 frames: gain +20 % from the strictest mask)."""
     smooth = ndimage.uniform_filter(frames.astype(np.float64), size=(1, 3, 3))
     med = np.median(smooth, axis=0)
-    spread = 1.4826 * np.median(np.abs(smooth - med), axis=0) + 1e-9
+    own = 1.4826 * np.median(np.abs(smooth - med), axis=0)
+    spread = ndimage.median_filter(own, size=SPREAD_BOX, mode="nearest") + 1e-9
     return (smooth == ndimage.maximum_filter(smooth, size=(1, 5, 5))) & (smooth > med + MASK_SIGMAS * spread)
 
 
@@ -258,24 +267,34 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
         dark_mean = dark.mean(axis=0)
         dark_var = dark.var(axis=0, ddof=1)
 
-    # The quiet-neighbourhood test keeps under half of a pixel's frames: a short movie (tens of frames) goes
-    # without it rather than be refused.
+    # Masks from the strictest to the loosest. The noise statistics take the strictest that leaves enough
+    # pixels with MIN_KEPT_FRAMES frames (a short movie's loose masks let emitter light in: storm-analysis'
+    # 10 frames read gain 1.45 for 1); the background map and the response take the strictest that leaves
+    # most pixels that many (they are per pixel). The quiet-neighbourhood test keeps under half of a pixel's
+    # frames: a short movie (tens of frames) goes without it rather than be refused.
     peaks = _spot_peaks(frames)
     busy = _busy_neighbourhood(frames)
-    for use_busy, (radius, around) in [(True, m) for m in MASKS] + [(False, m) for m in MASKS]:
-        mask = _spot_mask(peaks, radius, around) | (busy if use_busy else False)
+    enough = min(MIN_NOISE_PIXELS, frames.shape[1] * frames.shape[2] // 2)
+    noise_moments = use_busy = None
+    for busy_mask, (radius, around) in [(True, m) for m in MASKS] + [(False, m) for m in MASKS]:
+        mask = _spot_mask(peaks, radius, around) | (busy if busy_mask else False)
         mean, var, _, n = _pixel_moments(frames, mask)
+        if noise_moments is None and np.count_nonzero(n >= MIN_KEPT_FRAMES) >= enough:
+            noise_moments, use_busy = (mean, var, n), busy_mask
         if np.median(n) >= MIN_KEPT_FRAMES:
             break
     if np.median(n) < MIN_KEPT_FRAMES:
         raise CalibrationError("nearly every pixel is covered by a spot in most frames: the movie is too dense "
                                "to see the camera's noise; give a movie (or frames) with fewer emitters on")
+    noise_mean, noise_var, noise_n = noise_moments
+    # Only pixels with enough frames, weighted by their degrees of freedom (a 1-frame "variance" is 0).
+    noise_kept = noise_n >= MIN_KEPT_FRAMES
     if dark_mean is not None:
-        signal = mean - dark_mean
-        excess_var = var - dark_var
+        signal = noise_mean - dark_mean
+        excess_var = noise_var - dark_var
     else:
-        signal, excess_var = mean, var
-    xb, vb = _binned(signal, [excess_var], n)
+        signal, excess_var = noise_mean, noise_var
+    xb, vb = _binned(signal[noise_kept], [excess_var[noise_kept]], noise_n[noise_kept] - 1)
     # Neither the dark movie nor the baseline given: the photon-transfer line with its intercept free.
     free_line = _line(xb, vb) if dark_mean is None and baseline_adu is None else None
     prior_read_adu = prior.read_noise_e / prior.e_per_adu
@@ -346,9 +365,9 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
         span = float(xb[-1] - xb[0]) / max(float(np.median(xb)) - b, 1e-9) if np.isfinite(b) else 0.0
         # And more than their noise does: on a flat field an EMCCD's skewed noise makes the pixels that read
         # brighter also read noisier, a line with no photon transfer in it (+60 % gain, +38 ADU baseline).
-        kept = n >= MIN_KEPT_FRAMES
-        spread = 1.4826 * np.median(np.abs(mean[kept] - np.median(mean[kept])))
-        structure = spread ** 2 / float(np.median(var[kept] / n[kept]))
+        m = noise_mean[noise_kept]
+        spread = 1.4826 * np.median(np.abs(m - np.median(m)))
+        structure = spread ** 2 / float(np.median(noise_var[noise_kept] / noise_n[noise_kept]))
         if not (b_sd <= MAX_BASELINE_SD_ADU and span >= MIN_PTC_SPAN and structure >= MIN_PTC_STRUCTURE):
             raise CalibrationError(
                 f"the background varies too little across the field (pixel means {xb[0]:.1f}–{xb[-1]:.1f} ADU) for "

@@ -117,15 +117,10 @@ def fine_tune_init(background_photons: float) -> str:
 def _choose_model(config_text: str, models: list[str], frames: int) -> dict[str, Any]:
     """The model, detection thresholds and brightness floor with the best Jaccard on the calibrated conditions,
     simulated."""
-    import tempfile
-
     from rtsmlm.analysis.thresholds import choose_thresholds
     from rtsmlm.core import config as config_mod
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "calibrated.toml"
-        path.write_text(config_text)
-        cfg = config_mod.load(path, ["sim.bg_structured=false"])
+    cfg = config_mod.loads(config_text, ["sim.bg_structured=false"], "the calibrated config")
     # The detected density is a lower bound (dim and overlapping emitters are missed).
     cfg = config_mod.replace(cfg, sim=config_mod.to_dict(config_mod.replace(
         cfg.sim, density=max(1.5 * cfg.sim.density, 0.1), seed=cfg.sim.seed + 1)))

@@ -389,14 +389,29 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         p = Path(path)
         source = str(p)
         try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
+            data = _parse(p.read_text(encoding="utf-8"), source)
         except FileNotFoundError:
             raise ConfigError(f"config file {p} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{p}: not valid TOML: {e}") from None
         for table in (data.get("plugins") or {}).values():
             if isinstance(table, dict):
                 table.setdefault("config_dir", str(p.resolve().parent))
+    return _overridden(data, source, overrides)
+
+
+def loads(text: str, overrides: list[str] | None = None, source: str = "config text") -> Config:
+    """A config from TOML ``text`` (a config written by a program, e.g. ``rtsmlm calibrate``), as :func:`load`
+    from a file; errors name ``source``."""
+    return _overridden(_parse(text, source), source, overrides)
+
+
+def _parse(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+
+
+def _overridden(data: dict[str, Any], source: str, overrides: list[str] | None) -> Config:
     cfg = from_dict(data, source)
     for ov in overrides or []:
         label = f"--set {ov}"
