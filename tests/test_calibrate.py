@@ -257,3 +257,18 @@ def test_a_ten_frame_movie_gives_the_gain_from_the_pixels_no_emitter_reached() -
                     baseline_adu=100.0)
     assert cal.gain_adu_per_e.value == pytest.approx(1.0, rel=0.05)
     assert cal.background_photons["median"] == pytest.approx(50.0, rel=0.10)
+
+
+@pytest.mark.parametrize("camera", ["scmos", "emccd"])
+def test_a_bleaching_background_does_not_count_as_camera_noise(camera) -> None:
+    # STORM backgrounds bleach over the movie: here an extra 40 photo-electrons/px fade to 16 over 300 frames.
+    # A variance about each pixel's mean counts that trend as noise (gain +5 % at 30 % bleaching, +13 % at 60 %);
+    # the differences of successive frames do not.
+    cfg, sim, movie, dark = _movie(SCMOS if camera == "scmos" else EMCCD, frames=300)
+    cam, rng = sim.camera, np.random.default_rng(4)
+    electrons = rng.poisson(np.linspace(40.0, 16.0, len(movie))[:, None, None] * np.ones(movie.shape[1:]))
+    if camera == "emccd":  # the EM register's output per electron is exponential: a gamma of their number
+        electrons = np.where(electrons > 0, rng.gamma(np.maximum(electrons, 1), cam.em_gain), 0.0)
+    bleaching = movie + electrons / cam.e_per_adu
+    cal = calibrate(bleaching, pixel_size_nm=cam.pixel_size_nm, dark=dark, camera_model=camera, prior=CameraModel())
+    assert cal.gain_adu_per_e.value == pytest.approx(cam.em_gain / cam.e_per_adu, rel=0.03)
