@@ -3,6 +3,8 @@ movies of cameras unlike the default one; the config it writes runs; bad input g
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -140,6 +142,24 @@ def test_the_command_writes_a_config_that_run_and_train_accept_and_a_report(tmp_
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The fine-tune it suggests starts from the default model at this background (tens of photons/px).
     assert f"rtsmlm train --config {out} --init default --steps 1500" in capsys.readouterr().out
+
+
+def test_the_command_calibrates_on_the_middle_of_a_long_movie_not_its_crowded_start(tmp_path, capsys) -> None:
+    # A dSTORM movie starts crowded (every dye on until it is switched off): 200 frames at 3 emitters/µm², then
+    # 600 at 0.3. The density and background a fine-tune is fitted to are the sparse part's.
+    from rtsmlm.cli import main
+    from rtsmlm.io.movies import write_tiff_movie
+
+    _, _, crowded, dark = _movie([*SCMOS, "sim.density=3"], frames=200, seed=5)
+    _, sim, sparse, _ = _movie(SCMOS, frames=600, seed=6)
+    write_tiff_movie(tmp_path / "movie.tif", np.concatenate([crowded, sparse]), 108.0, {})
+    write_tiff_movie(tmp_path / "dark.tif", dark, 108.0, {})
+    assert main(["calibrate", str(tmp_path / "movie.tif"), "--dark", str(tmp_path / "dark.tif"), "--frames", "300",
+                 "--models", "", "--json", "--out", str(tmp_path / "camera.toml")]) == 0
+    out = capsys.readouterr()
+    assert "frames 250–549 of 800 (the middle of the movie" in out.err
+    figures, _ = json.JSONDecoder().raw_decode(out.out)
+    assert figures["frames_used"] == 300 and figures["density_per_um2"] < 0.6  # the sparse part's (0.3 simulated)
 
 
 def test_a_fine_tune_starts_from_default_unless_the_background_is_beyond_its_range() -> None:

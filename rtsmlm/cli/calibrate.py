@@ -14,13 +14,19 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def _read_frames(path: str, max_frames: int) -> tuple[np.ndarray, Any]:
+def _read_frames(path: str, max_frames: int, middle: bool = False) -> tuple[np.ndarray, Any, int]:
+    """Up to ``max_frames`` consecutive frames of ``path``, the movie and the first frame's index: from the
+    start, or with ``middle`` from the middle of a longer movie (a dSTORM movie's first hundreds of frames are
+    crowded while the dyes are switched off, and its background is still bleaching fast: the density, brightness
+    and background a model is fitted to are those of the rest)."""
     from rtsmlm.io.movies import open_movie
 
     with open_movie(path) as movie:
         n = min(movie.n_frames, max_frames)
-        frames = np.stack([movie.read(i) for i in range(n)]) if n else np.zeros((0, *movie.shape))
-        return frames, movie
+        start = (movie.n_frames - n) // 2 if middle else 0
+        frames = (np.stack([movie.read(i) for i in range(start, start + n)]) if n
+                  else np.zeros((0, *movie.shape)))
+        return frames, movie, start
 
 
 def calibrate_main(args: Any, cfg: Any) -> int:
@@ -29,7 +35,10 @@ def calibrate_main(args: Any, cfg: Any) -> int:
     from rtsmlm.analysis.calibrate import calibrate, config_toml, write_report
     from rtsmlm.core.camera import CameraModel
 
-    frames, movie = _read_frames(args.movie, args.frames)
+    frames, movie, start = _read_frames(args.movie, args.frames, middle=True)
+    if start:
+        print(f"rtsmlm calibrate: frames {start}–{start + len(frames) - 1} of {movie.n_frames} (the middle of the "
+              "movie: its first frames may be crowded while the dyes switch off)", file=sys.stderr)
     pixel_nm = args.pixel_size_nm or movie.pixel_size_nm
     if not pixel_nm:
         pixel_nm = cfg.camera.pixel_size_nm

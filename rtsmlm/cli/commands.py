@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-adu", type=float, default=None, help="known baseline, instead of measuring it")
     p.add_argument("--em-gain", type=float, default=None, help="EM gain to write into the config (EMCCD)")
     p.add_argument("--pixel-size-nm", type=float, default=None, help="camera pixel size (default: the movie's)")
-    p.add_argument("--frames", type=int, default=500, help="frames to use (default 500)")
+    p.add_argument("--frames", type=int, default=500, help="consecutive frames to use (default 500; from the middle of a longer movie)")
     p.add_argument("--out", default="camera.toml", metavar="TOML", help="config to write (default camera.toml)")
     p.add_argument("--report", metavar="PNG", help="report image (default: next to --out)")
     p.add_argument("--models", default="default,broad_2d", metavar="NAMES",
