@@ -216,7 +216,7 @@ def main() -> None:
                   f"background {cal.background_photons['median']:.1f} photons/px (truth: 50), {cal.spots_fitted} spots "
                   f"fitted, {time.perf_counter() - t0:.1f} s")
             results[f"storm-analysis ({label})"] = cal.to_json()
-        if args.accuracy:
+        if args.accuracy:  # with the second calibration: what a user of that data set would run
             results["storm-analysis/accuracy"] = storm_accuracy(cal, movie)
     if args.json:
         Path(args.json).write_text(json.dumps(to_jsonable(results), indent=2))
