@@ -45,6 +45,8 @@ MIN_KEPT_FRAMES = MIN_FRAMES // 2
 """A pixel's statistics need this many frames left after the masks."""
 MIN_NOISE_PIXELS = 5000
 """Pixels (with MIN_KEPT_FRAMES frames each) that the noise statistics need, or half the field if smaller."""
+MOMENT_ROWS = 64
+"""Rows of the frames whose moments are computed at once (memory: a few copies of T × 64 × W, not of the movie)."""
 TREND_FRAMES = 25
 """A pixel's noise is its spread about the mean of its frames within ± this many: slower changes of the
 background (bleaching, drift of the illumination) are not noise."""
@@ -206,6 +208,17 @@ def _pixel_moments(frames: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np
     divided by 1 − 1/m (m frames in its window), so a movie shorter than the window gets the usual unbiased
     variance. The third moment stays the one about the mean: a trend adds no third cumulant (a linear one's
     values are symmetric about their mean)."""
+    moments = [np.empty(frames.shape[1:]) for _ in range(4)]
+    # A band of rows at a time: the window sums hold several copies of the frames.
+    for r in range(0, frames.shape[1], MOMENT_ROWS):
+        band = slice(r, r + MOMENT_ROWS)
+        for out, value in zip(moments, _band_moments(frames[:, band], mask[:, band])):
+            out[band] = value
+    mean, var, m3, n = moments
+    return mean, var, m3, n
+
+
+def _band_moments(frames: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, ...]:
     keep = ~mask
     n = keep.sum(axis=0).astype(np.float64)
     x = np.where(keep, frames, 0.0)
