@@ -136,3 +136,27 @@ def test_error_anatomy_finds_duplicates_and_close_pairs(bench):
     assert (e["fp"], e["fn"]) == (m_all.fp, m_all.fn) == (1, 1)
     assert e["fp_within_50nm_of_truth"] == 1 and e["fn_with_emitter_within_300nm"] == 1
     assert e["fn_nearest_emitter_nm_median"] == pytest.approx(200.0)
+
+
+def test_frame_counts_and_paired_jaccard_interval(bench):
+    rng = np.random.default_rng(5)
+    truth = _table([(f, *rng.uniform(0, 6400, 2), 2000) for f in range(100) for _ in range(4)], TRUTH_DTYPE)
+    found = rng.random(len(truth)) < 0.9
+    good = truth[found].copy()
+    # The worse model misses a further fifth of the emitters and adds a false positive every other frame.
+    worse = np.concatenate([good[rng.random(len(good)) < 0.8],
+                            _table([(f, 100, 100) for f in range(0, 100, 2)], TRUTH_DTYPE)])
+    counts = {}
+    for name, pred in (("good", good), ("worse", worse)):
+        m = match(pred, truth)
+        counts[name] = bench.frame_counts(pred, truth, m, 100)
+        assert counts[name].sum(axis=0).tolist() == [m.tp, m.fp, m.fn]
+    assert counts["good"][:, 1].sum() == 0 and counts["worse"][::2, 1].min() == 1
+    d, low, high = bench.jaccard_difference_interval(counts["worse"], counts["good"])
+    jw = counts["worse"][:, 0].sum() / counts["worse"].sum()
+    assert d == pytest.approx(jw - counts["good"][:, 0].sum() / counts["good"].sum())
+    assert low < d < high < 0  # clearly worse: the interval excludes 0
+    # A model against itself: exactly 0, no spread.
+    assert bench.jaccard_difference_interval(counts["good"], counts["good"]) == (0.0, 0.0, 0.0)
+    short = bench.jaccard_difference_interval(counts["worse"][:50], counts["good"][:50])
+    assert short[0] < 0 and math.isnan(short[1]) and math.isnan(short[2])  # 5 blocks: no interval
