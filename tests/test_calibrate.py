@@ -159,7 +159,8 @@ def test_the_command_calibrates_on_the_middle_of_a_long_movie_not_its_crowded_st
     out = capsys.readouterr()
     assert "frames 250–549 of 800 (the middle of the movie" in out.err
     figures, _ = json.JSONDecoder().raw_decode(out.out)
-    assert figures["frames_used"] == 300 and figures["density_per_um2"] < 0.6  # the sparse part's (0.3 simulated)
+    assert figures["frames_used"] == 300 and figures["spots"]["density_per_um2"] < 0.6  # the sparse part's
+    assert 0.2 < figures["sample"]["density_per_um2"] < 0.4  # 0.3 simulated (3 in the crowded start)
 
 
 def test_a_fine_tune_starts_from_default_unless_the_background_is_beyond_its_range() -> None:

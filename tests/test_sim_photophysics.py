@@ -151,3 +151,30 @@ def test_activation_rate_for_density_formula() -> None:
     k = activation_rate_for_density(0.5, 40.0, 10_000, 3.0)
     assert 10_000 * k * 4.0 == pytest.approx(0.5 * 40.0)
     assert activation_rate_for_density(0.5, 40.0, 0, 3.0) == 0.0
+
+
+@pytest.mark.parametrize("tau", [0.5, 3.0])
+def test_frame_locked_molecules_are_on_for_whole_frames_at_the_configured_density(tau: float) -> None:
+    """sim.frame_locked: every emission is a whole frame at the molecule's full brightness, the runs of frames
+    are as long as an exponential on-time of mean tau begun at a frame's start touches, and the density holds."""
+    cfg = config.load(overrides=["sim.size=64", "sim.density=0.5", "sim.seed=4", "sim.frame_locked=true",
+                                 f"sim.mean_on_frames={tau}", "sim.bleach_probability=0", "sim.photons_sigma=0",
+                                 'sim.structure="uniform"'])
+    sim = Simulator(cfg)
+    frames = 400
+    truth = np.concatenate([sim.step()[1] for _ in range(frames)])
+    assert np.allclose(truth["photons"], cfg.sim.photons_mean)  # never a partial frame
+    area_um2 = (cfg.sim.size * cfg.camera.pixel_size_nm / 1e3) ** 2
+    assert len(truth) / frames / area_um2 == pytest.approx(0.5, rel=0.1)
+    # Runs of consecutive frames at one position: geometric, mean 1 / (1 - exp(-1/tau)).
+    runs: dict[tuple[float, float], list[int]] = {}
+    for f, x, y in zip(truth["frame"], truth["x"], truth["y"]):
+        seq = runs.setdefault((float(x), float(y)), [])
+        if seq and seq[-1][1] == f - 1:
+            seq[-1] = (seq[-1][0], f)
+        else:
+            seq.append((f, f))
+    lengths = [b - a + 1 for seq in runs.values() for a, b in seq if a > 0 and b < frames - 1]
+    assert np.mean(lengths) == pytest.approx(1.0 / -np.expm1(-1.0 / tau), rel=0.1)
+    assert activation_rate_for_density(0.5, 40.0, 10_000, tau, frame_locked=True) * 10_000 == \
+        pytest.approx(0.5 * 40.0 * -np.expm1(-1.0 / tau))

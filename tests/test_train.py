@@ -124,3 +124,18 @@ def test_pair_fraction_adds_partners_close_by_and_leaves_other_configs_data_unch
     xp, yp, *_ = plain._events(0.5)
     near_plain = (cKDTree(np.column_stack([xp, yp])).query(np.column_stack([xp, yp]), k=2)[0][:, 1] < 2.5).mean()
     assert near_plain < 0.3
+
+
+def test_frame_locked_training_events_cover_whole_frames():
+    """sim.frame_locked (a calibrated movie whose molecules switch with the frames): the training events start
+    on a frame boundary and last whole frames, so no emitter is partly on in a training frame."""
+    from rtsmlm.core import config as rconfig
+    from rtsmlm.training.data import TrainingSimulator
+
+    cfg = rconfig.from_dict({"sim": {"frame_locked": True, "mean_on_frames": 0.7}})
+    _, _, _, start, dur, _ = TrainingSimulator(cfg, 5)._events(1.0)
+    assert len(start) > 10
+    assert np.array_equal(start, np.floor(start)) and np.array_equal(dur, np.ceil(dur)) and dur.min() >= 1
+    # Without the key the events are those of before (continuous starts and durations).
+    _, _, _, start0, dur0, _ = TrainingSimulator(rconfig.from_dict({"sim": {"mean_on_frames": 0.7}}), 5)._events(1.0)
+    assert np.array_equal(np.floor(start0), start) and not np.array_equal(start0, start)

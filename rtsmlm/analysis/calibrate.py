@@ -16,6 +16,10 @@ needs to fit the microscope, each with an uncertainty and the method used:
   Gaussian fits of isolated spots in the movie converted to photons with the calibrated camera;
   **density** of detected spots (a lower bound: dim and overlapping emitters are missed) and their
   **on-time** in frames (how often a spot is found again at the same place in the next frame).
+* **the sample** behind those spots — emitter density, brightness, on-time, and whether molecules switch at any
+  moment or only between frames — by simulating the calibrated microscope until its spots look like the movie's
+  (:mod:`rtsmlm.analysis.sample_model`): what the config's ``[sim]`` holds, on which the detection thresholds,
+  the brightness floor and a fine-tune are chosen.
 
 "Photons" after calibration are detected photo-electrons (QE 1): the camera's quantum efficiency cannot be
 told from its counts and does not matter to localization.
@@ -26,13 +30,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from rtsmlm.analysis.sample_model import SampleModel, SpotStatistics, fit_sample, misfit, spot_statistics
 from rtsmlm.core.camera import CameraModel
 from rtsmlm.core.errors import RtsmlmError
 from rtsmlm.localization.spots import find_isolated_spots, psf_width_fits, smooth_background
@@ -113,8 +118,9 @@ class Calibration:
     psf_sigma_nm: Estimate | None
     background_photons: dict[str, float]
     spot_photons: dict[str, float]
-    density_per_um2: float
-    on_frames: float | None
+    """Brightness of the fitted isolated spots (photons: median, p10, p90)."""
+    spots: SpotStatistics
+    """What the spot finder sees: detected density (a lower bound), brightness in a box, persistence."""
     pixel_size_nm: float
     frames_used: int
     spots_fitted: int
@@ -125,6 +131,9 @@ class Calibration:
     pixel_maps: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = field(default=None, repr=False)
     """(offset ADU, read-noise variance ADU², relative response or None) per pixel: the first two from the
     dark movie, the response of an sCMOS from the movie's background (:func:`_response_map`)."""
+    sample: SampleModel | None = None
+    """The emitters (density, brightness, on-time) whose simulation shows the movie's spots: what the config's
+    ``[sim]`` holds (None only while :func:`calibrate` fits it)."""
 
     def camera(self, exposure_ms: float = 10.0, em_gain: float | None = None) -> CameraModel:
         """The calibrated camera: ``e_per_adu`` chosen so that ADU → photons uses the measured gain (an
@@ -432,9 +441,7 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
     else:
         warnings.append(f"only {len(good)} isolated spots could be fitted: no PSF width (need {MIN_SPOTS}); give a "
                         "longer movie or one with separated emitters")
-    area_um2 = frames.shape[1] * frames.shape[2] * (pixel_size_nm / 1000.0) ** 2
-    density = len(spots) / frames.shape[0] / area_um2
-    on_frames = _on_frames(spots)
+    spot_stats = spot_statistics(photons, bg_map, pixel_size_nm, spots)
     bgv = bg_map.ravel()
     bg = {"median": float(np.median(bgv)), "p05": float(np.percentile(bgv, 5)), "p95": float(np.percentile(bgv, 95))}
     ph = ({"median": float(np.median(good["photons"])), "p10": float(np.percentile(good["photons"], 10)),
@@ -447,9 +454,32 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
         response = (_response_map(mean - dark_mean, var / np.maximum(n, 1) + dark_var / dark.shape[0], n)
                     if camera_model == "scmos" else None)
         maps = (dark_mean.astype(np.float32), dark_var.astype(np.float32), response)
-    return Calibration(camera_model, model_method, skew_ratio, baseline, gain, read, sigma, bg, ph, float(density),
-                       on_frames, float(pixel_size_nm), int(frames.shape[0]), int(len(good)), ptc, warnings,
-                       offset_sd, maps)
+    cal = Calibration(camera_model, model_method, skew_ratio, baseline, gain, read, sigma, bg, ph, spot_stats,
+                      float(pixel_size_nm), int(frames.shape[0]), int(len(good)), ptc, warnings, offset_sd, maps)
+    return _with_sample(cal, frames.shape)
+
+
+def _with_sample(cal: Calibration, shape: tuple[int, int, int]) -> Calibration:
+    """``cal`` with the sample whose simulation shows its spots (:func:`~rtsmlm.analysis.sample_model.fit_sample`,
+    ~1 s): the calibrated microscope is simulated with the config written from ``cal`` itself."""
+    from rtsmlm.core import config as config_mod
+
+    if cal.psf_sigma_nm is None:  # no PSF to simulate with: the detected figures
+        return replace(cal, sample=fit_sample(cal.spots, None, shape=shape[1:]))
+    cfg = config_mod.loads(config_toml(cal), None, "the calibrated config")
+    sample = fit_sample(cal.spots, cfg, shape=shape[1:])
+    warnings = list(cal.warnings)
+    if misfit(sample.agreement) > SAMPLE_MISFIT_WARNING:
+        worst = max(sample.agreement, key=lambda k: abs(math.log(max(sample.agreement[k], 1e-9))))
+        warnings.append(f"no simulated sample reproduces the movie's spots (their {worst.replace('_', ' ')} "
+                        f"{sample.agreement[worst]:.2f}× the movie's at best): the thresholds and a fine-tune chosen "
+                        "on the calibrated conditions may not fit this sample")
+    return replace(cal, sample=sample, warnings=warnings)
+
+
+SAMPLE_MISFIT_WARNING = 0.25
+"""A fitted sample whose simulated spots still miss the movie's by more than this (largest |log ratio|) is
+warned about."""
 
 
 RESPONSE_BOX = 7
@@ -483,27 +513,6 @@ def _response_map(signal: np.ndarray, signal_var: np.ndarray, n: np.ndarray) -> 
     return np.clip(1.0 + keep * (ratio - 1.0), 0.5, 2.0).astype(np.float32)
 
 
-def _on_frames(spots: list[tuple[int, int, int]]) -> float | None:
-    """Mean frames a detected spot stays on: from how often a spot (frame, row, column of its smoothed
-    maximum) is found again in the next frame on its pixel or a neighbouring one (a geometric on-time:
-    mean = 1 / (1 - p)). The maxima's pixels are enough: no fit needed (which cost ~10 s per calibration)."""
-    if len(spots) < MIN_SPOTS:
-        return None
-    table = np.array(spots, dtype=np.float64)
-    by_frame: dict[int, np.ndarray] = {}
-    for k in np.unique(table[:, 0]):
-        by_frame[int(k)] = table[table[:, 0] == k, 1:]
-    again = total = 0
-    for k, pts in by_frame.items():
-        total += len(pts)
-        nxt = by_frame.get(k + 1)  # a frame is a key only when it has spots
-        if nxt is not None:
-            d = np.abs(pts[:, None, :] - nxt[None, :, :]).max(-1)  # Chebyshev distance, px
-            again += int(np.sum(d.min(axis=1) <= 1.0))
-    p = again / max(total, 1)
-    return float(1.0 / max(1.0 - p, 1e-3))
-
-
 # --------------------------------------------------------------------------------------------------
 # Outputs: a config for run/train, and a PNG report
 
@@ -530,22 +539,32 @@ def config_toml(cal: Calibration, *, exposure_ms: float = 10.0, em_gain: float |
     if cal.psf_sigma_nm is not None:
         lines.append(f"sigma_nm = {cal.psf_sigma_nm.value:.4g}")
     bg = cal.background_photons
-    lines += ["", "[sim]", f"bg_photons = {bg['median']:.4g}", f"density = {max(cal.density_per_um2, 0.01):.3g}"]
-    if cal.spot_photons:
-        # The spread of the fitted spots' brightness (a normal's 10–90 % width): the simulations that choose
-        # the thresholds and the brightness floor should see this movie's dim tail, not the default's 1000.
-        spread = (cal.spot_photons["p90"] - cal.spot_photons["p10"]) / 2.563
-        lines += [f"photons_mean = {cal.spot_photons['median']:.4g}",
-                  f"photons_sigma = {max(spread, 0.1 * cal.spot_photons['median']):.4g}"]
-    if cal.on_frames is not None:
-        lines.append(f"mean_on_frames = {max(cal.on_frames, 1.0):.3g}")
+    lines += ["", "[sim]", f"bg_photons = {bg['median']:.4g}"]
+    sample = cal.sample
+    if sample is not None:
+        # The sample whose simulation shows the movie's spots (analysis.sample_model): what the thresholds,
+        # the brightness floor and a fine-tune are chosen on.
+        lines += [f"# {sample.method}", f"density = {sample.density_per_um2:.3g}",
+                  f"photons_mean = {sample.photons_mean:.4g}", f"photons_sigma = {sample.photons_sigma:.4g}",
+                  f"mean_on_frames = {sample.mean_on_frames:.3g}"]
+        if sample.frame_locked:
+            lines.append("frame_locked = true")
+    else:
+        # The detected figures as they are: the first guess of the sample fit, which simulates this config.
+        lines.append(f"density = {max(cal.spots.density_per_um2, 0.01):.3g}")
+        if cal.spot_photons:
+            spread = (cal.spot_photons["p90"] - cal.spot_photons["p10"]) / 2.563
+            lines += [f"photons_mean = {cal.spot_photons['median']:.4g}",
+                      f"photons_sigma = {max(spread, 0.1 * cal.spot_photons['median']):.4g}"]
+        if cal.spots.on_frames is not None:
+            lines.append(f"mean_on_frames = {max(cal.spots.on_frames, 1.0):.3g}")
     lines += ["", "[train]", "# Ranges around what was measured (a model trained on them fits this microscope).",
               f"bg_min = {max(0.5 * bg['p05'], 0.5):.4g}", f"bg_max = {max(1.5 * bg['p95'], 2.0):.4g}"]
     if cal.spot_photons:
         lines += [f"photons_min = {max(0.25 * cal.spot_photons['p10'], 50.0):.4g}",
                   f"photons_max = {max(2.0 * cal.spot_photons['p90'], 500.0):.4g}"]
     # Detected spots undercount (dim and overlapping ones are missed): train well above them.
-    lines += ["density_min = 0.0", f"density_max = {max(4.0 * cal.density_per_um2, 2.0):.3g}",
+    lines += ["density_min = 0.0", f"density_max = {max(4.0 * cal.spots.density_per_um2, 2.0):.3g}",
               "# All cores: a fine-tune for this microscope is the machine's work while it runs (1500 steps: 7.7 min",
               "# on a 2-core CPU, 3.3 steps/s against one thread's 2.1); set 1 on a machine shared with an acquisition.",
               "threads = 0"]
@@ -592,9 +611,13 @@ def write_report(cal: Calibration, path: Path) -> None:
     if cal.spot_photons:
         text.append(f"spots: {cal.spot_photons['median']:.0f} photons (10–90 %: {cal.spot_photons['p10']:.0f}–"
                     f"{cal.spot_photons['p90']:.0f}), {cal.spots_fitted} fitted")
-    text.append(f"detected density: {cal.density_per_um2:.3g} /µm²/frame (lower bound)")
-    if cal.on_frames is not None:
-        text.append(f"on-time: {cal.on_frames:.2g} frames")
+    text.append(f"detected density: {cal.spots.density_per_um2:.3g} /µm²/frame (lower bound)")
+    if cal.spots.on_frames is not None:
+        text.append(f"spots seen for {cal.spots.on_frames:.2g} frames on average")
+    if cal.sample is not None:
+        text.append(f"sample (simulated to match): {cal.sample.density_per_um2:.3g} emitters/µm²/frame, "
+                    f"{cal.sample.photons_mean:.0f} ± {cal.sample.photons_sigma:.0f} photons, on "
+                    f"{cal.sample.mean_on_frames:.2g} frames")
     text += [f"warning: {w}" for w in cal.warnings]
     ax.text(0.0, 1.0, "\n".join(text), va="top", family="monospace", fontsize=8, wrap=True)
     fig.tight_layout()

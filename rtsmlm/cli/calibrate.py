@@ -129,10 +129,10 @@ def _choose_model(config_text: str, models: list[str], frames: int) -> dict[str,
     from rtsmlm.analysis.thresholds import choose_thresholds
     from rtsmlm.core import config as config_mod
 
+    # The config's [sim] is the sample fitted to the movie's spots (analysis.sample_model); another seed than
+    # the fit's simulation.
     cfg = config_mod.loads(config_text, ["sim.bg_structured=false"], "the calibrated config")
-    # The detected density is a lower bound (dim and overlapping emitters are missed).
-    cfg = config_mod.replace(cfg, sim=config_mod.to_dict(config_mod.replace(
-        cfg.sim, density=max(1.5 * cfg.sim.density, 0.1), seed=cfg.sim.seed + 1)))
+    cfg = config_mod.replace(cfg, sim=config_mod.to_dict(config_mod.replace(cfg.sim, seed=cfg.sim.seed + 1)))
     results = {m: choose_thresholds(cfg, m, frames=frames) for m in models}
     best = max(results, key=lambda m: results[m].jaccard)
     return {"model": best, "p_threshold": results[best].p_threshold,

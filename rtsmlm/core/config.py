@@ -94,6 +94,8 @@ class SimConfig:
     bg_photons: float = _f(75.0, range=(0.0, 1e6))
     bg_structured: bool = _f(False)
     mean_on_frames: float = _f(2.0, range=(0.01, 1e5))
+    frame_locked: bool = _f(False, doc="molecules switch only between frames, each on-frame at full brightness "
+                                       "(synthetic movies; excitation pulsed within the exposure)")
     bleach_probability: float = _f(0.02, range=(0.0, 1.0))
     activation_power: float = _f(1.0, range=(0.0, 1e6))
     fiducials: int = _f(0, range=(0, 10_000))

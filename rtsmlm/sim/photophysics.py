@@ -6,9 +6,17 @@ stays on for an exponentially distributed time (mean ``mean_on_frames``) and emi
 ``brightness × (time on during the frame)`` photons in every frame it overlaps — so a molecule that
 switches on late in a frame is dim in that frame. When it switches off it bleaches with probability
 ``bleach_probability``, otherwise it returns to OFF and can blink again.
+
+``frame_locked``: molecules switch only between frames — on for the whole frames an exponential on-time of
+mean ``mean_on_frames`` begun at a frame's start touches (at least one; geometric, mean 1 / (1 − e^(−1/τ))), at
+full brightness in each. That is what synthetic benchmark movies do (the
+storm-analysis test movie's emitters are each on for exactly one frame) and what excitation pulsed within the
+exposure approaches; ``rtsmlm calibrate`` chooses it when a movie's spots say so.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -17,9 +25,11 @@ OFF, ON, BLEACHED = 0, 1, 2
 
 class Photophysics:
     def __init__(self, n_labels: int, rng: np.random.Generator, *, k_act: float, mean_on_frames: float,
-                 bleach_probability: float, photons_mean: float, photons_sigma: float) -> None:
+                 bleach_probability: float, photons_mean: float, photons_sigma: float,
+                 frame_locked: bool = False) -> None:
         """``k_act``: activations per OFF label per frame at activation power 1."""
         self.rng = rng
+        self.frame_locked = frame_locked
         self.k_act = k_act
         self.mean_on = mean_on_frames
         self.p_bleach = bleach_probability
@@ -55,8 +65,12 @@ class Photophysics:
         n_new = self.rng.binomial(len(off), p_act) if len(off) else 0
         new = self.rng.choice(off, size=n_new, replace=False) if n_new else np.empty(0, np.int64)
         self.n_activations += len(new)
-        t_start = self.rng.random(len(new))  # moment of activation within the frame
-        duration = self.rng.exponential(self.mean_on, len(new))
+        if self.frame_locked:
+            t_start = np.zeros(len(new))
+            duration = np.ceil(self.rng.exponential(self.mean_on, len(new)))
+        else:
+            t_start = self.rng.random(len(new))  # moment of activation within the frame
+            duration = self.rng.exponential(self.mean_on, len(new))
         self.brightness[new] = self._brightness(len(new))
         frac_new = np.minimum(duration, 1.0 - t_start)
         photons_new = self.brightness[new] * frac_new
@@ -79,12 +93,14 @@ class Photophysics:
 
 
 def activation_rate_for_density(density_per_um2: float, area_um2: float, n_labels: int,
-                                mean_on_frames: float) -> float:
+                                mean_on_frames: float, frame_locked: bool = False) -> float:
     """Per-label activation rate (per frame, at power 1) giving ``density`` emitters visible per frame.
 
     A molecule activated at a random moment and on for τ frames (mean) is seen in τ + 1 frames on average,
-    so visible per frame ≈ n_labels · k · (τ + 1) while the pool is mostly OFF.
+    so visible per frame ≈ n_labels · k · (τ + 1) while the pool is mostly OFF; switching with the frames it is
+    seen in 1 / (1 − e^(−1/τ)).
     """
     if n_labels == 0:
         return 0.0
-    return density_per_um2 * area_um2 / (n_labels * (mean_on_frames + 1.0))
+    frames_seen = 1.0 / -math.expm1(-1.0 / mean_on_frames) if frame_locked else mean_on_frames + 1.0
+    return density_per_um2 * area_um2 / (n_labels * frames_seen)

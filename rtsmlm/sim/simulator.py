@@ -53,11 +53,13 @@ class Simulator:
         z_range = cfg.psf.z_range_nm if cfg.psf.model != "gaussian" else 0.0
         self.labels = structures.from_config(self.rng, sim, extent, z_range)
         area_um2 = extent[0] * extent[1] / 1e6
-        k = activation_rate_for_density(sim.density, area_um2, len(self.labels), sim.mean_on_frames)
+        k = activation_rate_for_density(sim.density, area_um2, len(self.labels), sim.mean_on_frames,
+                                        sim.frame_locked)
         self.photophysics = Photophysics(len(self.labels), self.rng, k_act=k,
                                          mean_on_frames=sim.mean_on_frames,
                                          bleach_probability=sim.bleach_probability,
-                                         photons_mean=sim.photons_mean, photons_sigma=sim.photons_sigma)
+                                         photons_mean=sim.photons_mean, photons_sigma=sim.photons_sigma,
+                                         frame_locked=sim.frame_locked)
         self.fiducials = np.column_stack([self.rng.uniform(0.1, 0.9, (sim.fiducials, 2)) * extent[::-1],
                                           np.zeros(sim.fiducials)])
         self.psf = psf_from_config(cfg.psf, self.pixel_size_nm)

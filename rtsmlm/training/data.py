@@ -92,6 +92,9 @@ class TrainingSimulator:
         z = rng.uniform(-self.z_range, self.z_range, n) if self.z_range > 0 else np.zeros(n)
         start = rng.uniform(-lead, T, n)
         dur = rng.exponential(tau, n)
+        if sim.frame_locked:  # switching between frames only: whole frames on (as sim.photophysics, frame_locked)
+            start = np.floor(start)
+            dur = np.ceil(dur)
         if t.broad:
             # Each sample has its own brightness band somewhere in the log range, so dim-only, bright-only
             # and mixed fields are all seen.
