@@ -13,7 +13,9 @@ tells nothing): advisory only. Then the storm-analysis
 test movie (real .dax format, flat background, baseline known from its README).
 
 Printed per camera and mode: camera type detected (✓/✗), baseline error (ADU), gain error (%, ADU per
-photo-electron incl. EM gain), PSF σ error (%), background error (%, photo-electrons/px), wall time.
+photo-electron incl. EM gain), PSF σ error (%), background error (%, photo-electrons/px), wall time; and the
+sample fitted to the movie's spots (``analysis.sample_model``): emitter density (beside the detected spots'),
+brightness (photo-electrons of a whole frame on) and mean on-time, errors in %.
 Targets (issue 13): gain and σ within 5 %, baseline within 2 ADU, background within 10 %.
 
 With ``--accuracy``: what the calibration buys. On each camera's movie (the one calibrated, with its ground
@@ -71,6 +73,14 @@ def errors(cal, cfg, sim) -> dict:
            "bg_err_pct": 100 * (cal.background_photons["median"] / true_bg - 1),
            "sigma_err_pct": (100 * (cal.psf_sigma_nm.value / cfg.psf.sigma_nm - 1)
                              if cal.psf_sigma_nm is not None else None)}
+    # The sample behind the spots (calibrate's [sim]): emitters per µm² per frame, full-frame brightness in
+    # photo-electrons, mean on-time, against the simulator's; and the detected spots' density for contrast.
+    s = cal.sample
+    out.update({"detected_density_err_pct": 100 * (cal.spots.density_per_um2 / cfg.sim.density - 1),
+                "density_err_pct": 100 * (s.density_per_um2 / cfg.sim.density - 1),
+                "photons_err_pct": 100 * (s.photons_mean / (cfg.sim.photons_mean * cam.qe) - 1),
+                "on_frames_err_pct": 100 * (s.mean_on_frames / cfg.sim.mean_on_frames - 1),
+                "frame_locked": s.frame_locked})
     return out
 
 
@@ -155,7 +165,10 @@ def row(label: str, e: dict | str, seconds: float) -> str:
             f"baseline {e['baseline_err_adu']:+6.2f} ADU{ok(abs(e['baseline_err_adu']) <= 2)}  "
             f"gain {e['gain_err_pct']:+6.1f} %{ok(abs(e['gain_err_pct']) <= 5)}  "
             f"σ {sig}{ok(e['sigma_err_pct'] is None or abs(e['sigma_err_pct']) <= 5)}  "
-            f"bg {e['bg_err_pct']:+6.1f} %{ok(abs(e['bg_err_pct']) <= 10)}  {seconds:5.1f} s"
+            f"bg {e['bg_err_pct']:+6.1f} %{ok(abs(e['bg_err_pct']) <= 10)}  {seconds:5.1f} s  sample: density "
+            f"{e['density_err_pct']:+4.0f} % (spots {e['detected_density_err_pct']:+3.0f} %), brightness "
+            f"{e['photons_err_pct']:+4.0f} %, on-time {e['on_frames_err_pct']:+4.0f} %"
+            f"{', switching with the frames' if e['frame_locked'] else ''}"
             + (f"  (baseline stated ±{e['baseline_sd_adu']:.1f})" if e.get("baseline_sd_adu") else ""))
 
 

@@ -34,8 +34,10 @@ MIN_SPOTS = 30
 """Spots below which no sample is fitted to them."""
 ON_FRAMES_MIN_SPOTS = 10
 """Spots below which no on-time is read from them."""
-ROUNDS = 4
-"""Simulate-and-correct rounds (measured: the figures agree within a few per cent after three)."""
+ROUNDS = 8
+"""Simulate-and-correct rounds at most; they stop once every figure agrees within :data:`CONVERGED`."""
+CONVERGED = 0.03
+"""|log ratio| of every simulated spot figure to the movie's below which the fit stops."""
 FIT_SPOTS = 1500
 """Spots the simulation of each round should hold (more frames for a sparse sample): the moments to ~3 %."""
 FIT_SIZE = 128
@@ -154,8 +156,7 @@ def fit_sample(measured: SpotStatistics, config: Any, *, shape: tuple[int, int],
     params, agreement = fits[locked]
     how = "switching with the frames" if locked else "switching at any moment"
     return SampleModel(params["density"], params["photons_mean"], params["photons_sigma"], params["mean_on_frames"],
-                       f"simulated until its spots matched the movie's ({how}; {rounds} rounds, {n_frames} frames "
-                       f"of {size}²)", agreement, locked)
+                       f"simulated until its spots matched the movie's ({how}; {n_frames} frames of {size}²)", agreement, locked)
 
 
 LOCKED_MARGIN = 0.15
@@ -184,26 +185,46 @@ def _fit(config_mod: Any, measured: SpotStatistics, config: Any, size: int, n_fr
     params = {"density": 2.0 * measured.density_per_um2, "photons_mean": q["median"],
               "photons_sigma": max(_spread(q) / 2.563, 0.05 * q["median"]),
               "mean_on_frames": max(measured.on_frames or 1.0, 0.3)}
-    agreement: dict[str, float] = {}
+    # Which figure each parameter is corrected by, and the lowest value it may take.
+    pairs = (("density", "density", 1e-3), ("photons_mean", "photons_median", 1.0),
+             ("photons_sigma", "photons_spread", 0.0), ("mean_on_frames", "on_frames", 0.05))
+    best: tuple[float, dict[str, float], dict[str, float]] = (math.inf, dict(params), {})
+    previous: tuple[dict[str, float], dict[str, float]] | None = None
     for _ in range(rounds):
         sim_stats = _simulated_statistics(config_mod, config, params, size, n_frames, seed, frame_locked)
         if sim_stats.spots < MIN_SPOTS or not sim_stats.photons:
             params["density"] = min(params["density"] * MAX_STEP, 20.0)  # nothing found: far too sparse a guess
-            agreement = {}
+            previous = None
             continue
         sq = sim_stats.photons
         agreement = {"density": sim_stats.density_per_um2 / measured.density_per_um2,
                      "photons_median": sq["median"] / q["median"], "photons_spread": _spread(sq) / _spread(q)}
         if measured.on_frames and sim_stats.on_frames:
             agreement["on_frames"] = sim_stats.on_frames / measured.on_frames
-        params["density"] = min(params["density"] * _step(1.0 / agreement["density"]), 20.0)
-        params["photons_mean"] *= _step(1.0 / agreement["photons_median"])
-        params["photons_sigma"] = max(params["photons_sigma"] * _step(1.0 / agreement["photons_spread"]),
-                                      0.05 * params["photons_mean"])
-        if "on_frames" in agreement:
-            params["mean_on_frames"] = float(np.clip(params["mean_on_frames"] * _step(1.0 / agreement["on_frames"]),
-                                                     0.05, 1e4))
-    return params, agreement
+        if misfit(agreement) < best[0]:
+            best = (misfit(agreement), dict(params), agreement)
+        if best[0] < CONVERGED:
+            break
+        step = {}
+        for key, figure, floor in pairs:
+            if figure not in agreement:
+                continue
+            step[key] = max(params[key] * _step(1.0 / agreement[figure]), floor)
+        # Detected spots grow more slowly than the emitters where they crowd (overlapping ones are not
+        # isolated): the density's correction follows the secant's slope in log-log from the last round (the
+        # other figures each follow their own parameter nearly in proportion, and the noise of the spots'
+        # statistics would make their secants wild).
+        if previous is not None and previous[0]["density"] > 0:
+            dp = math.log(params["density"] / previous[0]["density"])
+            if abs(dp) > 0.05:
+                slope = float(np.clip(math.log(agreement["density"] / previous[1]["density"]) / dp, 0.3, 1.0))
+                step["density"] = params["density"] * _step(agreement["density"] ** (-1.0 / slope))
+        previous = (dict(params), agreement)
+        params.update(step)
+        params["density"] = min(params["density"], 20.0)
+        params["photons_sigma"] = max(params["photons_sigma"], 0.05 * params["photons_mean"])
+        params["mean_on_frames"] = min(params["mean_on_frames"], 1e4)
+    return best[1], best[2]
 
 
 def _simulated_statistics(config_mod: Any, config: Any, params: dict[str, float], size: int, frames: int,

@@ -86,6 +86,11 @@ def calibrate_main(args: Any, cfg: Any) -> int:
         if cal.psf_sigma_nm is not None:
             print(f"PSF sigma {cal.psf_sigma_nm.value:.1f} nm; background {cal.background_photons['median']:.1f} "
                   f"photons/px; {cal.spots_fitted} spots fitted")
+        if cal.sample is not None:
+            s = cal.sample
+            print(f"sample: {s.density_per_um2:.3g} emitters/µm² per frame ({cal.spots.density_per_um2:.3g} found as "
+                  f"isolated spots), {s.photons_mean:.0f} ± {s.photons_sigma:.0f} photons, on {s.mean_on_frames:.2g} "
+                  f"frames{', switching with the frames' if s.frame_locked else ''}")
     if choice is not None:
         print(f"model {choice['model']} with p_threshold {choice['p_threshold']:.2f}, candidate_threshold "
               f"{choice['candidate_threshold']:.2f}, min_photons {choice['min_photons']:.4g}: Jaccard {choice['jaccard']:.3f} on "
