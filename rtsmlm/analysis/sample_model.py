@@ -13,9 +13,15 @@ So the sample is fitted by the method of simulated moments: simulate the calibra
 background) with a guess of the sample, find its spots exactly as in the movie (:func:`spot_statistics`), and
 correct the guess by the ratio of each measured figure to the simulated one — detected density → emitter
 density, the spots' median brightness (and their 10–90 % spread) → the emitters' brightness (and spread), the
-spots' persistence → the mean on-time — until the simulated spots look like the movie's (a few rounds: each
-figure depends mostly on its own parameter, monotonically). The same random numbers are used in every round,
-so the rounds converge instead of chasing noise.
+spots' persistence → the mean on-time — until the simulated spots look like the movie's (each figure depends
+mostly on its own parameter, monotonically; the round that came closest is kept). The same random numbers are
+used in every round, so the rounds converge instead of chasing noise. Two kinds of photophysics are fitted:
+molecules switching at any moment (dyes) and, for synthetic movies, only between frames; the second is taken
+only when it alone reproduces the spots (:data:`LOCKED_MARGIN`).
+
+The simulated emitters are spread evenly. On a structured sample (filaments) isolated spots are rarer and
+brighter (overlaps) than an even spread of the same emitters gives, so there the density is read low and the
+brightness high (README, "The sample behind the spots").
 """
 
 from __future__ import annotations
