@@ -544,7 +544,7 @@ def config_toml(cal: Calibration, *, exposure_ms: float = 10.0, em_gain: float |
     if sample is not None:
         # The sample whose simulation shows the movie's spots (analysis.sample_model): what the thresholds,
         # the brightness floor and a fine-tune are chosen on.
-        lines += [f"# {sample.method}; the emitters spread evenly, as the fit had them",
+        lines += [f"# {sample.method}; emitters spread evenly (as the fit simulates them)",
                   'structure = "uniform"', f"density = {sample.density_per_um2:.3g}",
                   f"photons_mean = {sample.photons_mean:.4g}", f"photons_sigma = {sample.photons_sigma:.4g}",
                   f"mean_on_frames = {sample.mean_on_frames:.3g}"]
