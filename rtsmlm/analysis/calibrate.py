@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from rtsmlm.analysis.sample_model import SampleModel, SpotStatistics, fit_sample, misfit, spot_statistics
+from rtsmlm.analysis.sample_model import SampleModel, SpotStatistics, fit_sample, misfit, spot_statistics, worst_figure
 from rtsmlm.core.camera import CameraModel
 from rtsmlm.core.errors import RtsmlmError
 from rtsmlm.localization.spots import find_isolated_spots, psf_width_fits, smooth_background
@@ -469,10 +469,11 @@ def _with_sample(cal: Calibration, shape: tuple[int, int, int]) -> Calibration:
     cfg = config_mod.loads(config_toml(cal), None, "the calibrated config")
     sample = fit_sample(cal.spots, cfg, shape=shape[1:])
     warnings = list(cal.warnings)
-    if misfit(sample.agreement) > SAMPLE_MISFIT_WARNING:
-        worst = max(sample.agreement, key=lambda k: abs(math.log(max(sample.agreement[k], 1e-9))))
-        warnings.append(f"no simulated sample reproduces the movie's spots (their {worst.replace('_', ' ')} "
-                        f"{sample.agreement[worst]:.2f}× the movie's at best): the thresholds and a fine-tune chosen "
+    worst = worst_figure(sample.agreement)
+    if worst is not None and misfit(sample.agreement) > SAMPLE_MISFIT_WARNING:
+        figure, ratio = worst
+        warnings.append(f"no simulated sample reproduces the movie's spots (their {figure.replace('_', ' ')} "
+                        f"{ratio:.2f}× the movie's at best): the thresholds and a fine-tune chosen "
                         "on the calibrated conditions may not fit this sample")
     return replace(cal, sample=sample, warnings=warnings)
 
@@ -550,15 +551,7 @@ def config_toml(cal: Calibration, *, exposure_ms: float = 10.0, em_gain: float |
                   f"mean_on_frames = {sample.mean_on_frames:.3g}"]
         if sample.frame_locked:
             lines.append("frame_locked = true")
-    else:
-        # The detected figures as they are: the first guess of the sample fit, which simulates this config.
-        lines.append(f"density = {max(cal.spots.density_per_um2, 0.01):.3g}")
-        if cal.spot_photons:
-            spread = (cal.spot_photons["p90"] - cal.spot_photons["p10"]) / 2.563
-            lines += [f"photons_mean = {cal.spot_photons['median']:.4g}",
-                      f"photons_sigma = {max(spread, 0.1 * cal.spot_photons['median']):.4g}"]
-        if cal.spots.on_frames is not None:
-            lines.append(f"mean_on_frames = {max(cal.spots.on_frames, 1.0):.3g}")
+    # Without a sample (only while calibrate fits it, on this config's camera, PSF and background): no sample keys.
     lines += ["", "[train]", "# Ranges around what was measured (a model trained on them fits this microscope).",
               f"bg_min = {max(0.5 * bg['p05'], 0.5):.4g}", f"bg_max = {max(1.5 * bg['p95'], 2.0):.4g}"]
     if cal.spot_photons:

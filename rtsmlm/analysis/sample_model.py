@@ -27,14 +27,14 @@ brightness high (README, "The sample behind the spots").
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from rtsmlm.localization.spots import BOX, find_isolated_spots
 
-__all__ = ["SampleModel", "SpotStatistics", "fit_sample", "misfit", "on_frames", "spot_statistics"]
+__all__ = ["SampleModel", "SpotStatistics", "fit_sample", "misfit", "on_frames", "spot_statistics", "worst_figure"]
 
 MIN_SPOTS = 30
 """Spots below which no sample is fitted to them."""
@@ -61,9 +61,6 @@ class SpotStatistics:
     photons: dict[str, float]
     on_frames: float | None
     spots: int
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def spot_statistics(photons: np.ndarray, bg_map: np.ndarray, pixel_size_nm: float,
@@ -120,16 +117,18 @@ class SampleModel:
     mean_on_frames: float
     method: str
     agreement: dict[str, float] = field(default_factory=dict)
-    """Each spot figure of the last simulation over the movie's (1 = reproduced)."""
+    """Each spot figure of the closest simulation over the movie's (1 = reproduced)."""
     frame_locked: bool = False
     """Molecules switch only between frames (``sim.frame_locked``): chosen when only that reproduces the spots."""
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _spread(q: dict[str, float]) -> float:
     return max(q["p90"] - q["p10"], 1e-9)
+
+
+def _normal_sigma(q: dict[str, float]) -> float:
+    """The σ of a normal distribution with these 10–90 % quantiles."""
+    return _spread(q) / 2.563
 
 
 def _step(ratio: float) -> float:
@@ -148,18 +147,21 @@ def fit_sample(measured: SpotStatistics, config: Any, *, shape: tuple[int, int],
         median = max(q.get("median", 1000.0), 1.0)
         why = "no PSF width to simulate with" if config is None else f"{measured.spots} spots: too few to fit to"
         return SampleModel(max(1.5 * measured.density_per_um2, 0.01), median,
-                           max(_spread(q) / 2.563 if q else 0.0, 0.1 * median), tau0,
+                           max(_normal_sigma(q) if q else 0.0, 0.1 * median), tau0,
                            f"the detected spots ({why}), their density × 1.5")
     from rtsmlm.core import config as config_mod
 
     size = int(min(FIT_SIZE, *shape))
     area_um2 = (size * config.camera.pixel_size_nm / 1000.0) ** 2
     n_frames = int(np.clip(math.ceil(FIT_SPOTS / max(measured.density_per_um2 * area_um2, 1e-9)), 30, 400))
-    fits = {locked: _fit(config_mod, measured, config, size, n_frames, seed, rounds, locked) for locked in (False, True)}
-    # Molecules switching at any moment (real dyes) unless only switching with the frames reproduces the spots.
-    any_moment, with_frames = misfit(fits[False][1]), misfit(fits[True][1])
-    locked = any_moment > LOCKED_MARGIN and with_frames < LOCKED_GAIN * any_moment
-    params, agreement = fits[locked]
+    # Molecules switching at any moment (real dyes) unless only switching with the frames reproduces the spots
+    # (tried only when the former miss by more than LOCKED_MARGIN: within it they are kept whatever the other).
+    params, agreement = _fit(config_mod, measured, config, size, n_frames, seed, rounds, False)
+    locked = False
+    if misfit(agreement) > LOCKED_MARGIN:
+        locked_params, locked_agreement = _fit(config_mod, measured, config, size, n_frames, seed, rounds, True)
+        if misfit(locked_agreement) < LOCKED_GAIN * misfit(agreement):
+            params, agreement, locked = locked_params, locked_agreement, True
     how = "switching with the frames" if locked else "switching at any moment"
     return SampleModel(params["density"], params["photons_mean"], params["photons_sigma"], params["mean_on_frames"],
                        f"simulated until its spots matched the movie's ({how}; {n_frames} frames of {size}²)", agreement, locked)
@@ -178,18 +180,29 @@ the frames, on for 1 frame on average, by their own kind with 0.03–0.07 and by
 storm-analysis test movie (each emitter on for exactly one frame): 1.36 against ~0.1."""
 
 
+def worst_figure(agreement: dict[str, float]) -> tuple[str, float] | None:
+    """The spot figure the simulation misses most (the largest |log ratio|) and its ratio; None: no figures."""
+    scored = [(abs(math.log(a)), k) for k, a in agreement.items() if a > 0]
+    if not scored:
+        return None
+    key = max(scored)[1]
+    return key, agreement[key]
+
+
 def misfit(agreement: dict[str, float]) -> float:
     """How far the simulated spot figures are from the movie's: the largest |log ratio| (inf: none)."""
-    return max((abs(math.log(a)) for a in agreement.values() if a > 0), default=math.inf)
+    worst = worst_figure(agreement)
+    return abs(math.log(worst[1])) if worst else math.inf
 
 
 def _fit(config_mod: Any, measured: SpotStatistics, config: Any, size: int, n_frames: int, seed: int, rounds: int,
          frame_locked: bool) -> tuple[dict[str, float], dict[str, float]]:
-    """The sample parameters after ``rounds`` of simulate-and-correct, and the agreement of the last round."""
+    """The sample parameters of the round (of at most ``rounds`` of simulate-and-correct) whose spots came closest
+    to the movie's, and that round's agreement."""
     q = measured.photons
     # First guess: the detected figures, the density doubled (about what is missed at moderate densities).
     params = {"density": 2.0 * measured.density_per_um2, "photons_mean": q["median"],
-              "photons_sigma": max(_spread(q) / 2.563, 0.05 * q["median"]),
+              "photons_sigma": max(_normal_sigma(q), 0.05 * q["median"]),
               "mean_on_frames": max(measured.on_frames or 1.0, 0.3)}
     # Which figure each parameter is corrected by, and the lowest value it may take.
     pairs = (("density", "density", 1e-3), ("photons_mean", "photons_median", 1.0),
