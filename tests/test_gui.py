@@ -93,6 +93,15 @@ def test_series_are_per_interval_rates():
     assert s.drift_dx.tolist() == [1.0, 1.0, 1.0] and len(s.elapsed_s) == 30
 
 
+def test_series_count_frames_caught_up_after_the_live_run():
+    # The end of a run that skipped frames live: 100 frames caught up from the recording bring their 3000
+    # localizations with them; the curve stays at the sample's 30 per frame, not 3000 / 0.
+    history = [{"elapsed_s": 1.0, "frames_localized": 100, "n_locs": 3000},
+               {"elapsed_s": 2.0, "frames_localized": 200, "n_locs": 6000, "frames_caught_up": 0},
+               {"elapsed_s": 3.0, "frames_localized": 200, "n_locs": 9000, "frames_caught_up": 100}]
+    assert series_from_stats(history).locs_per_frame.tolist() == [30.0, 30.0, 30.0]
+
+
 # --------------------------------------------------------------------------------------------------
 # Qt widgets without a pipeline
 

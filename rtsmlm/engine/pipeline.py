@@ -275,10 +275,12 @@ class Pipeline:
                 out.append(self.localizer.finish()[0])
                 locs = concat(out)
                 locs = locs[(locs["frame"] >= first) & (locs["frame"] <= last)]
-                self.stream.append(first, last, locs, late=True)
                 caught = missing[(missing >= first) & (missing <= last)]
                 done.append(caught)
+                # Counted before the localizations appear, so that a stats tick between the two never sees
+                # localizations without their frames (a spike in the live plot's localizations per frame).
                 self.n_caught_up += len(caught)
+                self.stream.append(first, last, locs, late=True)
         caught_all = np.concatenate(done) if done else np.empty(0, np.int64)
         self._missing_final = np.setdiff1d(missing, caught_all)
         log.info("caught up %d frames skipped or lost live, from the raw recording", self.n_caught_up)
@@ -524,6 +526,7 @@ class Pipeline:
             "elapsed_s": elapsed,
             "frames_acquired": self.n_acquired,
             "frames_localized": self.n_localized_frames,
+            "frames_caught_up": self.n_caught_up,
             "frames_recorded": self.n_recorded,
             "frames_lost": lost,
             "frames_skipped_live": self._loc_reader.n_skipped,

@@ -158,7 +158,10 @@ def series_from_stats(history: list[dict[str, Any]], drift: tuple[np.ndarray, np
     else:
         t = np.array([s["elapsed_s"] for s in history], dtype=np.float64)
         n_locs = np.array([s["n_locs"] for s in history], dtype=np.float64)
-        n_frames = np.array([s["frames_localized"] for s in history], dtype=np.float64)
+        # Frames caught up from the recording after the live run add localizations too: count them as
+        # analysed, or the last interval reads as hundreds of localizations per frame.
+        n_frames = np.array([s["frames_localized"] + s.get("frames_caught_up", 0) for s in history],
+                            dtype=np.float64)
         d_locs = np.diff(n_locs, prepend=0.0)
         d_frames = np.diff(n_frames, prepend=0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
