@@ -37,7 +37,15 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from rtsmlm.analysis.sample_model import SampleModel, SpotStatistics, fit_sample, misfit, spot_statistics, worst_figure
+from rtsmlm.analysis.sample_model import (
+    SampleModel,
+    SpotStatistics,
+    fit_sample,
+    misfit,
+    sample_map,
+    spot_statistics,
+    worst_figure,
+)
 from rtsmlm.core.camera import CameraModel
 from rtsmlm.core.errors import RtsmlmError
 from rtsmlm.localization.spots import find_isolated_spots, psf_width_fits, smooth_background
@@ -259,6 +267,47 @@ def _binned(mean: np.ndarray, values: list[np.ndarray], weights: np.ndarray, n_b
     return tuple(out)
 
 
+LIT_TOLERANCE = 0.05
+"""A photon-transfer point this much (relative) or more above the line through the others, and above their own
+scatter, holds emitter light."""
+
+
+def _theil_sen(x: np.ndarray, y: np.ndarray):
+    """The line through the median of the pairwise slopes (robust to a third of the points being off)."""
+    i, j = np.triu_indices(len(x), 1)
+    dx = x[j] - x[i]
+    ok = dx != 0
+    slope = float(np.median((y[j] - y[i])[ok] / dx[ok])) if ok.any() else 0.0
+    icpt = float(np.median(y - slope * x))
+    return lambda v: slope * v + icpt
+
+
+def _lit_points(x: np.ndarray, y: np.ndarray, through_origin: bool) -> np.ndarray:
+    """Photon-transfer points (pixel mean, variance; binned by the mean) that lie above the line of the dimmer
+    ones: their pixels still hold emitter light in the frames the masks kept. On a dense structured sample
+    (filaments at 1 emitter/µm²) the pixels on the structure are never free of it and read as brighter background
+    with far more than its noise: a line through them took the gain 16× too high. Only points above are suspect
+    (emitter light adds variance faster than it adds mean), and the dimmer half of the pixels sets the line (the
+    structure's pixels are the brighter ones). ``through_origin``: x and y are measured from the baseline and the
+    read noise (a dark movie or a given baseline), so the line is y = slope·x; else a free line. None are
+    dropped when fewer than half would be left."""
+    lit = np.zeros(len(x), bool)
+    if len(x) < 6:
+        return lit
+    dim = np.argsort(x)[: len(x) // 2]
+    if through_origin:
+        ratio = y[dim] / np.maximum(x[dim], 1e-12)
+        slope = float(np.median(ratio))
+        line = lambda v: slope * v  # noqa: E731
+    else:
+        line = _theil_sen(x[dim], y[dim])
+    fit = np.maximum(np.abs(line(x)), 1e-12)
+    rel = y / fit - 1.0
+    scatter = 1.4826 * float(np.median(np.abs(rel[dim] - np.median(rel[dim]))))
+    lit = rel > max(LIT_TOLERANCE, 4.0 * scatter)
+    return lit if (~lit).sum() >= len(x) / 2 else np.zeros(len(x), bool)
+
+
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
     """Least-squares line y = a·x + b: (a, b, sigma_a, sigma_b)."""
     A = np.column_stack([x, np.ones_like(x)])
@@ -337,6 +386,18 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
     else:
         signal, excess_var = mean, noise_var
     xb, vb = _binned(signal[noise_kept], [excess_var[noise_kept]], noise_n[noise_kept] - 1)
+    if dark_mean is not None:
+        lit = _lit_points(xb, vb, through_origin=True)
+    elif baseline_adu is not None:
+        lit = _lit_points(xb - baseline_adu, vb - (prior.read_noise_e / prior.e_per_adu) ** 2, through_origin=True)
+    else:
+        lit = _lit_points(xb, vb, through_origin=False)
+    if lit.any():
+        warnings.append(f"{int(lit.sum())} of {len(xb)} photon-transfer points (pixels of mean "
+                        f"{xb[lit].min():.0f}–{xb[lit].max():.0f} ADU) are noisier than the line through the dimmer "
+                        "pixels': emitter light the masks did not remove (a dense or structured sample), left out of "
+                        "the gain")
+        xb, vb = xb[~lit], vb[~lit]
     # Neither the dark movie nor the baseline given: the photon-transfer line with its intercept free.
     free_line = _line(xb, vb) if dark_mean is None and baseline_adu is None else None
     prior_read_adu = prior.read_noise_e / prior.e_per_adu
@@ -456,10 +517,10 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
         maps = (dark_mean.astype(np.float32), dark_var.astype(np.float32), response)
     cal = Calibration(camera_model, model_method, skew_ratio, baseline, gain, read, sigma, bg, ph, spot_stats,
                       float(pixel_size_nm), int(frames.shape[0]), int(len(good)), ptc, warnings, offset_sd, maps)
-    return _with_sample(cal, frames.shape)
+    return _with_sample(cal, frames.shape, sample_map(photons, bg_map, psf_sigma_px=sigma.value / pixel_size_nm if sigma else None))
 
 
-def _with_sample(cal: Calibration, shape: tuple[int, int, int]) -> Calibration:
+def _with_sample(cal: Calibration, shape: tuple[int, int, int], where: np.ndarray | None = None) -> Calibration:
     """``cal`` with the sample whose simulation shows its spots (:func:`~rtsmlm.analysis.sample_model.fit_sample`,
     ~1 s): the calibrated microscope is simulated with the config written from ``cal`` itself."""
     from rtsmlm.core import config as config_mod
@@ -467,7 +528,7 @@ def _with_sample(cal: Calibration, shape: tuple[int, int, int]) -> Calibration:
     if cal.psf_sigma_nm is None:  # no PSF to simulate with: the detected figures
         return replace(cal, sample=fit_sample(cal.spots, None, shape=shape[1:]))
     cfg = config_mod.loads(config_toml(cal), None, "the calibrated config")
-    sample = fit_sample(cal.spots, cfg, shape=shape[1:])
+    sample = fit_sample(cal.spots, cfg, shape=shape[1:], where=where)
     warnings = list(cal.warnings)
     worst = worst_figure(sample.agreement)
     if worst is not None and misfit(sample.agreement) > SAMPLE_MISFIT_WARNING:

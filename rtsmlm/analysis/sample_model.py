@@ -19,9 +19,11 @@ used in every round, so the rounds converge instead of chasing noise. Two kinds 
 molecules switching at any moment (dyes) and, for synthetic movies, only between frames; the second is taken
 only when it alone reproduces the spots (:data:`LOCKED_MARGIN`).
 
-The simulated emitters are spread evenly. On a structured sample (filaments) isolated spots are rarer and
-brighter (overlaps) than an even spread of the same emitters gives, so there the density is read low and the
-brightness high (README, "The sample behind the spots").
+Where the emitters are matters too: on a structured sample (filaments) isolated spots are rarer and brighter
+(overlaps) than an even spread of the same emitters gives, so a fit that spreads them evenly reads the density
+low and the brightness high (README, "The sample behind the spots"). So the simulated emitters are placed where
+the movie's are (:func:`sample_map`: the movie's mean signal above its background, the part of its variation that
+is not noise), evenly when the movie shows no structure beyond its noise.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import numpy as np
 
 from rtsmlm.localization.spots import BOX, find_isolated_spots
 
-__all__ = ["SampleModel", "SpotStatistics", "fit_sample", "misfit", "on_frames", "spot_statistics", "worst_figure"]
+__all__ = ["SampleModel", "SpotStatistics", "fit_sample", "misfit", "on_frames", "sample_map", "spot_statistics",
+           "worst_figure"]
 
 MIN_SPOTS = 30
 """Spots below which no sample is fitted to them."""
@@ -84,6 +87,73 @@ def spot_statistics(photons: np.ndarray, bg_map: np.ndarray, pixel_size_nm: floa
     else:
         quantiles = {}
     return SpotStatistics(len(spots) / t / area_um2, quantiles, on_frames(spots), len(spots))
+
+
+MAP_BLOCK = 10
+"""Frames per block of the two interleaved halves whose maps' difference measures the mean map's noise (blocks,
+not single frames: an emitter on for several frames would otherwise sit in both halves)."""
+
+
+def sample_map(photons: np.ndarray, bg_map: np.ndarray, smooth_px: float = 1.0,
+               psf_sigma_px: float | None = None) -> np.ndarray:
+    """Where the emitters of frames (T, H, W, photons) are: their mean signal above ``bg_map``, smoothed by
+    ``smooth_px``, its deviations from the field's mean kept in the proportion that is structure, not noise, and
+    (given the PSF) deconvolved by the PSF. Mean 1 over the field (a relative density).
+
+    Two kinds of noise are measured, not modelled. Which emitters happened to blink where, and the camera's
+    noise: the maps of two interleaved halves of the movie (blocks of :data:`MAP_BLOCK` frames) differ by
+    these alone. A pixel's own fixed pattern (an sCMOS pixel's gain, a background model a little off): it is
+    not shared by the pixel's neighbours, while a structure seen through the PSF is. So the structure's
+    variance is the covariance of neighbouring pixels of the mean map less that of the halves' difference;
+    a movie of evenly spread emitters gives a flat map (no invented clusters), a filament sample its
+    filaments."""
+    photons = np.asarray(photons, np.float64)
+    from scipy import ndimage
+
+    t = photons.shape[0]
+    first = (np.arange(t) // MAP_BLOCK) % 2 == 0
+    flat = np.ones(photons.shape[1:])
+    if first.all() or not first.any() or min(photons.shape[1:]) < 3:
+        return flat  # too short to split: no structure can be told from noise
+    signal = photons - np.asarray(bg_map, np.float64)[None]
+    full, a, b = signal.mean(axis=0), signal[first].mean(axis=0), signal[~first].mean(axis=0)
+    level = float(full.mean())
+    if level <= 0:
+        return flat
+    # The halves' means hold n₁ and n₂ frames: their difference's (co)variance is t²/(n₁n₂) times the full mean's.
+    noise = (a - b) * math.sqrt(first.sum() * (~first).sum()) / t
+    structure = _neighbour_covariance(full) - _neighbour_covariance(noise)
+    smooth = ndimage.gaussian_filter(full, smooth_px, mode="nearest")
+    total = float(np.var(smooth))
+    keep = float(np.clip(structure / total, 0.0, 1.0)) if total > 0 else 0.0
+    if keep == 0.0:
+        return flat
+    weights = np.clip(level + keep * (smooth - level), 0.0, None)
+    if psf_sigma_px:
+        weights = _deconvolved(weights, math.hypot(psf_sigma_px, smooth_px))
+    return weights / max(float(weights.mean()), 1e-12)
+
+
+def _neighbour_covariance(image: np.ndarray) -> float:
+    """The covariance of horizontally and vertically neighbouring pixels about the image's mean: what a
+    structure wider than a pixel has and a pixel's own noise has not."""
+    d = image - image.mean()
+    return float(0.5 * (np.mean(d[:, 1:] * d[:, :-1]) + np.mean(d[1:] * d[:-1])))
+
+
+DECONVOLUTION_ROUNDS = 20
+
+
+def _deconvolved(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Richardson–Lucy deconvolution by a Gaussian blur (the PSF and the smoothing): the emitters' places
+    narrower than their light."""
+    from scipy import ndimage
+
+    blur = lambda a: ndimage.gaussian_filter(a, sigma_px, mode="nearest")  # noqa: E731
+    est = np.full_like(image, max(float(image.mean()), 1e-12))
+    for _ in range(DECONVOLUTION_ROUNDS):
+        est = est * blur(image / np.maximum(blur(est), 1e-12))
+    return est
 
 
 def on_frames(spots: list[tuple[int, int, int]]) -> float | None:
@@ -136,11 +206,12 @@ def _step(ratio: float) -> float:
 
 
 def fit_sample(measured: SpotStatistics, config: Any, *, shape: tuple[int, int], seed: int = 0,
-               rounds: int = ROUNDS) -> SampleModel:
+               rounds: int = ROUNDS, where: np.ndarray | None = None) -> SampleModel:
     """The sample that makes the calibrated microscope ``config`` (camera, PSF σ, ``sim.bg_photons``; None: not
     known) show the movie's spots ``measured``; ``shape``: the movie's frame (the field simulated is at most
-    :data:`FIT_SIZE` px wide, for enough frames to hold :data:`FIT_SPOTS` spots). Too few spots to fit, or no config → the measured figures (the density × 1.5, as
-    dim and overlapping emitters are missed), said in ``method``."""
+    :data:`FIT_SIZE` px wide, for enough frames to hold :data:`FIT_SPOTS` spots); ``where``: the movie's
+    :func:`sample_map` (None: emitters spread evenly). Too few spots to fit, or no config → the measured figures
+    (the density × 1.5, as dim and overlapping emitters are missed), said in ``method``."""
     q = measured.photons
     tau0 = max(measured.on_frames or 1.0, 0.3)
     if config is None or measured.spots < MIN_SPOTS or not q or q["median"] <= 0:
@@ -152,19 +223,40 @@ def fit_sample(measured: SpotStatistics, config: Any, *, shape: tuple[int, int],
     from rtsmlm.core import config as config_mod
 
     size = int(min(FIT_SIZE, *shape))
+    weights = _typical_crop(where, size) if where is not None else None
     area_um2 = (size * config.camera.pixel_size_nm / 1000.0) ** 2
     n_frames = int(np.clip(math.ceil(FIT_SPOTS / max(measured.density_per_um2 * area_um2, 1e-9)), 30, 400))
     # Molecules switching at any moment (real dyes) unless only switching with the frames reproduces the spots
     # (tried only when the former miss by more than LOCKED_MARGIN: within it they are kept whatever the other).
-    params, agreement = _fit(config_mod, measured, config, size, n_frames, seed, rounds, False)
+    params, agreement = _fit(config_mod, measured, config, size, n_frames, seed, rounds, False, weights)
     locked = False
     if misfit(agreement) > LOCKED_MARGIN:
-        locked_params, locked_agreement = _fit(config_mod, measured, config, size, n_frames, seed, rounds, True)
+        locked_params, locked_agreement = _fit(config_mod, measured, config, size, n_frames, seed, rounds, True, weights)
         if misfit(locked_agreement) < LOCKED_GAIN * misfit(agreement):
             params, agreement, locked = locked_params, locked_agreement, True
     how = "switching with the frames" if locked else "switching at any moment"
+    spread = "evenly" if weights is None else "where the movie's are"
     return SampleModel(params["density"], params["photons_mean"], params["photons_sigma"], params["mean_on_frames"],
-                       f"simulated until its spots matched the movie's ({how}; {n_frames} frames of {size}²)", agreement, locked)
+                       f"simulated until its spots matched the movie's ({how}, placed {spread}; {n_frames} frames of "
+                       f"{size}²)", agreement, locked)
+
+
+def _typical_crop(where: np.ndarray, size: int) -> np.ndarray:
+    """The ``size``² part of a sample map (mean 1 over the movie's field) whose mean is closest to the field's: the
+    simulated field must hold as many emitters per µm² as the movie on average, or the density fitted on it is
+    that of a busier or emptier part."""
+    h, w = where.shape
+    if h <= size and w <= size:
+        return where
+    best = (math.inf, 0, 0)
+    for r in range(0, h - size + 1, max(1, (h - size) // 8 or 1)):
+        for c in range(0, w - size + 1, max(1, (w - size) // 8 or 1)):
+            off = abs(float(where[r:r + size, c:c + size].mean()) - 1.0)
+            if off < best[0]:
+                best = (off, r, c)
+    _, r, c = best
+    crop = where[r:r + size, c:c + size]
+    return crop / max(float(crop.mean()), 1e-12)
 
 
 LOCKED_MARGIN = 0.15
@@ -196,7 +288,7 @@ def misfit(agreement: dict[str, float]) -> float:
 
 
 def _fit(config_mod: Any, measured: SpotStatistics, config: Any, size: int, n_frames: int, seed: int, rounds: int,
-         frame_locked: bool) -> tuple[dict[str, float], dict[str, float]]:
+         frame_locked: bool, weights: np.ndarray | None) -> tuple[dict[str, float], dict[str, float]]:
     """The sample parameters of the round (of at most ``rounds`` of simulate-and-correct) whose spots came closest
     to the movie's, and that round's agreement."""
     q = measured.photons
@@ -210,7 +302,7 @@ def _fit(config_mod: Any, measured: SpotStatistics, config: Any, size: int, n_fr
     best: tuple[float, dict[str, float], dict[str, float]] = (math.inf, dict(params), {})
     previous: tuple[dict[str, float], dict[str, float]] | None = None
     for _ in range(rounds):
-        sim_stats = _simulated_statistics(config_mod, config, params, size, n_frames, seed, frame_locked)
+        sim_stats = _simulated_statistics(config_mod, config, params, size, n_frames, seed, frame_locked, weights)
         if sim_stats.spots < MIN_SPOTS or not sim_stats.photons:
             params["density"] = min(params["density"] * MAX_STEP, 20.0)  # nothing found: far too sparse a guess
             previous = None
@@ -247,14 +339,18 @@ def _fit(config_mod: Any, measured: SpotStatistics, config: Any, size: int, n_fr
 
 
 def _simulated_statistics(config_mod: Any, config: Any, params: dict[str, float], size: int, frames: int,
-                          seed: int, frame_locked: bool) -> SpotStatistics:
+                          seed: int, frame_locked: bool, weights: np.ndarray | None) -> SpotStatistics:
     from rtsmlm.sim.simulator import Simulator
+    from rtsmlm.sim.structures import from_map
 
     sim = config_mod.replace(config.sim, size=size, seed=seed, structure="uniform", bg_structured=False,
                              fiducials=0, bleach_probability=0.0, frame_locked=frame_locked, **params)
     camera = config_mod.replace(config.camera, maps_file="")  # the movie's maps are for its own field size
     cfg = config_mod.replace(config, sim=config_mod.to_dict(sim), camera=config_mod.to_dict(camera))
-    simulator = Simulator(cfg)
+    labels = None
+    if weights is not None:  # the same labels every round (their own generator): the rounds compare like with like
+        labels = from_map(np.random.default_rng(seed + 1), weights, config.camera.pixel_size_nm, sim.labels_per_um2)
+    simulator = Simulator(cfg, labels=labels)
     movie, _ = simulator.movie(frames)
     photons = simulator.camera.to_photons(movie.astype(np.float32)).astype(np.float64)
     bg = np.full(photons.shape[1:], float(np.median(simulator.background)))

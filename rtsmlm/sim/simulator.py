@@ -41,7 +41,8 @@ class Simulator:
     scales the activation rate linearly, so the density of active emitters follows it.
     """
 
-    def __init__(self, cfg: Config, seed: int | None = None) -> None:
+    def __init__(self, cfg: Config, seed: int | None = None, labels: np.ndarray | None = None) -> None:
+        """``labels``: the sample's label positions ((n, 3) x, y, z in nm) instead of ``sim.structure``'s."""
         self.cfg = cfg
         sim = cfg.sim
         self.seed = sim.seed if seed is None else seed
@@ -51,7 +52,8 @@ class Simulator:
         extent = (sim.size * self.pixel_size_nm, sim.size * self.pixel_size_nm)
         self.extent_nm = extent
         z_range = cfg.psf.z_range_nm if cfg.psf.model != "gaussian" else 0.0
-        self.labels = structures.from_config(self.rng, sim, extent, z_range)
+        self.labels = (structures.from_config(self.rng, sim, extent, z_range) if labels is None
+                       else np.asarray(labels, np.float64).reshape(-1, 3))
         area_um2 = extent[0] * extent[1] / 1e6
         k = activation_rate_for_density(sim.density, area_um2, len(self.labels), sim.mean_on_frames,
                                         sim.frame_locked)

@@ -88,6 +88,24 @@ def rings(rng: np.random.Generator, extent_nm: tuple[float, float], rings_per_um
     return np.concatenate(out) if out else np.empty((0, 3))
 
 
+def from_map(rng: np.random.Generator, weights: np.ndarray, pixel_size_nm: float, labels_per_um2: float,
+             z_range_nm: float = 0.0) -> np.ndarray:
+    """Labels where a map of the field says the sample is: each pixel's share of the labels is its share of
+    ``weights`` (H, W; ≥ 0), uniform within the pixel; as many labels on average as ``labels_per_um2`` over the
+    whole field. Used to simulate a sample like one seen in a movie (its mean signal)."""
+    w = np.clip(np.asarray(weights, np.float64), 0.0, None)
+    h_px, w_px = w.shape
+    total = w.sum()
+    p = w.ravel() / total if total > 0 else np.full(w.size, 1.0 / w.size)
+    n = rng.poisson(labels_per_um2 * h_px * w_px * (pixel_size_nm / 1000.0) ** 2)
+    idx = rng.choice(w.size, size=n, p=p)
+    pts = np.empty((n, 3))
+    pts[:, 0] = (idx % w_px + rng.random(n)) * pixel_size_nm
+    pts[:, 1] = (idx // w_px + rng.random(n)) * pixel_size_nm
+    pts[:, 2] = rng.uniform(-z_range_nm, z_range_nm, n) if z_range_nm > 0 else 0.0
+    return pts
+
+
 def from_config(rng: np.random.Generator, sim_cfg, extent_nm: tuple[float, float],
                 z_range_nm: float = 0.0) -> np.ndarray:
     """The structure a :class:`rtsmlm.core.config.SimConfig` names."""
