@@ -1,10 +1,12 @@
 """Camera calibration from the movie (``rtsmlm calibrate``) on cameras it has never seen.
 
-Run: python benchmarks/bench_calibrate.py [--frames 300] [--size 64] [--density 0.3] [--json out.json]
+Run: python benchmarks/bench_calibrate.py [--frames 300] [--size 64] [--density 0.3] [--structure filaments]
+[--json out.json]
 
 The six simulated cameras of ``bench_cameras.py`` (EMCCD and sCMOS with per-pixel maps; pixel 65–160 nm;
 PSF σ 90–180 nm; background 5–800 photons/px; gain 0.3–5 ADU per photon), fresh seeds, a structured
-background (an illumination profile, ±50 %), and a 50-frame dark movie of the same camera. Each camera is
+background (an illumination profile, ±50 %), and a 50-frame dark movie of the same camera; the emitters spread
+evenly or (``--structure filaments``) crowded on filaments, as in a cell. Each camera is
 calibrated three ways, the camera type (EMCCD or sCMOS) given as a user knows it: with the dark movie;
 without it (photon-transfer intercept, read noise taken from the default camera, a wrong prior on purpose);
 and without it on a flat background with the baseline unknown (expected to refuse: no photon-transfer
@@ -50,11 +52,13 @@ from rtsmlm.sim import Simulator  # noqa: E402
 STORM = Path(__file__).resolve().parents[2] / "shared" / "data" / "storm-analysis-test" / "test.dax"
 
 
-def simulate(name: str, seed: int, frames: int, size: int, density: float, structured: bool):
+def simulate(name: str, seed: int, frames: int, size: int, density: float, structured: bool,
+             structure: str = "uniform"):
     cam, sigma, bg, photons = CAMERAS[name]
     cfg = rconfig.from_dict({"camera": cam, "psf": {"sigma_nm": sigma},
                              "sim": {"seed": seed, "size": size, "density": density, "bg_photons": bg,
-                                     "structure": "uniform",
+                                     # Filaments: as many per field width as study_filament_choice's 8 in 96².
+                                     "structure": structure, "filament_count": max(2, round(8 * size / 96)),
                                      "bg_structured": structured, "photons_mean": photons,
                                      "photons_sigma": 0.4 * photons}})
     sim = Simulator(cfg)
@@ -180,8 +184,11 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--accuracy", action="store_true", help="also score the chosen model/threshold (slower)")
     ap.add_argument("--cameras", default=",".join(CAMERAS), help="comma-separated subset of the cameras")
+    ap.add_argument("--structure", default="uniform", choices=("uniform", "filaments"),
+                    help="the sample: emitters spread evenly, or on filaments (crowded on a few lines, as in cells)")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f}; {args.frames} frames of {args.size}², density {args.density}/µm², "
+          f"sample {args.structure}, "
           "fresh seeds; ✗ marks a miss of the target (gain/σ 5 %, baseline 2 ADU, background 10 %)")
     prior = CameraModel()  # the default EMCCD: deliberately not the camera calibrated
     results: dict = {}
@@ -189,7 +196,8 @@ def main() -> None:
         if name not in args.cameras.split(","):
             continue
         print(name)
-        cfg, sim, movie, truth, dark = simulate(name, 9000 + i, args.frames, args.size, args.density, True)
+        cfg, sim, movie, truth, dark = simulate(name, 9000 + i, args.frames, args.size, args.density, True,
+                                                args.structure)
         px = cfg.camera.pixel_size_nm
         for label, kw in (("with dark movie", {"dark": dark}), ("no dark (PTC intercept)", {})):
             t0 = time.perf_counter()
@@ -203,7 +211,7 @@ def main() -> None:
             print(row(label, e, time.perf_counter() - t0))
             if args.accuracy and "dark" in kw and not isinstance(e, str):
                 results[f"{name}/accuracy"] = accuracy(cal, cfg, sim, movie, truth)
-        cfg, sim, movie, _, _ = simulate(name, 9100 + i, args.frames, args.size, args.density, False)
+        cfg, sim, movie, _, _ = simulate(name, 9100 + i, args.frames, args.size, args.density, False, args.structure)
         t0 = time.perf_counter()
         try:
             cal = calibrate(movie, pixel_size_nm=px, prior=prior, camera_model=cfg.camera.model)

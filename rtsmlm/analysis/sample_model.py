@@ -95,31 +95,31 @@ not single frames: an emitter on for several frames would otherwise sit in both 
 
 
 def sample_map(photons: np.ndarray, bg_map: np.ndarray, smooth_px: float = 1.0,
-               psf_sigma_px: float | None = None) -> np.ndarray:
+               psf_sigma_px: float | None = None) -> np.ndarray | None:
     """Where the emitters of frames (T, H, W, photons) are: their mean signal above ``bg_map``, smoothed by
     ``smooth_px``, its deviations from the field's mean kept in the proportion that is structure, not noise, and
-    (given the PSF) deconvolved by the PSF. Mean 1 over the field (a relative density).
+    (given the PSF) deconvolved by the PSF. Mean 1 over the field (a relative density); None when the movie shows
+    no structure beyond its noise (or is too short to tell).
 
     Two kinds of noise are measured, not modelled. Which emitters happened to blink where, and the camera's
     noise: the maps of two interleaved halves of the movie (blocks of :data:`MAP_BLOCK` frames) differ by
     these alone. A pixel's own fixed pattern (an sCMOS pixel's gain, a background model a little off): it is
     not shared by the pixel's neighbours, while a structure seen through the PSF is. So the structure's
     variance is the covariance of neighbouring pixels of the mean map less that of the halves' difference;
-    a movie of evenly spread emitters gives a flat map (no invented clusters), a filament sample its
+    a movie of evenly spread emitters gives a flat map or none (no invented clusters), a filament sample its
     filaments."""
     photons = np.asarray(photons, np.float64)
     from scipy import ndimage
 
     t = photons.shape[0]
     first = (np.arange(t) // MAP_BLOCK) % 2 == 0
-    flat = np.ones(photons.shape[1:])
     if first.all() or not first.any() or min(photons.shape[1:]) < 3:
-        return flat  # too short to split: no structure can be told from noise
+        return None  # too short to split: no structure can be told from noise
     signal = photons - np.asarray(bg_map, np.float64)[None]
     full, a, b = signal.mean(axis=0), signal[first].mean(axis=0), signal[~first].mean(axis=0)
     level = float(full.mean())
     if level <= 0:
-        return flat
+        return None
     # The halves' means hold n₁ and n₂ frames: their difference's (co)variance is t²/(n₁n₂) times the full mean's.
     noise = (a - b) * math.sqrt(first.sum() * (~first).sum()) / t
     structure = _neighbour_covariance(full) - _neighbour_covariance(noise)
@@ -127,11 +127,17 @@ def sample_map(photons: np.ndarray, bg_map: np.ndarray, smooth_px: float = 1.0,
     total = float(np.var(smooth))
     keep = float(np.clip(structure / total, 0.0, 1.0)) if total > 0 else 0.0
     if keep == 0.0:
-        return flat
+        return None
     weights = np.clip(level + keep * (smooth - level), 0.0, None)
     if psf_sigma_px:
-        weights = _deconvolved(weights, math.hypot(psf_sigma_px, smooth_px))
+        # Deconvolution sharpens what noise the shrinkage left as well as the structure: shrunk again.
+        sharp = _deconvolved(weights, math.hypot(psf_sigma_px, smooth_px))
+        weights = np.clip(level + keep * (sharp * level / max(float(sharp.mean()), 1e-12) - level), 0.0, None)
     return weights / max(float(weights.mean()), 1e-12)
+
+
+MAP_LABELS_PER_UM2 = 5000.0
+"""Labels per µm² of a sample simulated from a map."""
 
 
 def _neighbour_covariance(image: np.ndarray) -> float:
@@ -349,7 +355,10 @@ def _simulated_statistics(config_mod: Any, config: Any, params: dict[str, float]
     cfg = config_mod.replace(config, sim=config_mod.to_dict(sim), camera=config_mod.to_dict(camera))
     labels = None
     if weights is not None:  # the same labels every round (their own generator): the rounds compare like with like
-        labels = from_map(np.random.default_rng(seed + 1), weights, config.camera.pixel_size_nm, sim.labels_per_um2)
+        # Many labels, each seldom on: the map already holds the movie's own labels' granularity, which labels
+        # as sparse as the simulator's default would add a second time.
+        labels = from_map(np.random.default_rng(seed + 1), weights, config.camera.pixel_size_nm,
+                          MAP_LABELS_PER_UM2)
     simulator = Simulator(cfg, labels=labels)
     movie, _ = simulator.movie(frames)
     photons = simulator.camera.to_photons(movie.astype(np.float32)).astype(np.float64)
