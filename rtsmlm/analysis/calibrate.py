@@ -267,7 +267,7 @@ def _binned(mean: np.ndarray, values: list[np.ndarray], weights: np.ndarray, n_b
     return tuple(out)
 
 
-LIT_TOLERANCE = 0.05
+LIT_TOLERANCE = 0.1
 """A photon-transfer point this much (relative) or more above the line through the others, and above their own
 scatter, holds emitter light."""
 
