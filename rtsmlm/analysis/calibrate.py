@@ -268,8 +268,8 @@ def _binned(mean: np.ndarray, values: list[np.ndarray], weights: np.ndarray, n_b
 
 
 LIT_TOLERANCE = 0.1
-"""A photon-transfer point this much (relative) or more above the line through the others, and above their own
-scatter, holds emitter light."""
+"""A photon-transfer point more than this (relative) above the line through the dimmer half of the points, and
+above their own scatter, holds emitter light (5 % dropped the brightest point of a clean movie)."""
 
 
 def _theil_sen(x: np.ndarray, y: np.ndarray):
@@ -517,7 +517,8 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
         maps = (dark_mean.astype(np.float32), dark_var.astype(np.float32), response)
     cal = Calibration(camera_model, model_method, skew_ratio, baseline, gain, read, sigma, bg, ph, spot_stats,
                       float(pixel_size_nm), int(frames.shape[0]), int(len(good)), ptc, warnings, offset_sd, maps)
-    return _with_sample(cal, frames.shape, sample_map(photons, bg_map, psf_sigma_px=sigma.value / pixel_size_nm if sigma else None))
+    where = sample_map(photons, bg_map, psf_sigma_px=sigma.value / pixel_size_nm if sigma else None)
+    return _with_sample(cal, frames.shape, where)
 
 
 def _with_sample(cal: Calibration, shape: tuple[int, int, int], where: np.ndarray | None = None) -> Calibration:

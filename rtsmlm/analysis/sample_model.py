@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from rtsmlm.localization.spots import BOX, find_isolated_spots
 
@@ -105,12 +106,11 @@ def sample_map(photons: np.ndarray, bg_map: np.ndarray, smooth_px: float = 1.0,
     noise: the maps of two interleaved halves of the movie (blocks of :data:`MAP_BLOCK` frames) differ by
     these alone. A pixel's own fixed pattern (an sCMOS pixel's gain, a background model a little off): it is
     not shared by the pixel's neighbours, while a structure seen through the PSF is. So the structure's
-    variance is the covariance of neighbouring pixels of the mean map less that of the halves' difference;
-    a movie of evenly spread emitters gives a flat map or none (no invented clusters), a filament sample its
-    filaments."""
+    variance is the covariance of neighbouring pixels of the mean map less that of the halves' difference,
+    and its share of the map's variance is what the deviations keep — before the deconvolution and again after
+    it (which sharpens the noise left as well as the structure). A movie of evenly spread emitters gives a flat
+    map or none (no invented clusters), a filament sample its filaments."""
     photons = np.asarray(photons, np.float64)
-    from scipy import ndimage
-
     t = photons.shape[0]
     first = (np.arange(t) // MAP_BLOCK) % 2 == 0
     if first.all() or not first.any() or min(photons.shape[1:]) < 3:
@@ -148,13 +148,13 @@ def _neighbour_covariance(image: np.ndarray) -> float:
 
 
 DECONVOLUTION_ROUNDS = 20
+"""Richardson–Lucy rounds: enough to narrow a filament's light to a few pixels, few enough not to break a smooth
+map into single-pixel spikes."""
 
 
 def _deconvolved(image: np.ndarray, sigma_px: float) -> np.ndarray:
     """Richardson–Lucy deconvolution by a Gaussian blur (the PSF and the smoothing): the emitters' places
     narrower than their light."""
-    from scipy import ndimage
-
     blur = lambda a: ndimage.gaussian_filter(a, sigma_px, mode="nearest")  # noqa: E731
     est = np.full_like(image, max(float(image.mean()), 1e-12))
     for _ in range(DECONVOLUTION_ROUNDS):
@@ -255,8 +255,8 @@ def _typical_crop(where: np.ndarray, size: int) -> np.ndarray:
     if h <= size and w <= size:
         return where
     best = (math.inf, 0, 0)
-    for r in range(0, h - size + 1, max(1, (h - size) // 8 or 1)):
-        for c in range(0, w - size + 1, max(1, (w - size) // 8 or 1)):
+    for r in range(0, h - size + 1, max(1, (h - size) // 8)):
+        for c in range(0, w - size + 1, max(1, (w - size) // 8)):
             off = abs(float(where[r:r + size, c:c + size].mean()) - 1.0)
             if off < best[0]:
                 best = (off, r, c)
