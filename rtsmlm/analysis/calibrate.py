@@ -393,10 +393,11 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
     else:
         signal, excess_var = mean, noise_var
     xb, vb = _binned(signal[noise_kept], [excess_var[noise_kept]], noise_n[noise_kept] - 1)
+    prior_read_adu = prior.read_noise_e / prior.e_per_adu
     if dark_mean is not None:
         lit = _lit_points(xb, vb, through_origin=True)
     elif baseline_adu is not None:
-        lit = _lit_points(xb - baseline_adu, vb - (prior.read_noise_e / prior.e_per_adu) ** 2, through_origin=True)
+        lit = _lit_points(xb - baseline_adu, vb - prior_read_adu ** 2, through_origin=True)
     else:
         lit = _lit_points(xb, vb, through_origin=False)
     if lit.any():
@@ -407,7 +408,6 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
         xb, vb = xb[~lit], vb[~lit]
     # Neither the dark movie nor the baseline given: the photon-transfer line with its intercept free.
     free_line = _line(xb, vb) if dark_mean is None and baseline_adu is None else None
-    prior_read_adu = prior.read_noise_e / prior.e_per_adu
     skew_mask = _spot_mask(peaks, *SKEW_MASK) | (busy if use_busy else False)
     mean_s, var_s, m3_s, n_s = _pixel_moments(frames, skew_mask)
     xs, m3b = _binned(mean_s - dark_mean if dark_mean is not None else mean_s, [m3_s], n_s)
@@ -524,7 +524,8 @@ def calibrate(frames: np.ndarray, *, pixel_size_nm: float, dark: np.ndarray | No
         maps = (dark_mean.astype(np.float32), dark_var.astype(np.float32), response)
     cal = Calibration(camera_model, model_method, skew_ratio, baseline, gain, read, sigma, bg, ph, spot_stats,
                       float(pixel_size_nm), int(frames.shape[0]), int(len(good)), ptc, warnings, offset_sd, maps)
-    where = sample_map(photons, bg_map, psf_sigma_px=sigma.value / pixel_size_nm if sigma else None)
+    # Where the emitters are: only a fit with a PSF to simulate uses it.
+    where = sample_map(photons, bg_map, psf_sigma_px=sigma.value / pixel_size_nm) if sigma else None
     return _with_sample(cal, frames.shape, where)
 
 

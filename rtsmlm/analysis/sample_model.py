@@ -229,19 +229,26 @@ def fit_sample(measured: SpotStatistics, config: Any, *, shape: tuple[int, int],
     from rtsmlm.core import config as config_mod
 
     size = int(min(FIT_SIZE, *shape))
-    weights = _typical_crop(where, size) if where is not None else None
+    labels = None
+    if where is not None:  # drawn once: every round of both fits sees the same sample (like is compared with like)
+        from rtsmlm.sim.structures import from_map
+
+        # Many labels, each seldom on: the map already holds the movie's own labels' granularity, which labels
+        # as sparse as the simulator's default would add a second time.
+        labels = from_map(np.random.default_rng(seed + 1), _typical_crop(where, size), config.camera.pixel_size_nm,
+                          MAP_LABELS_PER_UM2)
     area_um2 = (size * config.camera.pixel_size_nm / 1000.0) ** 2
     n_frames = int(np.clip(math.ceil(FIT_SPOTS / max(measured.density_per_um2 * area_um2, 1e-9)), 30, 400))
     # Molecules switching at any moment (real dyes) unless only switching with the frames reproduces the spots
     # (tried only when the former miss by more than LOCKED_MARGIN: within it they are kept whatever the other).
-    params, agreement = _fit(config_mod, measured, config, size, n_frames, seed, rounds, False, weights)
+    params, agreement = _fit(config_mod, measured, config, size, n_frames, seed, rounds, False, labels)
     locked = False
     if misfit(agreement) > LOCKED_MARGIN:
-        locked_params, locked_agreement = _fit(config_mod, measured, config, size, n_frames, seed, rounds, True, weights)
+        locked_params, locked_agreement = _fit(config_mod, measured, config, size, n_frames, seed, rounds, True, labels)
         if misfit(locked_agreement) < LOCKED_GAIN * misfit(agreement):
             params, agreement, locked = locked_params, locked_agreement, True
     how = "switching with the frames" if locked else "switching at any moment"
-    spread = "evenly" if weights is None else "where the movie's are"
+    spread = "evenly" if labels is None else "where the movie's are"
     return SampleModel(params["density"], params["photons_mean"], params["photons_sigma"], params["mean_on_frames"],
                        f"simulated until its spots matched the movie's ({how}, placed {spread}; {n_frames} frames of "
                        f"{size}²)", agreement, locked)
@@ -294,9 +301,9 @@ def misfit(agreement: dict[str, float]) -> float:
 
 
 def _fit(config_mod: Any, measured: SpotStatistics, config: Any, size: int, n_frames: int, seed: int, rounds: int,
-         frame_locked: bool, weights: np.ndarray | None) -> tuple[dict[str, float], dict[str, float]]:
+         frame_locked: bool, labels: np.ndarray | None) -> tuple[dict[str, float], dict[str, float]]:
     """The sample parameters of the round (of at most ``rounds`` of simulate-and-correct) whose spots came closest
-    to the movie's, and that round's agreement."""
+    to the movie's, and that round's agreement (``labels``: the simulated sample's, None: spread evenly)."""
     q = measured.photons
     # First guess: the detected figures, the density doubled (about what is missed at moderate densities).
     params = {"density": 2.0 * measured.density_per_um2, "photons_mean": q["median"],
@@ -308,7 +315,7 @@ def _fit(config_mod: Any, measured: SpotStatistics, config: Any, size: int, n_fr
     best: tuple[float, dict[str, float], dict[str, float]] = (math.inf, dict(params), {})
     previous: tuple[dict[str, float], dict[str, float]] | None = None
     for _ in range(rounds):
-        sim_stats = _simulated_statistics(config_mod, config, params, size, n_frames, seed, frame_locked, weights)
+        sim_stats = _simulated_statistics(config_mod, config, params, size, n_frames, seed, frame_locked, labels)
         if sim_stats.spots < MIN_SPOTS or not sim_stats.photons:
             params["density"] = min(params["density"] * MAX_STEP, 20.0)  # nothing found: far too sparse a guess
             previous = None
@@ -345,20 +352,13 @@ def _fit(config_mod: Any, measured: SpotStatistics, config: Any, size: int, n_fr
 
 
 def _simulated_statistics(config_mod: Any, config: Any, params: dict[str, float], size: int, frames: int,
-                          seed: int, frame_locked: bool, weights: np.ndarray | None) -> SpotStatistics:
+                          seed: int, frame_locked: bool, labels: np.ndarray | None) -> SpotStatistics:
     from rtsmlm.sim.simulator import Simulator
-    from rtsmlm.sim.structures import from_map
 
     sim = config_mod.replace(config.sim, size=size, seed=seed, structure="uniform", bg_structured=False,
                              fiducials=0, bleach_probability=0.0, frame_locked=frame_locked, **params)
     camera = config_mod.replace(config.camera, maps_file="")  # the movie's maps are for its own field size
     cfg = config_mod.replace(config, sim=config_mod.to_dict(sim), camera=config_mod.to_dict(camera))
-    labels = None
-    if weights is not None:  # the same labels every round (their own generator): the rounds compare like with like
-        # Many labels, each seldom on: the map already holds the movie's own labels' granularity, which labels
-        # as sparse as the simulator's default would add a second time.
-        labels = from_map(np.random.default_rng(seed + 1), weights, config.camera.pixel_size_nm,
-                          MAP_LABELS_PER_UM2)
     simulator = Simulator(cfg, labels=labels)
     movie, _ = simulator.movie(frames)
     photons = simulator.camera.to_photons(movie.astype(np.float32)).astype(np.float64)
