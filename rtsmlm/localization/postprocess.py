@@ -141,8 +141,10 @@ class Postprocessor:
             & (p >= _neighbour_max(padded, _LATER, h, w))
             & (p > self.candidate_threshold)
         )
-        plus = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], device=p.device, dtype=p.dtype)
-        score = F.conv2d(p.unsqueeze(1), plus.reshape(1, 1, 3, 3), padding=1).squeeze(1)
+        # The 4-neighbour sum as five shifted adds in a fixed order, not a convolution: the same sum on every
+        # device (a cuDNN convolution may use TF32 and any order) and no kernel tensor to copy to the GPU per call.
+        zero = F.pad(p, (1, 1, 1, 1))
+        score = p + zero[..., :-2, 1:-1] + zero[..., 2:, 1:-1] + zero[..., 1:-1, :-2] + zero[..., 1:-1, 2:]
         split = ~is_max & (p > self.split_threshold)
         maxima = is_max & (score > self.p_threshold)
         split = split & (score > self.p_threshold) & ~self._same_emitter_as_neighbour(out, split, maxima)
