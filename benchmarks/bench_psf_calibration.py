@@ -9,7 +9,8 @@ and 20 beads at 10, 20 and 50 nm steps, fresh seeds; and a sharp astigmatic PSF,
 on a 160 nm camera), whose shape changes within a pixel. Printed per stack:
 
 - spline: the estimate calibrate-psf chose by leave-one-bead-out prediction (beads averaged on the pixel grid,
-  or a least-squares fit of a 1× or 2× grid with its curvature penalty), and the largest difference between the calibrated spline PSF and the true PSF over z ∈ [−500, 500] nm
+  or a least-squares fit of a 1× or 2× grid with its curvature penalty, "+G": on the departure from the beads'
+  Gaussian fits), and the largest difference between the calibrated spline PSF and the true PSF over z ∈ [−500, 500] nm
   (41 depths, random sub-pixel positions), in % of the true PSF's peak; the truth is renormalised to the
   model's box (light outside it cannot be calibrated), and for the two-lobed PSF compared at the z where the
   calibration put its z = 0 (its focus convention), found to 5 nm;
@@ -60,7 +61,7 @@ def main() -> None:
     }
     print(f"load average {os.getloadavg()[0]:.1f}; bead stacks ±800 nm, {args.photons:g} photons per bead per slice, "
           "background 10 photons/px")
-    print(f"{'PSF':30s} {'beads':>5s} {'step':>5s} {'used':>5s} {'spline err % peak':>18s} {'estimate':>9s} "
+    print(f"{'PSF':30s} {'beads':>5s} {'step':>5s} {'used':>5s} {'spline err % peak':>18s} {'estimate':>12s} "
           f"{'astig σ err %':>14s} {'time s':>7s}")
     rows = []
     seed = 100
@@ -90,9 +91,8 @@ def main() -> None:
                     except PsfCalibrationError as e:
                         sigma_err = str(e)
                 sig = "—" if sigma_err is None else (f"{sigma_err:.2f}" if isinstance(sigma_err, float) else "failed")
-                how = cal.estimate
-                chosen = "average" if how.kind == "average" else f"fit {how.oversample}× {how.smoothness:g}"
-                print(f"{label:30s} {beads:5d} {step:5.0f} {cal.beads:5d} {err:18.2f} {chosen:>9s} {sig:>14s} "
+                chosen = cal.estimate.label()
+                print(f"{label:30s} {beads:5d} {step:5.0f} {cal.beads:5d} {err:18.2f} {chosen:>12s} {sig:>14s} "
                       f"{seconds:7.1f}", flush=True)
                 rows.append({"psf": label, "beads": beads, "step_nm": step, "beads_used": cal.beads,
                              "spline_max_error_pct_of_peak": err, "estimate": chosen,

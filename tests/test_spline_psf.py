@@ -100,10 +100,10 @@ def test_calibrate_spline_recovers_known_psfs_within_2_percent_of_the_peak(truth
     assert cal.residual_pct < 5.0
 
 
-def test_calibrate_spline_fits_a_finer_grid_for_a_sharp_psf_and_averages_for_a_wide_one() -> None:
+def test_calibrate_spline_fits_a_finer_grid_for_a_sharp_psf_and_the_choice_beats_averaging() -> None:
     """The leave-one-bead-out choice: a PSF of 0.8 px at focus changes within a pixel, and the least-squares
     fit of a 2× grid to beads at different sub-pixel phases recovers it where averaging on the pixel grid is
-    2–3 % of the peak off; a wide PSF is left to the average, whose interpolation smooths the beads' noise."""
+    2–3 % of the peak off; on a wide PSF the choice is at least as good as the average."""
     sharp = AstigmaticPSF(0.8, 250.0, 350.0)
     cam = emccd()
     photons = cam.to_photons(bead_stack(sharp, cam, n_beads=8, z_step_nm=20.0, seed=41, photons=50000.0).frames)
@@ -111,9 +111,24 @@ def test_calibrate_spline_fits_a_finer_grid_for_a_sharp_psf_and_averages_for_a_w
     assert cal.estimate.kind == "fit" and cal.estimate.oversample == 2 and cal.psf.oversample == 2
     averaged = calibrate_spline(photons, 20.0, 100.0, estimate=ESTIMATES[0])
     fitted = max_difference(cal.psf, sharp)
-    assert fitted < 0.015 and fitted < 0.75 * max_difference(averaged.psf, sharp)  # measured 1.28 vs 1.90 %
-    wide = bead_stack(ASTIG, cam, n_beads=8, z_step_nm=20.0, seed=42, photons=50000.0).frames
-    assert calibrate_spline(cam.to_photons(wide), 20.0, 100.0).estimate == ESTIMATES[0]
+    assert fitted < 0.01 and fitted < 0.5 * max_difference(averaged.psf, sharp)  # measured 0.55 vs 1.90 %
+    wide = cam.to_photons(bead_stack(ASTIG, cam, n_beads=8, z_step_nm=20.0, seed=42, photons=50000.0).frames)
+    chosen = max_difference(calibrate_spline(wide, 20.0, 100.0).psf, ASTIG)
+    assert chosen <= 1.05 * max_difference(calibrate_spline(wide, 20.0, 100.0, estimate=ESTIMATES[0]).psf, ASTIG)
+
+
+def test_few_beads_of_a_psf_no_gaussian_describes_are_not_pulled_to_a_gaussian() -> None:
+    """With three beads the held-out beads decide how far to trust the beads' Gaussian fits: for a two-lobed
+    PSF (30 % of the light in side lobes) the strongest pull towards them loses, and the result holds the
+    2 % of the peak."""
+    truth = TwoLobePSF()
+    cam = emccd()
+    stack = bead_stack(truth, cam, n_beads=3, size=96, z_step_nm=20.0, seed=44, photons=50000.0)
+    cal = calibrate_spline(cam.to_photons(stack.frames), 20.0, 100.0)
+    assert cal.beads == 3
+    strongest = max((e for e in ESTIMATES if e.prior), key=lambda e: e.smoothness)
+    assert cal.estimate != strongest
+    assert max_difference(cal.psf, truth, focus_search_nm=250.0) < 0.02  # measured 1.61 % (averaged)
 
 
 def test_the_simulator_and_the_trainer_take_a_spline_psf(tmp_path) -> None:
