@@ -186,6 +186,18 @@ def test_score_is_the_pixel_plus_its_four_neighbours_in_a_fixed_order(post: Post
     np.testing.assert_array_equal(score.numpy(), expected)
 
 
+def test_read_outs_beyond_the_frame_are_dropped(post: Postprocessor) -> None:
+    """A border pixel's offset reaches past the frame's edge (an emitter just outside): not a localization of
+    this frame. The same pixel read out just inside is kept."""
+    out = _maps(b=2)
+    out[:, CH_P, 3, 0] = 0.9
+    out[0, CH_X, 3, 0] = -0.8  # x = -0.3 px
+    out[1, CH_X, 3, 0] = -0.3  # x = +0.2 px
+    locs = post(out, [0, 1])
+    assert locs["frame"].tolist() == [1]
+    assert locs["x"][0] == pytest.approx(0.2 * PX)
+
+
 def test_bad_inputs_are_named(post: Postprocessor) -> None:
     with pytest.raises(ValueError, match="frame indices"):
         post(_maps(b=2), [0])

@@ -204,8 +204,15 @@ class Postprocessor:
                     lo, hi = max(0, r0 - STRIP_HALO), min(h, r1 + STRIP_HALO)
                     part, det_rows = self._localize(out[k:k + 1, :, lo:hi], frames[k:k + 1], row_offset=lo)
                     parts.append(part[(det_rows >= r0) & (det_rows < r1)])  # the strip's own rows only
-            return np.concatenate(parts) if parts else np.empty(0, LOC_DTYPE)
-        return self._localize(out, frames)[0]
+            return self._inside(np.concatenate(parts) if parts else np.empty(0, LOC_DTYPE), out.shape[-2:])
+        return self._inside(self._localize(out, frames)[0], out.shape[-2:])
+
+    def _inside(self, locs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """The localizations inside the frame: a border pixel's read-out reaches past the edge, and models trained
+        with targets beyond it (``training.data.EDGE_TARGET_PX``) read out the emitters just outside there."""
+        h_nm, w_nm = shape[0] * self.pixel_size_nm, shape[1] * self.pixel_size_nm
+        keep = (locs["x"] >= 0.0) & (locs["x"] < w_nm) & (locs["y"] >= 0.0) & (locs["y"] < h_nm)
+        return locs if keep.all() else locs[keep]
 
     def _localize(self, out: torch.Tensor, frames: np.ndarray, row_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Localizations of ``out`` (rows offset by ``row_offset`` in the frame) and each one's detection
