@@ -139,17 +139,3 @@ def test_frame_locked_training_events_cover_whole_frames():
     # Without the key the events are those of before (continuous starts and durations).
     _, _, _, start0, dur0, _ = TrainingSimulator(rconfig.from_dict({"sim": {"mean_on_frames": 0.7}}), 5)._events(1.0)
     assert np.array_equal(np.floor(start0), start) and not np.array_equal(start0, start)
-
-
-def test_targets_reach_half_a_pixel_beyond_the_patch_and_no_farther():
-    """Emitters just outside the patch are targets (the read-out of the border pixel reaches them, and the
-    post-processing decides by position whether they are in the frame); farther ones are not."""
-    from rtsmlm.core import config as rconfig
-    from rtsmlm.training.data import EDGE_TARGET_PX, TrainingSimulator
-
-    cfg = rconfig.from_dict({"train": {"patch_size": 16, "density_min": 4.0, "density_max": 4.0}})
-    batch = TrainingSimulator(cfg, 9).batch(64)
-    xy = batch.em_xyzn[..., :2][batch.em_mask]
-    outside = (xy < 0.0) | (xy >= 16.0)
-    assert outside.any(axis=1).sum() > 5  # some targets lie just beyond the edge
-    assert xy.min() >= -EDGE_TARGET_PX and xy.max() < 16.0 + EDGE_TARGET_PX

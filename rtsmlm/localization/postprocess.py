@@ -208,8 +208,8 @@ class Postprocessor:
         return self._inside(self._localize(out, frames)[0], out.shape[-2:])
 
     def _inside(self, locs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """The localizations inside the frame: a border pixel's read-out reaches past the edge, and models trained
-        with targets beyond it (``training.data.EDGE_TARGET_PX``) read out the emitters just outside there."""
+        """The localizations inside the frame: a border pixel's read-out offset reaches up to a pixel past the
+        edge, and a position outside the frame is no emitter of this frame's."""
         h_nm, w_nm = shape[0] * self.pixel_size_nm, shape[1] * self.pixel_size_nm
         keep = (locs["x"] >= 0.0) & (locs["x"] < w_nm) & (locs["y"] >= 0.0) & (locs["y"] < h_nm)
         return locs if keep.all() else locs[keep]

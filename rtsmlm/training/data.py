@@ -22,13 +22,6 @@ from rtsmlm.sim.simulator import smooth_background
 
 EDGE_MARGIN_PX = 3.0
 """Emitters are also placed this far outside the patch so the net learns partial PSFs at the border."""
-EDGE_TARGET_PX = 0.5
-"""Emitters up to this far outside the patch are targets too (read out from the border pixel, whose offset
-reaches 1 px beyond its centre); the post-processing drops localizations outside the frame. So whether an
-emitter at the frame's edge is inside is decided by its localized position, to the localization precision,
-instead of by the detection probability: an emitter 0.2 px inside and one 0.2 px outside look alike, and a
-net trained on inside targets only gave both p ≈ 0.5 (measured, 2026-12-05: the default model found 0.76 of
-bright emitters within 25 nm of a 64² frame's edge, 0.99 inside; astig_3d 0.50 within 50 nm)."""
 PAIR_DISTANCE_PX = (0.5, 2.5)
 """``train.pair_fraction``: partners are placed this far (px, uniform) from their event. Uniformly placed
 emitters at 1 per µm² are rarely this close, yet pairs 1–2 px apart are where a network falls back to
@@ -167,8 +160,7 @@ class TrainingSimulator:
             frames[f] = self.scales.network_input(camera.to_photons(adu))
             if f == centre:
                 xs, ys, zs = x[on], y[on], z[on]
-                e = EDGE_TARGET_PX
-                inside = (xs >= -e) & (xs < P + e) & (ys >= -e) & (ys < P + e)
+                inside = (xs >= 0) & (xs < P) & (ys >= 0) & (ys < P)
                 if t.broad and t.min_target_snr > 0:
                     # Over four decades of brightness and background many emitters (a blink caught for a
                     # sliver of the frame, 100 photons on 1000/px of background) are invisible to any
