@@ -55,9 +55,14 @@ TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train_astig_3d
 Z_EVAL_NM = 500.0
 
 
+BEYOND_FIELD_PX = 0.0
+"""``--beyond-field-px``: the sample continues this far beyond the field (``sim.beyond_field_px``)."""
+
+
 def simulate(density: float, seed: int, frames: int, size: int, bg: float) -> tuple[rconfig.Config, np.ndarray, np.ndarray, object]:
     cfg = rconfig.load(TRAIN_CONFIG, [f"sim.seed={seed}", f"sim.size={size}", f"sim.density={density}", "sim.structure='uniform'",
-                                      f"sim.bg_photons={bg}", f"psf.z_range_nm={Z_EVAL_NM}"])
+                                      f"sim.bg_photons={bg}", f"psf.z_range_nm={Z_EVAL_NM}",
+                                      f"sim.beyond_field_px={BEYOND_FIELD_PX}"])
     sim = Simulator(cfg)
     movie, truth = sim.movie(frames)
     return cfg, movie, truth, sim.camera
@@ -201,8 +206,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--json", default=None)
     ap.add_argument("--picasso", action="store_true", help="also run Picasso's 3D astigmatic workflow")
+    ap.add_argument("--beyond-field-px", type=float, default=0.0,
+                    help="the sample continues this far beyond the field, as a real one does (sim.beyond_field_px)")
     ap.add_argument("--refine", default="off", help="comma-separated model.refine modes to run: off, fuse, mle")
     args = ap.parse_args()
+    global BEYOND_FIELD_PX
+    BEYOND_FIELD_PX = args.beyond_field_px
     import torch
 
     torch.set_num_threads(1)

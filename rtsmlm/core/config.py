@@ -100,6 +100,10 @@ class SimConfig:
     activation_power: float = _f(1.0, range=(0.0, 1e6))
     fiducials: int = _f(0, range=(0, 10_000))
     fiducial_photons: float = _f(20_000.0, range=(1.0, 1e8))
+    beyond_field_px: float = _f(0.0, range=(0.0, 1000.0),
+                                doc="the sample continues this far beyond the field of view: its emitters there "
+                                    "are drawn where their light reaches the frame, not in the ground truth "
+                                    "(0: the sample ends at the frame's edge)")
     drift: DriftSimConfig = field(default_factory=DriftSimConfig)
 
 

@@ -51,10 +51,16 @@ class Simulator:
         self.pixel_size_nm = cfg.camera.pixel_size_nm
         extent = (sim.size * self.pixel_size_nm, sim.size * self.pixel_size_nm)
         self.extent_nm = extent
+        self.margin_nm = sim.beyond_field_px * self.pixel_size_nm
         z_range = cfg.psf.z_range_nm if cfg.psf.model != "gaussian" else 0.0
-        self.labels = (structures.from_config(self.rng, sim, extent, z_range) if labels is None
-                       else np.asarray(labels, np.float64).reshape(-1, 3))
-        area_um2 = extent[0] * extent[1] / 1e6
+        # The sample spans the field and the margin around it; sim.density holds per µm² over all of it.
+        sample = (extent[0] + 2 * self.margin_nm, extent[1] + 2 * self.margin_nm)
+        if labels is None:
+            self.labels = structures.from_config(self.rng, sim, sample, z_range)
+            self.labels[:, :2] -= self.margin_nm
+        else:  # given labels (a map fitted to a movie) cover the field only
+            self.labels, sample = np.asarray(labels, np.float64).reshape(-1, 3), extent
+        area_um2 = sample[0] * sample[1] / 1e6
         k = activation_rate_for_density(sim.density, area_um2, len(self.labels), sim.mean_on_frames,
                                         sim.frame_locked)
         self.photophysics = Photophysics(len(self.labels), self.rng, k_act=k,
@@ -87,10 +93,13 @@ class Simulator:
         y = pos[:, 1] + dxy[1]
         z = pos[:, 2] + self.drift.at_z(f) if self.drift.has_z else pos[:, 2]
         h, w = self.extent_nm
-        inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-        x, y, z, photons = x[inside], y[inside], z[inside], photons[inside]
+        m = self.margin_nm
+        drawn = (x >= -m) & (x < w + m) & (y >= -m) & (y < h + m)
+        x, y, z, photons = x[drawn], y[drawn], z[drawn], photons[drawn]
         expected = self.psf.render(x / self.pixel_size_nm, y / self.pixel_size_nm, z, photons, self.shape)
         frame = self.camera.expose(expected + self.background, self.rng)
+        inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)  # the ground truth: emitters in the field only
+        x, y, z, photons = x[inside], y[inside], z[inside], photons[inside]
         truth = np.empty(len(x), TRUTH_DTYPE)
         truth["frame"] = f
         truth["x"], truth["y"], truth["z"], truth["photons"] = x, y, z, photons
