@@ -55,14 +55,12 @@ TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train_astig_3d
 Z_EVAL_NM = 500.0
 
 
-BEYOND_FIELD_PX = 0.0
-"""``--beyond-field-px``: the sample continues this far beyond the field (``sim.beyond_field_px``)."""
-
-
-def simulate(density: float, seed: int, frames: int, size: int, bg: float) -> tuple[rconfig.Config, np.ndarray, np.ndarray, object]:
+def simulate(density: float, seed: int, frames: int, size: int, bg: float, beyond_field_px: float = 0.0
+             ) -> tuple[rconfig.Config, np.ndarray, np.ndarray, object]:
+    """``beyond_field_px``: the sample continues this far beyond the field (``sim.beyond_field_px``)."""
     cfg = rconfig.load(TRAIN_CONFIG, [f"sim.seed={seed}", f"sim.size={size}", f"sim.density={density}", "sim.structure='uniform'",
                                       f"sim.bg_photons={bg}", f"psf.z_range_nm={Z_EVAL_NM}",
-                                      f"sim.beyond_field_px={BEYOND_FIELD_PX}"])
+                                      f"sim.beyond_field_px={beyond_field_px}"])
     sim = Simulator(cfg)
     movie, truth = sim.movie(frames)
     return cfg, movie, truth, sim.camera
@@ -210,8 +208,6 @@ def main() -> None:
                     help="the sample continues this far beyond the field, as a real one does (sim.beyond_field_px)")
     ap.add_argument("--refine", default="off", help="comma-separated model.refine modes to run: off, fuse, mle")
     args = ap.parse_args()
-    global BEYOND_FIELD_PX
-    BEYOND_FIELD_PX = args.beyond_field_px
     import torch
 
     torch.set_num_threads(1)
@@ -237,7 +233,7 @@ def main() -> None:
                                                             cfg.psf.astig_focal_offset_nm, cfg.psf.astig_depth_nm),
                                               camera)
     for name, density, seed in (("low density 0.1/µm²", 0.1, 31001), ("high density 1/µm²", 1.0, 31002)):
-        cfg, movie, truth, camera = simulate(density, seed, args.frames, args.size, 50.0)
+        cfg, movie, truth, camera = simulate(density, seed, args.frames, args.size, 50.0, args.beyond_field_px)
         result[name] = {}
         for mode, loc in localizers.items():
             c0 = time.process_time()
@@ -267,7 +263,8 @@ def main() -> None:
                           f"{r['all_in_frame']['ratio_lat']:.2f}× / {r['all_in_frame']['ratio_ax']:.2f}×")
         if calibration is not None:
             # The net gradient tuned for this density on a separate movie (fresh seed), as a user would.
-            _, tune_movie, tune_truth, _ = simulate(density, seed + 100, args.frames, args.size, 50.0)
+            _, tune_movie, tune_truth, _ = simulate(density, seed + 100, args.frames, args.size, 50.0,
+                                                    args.beyond_field_px)
             scan = {ng: score(run_picasso_3d(tune_movie, camera, ng, calibration), tune_truth)[0]["all"]["jaccard"]
                     for ng in acc.PICASSO_NET_GRADIENTS}
             best = max(scan, key=lambda k: scan[k])

@@ -204,8 +204,10 @@ class Postprocessor:
                     lo, hi = max(0, r0 - STRIP_HALO), min(h, r1 + STRIP_HALO)
                     part, det_rows = self._localize(out[k:k + 1, :, lo:hi], frames[k:k + 1], row_offset=lo)
                     parts.append(part[(det_rows >= r0) & (det_rows < r1)])  # the strip's own rows only
-            return self._inside(np.concatenate(parts) if parts else np.empty(0, LOC_DTYPE), out.shape[-2:])
-        return self._inside(self._localize(out, frames)[0], out.shape[-2:])
+            locs = np.concatenate(parts) if parts else np.empty(0, LOC_DTYPE)
+        else:
+            locs = self._localize(out, frames)[0]
+        return self._inside(locs, out.shape[-2:])
 
     def _inside(self, locs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """The localizations inside the frame: a border pixel's read-out offset reaches up to a pixel past the
