@@ -115,6 +115,60 @@ def test_tiles_run_a_few_at_a_time_give_the_same_maps(depth1, monkeypatch) -> No
     assert (grouped - together).abs().max().item() <= 1e-5
 
 
+class _ReplayLikeBackend:
+    """The CPU backend returning results the way a CUDA-graph replay does (the Backend protocol allows it):
+    one output tensor per half and input shape, overwritten by the next call of that shape; and a static
+    decoder input per shape (``decode_input``) that the localizer assembles the windows in."""
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+        self._outputs: dict[tuple, torch.Tensor] = {}
+        self._static_inputs: dict[tuple, torch.Tensor] = {}
+        self.decoded_in_place = 0
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def decode_input(self, shape, dtype):
+        if shape not in self._static_inputs:
+            self._static_inputs[shape] = torch.empty(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        return self._static_inputs[shape]
+
+    def _replay(self, half, x, result):
+        out = self._outputs.setdefault((half, tuple(x.shape)), torch.empty_like(result))
+        return out.copy_(result)
+
+    def encode(self, x):
+        return self._replay("encode", x, self._backend.encode(x))
+
+    def decode(self, x):
+        static = self._static_inputs.get(tuple(x.shape))
+        self.decoded_in_place += static is not None and static.data_ptr() == x.data_ptr()
+        return self._replay("decode", x, self._backend.decode(x))
+
+
+@pytest.mark.parametrize("tiles_per_call", [None, 3])
+def test_results_the_backend_overwrites_on_its_next_call_give_the_same_maps(depth1, monkeypatch, tiles_per_call) -> None:
+    """The localizer copies out what it keeps before the backend's next call (feature cache, encoder chunks,
+    decoder tile groups), as it must when CUDA graphs return their static outputs uncloned."""
+    backend, meta = depth1
+    movie = np.random.default_rng(5).integers(90, 2000, size=(5, 70, 90)).astype(np.uint16)
+    if tiles_per_call:
+        original_init = StreamingLocalizer.__init__
+
+        def few_tiles(self, *a, **kw):
+            original_init(self, *a, **kw)
+            self._tiles_per_call = tiles_per_call
+
+        monkeypatch.setattr(StreamingLocalizer, "__init__", few_tiles)
+    replaying = _ReplayLikeBackend(backend)
+    expected, loc = _maps(backend, meta, movie, tile=24)
+    got, _ = _maps(replaying, meta, movie, tile=24)
+    assert loc.plan.n_tiles > 3
+    assert replaying.decoded_in_place > 0  # the windows were written into the static input, not copied there
+    assert torch.equal(got, expected)
+
+
 def test_tiled_streaming_with_a_small_margin_matches_away_from_tile_borders(depth1) -> None:
     backend, meta = depth1
     movie = np.random.default_rng(1).integers(90, 2000, size=(3, 96, 144)).astype(np.uint16)

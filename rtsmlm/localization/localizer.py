@@ -66,7 +66,8 @@ class StreamingLocalizer:
             the PSF (:mod:`rtsmlm.localization.refine`; Gaussian 2D and astigmatic 3D models).
         maps_sink: optional callable receiving each batch of stitched output maps ``(B, 10, H, W)`` (a
             torch tensor on the backend's device) and the list of their frame indices, before
-            post-processing (to save or display the maps, or to test the network path).
+            post-processing (to save or display the maps, or to test the network path); the maps may be a
+            backend's reused output buffer, valid during the call: copy what you keep.
 
     Called from one thread: :meth:`push` for each batch of frames as they arrive, :meth:`finish` at the
     end of the run (or before a deliberate restart).
@@ -359,11 +360,29 @@ class StreamingLocalizer:
         return feats.reshape(len(frames), self.plan.n_tiles, *feats.shape[1:])
 
     def _in_chunks(self, fn: Callable[[torch.Tensor], torch.Tensor], tiles: torch.Tensor) -> torch.Tensor:
-        """``fn`` over the tile axis, at most ``_tiles_per_call`` tiles a call (bounded activation memory)."""
+        """``fn`` over the tile axis, at most ``_tiles_per_call`` tiles a call (bounded activation memory).
+        Each call's result is copied out before the next call, which may overwrite it (Backend protocol)."""
         step = self._tiles_per_call
         if len(tiles) <= step:
             return fn(tiles)
-        return torch.cat([fn(tiles[i:i + step]) for i in range(0, len(tiles), step)])
+        out: torch.Tensor | None = None
+        for i in range(0, len(tiles), step):
+            part = fn(tiles[i:i + step])
+            if out is None:
+                out = torch.empty((len(tiles), *part.shape[1:]), dtype=part.dtype, device=part.device,
+                                  memory_format=_memory_format(part))
+            out[i:i + len(part)] = part
+        assert out is not None
+        return out
+
+    def _decoder_input(self, n_windows: int, n_tiles: int, like: torch.Tensor) -> torch.Tensor:
+        """An empty ``(n_windows * n_tiles, window * C, th, tw)`` tensor for the windows of one decode call: the
+        backend's own (a CUDA graph's static input, channels_last for torch) when it offers one."""
+        shape = (n_windows * n_tiles, self.window * like.shape[-3], *like.shape[-2:])
+        offer = getattr(self.backend, "decode_input", None)
+        if offer is not None:
+            return offer(shape, like.dtype)
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
 
     def _decode_ready(self) -> np.ndarray:
         """Decode every window whose frames are all cached, then keep only the rows later windows need."""
@@ -377,17 +396,29 @@ class StreamingLocalizer:
             # channel axis gives frame-major channels (frame 0's features first), as DecodeNet.decode expects.
             block = self._feats[start : start + n + 2 * half]
             k = self.plan.n_tiles
+            c = block.shape[2]
             # Windows are built a group of tiles at a time: for a huge frame the whole window tensor would
             # be window × the feature cache again.
             per_group = max(1, self._tiles_per_call // n)
-            groups = []
+            maps = None
             for a in range(0, k, per_group):
                 b = min(k, a + per_group)
-                windows = torch.cat([block[j : j + n, a:b] for j in range(t)], dim=2)
-                maps = self.backend.decode(windows.reshape(n * (b - a), *windows.shape[2:]))
-                groups.append(maps.reshape(n, b - a, *maps.shape[1:]))
-            maps = groups[0] if len(groups) == 1 else torch.cat(groups, dim=1)
-            maps = self.plan.stitch(maps.reshape(n * k, *maps.shape[2:]))
+                # Each frame's features copied once, straight into the decoder's input (a CUDA graph's
+                # static input), not concatenated first and then converted or copied again.
+                windows = self._decoder_input(n, b - a, block)
+                frames_of = windows.view(n, b - a, *windows.shape[1:])
+                for j in range(t):
+                    frames_of[:, :, j * c : (j + 1) * c] = block[j : j + n, a:b]
+                group = self.backend.decode(windows)
+                if b - a == k:
+                    maps = group  # one group: used before the next decode call can overwrite it
+                    break
+                if maps is None:
+                    maps = group.new_empty((n * k, *group.shape[1:]))
+                # The next decode call may overwrite this one's result (Backend protocol): copy it out.
+                maps.view(n, k, *group.shape[1:])[:, a:b] = group.view(n, b - a, *group.shape[1:])
+            assert maps is not None
+            maps = self.plan.stitch(maps)
             centres = self._rows[start + half : start + half + n]
             if self.maps_sink is not None:
                 self.maps_sink(maps, centres)
@@ -403,6 +434,11 @@ class StreamingLocalizer:
             self._feats = self._feats[n_ready:]
             self._rows = self._rows[n_ready:]
         return concat(out)
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(
+        memory_format=torch.channels_last) else torch.contiguous_format
 
 
 def localize_movie(localizer: StreamingLocalizer, movie: np.ndarray, first_index: int = 0) -> np.ndarray:

@@ -238,13 +238,16 @@ class Postprocessor:
                     values[:, CH_SIG_Z] * self.z_scale,
                     values[:, CH_SIG_PHOT] * self.photon_scale,
                     score[b, i, j].clamp_max(1.0),
+                    # Batch row and pixel row ride along as floats (exact below 2**24) so that one
+                    # device-to-host copy, one synchronisation, brings everything.
+                    b.to(values.dtype),
+                    frame_i.to(values.dtype),
                 ],
                 dim=1,
             )
-            # One device-to-host copy for all columns.
             host = columns.cpu().numpy()
-            rows = b.cpu().numpy()
-            det_rows = frame_i.cpu().numpy()
+            rows = host[:, 10].astype(np.int64)
+            det_rows = host[:, 11].astype(np.int64)
         locs = np.empty(len(rows), dtype=LOC_DTYPE)
         locs["frame"] = frames[rows]
         for k, name in enumerate(("x", "y", "z", "photons", "bg", "sigma_x", "sigma_y", "sigma_z", "sigma_photons", "p")):

@@ -31,6 +31,18 @@ class Backend(Protocol):
     Life cycle: :func:`rtsmlm.localization.backends.open_backend` loads the checkpoint and builds the backend;
     the localizer calls :meth:`warmup` once with the tile shape and batch sizes it will use, then
     :meth:`upload`, :meth:`encode` and :meth:`decode` for every batch of frames, from one thread.
+
+    Results of :meth:`encode` and :meth:`decode` are valid until the next call of the same method: a backend
+    replaying a fixed-shape graph (CUDA graphs) returns the graph's own output tensor rather than a copy,
+    and the localizer copies what it keeps (the feature cache, tile groups).
+
+    Optional hook (looked up with ``getattr``; backends without it get a new contiguous tensor):
+
+    ``decode_input(shape, dtype) -> torch.Tensor``
+        Called before each :meth:`decode` with the shape ``(B, window * feature_channels, H, W)`` and dtype
+        of the windows the localizer is about to assemble; returns the tensor to write them into and pass
+        to :meth:`decode` (the captured graph's static input, so the call copies nothing; else an empty
+        tensor in the memory layout the engine runs fastest).
     """
 
     name: str
@@ -58,13 +70,13 @@ class Backend(Protocol):
 
     def encode(self, frames: "torch.Tensor") -> "torch.Tensor":
         """Called once per frame batch: network input ``(N, in_channels, H, W)`` float32 (transformed photons, then
-        any conditioning maps) on
-        :attr:`device` -> features ``(N, feature_channels, H, W)``; the result must stay valid (it is
-        cached by the localizer until the windows needing it are decoded)."""
+        any conditioning maps) on :attr:`device` -> features ``(N, feature_channels, H, W)``, valid until the
+        next encode call."""
 
     def decode(self, features: "torch.Tensor") -> "torch.Tensor":
         """Called once per window batch: the concatenated features of each window's frames in time order
-        ``(B, window * feature_channels, H, W)`` -> output maps ``(B, 10, H, W)`` (any float dtype)."""
+        ``(B, window * feature_channels, H, W)`` -> output maps ``(B, 10, H, W)`` (any float dtype), valid
+        until the next decode call."""
 
     def describe(self) -> dict[str, Any]:
         """What it runs on: at least name, device, precision, threads; JSON-friendly."""

@@ -53,10 +53,12 @@ class _CudaGraph:
             self.static_out = fn(self.static_in)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.static_in.copy_(x, non_blocking=True)
+        if x.data_ptr() != self.static_in.data_ptr():  # not assembled in place (TorchBackend.decode_input)
+            self.static_in.copy_(x, non_blocking=True)
         self.graph.replay()
-        # The next replay overwrites static_out; the caller may keep the result (feature cache).
-        return self.static_out.clone()
+        # Not cloned: the next replay overwrites static_out, and the Backend protocol lets it (the localizer
+        # copies what it keeps; a clone here would copy every decoder output once more).
+        return self.static_out
 
 
 def widen_uint16(raw: torch.Tensor) -> torch.Tensor:
@@ -282,6 +284,15 @@ class TorchBackend:
 
     def upload(self, frames: np.ndarray) -> torch.Tensor:
         return self._uploader(frames)
+
+    def decode_input(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """The tensor the localizer assembles decoder windows in: the captured graph's static input for this
+        shape (the replay then copies nothing), else a new channels_last tensor (what the convolutions run
+        on, so :meth:`decode` converts nothing)."""
+        graph = self._graphs.get(("decode", tuple(shape))) if self._use_graphs else None
+        if graph is not None and graph.static_in.dtype == dtype:
+            return graph.static_in
+        return torch.empty(shape, dtype=dtype, device=self._dev, memory_format=torch.channels_last)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         return self._run("encode", self._halves["encode"], frames)
