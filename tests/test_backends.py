@@ -186,6 +186,18 @@ def test_torch_cuda_backend_streams_the_same_maps(ckpt, reference, precision, to
     assert (_stream_maps(backend, meta).cpu() - reference).abs().max().item() <= tol
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine: CUDA graphs cannot run here")
+def test_torch_cuda_windows_are_assembled_in_the_graphs_static_input(ckpt) -> None:
+    backend, meta = open_backend(BackendConfig(name="torch", device="cuda", precision="fp16"), ckpt)
+    loc = StreamingLocalizer(backend, meta, CameraModel(), MOVIE.shape[1:], 0.5, 0.3, batch_size=2)
+    plan = loc.plan
+    shape = (2 * plan.n_tiles, backend.window * backend.feature_channels, plan.tile_height, plan.tile_width)
+    graph = backend._graphs[("decode", shape)]
+    buffer = backend.decode_input(shape, graph.static_in.dtype)
+    assert buffer.data_ptr() == graph.static_in.data_ptr()  # the replay copies nothing in
+    assert backend.decode(buffer).data_ptr() == graph.static_out.data_ptr()  # and nothing out
+
+
 def test_uint16_frames_travel_as_int16_and_widen_exactly() -> None:
     from rtsmlm.localization.backends.torch_backend import widen_uint16
 
