@@ -93,7 +93,7 @@ def crlb_table(m_all: Any, movie: Any) -> list[dict[str, Any]]:
     truth = movie.truth
     keep = (acc.interior_mask(truth, movie.frames.shape[1:], movie.pixel_size_nm, 4.0)
             & acc.single_frame_mask(truth) & (acc.nearest_neighbour_px(truth, movie.pixel_size_nm) >= ISOLATION_PX))
-    rows = precision_vs_crlb(acc.restrict_match(m_all, keep), truth["photons"][keep], movie.bg_photons,
+    rows = precision_vs_crlb(acc.restrict_match(m_all, keep), truth["photons"][keep], movie.bound_bg_photons,
                              movie.psf_sigma_nm, movie.pixel_size_nm, movie.excess_noise, bins=list(CRLB_EDGES))
     return rows or [{"n": 0, "ratio_fisher": math.nan}] * (len(CRLB_EDGES) - 1)
 
