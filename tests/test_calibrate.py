@@ -151,6 +151,7 @@ def test_the_command_writes_a_config_that_run_and_train_accept_and_a_report(tmp_
     assert loaded.camera.e_per_adu == pytest.approx(0.4, rel=0.05) and loaded.camera.qe == 1.0  # photo-electrons
     assert loaded.psf.sigma_nm == pytest.approx(150.0, rel=0.05)
     assert loaded.model.checkpoint in ("default", "broad_2d") and 0.2 <= loaded.model.p_threshold <= 0.9
+    assert loaded.model.thresholds_for == loaded.model.checkpoint  # bound to the model they were chosen for
     assert loaded.train.bg_min < np.median(sim.background) * 0.8 < loaded.train.bg_max
     assert loaded.train.threads == 0  # the fine-tune takes every core
     # An sCMOS with dark frames: each pixel's own offset goes to the run through camera.maps_file.

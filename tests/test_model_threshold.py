@@ -119,3 +119,33 @@ def test_choose_threshold_without_a_config_simulates_the_middle_of_the_training_
     # Not a checkpoint: one sentence.
     assert main(["choose-threshold", str(tmp_path / "nothing")]) == 2
     assert "nothing.json does not exist" in capsys.readouterr().err
+
+
+def test_thresholds_chosen_for_one_checkpoint_give_way_to_another_models_own(tmp_path, caplog):
+    """rtsmlm calibrate's thresholds and floor belong to the model it picked (model.thresholds_for): a run of a
+    model fine-tuned on that config (here a copy of the default model with its own stored threshold) uses that
+    model's threshold and no floor, without the user resetting them; the picked model keeps them."""
+    from dataclasses import replace
+
+    from rtsmlm.acquisition.source import CameraModel
+    from rtsmlm.localization.backends import open_backend
+    from rtsmlm.localization.checkpoint import thresholds_for_run
+    from rtsmlm.localization.localizer import StreamingLocalizer
+
+    prefix = _copy_default(tmp_path)
+    store_detection(prefix, {"p_threshold": 0.35, "jaccard": 0.8, "frames": 10, "conditions": ["a"]})
+    cfg = config.load(None, ["model.checkpoint='broad_2d'", "model.thresholds_for='broad_2d'",
+                             "model.p_threshold=0.2", "model.candidate_threshold=0.2", "model.min_photons=300"])
+    assert thresholds_for_run(cfg.model) == cfg.model
+    same = replace(cfg.model, checkpoint=str(DEFAULT_MODEL_DIR / "broad_2d.safetensors"))  # its path: the same model
+    assert thresholds_for_run(same) == same
+    fine_tuned = replace(cfg, model=replace(cfg.model, checkpoint=str(prefix)))
+    with caplog.at_level("INFO", logger="rtsmlm.localization"):
+        backend, meta = open_backend(config.BackendConfig(name="torch", device="cpu", threads=1), str(prefix))
+        loc = StreamingLocalizer.for_run(backend, meta, CameraModel(), (32, 32), fine_tuned)
+    assert (loc.p_threshold, loc.p_threshold_source) == (0.35, "model")
+    assert loc.postprocessor.min_photons == 0.0 and loc.postprocessor.candidate_threshold == 0.3
+    assert "chosen for broad_2d" in caplog.text
+    unbound = replace(fine_tuned, model=replace(fine_tuned.model, thresholds_for=""))
+    loc = StreamingLocalizer.for_run(backend, meta, CameraModel(), (32, 32), unbound)
+    assert (loc.p_threshold, loc.postprocessor.min_photons) == (0.2, 300.0)  # not bound: they apply to any model

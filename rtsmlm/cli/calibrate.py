@@ -62,9 +62,10 @@ def calibrate_main(args: Any, cfg: Any) -> int:
     if args.models:
         choice = _choose_model(text, args.models.split(","), args.threshold_frames)
         text += (f"\n[model]\n# Chosen by simulating the calibrated conditions ({choice['frames']} frames): "
-                 f"Jaccard {choice['jaccard']:.3f}. The threshold is this checkpoint's: with another model (one\n"
-                 "# fine-tuned on this config carries its own, chosen on the same conditions) set p_threshold = -1.\n"
-                 f"checkpoint = \"{choice['model']}\"\n"
+                 f"Jaccard {choice['jaccard']:.3f}. The thresholds and floor below are this checkpoint's\n"
+                 "# (thresholds_for): a run of another model (one fine-tuned on this config carries its own, chosen on\n"
+                 "# the same conditions) uses that model's own threshold and no floor.\n"
+                 f"checkpoint = \"{choice['model']}\"\nthresholds_for = \"{choice['model']}\"\n"
                  f"p_threshold = {choice['p_threshold']:.2f}\ncandidate_threshold = {choice['candidate_threshold']:.2f}\n"
                  "# Detections the network reads out dimmer than this are dropped (0: none; chosen on the same\n"
                  "# simulation, where noise blobs pass as dim emitters of a broad model). A sample with many more\n"

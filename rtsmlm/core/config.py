@@ -153,6 +153,10 @@ class ModelConfig:
     min_photons: float = _f(0.0, range=(0.0, 1e7),
                             doc="detections the network reads out dimmer than this many photons are dropped (0 = "
                                 "none); rtsmlm calibrate sets it when the movie's simulated conditions gain from it")
+    thresholds_for: str = _f("", doc="the checkpoint p_threshold, candidate_threshold and min_photons were chosen for "
+                                     "(rtsmlm calibrate writes it); a run of another checkpoint (a model fine-tuned "
+                                     "on this config) uses that model's own threshold and no floor instead; empty = "
+                                     "they apply to any checkpoint")
     refine: str = _f("off", choices=("off", "mle", "fuse"),
                      doc="isolated localizations refined by a maximum-likelihood fit of the PSF (psf.sigma_nm; a 3D "
                          "model's astigmatic focus curves, z fitted too) to the frame: mle = the fit's position (emitters on for one frame), fuse = its "

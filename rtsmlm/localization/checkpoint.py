@@ -8,15 +8,21 @@ state (optimizer) through ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rtsmlm
 from rtsmlm.core.errors import RtsmlmError
 from rtsmlm.localization.scales import INPUT_TRANSFORMS, Scales
+
+if TYPE_CHECKING:
+    from rtsmlm.core.config import ModelConfig
+
+log = logging.getLogger("rtsmlm.localization")
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL_NAME = "default_2d"
@@ -175,6 +181,30 @@ def store_detection(path_or_name: str | Path, detection: dict[str, Any]) -> Mode
 def shipped_models() -> list[str]:
     """Names of the models shipped inside the package (usable as ``model.checkpoint``)."""
     return sorted(p.stem for p in DEFAULT_MODEL_DIR.glob("*.json"))
+
+
+def thresholds_for_run(model_cfg: ModelConfig) -> ModelConfig:
+    """``[model]`` as a run of ``model_cfg.checkpoint`` uses it: thresholds and brightness floor chosen for another
+    checkpoint (``model.thresholds_for``: rtsmlm calibrate's choice for the model it picked) give way to the
+    run's model's own threshold and no floor — a model fine-tuned on the calibrated config carries its own,
+    chosen on the same conditions, and the picked model's would be wrong for it."""
+    from dataclasses import replace
+
+    from rtsmlm.core.config import ModelConfig
+
+    chosen_for = model_cfg.thresholds_for
+    if not chosen_for or _same_checkpoint(chosen_for, model_cfg.checkpoint):
+        return model_cfg
+    log.info("model.p_threshold, candidate_threshold and min_photons were chosen for %s (model.thresholds_for), "
+             "not for %s: the model's own threshold is used, and no brightness floor", chosen_for, model_cfg.checkpoint)
+    default = ModelConfig()
+    return replace(model_cfg, p_threshold=default.p_threshold, candidate_threshold=default.candidate_threshold,
+                   min_photons=default.min_photons)
+
+
+def _same_checkpoint(a: str, b: str) -> bool:
+    """Do two ``model.checkpoint`` values name the same checkpoint ('broad_2d' and its path do)?"""
+    return resolve(a).resolve() == resolve(b).resolve()
 
 
 def resolve(path_or_name: str | Path) -> Path:

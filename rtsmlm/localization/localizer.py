@@ -25,7 +25,7 @@ from rtsmlm.core.camera import CameraModel
 from rtsmlm.core.locs import LOC_DTYPE, concat
 from rtsmlm.localization import conditioning, range_guard
 from rtsmlm.localization.backends.protocol import Backend
-from rtsmlm.localization.checkpoint import THRESHOLD_SOURCES, ModelMeta, detection_threshold
+from rtsmlm.localization.checkpoint import THRESHOLD_SOURCES, ModelMeta, detection_threshold, thresholds_for_run
 from rtsmlm.localization.postprocess import Postprocessor
 from rtsmlm.localization.range_guard import RangeVerdict
 from rtsmlm.localization.tiling import (
@@ -164,11 +164,12 @@ class StreamingLocalizer:
         """The localizer a run of ``cfg`` uses (live runs and batch workers alike): ``[model]``'s thresholds,
         brightness floor and refinement, ``[pipeline]``'s batch bound and memory (three quarters of it: the
         rest is the ring's and the outputs'), the PSF σ in pixels."""
-        return cls(backend, meta, camera, frame_shape, cfg.model.p_threshold, cfg.model.candidate_threshold,
-                   max_batch=cfg.pipeline.max_batch, split_threshold=cfg.model.split_threshold,
+        model = thresholds_for_run(cfg.model)
+        return cls(backend, meta, camera, frame_shape, model.p_threshold, model.candidate_threshold,
+                   max_batch=cfg.pipeline.max_batch, split_threshold=model.split_threshold,
                    memory_bytes=int(cfg.pipeline.memory_mb * 2**20 * 3 / 4),
-                   psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm, refine=cfg.model.refine,
-                   min_photons=cfg.model.min_photons)
+                   psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm, refine=model.refine,
+                   min_photons=model.min_photons)
 
     def _input_transform(self, camera: CameraModel) -> tuple[torch.Tensor, torch.Tensor]:
         """Offset (ADU) and scale so that photons = (ADU - offset) * scale, on the backend's device, as
