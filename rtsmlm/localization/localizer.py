@@ -438,6 +438,7 @@ class StreamingLocalizer:
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    """The layout a copy of ``t`` should keep: channels_last for an NHWC 4-D tensor (what the backends return)."""
     return torch.channels_last if t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(
         memory_format=torch.channels_last) else torch.contiguous_format
 
