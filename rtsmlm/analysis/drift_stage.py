@@ -18,7 +18,7 @@ import numpy as np
 
 from rtsmlm.analysis.drift import OnlineDrift
 from rtsmlm.core.config import Config
-from rtsmlm.core.locs import LocBatch, LocSpill
+from rtsmlm.core.locs import LocBatch, LocSpill, in_field
 from rtsmlm.io.tables import DriftTrajectory, write_drift_csv
 
 DRIFT_CSV = "drift.csv"
@@ -79,8 +79,9 @@ class DriftListener:
                 from rtsmlm.analysis.drift_z import estimate_z_drift
 
                 dz = None
-                # Whole spots only; all of them when the frame is too small for that to leave enough.
-                for use in (self._whole_spots(locs), slice(None)):
+                # Whole spots only (raw positions: the edge is the camera's); all of them when the frame is
+                # too small for that to leave enough.
+                for use in (in_field(locs, self.extent_nm, self.edge_margin_nm), slice(None)):
                     sub = locs[use]
                     dx, dy = np.asarray(traj.dx)[sub["frame"]], np.asarray(traj.dy)[sub["frame"]]
                     dz = estimate_z_drift(sub["frame"], sub["x"] - dx, sub["y"] - dy, sub["z"], n_frames)
@@ -96,12 +97,6 @@ class DriftListener:
                 file = DRIFT_CSV
         self._xy.close()
         return {"drift": DriftSummary(self.estimator.fiducials.describe(), max_abs, file, max_dz)}
-
-    def _whole_spots(self, locs: np.ndarray) -> np.ndarray:
-        """Which localizations lie at least ``edge_margin_nm`` inside the frame (raw positions: the edge is
-        the camera's)."""
-        m, (h, w) = self.edge_margin_nm, self.extent_nm
-        return (locs["x"] >= m) & (locs["x"] < w - m) & (locs["y"] >= m) & (locs["y"] < h - m)
 
     def final_drift(self) -> DriftTrajectory | None:
         """The run's final drift (after :meth:`on_run_end`)."""

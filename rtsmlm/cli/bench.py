@@ -315,11 +315,12 @@ def bench_main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     cfg = config_mod.load(args.config)
     args.checkpoint = args.checkpoint or cfg.model.checkpoint
+    from dataclasses import replace
+
     from rtsmlm.localization.checkpoint import thresholds_for_run
 
     # The config's thresholds as a run of this checkpoint would use them (model.thresholds_for).
-    model = thresholds_for_run(config_mod.replace(cfg.model, checkpoint=str(args.checkpoint)))
-    cfg = config_mod.replace(cfg, model=config_mod.to_dict(model))
+    cfg = replace(cfg, model=thresholds_for_run(replace(cfg.model, checkpoint=str(args.checkpoint))))
     specs = args.backends.split(",") if args.backends else default_specs()
     try:
         for s in specs:

@@ -57,6 +57,14 @@ def concat(tables: list[np.ndarray], dtype: np.dtype = LOC_DTYPE) -> np.ndarray:
     return np.concatenate(tables)
 
 
+def in_field(locs: np.ndarray, extent_nm: tuple[float, float], margin_nm: float = 0.0) -> np.ndarray:
+    """Which localizations lie at least ``margin_nm`` inside a field of ``extent_nm`` (height, width), the
+    DESIGN.md frame: x, y from the top-left corner of the top-left pixel."""
+    h, w = extent_nm
+    x, y = locs["x"], locs["y"]
+    return (x >= margin_nm) & (x < w - margin_nm) & (y >= margin_nm) & (y < h - margin_nm)
+
+
 def with_drift_columns(locs: np.ndarray, z: bool = False) -> np.ndarray:
     """Return ``locs`` with ``x_dc``/``y_dc`` columns (and ``z_dc`` when ``z``), initialised to the raw
     coordinates."""

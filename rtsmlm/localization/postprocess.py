@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rtsmlm.core.locs import LOC_DTYPE
+from rtsmlm.core.locs import LOC_DTYPE, in_field
 from rtsmlm.localization.net import (
     CH_BG,
     CH_P,
@@ -67,6 +67,10 @@ def _neighbour_max(padded: torch.Tensor, offsets: tuple[tuple[int, int], ...], h
     for s in shifted[1:]:
         result = torch.maximum(result, s)
     return result
+
+
+_READ_OUT_COLUMNS = ("x", "y", "z", "photons", "bg", "sigma_x", "sigma_y", "sigma_z", "sigma_photons", "p")
+"""The table columns read out of the maps, in the order :meth:`Postprocessor._localize` stacks them."""
 
 
 class Postprocessor:
@@ -212,8 +216,7 @@ class Postprocessor:
     def _inside(self, locs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """The localizations inside the frame: a border pixel's read-out offset reaches up to a pixel past the
         edge, and a position outside the frame is no emitter of this frame's."""
-        h_nm, w_nm = shape[0] * self.pixel_size_nm, shape[1] * self.pixel_size_nm
-        keep = (locs["x"] >= 0.0) & (locs["x"] < w_nm) & (locs["y"] >= 0.0) & (locs["y"] < h_nm)
+        keep = in_field(locs, (shape[0] * self.pixel_size_nm, shape[1] * self.pixel_size_nm))
         return locs if keep.all() else locs[keep]
 
     def _localize(self, out: torch.Tensor, frames: np.ndarray, row_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -246,11 +249,12 @@ class Postprocessor:
                 dim=1,
             )
             host = columns.cpu().numpy()
-            rows = host[:, 10].astype(np.int64)
-            det_rows = host[:, 11].astype(np.int64)
+            n = len(_READ_OUT_COLUMNS)
+            rows = host[:, n].astype(np.int64)
+            det_rows = host[:, n + 1].astype(np.int64)
         locs = np.empty(len(rows), dtype=LOC_DTYPE)
         locs["frame"] = frames[rows]
-        for k, name in enumerate(("x", "y", "z", "photons", "bg", "sigma_x", "sigma_y", "sigma_z", "sigma_photons", "p")):
+        for k, name in enumerate(_READ_OUT_COLUMNS):
             locs[name] = host[:, k]
         if not self.has_z:
             locs["z"] = 0.0
