@@ -139,3 +139,26 @@ def test_frame_locked_training_events_cover_whole_frames():
     # Without the key the events are those of before (continuous starts and durations).
     _, _, _, start0, dur0, _ = TrainingSimulator(rconfig.from_dict({"sim": {"mean_on_frames": 0.7}}), 5)._events(1.0)
     assert np.array_equal(np.floor(start0), start) and not np.array_equal(start0, start)
+
+
+def test_edge_targets_reach_just_beyond_the_patch_and_leave_other_configs_data_unchanged():
+    """train.edge_target_px: emitters up to that far outside the patch are targets too (the read-out decides
+    inside/outside by the localized position); at 0 the batches are those of a config without the key."""
+    from rtsmlm.core import config as rconfig
+    from rtsmlm.training.data import TrainingSimulator
+
+    base = {"train": {"density_min": 2.0, "density_max": 2.0, "patch_size": 16}}
+    plain = TrainingSimulator(rconfig.from_dict(base), 7).batch(24)
+    zero = TrainingSimulator(rconfig.from_dict({"train": {**base["train"], "edge_target_px": 0.0}}), 7).batch(24)
+    assert np.array_equal(plain.em_xyzn, zero.em_xyzn) and np.array_equal(plain.frames, zero.frames)
+    xy = plain.em_xyzn[plain.em_mask][:, :2]
+    assert len(xy) > 20 and xy.min() >= 0.0 and xy.max() < 16.0
+
+    edge = TrainingSimulator(rconfig.from_dict({"train": {**base["train"], "edge_target_px": 0.5}}), 7).batch(24)
+    xy = edge.em_xyzn[edge.em_mask][:, :2]
+    outside = (xy < 0.0) | (xy >= 16.0)
+    assert outside.any(axis=1).sum() >= 1
+    assert xy.min() >= -0.5 and xy.max() < 16.5
+    # The same emitters were drawn: the inside targets are the plain config's.
+    inside = ~outside.any(axis=1)
+    assert inside.sum() == plain.em_mask.sum()

@@ -282,6 +282,10 @@ class TrainConfig:
     pair_fraction: float = _f(0.0, range=(0.0, 1.0),
                               doc="this fraction of blinking events gets a partner 0.5–2.5 px away, on in "
                                   "overlapping frames with its own brightness: close pairs to learn to split")
+    edge_target_px: float = _f(0.0, range=(0.0, 1.0),
+                               doc="emitters up to this far outside the patch are targets too; the read-out "
+                                   "drops localizations outside the frame, so an emitter at the frame's edge is "
+                                   "kept or dropped by its localized position instead of half-detected")
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,10 @@ def validate(model, val: Batch, scales: Scales, pixel_size_nm: float, is_3d: boo
             preds.append(post(out, np.arange(i, i + len(out))))
     model.train()
     pred = np.concatenate(preds)
-    rows = [(b, *val.em_xyzn[b, j]) for b in range(len(val.em_xyzn)) for j in np.flatnonzero(val.em_mask[b])]
+    side = val.frames.shape[-1]
+    # Targets beyond the patch's edge (train.edge_target_px) are not the patch's emitters: the read-out drops them.
+    rows = [(b, *val.em_xyzn[b, j]) for b in range(len(val.em_xyzn)) for j in np.flatnonzero(val.em_mask[b])
+            if 0.0 <= val.em_xyzn[b, j, 0] < side and 0.0 <= val.em_xyzn[b, j, 1] < side]
     truth = np.zeros(len(rows), dtype=[("frame", "<i8"), ("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
     if rows:
         r = np.array(rows)
