@@ -54,7 +54,7 @@ def test_a_3d_run_recovers_a_100_nm_focus_drift(tmp_path) -> None:
     assert truth.dz[-1] == pytest.approx(100.0 * 1499 / 1500)
     n = min(len(estimate.frames), len(truth.frames))
     rms = float(np.sqrt(np.mean((estimate.dz[:n] - truth.dz[:n]) ** 2)))
-    assert rms <= 5.0, rms  # measured 2.7 nm on the default filament sample (1.9 nm with labels spread evenly)
+    assert rms <= 5.0, rms  # measured 0.9 nm here (seeds 21–28: 0.9–4.0 nm, mean 2.3)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["drift"]["max_abs_dz_nm"] == pytest.approx(np.abs(estimate.dz).max(), rel=1e-6)
     # The files carry the corrected depth beside the raw one: z_dc = z - dz(frame).
