@@ -156,6 +156,7 @@ def test_calibrate_psf_writes_a_spline_config_that_simulates_the_beads_psf(tmp_p
     cfg = rconfig.load(str(tmp_path / "psf.toml"))
     assert cfg.psf.model == "spline" and cfg.psf.file == str((tmp_path / "psf_spline.npz").resolve())
     assert cfg.psf.z_range_nm >= 700.0
+    assert cfg.train.edge_target_px == 0.5  # a model trained on it learns the spots the frame's edge cuts
     assert cfg.psf.astig_focal_offset_nm == pytest.approx(300.0, abs=20)  # the focus curves ride along
     assert max_difference(psf_from_config(cfg.psf, 100.0), ASTIG) < 0.02
     assert "spline PSF from" in capsys.readouterr().out

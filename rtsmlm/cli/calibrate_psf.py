@@ -99,6 +99,9 @@ def calibrate_psf_main(args: argparse.Namespace, cfg: Any) -> int:
     report["psf"] = psf
     lines = [f"# Written by rtsmlm calibrate-psf from {args.stack}: {header}", "[psf]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in psf.items()]
+    # The shipped 3D model's recipe: a 3D PSF is wide out of focus, so a frame's edge cuts many spots; with
+    # targets just beyond the patch a model finds them (astig_3d on 64² frames: bright Jaccard 0.942 -> 0.952).
+    lines += ["", "[train]", "edge_target_px = 0.5"]
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     print(header)
