@@ -26,9 +26,10 @@ EDGE_MARGIN_SIGMAS = 3.0
 """The axial drift pairs only localizations at least this many in-focus PSF σ (``psf.sigma_nm``) inside the
 frame: a spot the edge cuts reads as the wrong ellipse, so its depth is off by an amount that changes as the
 sample drifts across the edge (3 σ is about 1.5 × the widest spot of an astigmatic PSF over ±500 nm). Measured
-on tests/test_drift_z.py's 64² run with the shipped 3D model over seeds 21–28 (a scratch loop over the test's
-run): RMS error 2.81 / 2.45 / 2.74 / 2.47 / 2.77 / 1.63 / 1.85 / 3.00 nm (mean 2.47) with every localization,
-1.03 / 2.81 / 2.19 / 1.08 / 2.03 / 2.27 / 1.51 / 1.81 nm (mean 1.84) with this margin (390 nm, 3.9 px)."""
+on tests/test_drift_z.py's 64² run with the 3D model shipped then (before its edge-target retraining) over seeds
+21–28 (a scratch loop over the test's run): RMS error 2.81 / 2.45 / 2.74 / 2.47 / 2.77 / 1.63 / 1.85 / 3.00 nm
+(mean 2.47) with every localization, 1.03 / 2.81 / 2.19 / 1.08 / 2.03 / 2.27 / 1.51 / 1.81 nm (mean 1.84) with
+this margin (390 nm, 3.9 px); the retrained astig_3d, which finds more of the cut spots, 2.32 nm mean with it."""
 _XY_DTYPE = np.dtype([("frame", "<i8"), ("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
 
 

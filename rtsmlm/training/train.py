@@ -134,15 +134,14 @@ def validate(model, val: Batch, scales: Scales, pixel_size_nm: float, is_3d: boo
     pred = np.concatenate(preds)
     side = val.frames.shape[-1]
     # Targets beyond the patch's edge (train.edge_target_px) are not the patch's emitters: the read-out drops them.
-    rows = [(b, *val.em_xyzn[b, j]) for b in range(len(val.em_xyzn)) for j in np.flatnonzero(val.em_mask[b])
-            if 0.0 <= val.em_xyzn[b, j, 0] < side and 0.0 <= val.em_xyzn[b, j, 1] < side]
-    truth = np.zeros(len(rows), dtype=[("frame", "<i8"), ("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
-    if rows:
-        r = np.array(rows)
-        truth["frame"] = r[:, 0]
-        truth["x"] = r[:, 1] * pixel_size_nm
-        truth["y"] = r[:, 2] * pixel_size_nm
-        truth["z"] = r[:, 3] * scales.z_scale
+    in_patch = np.all((val.em_xyzn[..., :2] >= 0.0) & (val.em_xyzn[..., :2] < side), axis=-1)
+    sample, slot = np.nonzero(val.em_mask & in_patch)
+    em = val.em_xyzn[sample, slot].astype(np.float64)
+    truth = np.zeros(len(sample), dtype=[("frame", "<i8"), ("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
+    truth["frame"] = sample
+    truth["x"] = em[:, 0] * pixel_size_nm
+    truth["y"] = em[:, 1] * pixel_size_nm
+    truth["z"] = em[:, 2] * scales.z_scale
     m = evaluate(pred, truth, tolerance_nm=250.0)
     return {"val_loss": sum(losses) / len(frames), "jaccard": m["jaccard"], "rmse_lat_nm": m["rmse_lat_nm"],
             "n_pred": m["n_pred"], "n_true": m["n_true"]}
