@@ -19,6 +19,7 @@ from rtsmlm.localization.net import (
     SIGMA_SCALE,
     DecodeNet,
     parameter_count,
+    widened,
 )
 
 
@@ -137,3 +138,22 @@ def test_onnx_export_dynamo_dynamic_shapes_matches_torch(net: DecodeNet, tmp_pat
         opset_version=18, dynamic_shapes={"x": dims}, dynamo=True,
     )
     _check_onnx_matches(net, path)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_widened_net_computes_the_same_outputs_and_trains_its_added_channels(in_channels):
+    """net.widened: every convolution of a width-4 net copied into a width-8 one (the window's frames and
+    the up-steps' skips are concatenations, each part grows); same outputs, and a gradient step reaches
+    the added channels through their zero read-out weights."""
+    torch.manual_seed(0)
+    small = DecodeNet(window=3, width=4, depth=2, in_channels=in_channels)
+    wide = widened(small, 8, seed=1)
+    assert wide.width == 8 and parameter_count(wide) > 3 * parameter_count(small)
+    x = torch.randn(2, 3, in_channels, 16, 16) if in_channels > 1 else torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(wide(x), small(x), atol=1e-6)
+    wide(x)[:, CH_P].sum().backward()
+    read_out = wide.head_p[2].weight.grad[0, :, 0, 0]
+    assert read_out[4:8].abs().sum() > 0  # the head learns to read the added channels
+    with pytest.raises(ValueError, match="narrower"):
+        widened(wide, 4)

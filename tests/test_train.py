@@ -46,7 +46,7 @@ def test_fine_tuning_starts_from_a_checkpoint_with_its_architecture_and_scales(t
     from rtsmlm.localization.checkpoint import load as load_ckpt
 
     prefix = tmp_path / "tuned"
-    # A config asking for another width: the initial model's architecture wins.
+    # A config asking for a narrower net: the initial model's architecture wins.
     assert main(["train", "--out", str(prefix), "--steps", "1", "--init", "default", "--set", "train.width=8",
                  "--set", "train.lr=1e-7", *TINY]) == 0
     tuned, meta = load_ckpt(prefix)
@@ -55,6 +55,27 @@ def test_fine_tuning_starts_from_a_checkpoint_with_its_architecture_and_scales(t
     # One step at a negligible learning rate: the weights are the initial model's.
     for (name, a), (_, b) in zip(tuned.state_dict().items(), base.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_fine_tuning_to_a_larger_width_widens_the_initial_model_without_changing_its_outputs(tmp_path, capsys):
+    """`--init default --set train.width=32`: a 32-channel model whose outputs at step 0 are the shipped
+    16-channel model's; its added channels are live (random, not zero), so training can use them."""
+    import torch
+
+    from rtsmlm.localization.checkpoint import load as load_ckpt
+
+    prefix = tmp_path / "wide"
+    assert main(["train", "--out", str(prefix), "--steps", "1", "--init", "default", "--set", "train.width=32",
+                 "--set", "train.lr=1e-7", *TINY]) == 0
+    assert "widened default from 16 to 32 channels" in capsys.readouterr().out
+    wide, meta = load_ckpt(prefix)
+    base, base_meta = load_ckpt("default")
+    assert (meta.width, base_meta.width) == (32, 16) and meta.scales == base_meta.scales
+    frames = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    with torch.no_grad():
+        assert torch.allclose(wide.eval()(frames), base.eval()(frames), atol=1e-4)
+    added = wide.encoder.inc[0].weight[16:]
+    assert added.abs().mean() > 1e-3
 
 
 def test_batches_simulated_by_worker_processes_equal_those_of_the_training_process():

@@ -223,3 +223,55 @@ class DecodeNet(nn.Module):
 def parameter_count(module: nn.Module) -> int:
     """Number of trainable parameters of ``module``."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def widened(net: DecodeNet, width: int, *, seed: int = 0) -> DecodeNet:
+    """A copy of ``net`` with ``width`` feature channels that computes exactly the same outputs.
+
+    Every convolution keeps the old weights for the old channels; the added channels get fresh random
+    weights for their own inputs, and every old channel reads them with weight zero. So the wider net
+    starts where ``net`` is and training grows the new capacity from there (Net2Net's idea, Chen et al.
+    2016, with zero instead of copied outgoing weights): a larger model for GPUs costs a fine-tune of
+    the shipped one instead of a training from scratch. No normalisation layer mixes channels, so the
+    copy is exact up to float rounding.
+    """
+    if width < net.width:
+        raise ValueError(f"widened() makes a net wider, not narrower: {net.width} -> {width} channels.")
+    wide = DecodeNet(window=net.window, width=width, depth=net.depth, in_channels=net.in_channels)
+    generator = torch.Generator().manual_seed(seed)
+    old_convs = {name: m for name, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    with torch.no_grad():
+        for name, conv in wide.named_modules():
+            if not isinstance(conv, nn.Conv2d):
+                continue
+            old = old_convs[name]
+            # Input channels come in segments (concatenated feature maps) that each grow from the old
+            # width to the new one: the window's frames for the temporal net, (up-sampled, skip) in an
+            # up-step's first convolution, one map elsewhere; the encoder's frame input does not grow.
+            if name == "temporal.inc.0":
+                segments = net.window
+            elif name.endswith("block.0") and ".ups." in f".{name}":
+                segments = 2
+            else:
+                segments = 1
+            in_index = _segment_index(old.in_channels, conv.in_channels, segments)
+            out_index = _segment_index(old.out_channels, conv.out_channels, 1)
+            fresh = torch.empty_like(conv.weight)
+            bound = 1.0 / float(conv.weight[0].numel()) ** 0.5  # PyTorch's default Conv2d bound
+            fresh.uniform_(-bound, bound, generator=generator)
+            fresh[out_index] = 0.0  # old outputs read nothing from added inputs ...
+            fresh[out_index[:, None], in_index[None, :]] = old.weight  # ... and their old inputs as before
+            conv.weight.copy_(fresh)
+            bias = torch.zeros_like(conv.bias)
+            bias[out_index] = old.bias
+            conv.bias.copy_(bias)
+    return wide
+
+
+def _segment_index(old_channels: int, new_channels: int, segments: int) -> torch.Tensor:
+    """Where the old channels sit among the new ones when each of ``segments`` equal blocks grows from
+    ``old_channels / segments`` to ``new_channels / segments`` channels (old ones first in each block)."""
+    if old_channels == new_channels:
+        return torch.arange(old_channels)
+    old_block, new_block = old_channels // segments, new_channels // segments
+    return torch.cat([torch.arange(old_block) + s * new_block for s in range(segments)])

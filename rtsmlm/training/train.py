@@ -188,7 +188,8 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
           log_path: str | Path | None = None, init: str | Path | None = None) -> Path:
     """Train a model for ``cfg``'s camera and PSF; returns the checkpoint prefix.
 
-    ``init``: fine-tune from that checkpoint — its weights, its architecture (width, depth, window) and
+    ``init``: fine-tune from that checkpoint — its weights, its architecture (width, depth, window; a
+    larger ``train.width`` widens it first, keeping its outputs: ``net.widened``) and
     its input/output scales (the network's units must not change under it); the data are ``cfg``'s.
     At the end the kept checkpoint's own detection threshold is chosen on the training conditions,
     simulated, and stored in its metadata (runs use it unless told another).
@@ -205,8 +206,10 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
 
         init_model, init_meta = load(init)
         init_state = init_model.state_dict()
-        # The architecture is the initial model's; the input transform too (its first layer expects it).
-        cfg = replace_config(cfg, train={**to_dict(cfg.train), "width": init_meta.width, "depth": init_meta.depth,
+        # The architecture is the initial model's, except that a larger train.width widens it (see
+        # net.widened); the input transform too (its first layer expects it).
+        init_width = max(init_meta.width, cfg.train.width)
+        cfg = replace_config(cfg, train={**to_dict(cfg.train), "width": init_width, "depth": init_meta.depth,
                                          "window": init_meta.window,
                                          "input_transform": init_meta.scales.input_transform,
                                          **_conditioning_of(init_meta.scales, cfg.train.conditioning)})
@@ -237,7 +240,16 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.6 * t.steps), int(0.85 * t.steps)], 0.3)
     step, best = 0, -np.inf
     if init_state is not None:
-        model.load_state_dict(_widen_input(init_state, model.state_dict()))
+        if t.width > init_meta.width:
+            from rtsmlm.localization.net import widened
+
+            narrow = DecodeNet(window=t.window, width=init_meta.width, depth=t.depth, in_channels=in_channels)
+            narrow.load_state_dict(_widen_input(init_state, narrow.state_dict()))
+            model.load_state_dict(widened(narrow, t.width, seed=t.seed).state_dict())
+            print(f"widened {init} from {init_meta.width} to {t.width} channels (same outputs at step 0)",
+                  flush=True)
+        else:
+            model.load_state_dict(_widen_input(init_state, model.state_dict()))
     if resume and state_path.exists():
         st = torch.load(state_path, weights_only=True, map_location="cpu")
         model.load_state_dict(st["model"])
