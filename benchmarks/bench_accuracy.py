@@ -267,15 +267,22 @@ def interior_mask(truth: np.ndarray, shape: tuple[int, int], pixel_nm: float, bo
 
 def nearest_neighbour_px(truth: np.ndarray, pixel_nm: float) -> np.ndarray:
     """Distance (px) of every true emitter to the nearest other true emitter in the same frame (inf if alone)."""
+    return nearest_neighbour(truth, pixel_nm)[0]
+
+
+def nearest_neighbour(truth: np.ndarray, pixel_nm: float) -> tuple[np.ndarray, np.ndarray]:
+    """(distance in px, row index) of every true emitter's nearest other true emitter in the same frame
+    (inf and -1 if alone)."""
     from scipy.spatial import cKDTree
 
     pts = np.column_stack([truth["x"], truth["y"], np.asarray(truth["frame"], np.float64) * 1e9])
     if len(pts) < 2:
-        return np.full(len(pts), np.inf)
-    d, _ = cKDTree(pts).query(pts, k=2)
-    nn = d[:, 1] / pixel_nm
-    nn[nn > 1e6] = np.inf
-    return nn
+        return np.full(len(pts), np.inf), np.full(len(pts), -1)
+    d, k = cKDTree(pts).query(pts, k=2)
+    nn, partner = d[:, 1] / pixel_nm, k[:, 1]
+    alone = nn > 1e6
+    nn[alone], partner[alone] = np.inf, -1
+    return nn, partner
 
 
 def single_frame_mask(truth: np.ndarray) -> np.ndarray:
