@@ -10,7 +10,8 @@ With one it:
 2. runs the tests that exercise CUDA and TensorRT (tests/test_backends.py, test_localizer.py,
    test_postprocess.py, test_tiling.py);
 3. runs ``rtsmlm bench`` for torch CUDA fp16 and bf16 (and TensorRT fp16 when importable) at 64², 256², 1024²,
-   2048²: frames/s, MB/s, latency p50/p99, GPU memory;
+   2048²: frames/s, MB/s, latency p50/p99, GPU memory; and for the larger model a GPU runs instead of
+   broad_2d (``broad_2d_wide``) at 64², 256², 1024²;
 4. runs a 20,000-frame 256² simulated pipeline as fast as possible (frames lost, latency);
 5. trains for about 2 minutes on CUDA and briefly on the CPU (steps/s, ratio);
 6. compares each GPU backend's localizations with torch fp32 on one simulated movie (Jaccard of the match
@@ -148,6 +149,17 @@ def main() -> int:
     report["bench"] = {"exit_code": code, "seconds": round(secs, 1),
                        "results": json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file() else None}
     print("bench:", code, tail[-1500:], flush=True)
+    save()
+
+    # The larger sibling a GPU runs instead of broad_2d (checkpoint.LARGER_ON_GPU): its speed on this GPU.
+    code, tail, secs = sh([sys.executable, "-m", "rtsmlm", "bench", "--checkpoint", "broad_2d_wide", "--backends",
+                           specs, "--sizes", "64,256,1024", "--seconds", str(args.bench_seconds), "--json",
+                           str(out / "bench_wide.json"), "--engine-cache-dir", str(out / "engines")], 240,
+                          out / "bench_wide.log")
+    report["bench_broad_2d_wide"] = {
+        "exit_code": code, "seconds": round(secs, 1),
+        "results": json.loads((out / "bench_wide.json").read_text()) if (out / "bench_wide.json").is_file() else None}
+    print("bench broad_2d_wide:", code, tail[-1000:], flush=True)
     save()
 
     run_dir = out / "pipeline"

@@ -125,10 +125,11 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
     model_info: dict[str, Any] = {}
     is_3d = cfg.psf.model != "gaussian"
     if localizer is None:
-        from rtsmlm.localization.backends import open_backend
+        from rtsmlm.localization.backends import model_for_backend, open_backend
         from rtsmlm.localization.checkpoint import check_compatible
         from rtsmlm.localization.localizer import StreamingLocalizer
 
+        cfg = model_for_backend(cfg)  # a GPU runs the larger sibling of a shipped model where there is one
         backend, meta = backend if backend is not None else open_backend(cfg.backend, cfg.model.checkpoint)
         check_compatible(meta, camera.describe(), f"source {cfg.source.kind}")
         localizer = StreamingLocalizer.for_run(backend, meta, camera, source.shape, cfg)

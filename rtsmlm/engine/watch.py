@@ -57,9 +57,10 @@ def watch_folder(cfg: Config, folder: Path, out_root: Path, *, stop: threading.E
     ``extra_listeners`` makes listeners that follow each run after rtsmlm's own (scripts, benchmarks);
     ``backend`` is an opened (backend, metadata) pair to use (default: opened here, before any acquisition)."""
     from rtsmlm.engine.run import build_run
-    from rtsmlm.localization.backends import open_backend
+    from rtsmlm.localization.backends import model_for_backend, open_backend
 
     stop = stop or threading.Event()
+    cfg = model_for_backend(cfg)  # the model build_run will name (a GPU's larger sibling): opened once here
     # The model is opened and traced once, before the first acquisition appears: that takes seconds, and
     # frames written meanwhile would wait.
     opened = backend if backend is not None else open_backend(cfg.backend, cfg.model.checkpoint)

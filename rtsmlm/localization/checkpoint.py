@@ -183,6 +183,32 @@ def shipped_models() -> list[str]:
     return sorted(p.stem for p in DEFAULT_MODEL_DIR.glob("*.json"))
 
 
+LARGER_ON_GPU = {"broad_2d": "broad_2d_wide"}
+"""Shipped models with a larger sibling for GPUs: the model widened (``net.widened``, 32 instead of 16
+channels) and trained on. Four times the arithmetic, which keeps a GPU far above the camera's frame rate but
+takes a 2-core CPU below its 100 frames/s at 64², so CPUs run the smaller one."""
+
+
+def for_device(model_cfg: ModelConfig, device: str) -> ModelConfig:
+    """``[model]`` for a live run whose backend runs on ``device``: on a GPU a shipped model with a larger
+    sibling (:data:`LARGER_ON_GPU`) becomes that sibling, unless ``model.larger_on_gpu`` is off; the switch
+    is logged. Thresholds calibrated for the named model then give way to the sibling's own
+    (:func:`thresholds_for_run`: ``model.thresholds_for`` names the model they were chosen for)."""
+    from dataclasses import replace
+
+    name = model_cfg.checkpoint
+    sibling = LARGER_ON_GPU.get(DEFAULT_MODEL_NAME if name == "default" else name)
+    if device != "cuda" or sibling is None:
+        return model_cfg
+    if not model_cfg.larger_on_gpu:
+        log.info("model %s: its larger GPU sibling %s is not used (model.larger_on_gpu = false)", name, sibling)
+        return model_cfg
+    log.info("model %s -> %s: the backend runs on a GPU, where the larger sibling costs little time "
+             "(model.larger_on_gpu = false keeps %s)", name, sibling, name)
+    chosen_for = model_cfg.thresholds_for or name  # the named model's thresholds stay its own
+    return replace(model_cfg, checkpoint=sibling, thresholds_for=chosen_for)
+
+
 def thresholds_for_run(model_cfg: ModelConfig) -> ModelConfig:
     """``[model]`` as a run of ``model_cfg.checkpoint`` uses it: thresholds and brightness floor chosen for another
     checkpoint (``model.thresholds_for``: rtsmlm calibrate's choice for the model it picked) give way to the

@@ -12,11 +12,12 @@ from rtsmlm.localization.backends.select import (
     cpu_has_bf16,
     default_threads,
     file_sha256,
+    model_for_backend,
     open_backend,
     probe_environment,
 )
 
 __all__ = [
     "Backend", "BackendChoice", "BackendError", "Environment", "choose_backend", "cpu_has_bf16",
-    "default_threads", "file_sha256", "open_backend", "probe_environment",
+    "default_threads", "file_sha256", "model_for_backend", "open_backend", "probe_environment",
 ]

@@ -18,7 +18,7 @@ from rtsmlm.io.paths import file_sha256
 from rtsmlm.localization.backends.protocol import Backend, BackendError
 
 if TYPE_CHECKING:
-    from rtsmlm.core.config import BackendConfig
+    from rtsmlm.core.config import BackendConfig, Config
     from rtsmlm.localization.checkpoint import ModelMeta
 
 log = logging.getLogger("rtsmlm.localization")
@@ -148,6 +148,19 @@ def default_threads() -> int:
     ONNX Runtime's thread pools wait for every thread at every layer: measured on this 2-core machine
     under load, bf16 64x64 frames ran at 119 frames/s with one thread and 3.5 frames/s with two."""
     return max(1, (os.cpu_count() or 1) - 1)
+
+
+def model_for_backend(cfg: "Config", env: Environment | None = None) -> "Config":
+    """``cfg`` with ``[model]`` as a live run on the backend ``cfg.backend`` resolves to on this machine (or
+    ``env``) uses it: on a GPU, a shipped model's larger sibling (:func:`rtsmlm.localization.checkpoint.for_device`).
+    Idempotent, so every entry point of a live run may apply it."""
+    from dataclasses import replace
+
+    from rtsmlm.localization.checkpoint import for_device
+
+    device = choose_backend(cfg.backend, env or probe_environment()).device
+    model = for_device(cfg.model, device)
+    return cfg if model is cfg.model else replace(cfg, model=model)
 
 
 def open_backend(cfg: "BackendConfig", checkpoint: str, *, jit: bool = True,
