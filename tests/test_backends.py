@@ -23,6 +23,7 @@ from rtsmlm.localization.backends import (
     choose_backend,
     cpu_has_bf16,
     file_sha256,
+    model_for_backend,
     open_backend,
     probe_environment,
 )
@@ -346,3 +347,32 @@ def test_the_gpu_acceptance_run_says_no_gpu_in_one_line_on_a_cpu_machine(tmp_pat
                           text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip().startswith("no GPU:") and len(proc.stdout.splitlines()) == 1
     assert not (tmp_path / "acc").exists()  # nothing else ran
+
+
+def test_a_gpu_runs_the_larger_sibling_of_a_shipped_model_and_says_so(caplog):
+    """model.larger_on_gpu: broad_2d on a GPU backend becomes broad_2d_wide, logged; thresholds calibrated for
+    broad_2d then give way to the sibling's own; a CPU, an unshipped path, or the key off keep the model."""
+    from rtsmlm.core import config as rconfig
+    from rtsmlm.localization.checkpoint import LARGER_ON_GPU, for_device, shipped_models, thresholds_for_run
+
+    assert set(LARGER_ON_GPU.values()) <= set(shipped_models())  # every sibling ships with the package
+    for name, sibling in LARGER_ON_GPU.items():  # wider, the same inputs and units: a config serves both
+        meta, larger = checkpoint.load_meta(name), checkpoint.load_meta(sibling)
+        assert larger.width > meta.width and (larger.window, larger.scales) == (meta.window, meta.scales)
+    calibrated = rconfig.from_dict({"model": {"checkpoint": "broad_2d", "p_threshold": 0.35, "min_photons": 200.0,
+                                              "thresholds_for": "broad_2d"}})
+    with caplog.at_level(logging.INFO, logger="rtsmlm.localization"):
+        on_gpu = model_for_backend(calibrated, _env(**H100))
+    assert on_gpu.model.checkpoint == "broad_2d_wide"
+    assert "broad_2d -> broad_2d_wide" in caplog.text and "model.larger_on_gpu = false" in caplog.text
+    run_model = thresholds_for_run(on_gpu.model)
+    assert run_model.p_threshold < 0 and run_model.min_photons == 0.0  # the sibling's own threshold
+    # Hand-set thresholds without thresholds_for were set for the named model: the same.
+    by_hand = rconfig.from_dict({"model": {"checkpoint": "broad_2d", "p_threshold": 0.35}})
+    assert thresholds_for_run(model_for_backend(by_hand, _env(**H100)).model).p_threshold < 0
+    assert model_for_backend(on_gpu, _env(**H100)) is on_gpu  # idempotent: the sibling has none
+    assert model_for_backend(calibrated, _env()) is calibrated  # CPU
+    off = rconfig.replace(calibrated.model, larger_on_gpu=False)
+    assert for_device(off, "cuda") is off
+    path = rconfig.replace(calibrated.model, checkpoint="/data/models/broad_2d")
+    assert for_device(path, "cuda") is path  # a user's own checkpoint is run as named
