@@ -351,7 +351,7 @@ def test_the_gpu_acceptance_run_says_no_gpu_in_one_line_on_a_cpu_machine(tmp_pat
 
 def test_a_gpu_runs_the_larger_sibling_of_a_shipped_model_and_says_so(caplog):
     """model.larger_on_gpu: broad_2d on a GPU backend becomes broad_2d_wide, logged; thresholds calibrated for
-    broad_2d then give way to the sibling's own; a CPU, an unshipped path, or the key off keep the model."""
+    broad_2d carry over to it; a CPU, an unshipped path, or the key off keep the model."""
     from rtsmlm.core import config as rconfig
     from rtsmlm.localization.checkpoint import LARGER_ON_GPU, for_device, shipped_models, thresholds_for_run
 
@@ -366,10 +366,12 @@ def test_a_gpu_runs_the_larger_sibling_of_a_shipped_model_and_says_so(caplog):
     assert on_gpu.model.checkpoint == "broad_2d_wide"
     assert "broad_2d -> broad_2d_wide" in caplog.text and "model.larger_on_gpu = false" in caplog.text
     run_model = thresholds_for_run(on_gpu.model)
-    assert run_model.p_threshold < 0 and run_model.min_photons == 0.0  # the sibling's own threshold
-    # Hand-set thresholds without thresholds_for were set for the named model: the same.
+    assert (run_model.p_threshold, run_model.min_photons, run_model.thresholds_for) == (0.35, 200.0, "broad_2d_wide")
+    # Hand-set thresholds without thresholds_for apply to any model; those chosen for another model do not.
     by_hand = rconfig.from_dict({"model": {"checkpoint": "broad_2d", "p_threshold": 0.35}})
-    assert thresholds_for_run(model_for_backend(by_hand, _env(**H100)).model).p_threshold < 0
+    assert thresholds_for_run(model_for_backend(by_hand, _env(**H100)).model).p_threshold == 0.35
+    other = rconfig.from_dict({"model": {"checkpoint": "broad_2d", "p_threshold": 0.35, "thresholds_for": "default"}})
+    assert thresholds_for_run(model_for_backend(other, _env(**H100)).model).p_threshold < 0
     assert model_for_backend(on_gpu, _env(**H100)) is on_gpu  # idempotent: the sibling has none
     assert model_for_backend(calibrated, _env()) is calibrated  # CPU
     off = rconfig.replace(calibrated.model, larger_on_gpu=False)

@@ -158,9 +158,9 @@ class ModelConfig:
                                      "on this config) uses that model's own threshold and no floor instead; empty = "
                                      "they apply to any checkpoint")
     larger_on_gpu: bool = _f(True, doc="a live run on a GPU backend runs a shipped model's larger sibling trained for "
-                                        "GPUs where there is one (broad_2d -> broad_2d_wide), logged; false runs the "
-                                        "named model (batch runs always do, for results that do not depend on "
-                                        "the worker)")
+                                        "GPUs where there is one (broad_2d -> broad_2d_wide), logged, with the "
+                                        "thresholds set for the named model; false runs the named model (batch runs "
+                                        "always do, for results that do not depend on the worker)")
     refine: str = _f("off", choices=("off", "mle", "fuse"),
                      doc="isolated localizations refined by a maximum-likelihood fit of the PSF (psf.sigma_nm; a 3D "
                          "model's astigmatic focus curves, z fitted too) to the frame: mle = the fit's position (emitters on for one frame), fuse = its "
