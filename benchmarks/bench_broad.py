@@ -101,20 +101,28 @@ def crlb_table(m_all: Any, movie: Any) -> list[dict[str, Any]]:
     return rows or [{"n": 0, "ratio_fisher": math.nan}] * (len(CRLB_EDGES) - 1)
 
 
-def recall_by_distance(pred: np.ndarray, truth: np.ndarray, pixel_nm: float) -> list[dict[str, Any]]:
+def found_mask(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """True for each true emitter matched by a prediction (250 nm tolerance)."""
     from rtsmlm.analysis.metrics import match
 
-    m = match(pred, truth, tolerance_nm=250.0)
     found = np.zeros(len(truth), bool)
-    found[m.truth_index] = True
-    nn = acc.nearest_neighbour_px(truth, pixel_nm)
+    found[match(pred, truth, tolerance_nm=250.0).truth_index] = True
+    return found
+
+
+def recall(found: np.ndarray, sel: np.ndarray) -> float:
+    """The found fraction of the emitters ``sel`` picks (nan for none)."""
+    return float(found[sel].mean()) if sel.any() else math.nan
+
+
+def recall_by_distance(found: np.ndarray, nn: np.ndarray) -> list[dict[str, Any]]:
+    """Recall per bin of the nearest-neighbour distance ``nn`` (px), then over all emitters."""
     rows = []
     for lo, hi in zip(PAIR_BINS_PX[:-1], PAIR_BINS_PX[1:]):
         sel = (nn >= lo) & (nn < hi)
-        rows.append({"lo_px": lo, "hi_px": hi, "n": int(sel.sum()),
-                     "recall": float(found[sel].mean()) if sel.any() else math.nan})
-    rows.append({"lo_px": 0.0, "hi_px": math.inf, "n": len(truth),
-                 "recall": float(found.mean()) if len(truth) else math.nan})
+        rows.append({"lo_px": lo, "hi_px": hi, "n": int(sel.sum()), "recall": recall(found, sel)})
+    everyone = np.ones(len(found), bool)
+    rows.append({"lo_px": 0.0, "hi_px": math.inf, "n": len(found), "recall": recall(found, everyone)})
     return rows
 
 
@@ -137,11 +145,14 @@ def pairs_section(localizers: dict[str, Any], args: argparse.Namespace, use_pica
         tune_cfg = movie_config(camera="emccd", seed=32500, size=args.size, density=1.0, bg=50.0, single_frame=False)
         preds["picasso"] = _picasso(movie, tune_cfg, max(20, args.pair_frames // 3))
     out = []
+    nn, partner = acc.nearest_neighbour(movie.truth, movie.pixel_size_nm)
+    photons = np.asarray(movie.truth["photons"], np.float64)
     for label, pred in preds.items():
-        rows = recall_by_distance(pred, movie.truth, movie.pixel_size_nm)
+        found = found_mask(pred, movie.truth)
+        rows = recall_by_distance(found, nn)
         print(f"{label[:16]:16s} " + " ".join(f"{r['recall']:.3f} (n{r['n']})".rjust(14) for r in rows), flush=True)
         out.append({"model": label, "rows": rows, "met": bool(rows[1]["recall"] >= TARGET_PAIR_RECALL),
-                    "by_photons": pair_recall_by_photons(pred, movie.truth, movie.pixel_size_nm)})
+                    "by_photons": pair_recall_by_photons(found, nn, partner, photons)})
     print("\n   the 1–2 px emitters by their photons in the frame (a partner on for part of the frame is dim), and "
           "the isolated (≥ 3 px) emitters of the same brightness beside them")
     heads = [f"{lo / 1000:g}–{hi / 1000:g}k" if math.isfinite(hi) else f"≥{lo / 1000:g}k"
@@ -155,28 +166,19 @@ def pairs_section(localizers: dict[str, Any], args: argparse.Namespace, use_pica
     return out
 
 
-def pair_recall_by_photons(pred: np.ndarray, truth: np.ndarray, pixel_nm: float) -> dict[str, Any]:
-    """Recall of the emitters 1–2 px from their nearest neighbour per bin of their own photons, beside the
-    isolated (≥ 3 px) emitters' recall in the same bin; and of the 1–2 px pairs whose partners both have
-    ≥ 1000 photons. Sub-populations of the pairs row, not a replacement for it."""
-    from rtsmlm.analysis.metrics import match
-
-    found = np.zeros(len(truth), bool)
-    found[match(pred, truth, tolerance_nm=250.0).truth_index] = True
-    nn, partner = acc.nearest_neighbour(truth, pixel_nm)
-    photons = np.asarray(truth["photons"], np.float64)
+def pair_recall_by_photons(found: np.ndarray, nn: np.ndarray, partner: np.ndarray,
+                           photons: np.ndarray) -> dict[str, Any]:
+    """Recall of the emitters 1–2 px from their nearest neighbour (``nn``, px; ``partner``, its row) per bin
+    of their own photons, beside the isolated (≥ 3 px) emitters' recall in the same bin; and of the 1–2 px
+    pairs whose partners both have ≥ 1000 photons. Sub-populations of the pairs row, not a replacement for it."""
     close, isolated = (nn >= 1.0) & (nn < 2.0), nn >= 3.0
-
-    def recall(sel: np.ndarray) -> float:
-        return float(found[sel].mean()) if sel.any() else math.nan
-
     bins = []
     for lo, hi in zip(PAIR_PHOTON_EDGES[:-1], PAIR_PHOTON_EDGES[1:]):
         in_bin = (photons >= lo) & (photons < hi)
-        bins.append({"lo": lo, "hi": hi, "n": int((close & in_bin).sum()), "recall": recall(close & in_bin),
-                     "isolated_recall": recall(isolated & in_bin)})
+        bins.append({"lo": lo, "hi": hi, "n": int((close & in_bin).sum()), "recall": recall(found, close & in_bin),
+                     "isolated_recall": recall(found, isolated & in_bin)})
     both = close & (photons >= 1000.0) & (photons[np.maximum(partner, 0)] >= 1000.0)
-    return {"bins": bins, "both_bright": {"n": int(both.sum()), "recall": recall(both)}}
+    return {"bins": bins, "both_bright": {"n": int(both.sum()), "recall": recall(found, both)}}
 
 
 def dense_section(localizers: dict[str, Any], args: argparse.Namespace, use_picasso: bool) -> list[dict[str, Any]]:

@@ -143,24 +143,21 @@ def main() -> int:
     save()
 
     specs = ",".join(f"{s}:cuda" for s in gpu_specs)
-    code, tail, secs = sh([sys.executable, "-m", "rtsmlm", "bench", "--backends", specs, "--sizes", "64,256,1024,2048",
-                           "--seconds", str(args.bench_seconds), "--json", str(out / "bench.json"),
-                           "--engine-cache-dir", str(out / "engines")], 360, out / "bench.log")
-    report["bench"] = {"exit_code": code, "seconds": round(secs, 1),
-                       "results": json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file() else None}
-    print("bench:", code, tail[-1500:], flush=True)
-    save()
 
+    def bench(key: str, extra: list[str], sizes: str, timeout: float) -> None:
+        """One ``rtsmlm bench`` run of every GPU backend into ``report[key]`` (and OUT/KEY.json, KEY.log)."""
+        result = out / f"{key}.json"
+        code, tail, secs = sh([sys.executable, "-m", "rtsmlm", "bench", *extra, "--backends", specs, "--sizes", sizes,
+                               "--seconds", str(args.bench_seconds), "--json", str(result),
+                               "--engine-cache-dir", str(out / "engines")], timeout, out / f"{key}.log")
+        report[key] = {"exit_code": code, "seconds": round(secs, 1),
+                       "results": json.loads(result.read_text()) if result.is_file() else None}
+        print(f"{key}:", code, tail[-1500:], flush=True)
+        save()
+
+    bench("bench", [], "64,256,1024,2048", 360)
     # The larger sibling a GPU runs instead of broad_2d (checkpoint.LARGER_ON_GPU): its speed on this GPU.
-    code, tail, secs = sh([sys.executable, "-m", "rtsmlm", "bench", "--checkpoint", "broad_2d_wide", "--backends",
-                           specs, "--sizes", "64,256,1024", "--seconds", str(args.bench_seconds), "--json",
-                           str(out / "bench_wide.json"), "--engine-cache-dir", str(out / "engines")], 240,
-                          out / "bench_wide.log")
-    report["bench_broad_2d_wide"] = {
-        "exit_code": code, "seconds": round(secs, 1),
-        "results": json.loads((out / "bench_wide.json").read_text()) if (out / "bench_wide.json").is_file() else None}
-    print("bench broad_2d_wide:", code, tail[-1000:], flush=True)
-    save()
+    bench("bench_broad_2d_wide", ["--checkpoint", "broad_2d_wide"], "64,256,1024", 240)
 
     run_dir = out / "pipeline"
     code, tail, secs = sh([sys.executable, "-m", "rtsmlm", "run", "--as-fast-as-possible", "--max-frames",

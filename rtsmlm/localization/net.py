@@ -240,21 +240,17 @@ def widened(net: DecodeNet, width: int, *, seed: int = 0) -> DecodeNet:
     wide = DecodeNet(window=net.window, width=width, depth=net.depth, in_channels=net.in_channels)
     generator = torch.Generator().manual_seed(seed)
     old_convs = {name: m for name, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    # Convolutions whose input is a concatenation of feature maps, each of which grows from the old width to
+    # the new one: the window's frames for the temporal net, (up-sampled, skip) in an up-step's first
+    # convolution. Every other input is one map (the encoder's frame input does not grow).
+    segments_of = {id(wide.temporal.inc[0]): net.window}
+    segments_of.update({id(up.block[0]): 2 for unet in (wide.encoder, wide.temporal) for up in unet.ups})
     with torch.no_grad():
         for name, conv in wide.named_modules():
             if not isinstance(conv, nn.Conv2d):
                 continue
             old = old_convs[name]
-            # Input channels come in segments (concatenated feature maps) that each grow from the old
-            # width to the new one: the window's frames for the temporal net, (up-sampled, skip) in an
-            # up-step's first convolution, one map elsewhere; the encoder's frame input does not grow.
-            if name == "temporal.inc.0":
-                segments = net.window
-            elif name.endswith("block.0") and ".ups." in f".{name}":
-                segments = 2
-            else:
-                segments = 1
-            in_index = _segment_index(old.in_channels, conv.in_channels, segments)
+            in_index = _segment_index(old.in_channels, conv.in_channels, segments_of.get(id(conv), 1))
             out_index = _segment_index(old.out_channels, conv.out_channels, 1)
             fresh = torch.empty_like(conv.weight)
             bound = 1.0 / float(conv.weight[0].numel()) ** 0.5  # PyTorch's default Conv2d bound

@@ -240,16 +240,15 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.6 * t.steps), int(0.85 * t.steps)], 0.3)
     step, best = 0, -np.inf
     if init_state is not None:
+        start = DecodeNet(window=t.window, width=init_meta.width, depth=t.depth, in_channels=in_channels)
+        start.load_state_dict(_widen_input(init_state, start.state_dict()))
         if t.width > init_meta.width:
             from rtsmlm.localization.net import widened
 
-            narrow = DecodeNet(window=t.window, width=init_meta.width, depth=t.depth, in_channels=in_channels)
-            narrow.load_state_dict(_widen_input(init_state, narrow.state_dict()))
-            model.load_state_dict(widened(narrow, t.width, seed=t.seed).state_dict())
+            start = widened(start, t.width, seed=t.seed)
             print(f"widened {init} from {init_meta.width} to {t.width} channels (same outputs at step 0)",
                   flush=True)
-        else:
-            model.load_state_dict(_widen_input(init_state, model.state_dict()))
+        model.load_state_dict(start.state_dict())
     if resume and state_path.exists():
         st = torch.load(state_path, weights_only=True, map_location="cpu")
         model.load_state_dict(st["model"])
