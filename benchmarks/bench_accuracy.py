@@ -351,7 +351,7 @@ def open_model(checkpoint: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig
     from rtsmlm.localization.offline import OfflineLocalizer
 
     return OfflineLocalizer(checkpoint, backend_cfg, model_cfg.p_threshold, model_cfg.candidate_threshold,
-                            model_cfg.refine)
+                            model_cfg.refine, residual_threshold=model_cfg.residual_threshold)
 
 
 def reference_backend() -> tuple[rconfig.Config, Any]:
@@ -364,12 +364,21 @@ def reference_backend() -> tuple[rconfig.Config, Any]:
     return base, rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
 
 
+SPEC_OPTIONS = ("mle", "fuse", "no-residual")
+
+
 def open_model_spec(spec: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig) -> tuple[str, Any]:
     """(label, OfflineLocalizer) of a benchmark's model spec: a shipped name or checkpoint path, optionally
-    ``+mle`` / ``+fuse`` for that refinement (model.refine). The label is the checkpoint's file name."""
-    path, _, refine = spec.partition("+")
-    label = (Path(path).name if "/" in path else path) + ("+" + refine if refine else "")
-    return label, open_model(path, backend_cfg, rconfig.replace(model_cfg, refine=refine or "off"))
+    ``+mle`` / ``+fuse`` for that refinement (model.refine) and ``+no-residual`` for the first detection pass
+    only (model.residual_threshold = 0). The label is the checkpoint's file name and the options."""
+    path, *options = spec.split("+")
+    unknown = [o for o in options if o not in SPEC_OPTIONS]
+    if unknown:
+        raise SystemExit(f"model spec {spec!r}: unknown option {unknown[0]!r} (one of {', '.join(SPEC_OPTIONS)})")
+    refine = next((o for o in options if o in ("mle", "fuse")), "off")
+    residual = 0.0 if "no-residual" in options else model_cfg.residual_threshold
+    label = "+".join([Path(path).name if "/" in path else path, *options])
+    return label, open_model(path, backend_cfg, rconfig.replace(model_cfg, refine=refine, residual_threshold=residual))
 
 
 def picasso_available() -> str | None:

@@ -69,7 +69,9 @@ def set_calibrated_thresholds(loc, name: str, density: float, frames: int, size:
     from rtsmlm.analysis.thresholds import CANDIDATE_GRID, FLOOR_FRACTIONS, choose_thresholds
 
     k = list(CAMERAS).index(name)
-    choice = choose_thresholds(camera_config(name, 9000 + 10 * k, size, density), loc.checkpoint, frames=frames,
+    cfg = camera_config(name, 9000 + 10 * k, size, density)
+    cfg = rconfig.replace(cfg, model=rconfig.to_dict(rconfig.replace(cfg.model, residual_threshold=loc.residual_threshold)))
+    choice = choose_thresholds(cfg, loc.checkpoint, frames=frames,
                                size=size, backend_cfg=backend_cfg, candidates=candidates or CANDIDATE_GRID,
                                floors=floors or FLOOR_FRACTIONS)
     loc.p_threshold, loc.candidate_threshold = choice.p_threshold, choice.candidate_threshold
@@ -99,7 +101,7 @@ def main() -> None:
     models = args.models.split(",")
     densities = [float(d) for d in args.densities.split(",")]
     base, backend_cfg = acc.reference_backend()
-    localizers = dict(acc.open_model_spec(m, backend_cfg, base.model) for m in models)  # MODEL[+mle|+fuse]
+    localizers = dict(acc.open_model_spec(m, backend_cfg, base.model) for m in models)  # MODEL[+mle|+fuse][+no-residual]
     models = list(localizers)
     calibrated = {}  # MODEL@cal: the same model at the thresholds calibrate chooses for each cell
     if args.calibrated_thresholds:

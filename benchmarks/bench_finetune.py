@@ -1,6 +1,6 @@
 """Calibrate + fine-tune for one camera no shipped model was trained for, against the shipped models.
 
-Run: python benchmarks/bench_finetune.py --finetuned PREFIX [PREFIX …] [--reference PREFIX] [--camera scmos-65nm-bg800]
+Run: python benchmarks/bench_finetune.py --finetuned PREFIX [PREFIX …] [--reference PREFIX …] [--camera scmos-65nm-bg800]
                                         [--frames 100] [--calibrated-thresholds]
 
 The fine-tuned model is made the way a user would: simulate (or record) the camera's movie and a dark
@@ -11,7 +11,9 @@ go in the README). ``--reference`` adds a model trained from scratch for the sam
 64², densities 0.1 / 1 / 3 per µm², all true emitters, 250 nm), every model given the true camera.
 ``--calibrated-thresholds``: every model also as ``MODEL@cal``, at the thresholds and brightness floor
 ``rtsmlm calibrate`` chooses for the cell (as ``bench_cameras.py --calibrated-thresholds``).
-With ``--reference`` each cell also prints every other model's Jaccard minus the reference's (at its own
+Every model is a spec as in ``bench_cameras.py`` (``PREFIX+no-residual``: the first detection pass only).
+With ``--reference`` each cell also prints every other model's Jaccard minus the reference's (the reference
+with the same ``+`` options where one is given, at its own
 thresholds, and ``@cal`` against the reference ``@cal``) with a 95 % interval from a paired bootstrap over
 10-frame blocks: at 0.1/µm² 100 frames hold ~200 emitters, too few to tell 0.01 apart, so ``--densities 0.1
 --frames 1000`` is the run that can.
@@ -29,11 +31,17 @@ import bench_accuracy as acc  # noqa: E402
 from bench_cameras import CAMERAS, camera_config, set_calibrated_thresholds  # noqa: E402
 
 
+def _options(spec: str) -> str:
+    """The ``+option`` part of a model spec, for its label."""
+    _, plus, options = Path(spec).name.partition("+")
+    return plus + options
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--finetuned", required=True, metavar="PREFIX", nargs="+",
                     help="fine-tuned models (several: e.g. from different --init models)")
-    ap.add_argument("--reference", metavar="PREFIX", help="a from-scratch model for the same camera")
+    ap.add_argument("--reference", metavar="PREFIX", nargs="+", help="a from-scratch model for the same camera")
     ap.add_argument("--camera", default="scmos-65nm-bg800", choices=sorted(CAMERAS))
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--size", type=int, default=64)
@@ -43,14 +51,17 @@ def main() -> None:
     ap.add_argument("--models", default="default,broad_2d", help="shipped models beside the fine-tunes")
     args = ap.parse_args()
     base, backend = acc.reference_backend()
+    # Every model is a benchmark spec (bench_accuracy.open_model_spec: PATH[+mle|+fuse][+no-residual]).
     models = {m: m for m in args.models.split(",") if m}
-    for prefix in args.finetuned:
-        models[f"fine-tuned {Path(prefix).name}" if len(args.finetuned) > 1 else "fine-tuned"] = prefix
-    if args.reference:
-        models["from scratch"] = args.reference
-    localizers = {label: acc.open_model(ckpt, backend, base.model) for label, ckpt in models.items()}
+    for spec in args.finetuned:
+        name = f"fine-tuned {Path(spec).name.partition('+')[0]}" if len(args.finetuned) > 1 else "fine-tuned"
+        models[name + _options(spec)] = spec
+    for spec in args.reference or []:
+        models["from scratch" + _options(spec)] = spec
+    localizers = {label: acc.open_model_spec(spec, backend, base.model)[1] for label, spec in models.items()}
     if args.calibrated_thresholds:
-        localizers.update({label + "@cal": acc.open_model(ckpt, backend, base.model) for label, ckpt in models.items()})
+        localizers.update({label + "@cal": acc.open_model_spec(spec, backend, base.model)[1]
+                           for label, spec in models.items()})
     k = list(CAMERAS).index(args.camera)
     print(f"load average {os.getloadavg()[0]:.1f}; camera {args.camera}; {args.frames} frames of {args.size}² per "
           f"cell (bench_cameras.py seeds); Jaccard all / lateral RMSE nm / Jaccard ≥1000 photons")
@@ -72,8 +83,11 @@ def main() -> None:
         if args.reference:
             diffs = []
             for label, c in counts.items():
-                ref = "from scratch@cal" if label.endswith("@cal") else "from scratch"
-                if label != ref:
+                # Against the reference with the same options (+no-residual) where there is one.
+                cal = "@cal" if label.endswith("@cal") else ""
+                ref = "from scratch" + _options(label.removesuffix("@cal")) + cal
+                ref = ref if ref in counts else "from scratch" + cal
+                if not label.startswith("from scratch"):
                     d, low, high = acc.jaccard_difference_interval(c, counts[ref])
                     diffs.append(f"{label} {d:+.3f} [{low:+.3f}, {high:+.3f}]")
             print("    Jaccard minus the from-scratch model's, 95 % interval: " + "   ".join(diffs), flush=True)

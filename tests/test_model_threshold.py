@@ -84,11 +84,13 @@ def test_choose_threshold_stores_the_best_of_the_curve_and_a_run_uses_it(tmp_pat
     assert main([*common, "--out", str(out), "--max-frames", "60"]) == 0
     model = json.loads((out / "summary.json").read_text())["model"]
     assert model["p_threshold"] == detection["p_threshold"] and model["p_threshold_from"] == "model"
+    assert model["residual_threshold"] == 0.5  # the second detection pass is on by default
     out2 = tmp_path / "run2"
     assert main([*common, "--out", str(out2), "--max-frames", "30", "--set", "model.p_threshold=0.7",
-                 "--set", "model.min_photons=600"]) == 0
+                 "--set", "model.min_photons=600", "--set", "model.residual_threshold=0"]) == 0
     model = json.loads((out2 / "summary.json").read_text())["model"]
     assert model["p_threshold"] == 0.7 and model["p_threshold_from"] == "config" and model["min_photons"] == 600
+    assert model["residual_threshold"] == 0.0
     # The brightness floor (what calibrate may choose) holds for every localization the run wrote.
     from rtsmlm.io.locfiles import read_locs
 

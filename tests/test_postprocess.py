@@ -173,6 +173,96 @@ def test_agrees_with_loop_reference_on_random_maps(post: Postprocessor) -> None:
     assert got == expected
 
 
+def _residual_reference(p: np.ndarray, first: set[tuple[int, int, int]], residual_threshold: float,
+                        p_threshold: float) -> set[tuple[int, int, int]]:
+    """The residual pass written out with loops over pixels (random maps: no ties, no duplicates)."""
+    b, h, w = p.shape
+
+    def cross(s: int, i: int, j: int) -> list[tuple[int, int]]:
+        return [(a, c) for a, c in ((i, j), (i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)) if 0 <= a < h and 0 <= c < w]
+
+    explained = np.zeros_like(p, dtype=np.float64)
+    for s, i, j in first:
+        share = 1.0 / max(1.0, sum(float(p[s, a, c]) for a, c in cross(s, i, j)))
+        for a, c in cross(s, i, j):
+            explained[s, a, c] += share
+    residual = p * (1.0 - np.minimum(explained, 1.0))
+    found = set()
+    for s, i, j in np.ndindex(b, h, w):
+        box = [(a, c) for a in range(i - 1, i + 2) for c in range(j - 1, j + 2) if 0 <= a < h and 0 <= c < w]
+        mass = sum(residual[s, a, c] for a, c in box)
+        is_max = all(residual[s, i, j] >= residual[s, a, c] for a, c in box)
+        beside = any(abs(fi - i) <= 2 and abs(fj - j) <= 2 for fs, fi, fj in first if fs == s)
+        if (s, i, j) not in first and is_max and beside and mass > max(residual_threshold, p_threshold):
+            found.add((s, i, j))
+    return found
+
+
+def _merged_pair() -> torch.Tensor:
+    """One maximum whose 4-neighbour score (1.1) holds one emitter, and mass it does not reach two rows down:
+    the second emitter of a close pair that the network drew without a maximum of its own."""
+    out = _maps(h=16, w=16)
+    out[0, CH_P, 6, 6] = 0.6
+    out[0, CH_P, 7, 6] = 0.5
+    out[0, CH_P, 8, 6] = 0.3
+    out[0, CH_P, 7, 7] = 0.25
+    out[0, CH_X, 8, 6] = 0.2
+    return out
+
+
+def test_the_residual_pass_finds_the_second_emitter_of_a_merged_pair() -> None:
+    first_only = Postprocessor(PX, 5000.0, 700.0, 200.0, p_threshold=0.3, residual_threshold=0.0)
+    assert len(first_only(_merged_pair(), [0])) == 1
+    post = Postprocessor(PX, 5000.0, 700.0, 200.0, p_threshold=0.3, residual_threshold=0.5)
+    locs = post(_merged_pair(), [0])
+    assert len(locs) == 2
+    second = locs[np.argmax(locs["y"])]
+    assert second["x"] == pytest.approx((6 + 0.5 + 0.2) * PX) and second["y"] == pytest.approx(8.5 * PX)
+    # Scored with the mass it was found on: 0.3 + 0.25 + what the first left of 0.5 (and the 0.001 floor).
+    left = 0.5 * (1 - 1 / (0.6 + 0.5 + 3 * 0.001))  # its score: 0.6, 0.5 below, 0.001 above, left, right
+    assert second["p"] == pytest.approx(0.3 + 0.25 + left + 0.001 * 6, abs=1e-4)
+    # A residual must pass the p threshold as well; and a higher residual threshold turns it down.
+    assert len(Postprocessor(PX, 5000.0, 700.0, 200.0, p_threshold=0.7, residual_threshold=0.5)(_merged_pair(), [0])) == 1
+    assert len(Postprocessor(PX, 5000.0, 700.0, 200.0, p_threshold=0.3, residual_threshold=0.7)(_merged_pair(), [0])) == 1
+
+
+def test_one_emitter_within_its_four_neighbours_leaves_no_residual() -> None:
+    out = _maps()
+    out[0, CH_P, 3, 3] = 0.6
+    out[0, CH_P, 2:5, 3] += 0.15
+    out[0, CH_P, 3, 2:5] += 0.15
+    out[0, CH_P, 3, 3] -= 0.3  # the centre got two additions
+    post = Postprocessor(PX, 5000.0, 700.0, 200.0, p_threshold=0.3, residual_threshold=0.1)
+    assert len(post(out, [0])) == 1
+
+
+def test_residual_mass_far_from_any_detection_is_not_a_detection() -> None:
+    """A spread of low p with no maximum above the candidate threshold is what the first pass turned down; the
+    residual pass looks only beside detections (within 2 px)."""
+    out = _maps(h=16, w=16)
+    out[0, CH_P, 2, 2] = 0.9
+    out[0, CH_P, 9:12, 9:12] = 0.2  # 1.8 of mass, 7 px away
+    post = Postprocessor(PX, 5000.0, 700.0, 200.0, p_threshold=0.3, residual_threshold=0.5)
+    assert len(post(out, [0])) == 1
+    out[0, CH_P, 2, 2] = 0.001
+    out[0, CH_P, 8, 8] = 0.9  # a detection 1–3 px from the spread: its residual is beside it
+    assert len(post(out, [0])) == 2
+
+
+def test_residual_pass_agrees_with_loop_reference_on_random_maps() -> None:
+    rng = np.random.default_rng(17)
+    p = (rng.random((3, 14, 12)) ** 2.5).astype(np.float32)
+    out = _maps(b=3, h=14, w=12)
+    out[:, CH_P] = torch.from_numpy(p)
+    post = Postprocessor(PX, 5000.0, 700.0, 200.0, p_threshold=0.6, residual_threshold=0.5)
+    locs = post(out, [0, 1, 2])
+    got = {(int(f), int(y / PX), int(x / PX)) for f, y, x in zip(locs["frame"], locs["y"], locs["x"])}
+    first = _reference(p, 0.3, 0.6, 0.6)
+    residual = _residual_reference(p, first, 0.5, 0.6)
+    assert len(residual) >= 3
+    assert got == first | residual
+
+
 def test_score_is_the_pixel_plus_its_four_neighbours_in_a_fixed_order(post: Postprocessor) -> None:
     """The integrated probability is p + up + down + left + right (zero beyond the edge), added in that order,
     so every device gives the same bits."""
@@ -223,8 +313,10 @@ def test_cuda_maps_give_the_cpu_result(post: Postprocessor) -> None:
         np.testing.assert_allclose(gpu[name], cpu[name], rtol=2e-3, atol=1e-4, err_msg=name)
 
 
-def test_strips_of_a_huge_map_give_the_same_localizations(monkeypatch):
-    """Post-processing in strips of rows (huge frames) equals the whole map, in the same order."""
+@pytest.mark.parametrize("residual_threshold", [0.0, 0.5])
+def test_strips_of_a_huge_map_give_the_same_localizations(monkeypatch, residual_threshold):
+    """Post-processing in strips of rows (huge frames) equals the whole map, in the same order (with the
+    residual pass, whose detections depend on rows further away)."""
     import rtsmlm.localization.postprocess as pp
 
     rng = np.random.default_rng(5)
@@ -233,7 +325,7 @@ def test_strips_of_a_huge_map_give_the_same_localizations(monkeypatch):
     out[:, 1:] = torch.from_numpy(rng.uniform(-0.9, 0.9, (2, 9, 96, 64)).astype(np.float32)).abs()
     out[:, 2:4] = torch.from_numpy(rng.uniform(-0.5, 0.5, (2, 2, 96, 64)).astype(np.float32))
     post = pp.Postprocessor(pixel_size_nm=100.0, photon_scale=5000.0, z_scale=1.0, bg_scale=200.0,
-                            p_threshold=0.5, candidate_threshold=0.3)
+                            p_threshold=0.5, candidate_threshold=0.3, residual_threshold=residual_threshold)
     whole = post(out, [3, 4])
     monkeypatch.setattr(pp, "STRIP_PIXELS", 64 * 7)  # strips of 7 rows
     strips = post(out, [3, 4])

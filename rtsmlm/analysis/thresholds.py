@@ -187,6 +187,7 @@ def threshold_surface(cfg: Config, checkpoint: str, *, frames: int = 100, size: 
     backend, meta = open_backend(backend_cfg, checkpoint)
     maps: list[tuple[torch.Tensor, list[int]]] = []
     localizer = StreamingLocalizer(backend, meta, sim.camera, movie.shape[1:], min(GRID), min(GRID),
+                                   residual_threshold=cfg.model.residual_threshold,
                                    psf_sigma_px=sim_cfg.psf.sigma_nm / sim.camera.pixel_size_nm,
                                    maps_sink=lambda out, idx: maps.append((out.detach().float().cpu(), list(idx))))
     localize_movie(localizer, movie)

@@ -116,14 +116,14 @@ def _open(spec: dict[str, str], threads: int, args, checkpoint: str):
 
 
 def run_one(backend, meta, camera, frames: np.ndarray, seconds: float, min_frames: int, batch: int,
-            p_threshold: float, candidate_threshold: float, psf_sigma_px: float | None = None,
-            refine: str = "off") -> dict[str, Any]:
+            p_threshold: float, candidate_threshold: float, psf_sigma_px: float | None,
+            refine: str, residual_threshold: float) -> dict[str, Any]:
     """Stream ``frames`` (cycled) through a fresh localizer for ``seconds`` (at least ``min_frames``)."""
     from rtsmlm.localization.localizer import StreamingLocalizer
 
     shape = frames.shape[1:]
     loc = StreamingLocalizer(backend, meta, camera, shape, p_threshold, candidate_threshold, batch_size=batch,
-                             psf_sigma_px=psf_sigma_px, refine=refine)
+                             psf_sigma_px=psf_sigma_px, refine=refine, residual_threshold=residual_threshold)
     b = loc.batch_size
     # Warm-up run (allocations, oneDNN/cuDNN kernel selection), then a fresh sequence for the timing.
     for start in range(0, 2 * b, b):
@@ -204,7 +204,8 @@ def _throughput(args, cfg, specs: list[str]) -> dict[str, Any]:
                 frames, _truth, camera = movies[size]
                 r = run_one(backend, meta, camera, frames, args.seconds, args.min_frames, args.batch,
                             cfg.model.p_threshold, cfg.model.candidate_threshold,
-                            cfg.psf.sigma_nm / camera.pixel_size_nm, cfg.model.refine)
+                            cfg.psf.sigma_nm / camera.pixel_size_nm, cfg.model.refine,
+                            cfg.model.residual_threshold)
                 r.update(backend=f"{d['name']}/{d['device']}", spec=spec_text, precision=d["precision"],
                          threads=d.get("threads"), parameters=d.get("parameters"),
                          model_mb=model_file.stat().st_size / 1e6, load_avg_1min=os.getloadavg()[0], describe=d)
@@ -247,7 +248,8 @@ def _accuracy(args, cfg, specs: list[str]) -> dict[str, Any]:
         loc = StreamingLocalizer(backend, meta, camera, frames.shape[1:], cfg.model.p_threshold,
                                  cfg.model.candidate_threshold, batch_size=args.batch,
                                  psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm, refine=cfg.model.refine,
-                                 min_photons=cfg.model.min_photons)
+                                 min_photons=cfg.model.min_photons,
+                                 residual_threshold=cfg.model.residual_threshold)
         locs = localize_movie(loc, frames)
         path = out / f"locs_{spec_text.replace(':', '_')}.csv"
         write_csv(path, locs, overwrite=True)

@@ -150,6 +150,9 @@ class ModelConfig:
     candidate_threshold: float = _f(0.3, range=(0.0, 1.0),
                                     doc="local maxima of p below this are not considered (at most p_threshold)")
     split_threshold: float = _f(0.6, range=(0.0, 1.0))
+    residual_threshold: float = _f(0.5, range=(0.0, 1.0),
+                                   doc="a second detection pass: p mass left unexplained beside a detection (3x3 sum) "
+                                       "above this is a second emitter (close pairs); 0 = off")
     min_photons: float = _f(0.0, range=(0.0, 1e7),
                             doc="detections the network reads out dimmer than this many photons are dropped (0 = "
                                 "none); rtsmlm calibrate sets it when the movie's simulated conditions gain from it")

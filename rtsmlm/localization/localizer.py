@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from rtsmlm.core.camera import CameraModel
+from rtsmlm.core.config import ModelConfig
 from rtsmlm.core.locs import LOC_DTYPE, concat
 from rtsmlm.localization import conditioning, range_guard
 from rtsmlm.localization.backends.protocol import Backend
@@ -50,7 +51,7 @@ class StreamingLocalizer:
         meta: the checkpoint metadata (window, depth, output scales, input scale).
         camera: converts ADU to photons (per-pixel sCMOS maps included) and gives the pixel size in nm.
         frame_shape: (height, width) of the raw frames, any size.
-        p_threshold, candidate_threshold, split_threshold, min_photons: passed to
+        p_threshold, candidate_threshold, split_threshold, min_photons, residual_threshold: passed to
             :class:`rtsmlm.localization.postprocess.Postprocessor`; a negative ``p_threshold`` is the
             model's own (:func:`rtsmlm.localization.checkpoint.detection_threshold`), and the candidate
             threshold is at most the p threshold.
@@ -77,7 +78,8 @@ class StreamingLocalizer:
                  p_threshold: float, candidate_threshold: float, *, batch_size: int = 0, tile: int | None = None,
                  margin: int | None = None, max_batch: int = 16, split_threshold: float = 0.6,
                  memory_bytes: int | None = None, psf_sigma_px: float | None = None, refine: str = "off",
-                 min_photons: float = 0.0, maps_sink: Callable[[torch.Tensor, list[int]], None] | None = None) -> None:
+                 min_photons: float = 0.0, residual_threshold: float = ModelConfig.residual_threshold,
+                 maps_sink: Callable[[torch.Tensor, list[int]], None] | None = None) -> None:
         height, width = (int(v) for v in frame_shape)
         if backend.window != meta.window:
             raise ValueError(f"backend runs a window of {backend.window} frames but the checkpoint metadata "
@@ -96,7 +98,7 @@ class StreamingLocalizer:
             p_threshold=self.p_threshold, candidate_threshold=min(candidate_threshold, self.p_threshold),
             split_threshold=split_threshold,
             has_z=(meta.psf or {}).get("model", "gaussian") != "gaussian",
-            min_photons=min_photons,
+            min_photons=min_photons, residual_threshold=residual_threshold,
         )
         element_bytes = 4 if backend.precision == "fp32" else 2
         free = available_memory_bytes(backend.device)
@@ -169,7 +171,7 @@ class StreamingLocalizer:
                    max_batch=cfg.pipeline.max_batch, split_threshold=model.split_threshold,
                    memory_bytes=int(cfg.pipeline.memory_mb * 2**20 * 3 / 4),
                    psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm, refine=model.refine,
-                   min_photons=model.min_photons)
+                   min_photons=model.min_photons, residual_threshold=model.residual_threshold)
 
     def _input_transform(self, camera: CameraModel) -> tuple[torch.Tensor, torch.Tensor]:
         """Offset (ADU) and scale so that photons = (ADU - offset) * scale, on the backend's device, as

@@ -27,7 +27,7 @@ class OfflineLocalizer:
     Args:
         checkpoint: 'default' (the shipped model) or a checkpoint path prefix.
         backend_cfg: which engine runs it (None = the config default, 'auto').
-        p_threshold, candidate_threshold, refine, min_photons: as ``[model]`` in config.toml (a negative p threshold:
+        p_threshold, candidate_threshold, refine, min_photons, residual_threshold: as ``[model]`` in config.toml (a negative p threshold:
             the model's own).
 
     Call :meth:`localize` once per movie, from one thread.
@@ -35,8 +35,8 @@ class OfflineLocalizer:
 
     def __init__(self, checkpoint: str = "default", backend_cfg: "BackendConfig | None" = None,
                  p_threshold: float = -1.0, candidate_threshold: float = 0.3, refine: str = "off",
-                 min_photons: float = 0.0) -> None:
-        from rtsmlm.core.config import BackendConfig
+                 min_photons: float = 0.0, residual_threshold: float | None = None) -> None:
+        from rtsmlm.core.config import BackendConfig, ModelConfig
         from rtsmlm.localization.backends import open_backend
 
         self.checkpoint = checkpoint
@@ -44,6 +44,7 @@ class OfflineLocalizer:
         self.candidate_threshold = candidate_threshold
         self.refine = refine
         self.min_photons = min_photons
+        self.residual_threshold = ModelConfig.residual_threshold if residual_threshold is None else residual_threshold
         self.backend, self.meta = open_backend(backend_cfg if backend_cfg is not None else BackendConfig(),
                                                checkpoint)
 
@@ -70,7 +71,7 @@ class OfflineLocalizer:
         check_compatible(self.meta, camera.describe(), f"checkpoint {self.checkpoint!r} on this movie")
         localizer = StreamingLocalizer(self.backend, self.meta, camera, frames.shape[1:], self.p_threshold,
                                        self.candidate_threshold, batch_size=batch_size, refine=self.refine,
-                                       min_photons=self.min_photons,
+                                       min_photons=self.min_photons, residual_threshold=self.residual_threshold,
                                        psf_sigma_px=None if psf_sigma_nm is None else psf_sigma_nm / camera.pixel_size_nm)
         return localize_movie(localizer, frames, first_index=first_index)
 

@@ -14,7 +14,15 @@ near a pixel border, that pixel's neighbours. Spatial integration turns the map 
    read-out position (pixel centre + predicted offset) lies within ``MERGE_RADIUS_PX`` of an adjacent
    maximum's: then both pixels describe the same molecule and only the maximum is kept;
 4. candidates with score > ``p_threshold`` become localizations read out at the candidate pixel;
-5. with ``min_photons`` > 0, those the network reads out dimmer than it are dropped (a brightness floor:
+5. with ``residual_threshold`` > 0, a second pass looks beside each detection for an emitter the maxima
+   missed. The p map is an expected count (DECODE's count loss): a detection explains at most one emitter's
+   worth of p over its pixel and 4-connected neighbours (all of it when its score is ≤ 1, a share 1/score
+   when more) and leaves the rest, the residual. A pixel within ``RESIDUAL_REACH_PX`` of a detection that is
+   the maximum of its 3x3 residual neighbourhood, with a 3x3 residual sum above ``residual_threshold`` and the
+   p threshold, is a detection of its own, read out at its pixel and scored with that sum: the partner of a
+   close pair (1–2 px) that the network gave more than one emitter's mass but a single maximum. Only beside
+   a detection: residual mass far from any is what the first pass already turned down;
+6. with ``min_photons`` > 0, those the network reads out dimmer than it are dropped (a brightness floor:
    ``rtsmlm calibrate`` sets it where the simulated conditions of the movie show noise blobs that the network
    scores as dim emitters — a model trained for one camera learns that floor from its brightness range; a
    broad one, trained down to 100 photons, cannot know it).
@@ -47,13 +55,17 @@ from rtsmlm.localization.net import (
 )
 
 MERGE_RADIUS_PX = 0.5
+"""A split candidate reading out closer than this to an adjacent maximum is the same emitter. Two real
+emitters this close (50 nm at 100 nm pixels, well under the PSF width) cannot be told apart anyway."""
+RESIDUAL_REACH_PX = 2
+"""How far (pixels, in rows and columns) from a first-pass detection a residual detection may lie: its
+partner of a close pair is 1–2 px away."""
 
 STRIP_PIXELS = 4 * 2**20
 """Above this many pixels a batch is post-processed in strips of rows (bounded float32 temporaries)."""
-STRIP_HALO = 2
-"""Rows of context around a strip: a detection depends on its neighbours' maxima, which depend on theirs."""
-"""A split candidate reading out closer than this to an adjacent maximum is the same emitter. Two real
-emitters this close (50 nm at 100 nm pixels, well under the PSF width) cannot be told apart anyway."""
+STRIP_HALO = 4
+"""Rows of context around a strip: a detection depends on its neighbours' maxima, which depend on theirs; a
+residual detection on the detections up to 2 rows away, which depend on p 2 rows further."""
 
 # Neighbour offsets (row, column) before and after a pixel in raster order; used for tie-breaking.
 _EARLIER = ((-1, -1), (-1, 0), (-1, 1), (0, -1))
@@ -86,6 +98,8 @@ class Postprocessor:
         split_threshold: p above which a non-maximum pixel is a detection of its own (adjacent emitters).
         has_z: False for a 2D model: its untrained z head is not read out, ``z`` and ``sigma_z`` are 0.
         min_photons: detections the network reads out dimmer than this (photons) are dropped; 0 = none.
+        residual_threshold: residual p mass (3x3 sum) beside a detection above which it is a second emitter
+            (step 5 of the module docstring); 0 = no residual pass.
     """
 
     def __init__(
@@ -99,6 +113,7 @@ class Postprocessor:
         split_threshold: float = 0.6,
         has_z: bool = True,
         min_photons: float = 0.0,
+        residual_threshold: float = 0.0,
     ) -> None:
         for name, value in (
             ("pixel_size_nm", pixel_size_nm),
@@ -118,6 +133,8 @@ class Postprocessor:
             raise ValueError(f"Postprocessor p_threshold must be >= 0, got {p_threshold!r}.")
         if not min_photons >= 0.0:
             raise ValueError(f"Postprocessor min_photons must be >= 0, got {min_photons!r}.")
+        if not residual_threshold >= 0.0:
+            raise ValueError(f"Postprocessor residual_threshold must be >= 0, got {residual_threshold!r}.")
         self.pixel_size_nm = float(pixel_size_nm)
         self.photon_scale = float(photon_scale)
         self.z_scale = float(z_scale)
@@ -127,12 +144,14 @@ class Postprocessor:
         self.split_threshold = float(split_threshold)
         self.has_z = bool(has_z)
         self.min_photons = float(min_photons)
+        self.residual_threshold = float(residual_threshold)
 
     def with_thresholds(self, p_threshold: float, candidate_threshold: float,
                         min_photons: float = 0.0) -> "Postprocessor":
         """The same read-out with other detection thresholds (to score several on one set of maps)."""
         return Postprocessor(self.pixel_size_nm, self.photon_scale, self.z_scale, self.bg_scale, p_threshold,
-                             candidate_threshold, self.split_threshold, self.has_z, min_photons)
+                             candidate_threshold, self.split_threshold, self.has_z, min_photons,
+                             self.residual_threshold)
 
     def detection_map(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(detected, score)``: a ``(B, H, W)`` bool mask of detection pixels and the ``(B, H, W)``
@@ -153,9 +172,34 @@ class Postprocessor:
         maxima = is_max & (score > self.p_threshold)
         split = split & (score > self.p_threshold) & ~self._same_emitter_as_neighbour(out, split, maxima)
         detected = maxima | split
+        if self.residual_threshold > 0.0:
+            residual, residual_score = self._residual_detections(out, detected, score)
+            detected = detected | residual
+            score = torch.where(residual, residual_score, score)
         if self.min_photons > 0.0:
             detected &= out[:, CH_PHOT] * self.photon_scale >= self.min_photons
         return detected, score
+
+    def _residual_detections(self, out: torch.Tensor, detected: torch.Tensor,
+                             score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(residual, mass)``: pixels that are detections of the residual pass (step 5 of the module
+        docstring) and the 3x3 residual sum that scores them."""
+        p = out[:, CH_P]
+        h, w = p.shape[-2], p.shape[-1]
+        # Each detection explains p over its 4-neighbour cross, at most one emitter's worth.
+        share = torch.where(detected, 1.0 / score.clamp_min(1.0), torch.zeros_like(p))
+        zero = F.pad(share, (1, 1, 1, 1))
+        explained = share + zero[..., :-2, 1:-1] + zero[..., 2:, 1:-1] + zero[..., 1:-1, :-2] + zero[..., 1:-1, 2:]
+        residual = p * (1.0 - explained.clamp_max(1.0))
+        padded = F.pad(residual, (1, 1, 1, 1), value=float("-inf"))
+        is_max = (residual > _neighbour_max(padded, _EARLIER, h, w)) & (residual >= _neighbour_max(padded, _LATER, h, w))
+        zero = F.pad(residual, (1, 1, 1, 1))
+        mass = sum(zero[..., 1 + di : 1 + di + h, 1 + dj : 1 + dj + w] for di in (-1, 0, 1) for dj in (-1, 0, 1))
+        reach = 2 * RESIDUAL_REACH_PX + 1
+        beside = F.max_pool2d(detected[:, None].to(p.dtype), reach, 1, RESIDUAL_REACH_PX)[:, 0] > 0
+        found = is_max & ~detected & beside & (mass > max(self.residual_threshold, self.p_threshold))
+        found &= ~self._same_emitter_as_neighbour(out, found, detected)
+        return found, mass
 
     @staticmethod
     def _same_emitter_as_neighbour(out: torch.Tensor, split: torch.Tensor, maxima: torch.Tensor) -> torch.Tensor:
