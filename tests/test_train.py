@@ -39,6 +39,21 @@ def test_train_writes_a_loadable_checkpoint_into_a_new_folder_and_resumes(tmp_pa
     assert "resuming" in capsys.readouterr().out
 
 
+def test_keep_last_keeps_the_last_steps_weights(tmp_path):
+    """train.keep = "last": the checkpoint holds the last step's weights whatever the validation scores
+    (each step's weights differ, so the saved ones are the last step's exactly)."""
+    import torch
+
+    prefix = tmp_path / "model"
+    assert main(["train", "--out", str(prefix), "--steps", "3", *TINY, "--set", 'train.keep="last"']) == 0
+    model, meta = load(prefix)
+    assert meta.step == 3
+    state = torch.load(prefix.with_suffix(".state.pt"), map_location="cpu", weights_only=False)
+    assert state["step"] == 3
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state["model"][name]), name
+
+
 def test_fine_tuning_starts_from_a_checkpoint_with_its_architecture_and_scales(tmp_path):
     """`rtsmlm train --init default`: the shipped model's weights, width and scales, the config's data."""
     import torch

@@ -264,6 +264,10 @@ class TrainConfig:
     val_samples: int = _f(256, range=(1, 1_000_000), doc="fixed simulated samples the checkpoints are scored on")
     checkpoint_every: int = _f(500, range=(1, None),
                                doc="steps between validations; the best-scoring weights are kept as the checkpoint")
+    keep: str = _f("best", choices=("best", "last"),
+                   doc="which weights the checkpoint holds at the end: best = the best validation score (Jaccard "
+                       "minus RMSE/100), last = the last step's (a polishing stage whose validation differences are "
+                       "within its noise)")
     threads: int = _f(1, range=(0, 1024), doc="CPU threads of the training process; 0 = all cores; 1 is robust on a "
                                                 "shared machine")
     device: str = _f("auto", choices=("auto", "cpu", "cuda"), doc="auto = CUDA when torch sees a GPU")

@@ -306,8 +306,8 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
                 fh.write(json.dumps(to_jsonable(record)) + "\n")
             rmse = v["rmse_lat_nm"]
             score = v["jaccard"] - (rmse / 100.0 if np.isfinite(rmse) else 1.0)
-            if score > best:
-                best = score
+            if score > best or (t.keep == "last" and step == t.steps):
+                best = max(best, score)
                 save(out_prefix, model, ModelMeta(**meta_base, step=step, metrics=to_jsonable(v)))
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                         "step": step, "best": best}, state_path.with_suffix(".tmp"))
