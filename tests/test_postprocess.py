@@ -298,13 +298,16 @@ def test_bad_inputs_are_named(post: Postprocessor) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_maps_give_the_cpu_result(post: Postprocessor) -> None:
-    out = _maps(b=2)
+@pytest.mark.parametrize("residual_threshold", [0.0, 0.5])
+def test_cuda_maps_give_the_cpu_result(residual_threshold: float) -> None:
+    post = Postprocessor(PX, 5000.0, 700.0, 200.0, p_threshold=0.3, residual_threshold=residual_threshold)
+    out = torch.cat([_maps(b=2, h=16, w=16), _merged_pair()])  # the third frame: a pair the residual pass splits
     out[0, CH_P, 2, 3] = 0.8
     out[1, CH_P, 5, 5] = 0.7
     out[1, CH_X, 5, 5] = 0.3
-    cpu = post(out, [0, 1])
-    gpu = post(out.cuda(), [0, 1])
+    cpu = post(out, [0, 1, 2])
+    gpu = post(out.cuda(), [0, 1, 2])
+    assert len(cpu) == (4 if residual_threshold else 3)
     # Same detections; values equal to float32 rounding (the score is a fixed-order sum on both devices, but
     # the read-out's arithmetic may fuse differently on the GPU).
     assert len(cpu) == len(gpu)
