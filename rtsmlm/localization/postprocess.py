@@ -81,6 +81,23 @@ def _neighbour_max(padded: torch.Tensor, offsets: tuple[tuple[int, int], ...], h
     return result
 
 
+def _is_local_max(t: torch.Tensor) -> torch.Tensor:
+    """Pixels of ``(B, H, W)`` that are the maximum of their 3x3 neighbourhood, exact ties broken in raster
+    order: strictly greater than the neighbours before them, at least equal to those after (a plateau of equal
+    values yields one pixel)."""
+    h, w = t.shape[-2], t.shape[-1]
+    padded = F.pad(t, (1, 1, 1, 1), value=float("-inf"))
+    return (t > _neighbour_max(padded, _EARLIER, h, w)) & (t >= _neighbour_max(padded, _LATER, h, w))
+
+
+def _four_neighbour_sum(t: torch.Tensor) -> torch.Tensor:
+    """Each pixel plus its up, down, left and right neighbours (zero beyond the edge), as five shifted adds in
+    that fixed order, not a convolution: the same sum on every device (a cuDNN convolution may use TF32 and any
+    order) and no kernel tensor to copy to the GPU per call."""
+    zero = F.pad(t, (1, 1, 1, 1))
+    return t + zero[..., :-2, 1:-1] + zero[..., 2:, 1:-1] + zero[..., 1:-1, :-2] + zero[..., 1:-1, 2:]
+
+
 _READ_OUT_COLUMNS = ("x", "y", "z", "photons", "bg", "sigma_x", "sigma_y", "sigma_z", "sigma_photons", "p")
 """The table columns read out of the maps, in the order :meth:`Postprocessor._localize` stacks them."""
 
@@ -157,17 +174,8 @@ class Postprocessor:
         """``(detected, score)``: a ``(B, H, W)`` bool mask of detection pixels and the ``(B, H, W)``
         integrated probability (p summed over each pixel and its 4-connected neighbours)."""
         p = out[:, CH_P]
-        h, w = p.shape[-2], p.shape[-1]
-        padded = F.pad(p, (1, 1, 1, 1), value=float("-inf"))
-        is_max = (
-            (p > _neighbour_max(padded, _EARLIER, h, w))
-            & (p >= _neighbour_max(padded, _LATER, h, w))
-            & (p > self.candidate_threshold)
-        )
-        # The 4-neighbour sum as five shifted adds in a fixed order, not a convolution: the same sum on every
-        # device (a cuDNN convolution may use TF32 and any order) and no kernel tensor to copy to the GPU per call.
-        zero = F.pad(p, (1, 1, 1, 1))
-        score = p + zero[..., :-2, 1:-1] + zero[..., 2:, 1:-1] + zero[..., 1:-1, :-2] + zero[..., 1:-1, 2:]
+        is_max = _is_local_max(p) & (p > self.candidate_threshold)
+        score = _four_neighbour_sum(p)
         split = ~is_max & (p > self.split_threshold)
         maxima = is_max & (score > self.p_threshold)
         split = split & (score > self.p_threshold) & ~self._same_emitter_as_neighbour(out, split, maxima)
@@ -188,11 +196,8 @@ class Postprocessor:
         h, w = p.shape[-2], p.shape[-1]
         # Each detection explains p over its 4-neighbour cross, at most one emitter's worth.
         share = torch.where(detected, 1.0 / score.clamp_min(1.0), torch.zeros_like(p))
-        zero = F.pad(share, (1, 1, 1, 1))
-        explained = share + zero[..., :-2, 1:-1] + zero[..., 2:, 1:-1] + zero[..., 1:-1, :-2] + zero[..., 1:-1, 2:]
-        residual = p * (1.0 - explained.clamp_max(1.0))
-        padded = F.pad(residual, (1, 1, 1, 1), value=float("-inf"))
-        is_max = (residual > _neighbour_max(padded, _EARLIER, h, w)) & (residual >= _neighbour_max(padded, _LATER, h, w))
+        residual = p * (1.0 - _four_neighbour_sum(share).clamp_max(1.0))
+        is_max = _is_local_max(residual)
         zero = F.pad(residual, (1, 1, 1, 1))
         mass = sum(zero[..., 1 + di : 1 + di + h, 1 + dj : 1 + dj + w] for di in (-1, 0, 1) for dj in (-1, 0, 1))
         reach = 2 * RESIDUAL_REACH_PX + 1
