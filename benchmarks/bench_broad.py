@@ -184,7 +184,7 @@ def pair_recall_by_photons(found: np.ndarray, nn: np.ndarray, partner: np.ndarra
 
 
 def dense_section(localizers: dict[str, Any], args: argparse.Namespace, use_picasso: bool) -> list[dict[str, Any]]:
-    from rtsmlm.analysis.metrics import evaluate
+    from rtsmlm.analysis.metrics import evaluate, match, metrics_from_match
 
     print(f"\n3. High density, EMCCD, bg 50: Jaccard / lateral RMSE nm, all true emitters (target: Picasso + "
           f"{TARGET_DENSE_MARGIN})")
@@ -193,11 +193,12 @@ def dense_section(localizers: dict[str, Any], args: argparse.Namespace, use_pica
         cfg = movie_config(camera="emccd", seed=33000 + k, size=args.size, density=density, bg=50.0, single_frame=False)
         movie = acc.simulate_movie(cfg, f"dense {density:g}", args.dense_frames)
         row: dict[str, Any] = {"density": density, "models": {}}
-        preds = {}
+        preds, matches = {}, {}
         for label, loc in localizers.items():
             preds[label], _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
-            row["models"][label] = evaluate(preds[label], movie.truth, tolerance_nm=250.0)
-        row["second_pass"] = second_pass_rows(preds, movie.truth)
+            matches[label] = match(preds[label], movie.truth, tolerance_nm=250.0)
+            row["models"][label] = metrics_from_match(matches[label])
+        row["second_pass"] = second_pass_rows(preds, matches, movie.truth)
         if use_picasso:
             tune_cfg = movie_config(camera="emccd", seed=33500 + k, size=args.size, density=density, bg=50.0,
                                     single_frame=False)
@@ -213,13 +214,12 @@ def dense_section(localizers: dict[str, Any], args: argparse.Namespace, use_pica
     return out
 
 
-def second_pass_rows(preds: dict[str, np.ndarray], truth: np.ndarray) -> dict[str, dict[str, Any]]:
+def second_pass_rows(preds: dict[str, np.ndarray], matches: dict[str, Any],
+                     truth: np.ndarray) -> dict[str, dict[str, Any]]:
     """For each model run both as ``M`` and ``M+no-residual``: what the second detection pass
     (``model.residual_threshold``) added — the rows of ``M``'s table that ``M+no-residual``'s lacks (the pass keeps
     every first-pass row bit for bit) — how many of them match a true emitter, and their lateral RMSE and median
-    reported σx beside the first pass's, in the matching of ``M``'s whole table."""
-    from rtsmlm.analysis.metrics import match
-
+    reported σx beside the first pass's, in ``M``'s matching (``matches``) of its whole table."""
     out = {}
     for label, pred in preds.items():
         first = preds.get(label + "+no-residual")
@@ -227,7 +227,7 @@ def second_pass_rows(preds: dict[str, np.ndarray], truth: np.ndarray) -> dict[st
             continue
         first_rows = {tuple(r) for r in first[["frame", "x", "y"]].tolist()}
         added = np.array([tuple(r) not in first_rows for r in pred[["frame", "x", "y"]].tolist()], bool)
-        m = match(pred, truth, tolerance_nm=250.0)
+        m = matches[label]
         err = np.hypot(pred["x"][m.pred_index] - truth["x"][m.truth_index],
                        pred["y"][m.pred_index] - truth["y"][m.truth_index])
         new = added[m.pred_index]
