@@ -367,14 +367,21 @@ def reference_backend() -> tuple[rconfig.Config, Any]:
 SPEC_OPTIONS = ("mle", "fuse", "no-residual")
 
 
-def open_model_spec(spec: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig) -> tuple[str, Any]:
-    """(label, OfflineLocalizer) of a benchmark's model spec: a shipped name or checkpoint path, optionally
-    ``+mle`` / ``+fuse`` for that refinement (model.refine) and ``+no-residual`` for the first detection pass
-    only (model.residual_threshold = 0). The label is the checkpoint's file name and the options."""
+def split_model_spec(spec: str) -> tuple[str, list[str]]:
+    """(checkpoint, options) of a benchmark's model spec ``PATH[+mle|+fuse][+no-residual]``; an unknown
+    option is one sentence naming it."""
     path, *options = spec.split("+")
     unknown = [o for o in options if o not in SPEC_OPTIONS]
     if unknown:
         raise SystemExit(f"model spec {spec!r}: unknown option {unknown[0]!r} (one of {', '.join(SPEC_OPTIONS)})")
+    return path, options
+
+
+def open_model_spec(spec: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig) -> tuple[str, Any]:
+    """(label, OfflineLocalizer) of a benchmark's model spec: a shipped name or checkpoint path, optionally
+    ``+mle`` / ``+fuse`` for that refinement (model.refine) and ``+no-residual`` for the first detection pass
+    only (model.residual_threshold = 0). The label is the checkpoint's file name and the options."""
+    path, options = split_model_spec(spec)
     refine = next((o for o in options if o in ("mle", "fuse")), "off")
     residual = 0.0 if "no-residual" in options else model_cfg.residual_threshold
     label = "+".join([Path(path).name if "/" in path else path, *options])

@@ -32,9 +32,8 @@ from bench_cameras import CAMERAS, camera_config, set_calibrated_thresholds  # n
 
 
 def _options(spec: str) -> str:
-    """The ``+option`` part of a model spec, for its label."""
-    _, plus, options = Path(spec).name.partition("+")
-    return plus + options
+    """The ``+option`` part of a model spec (``acc.split_model_spec``), for its label."""
+    return "".join("+" + o for o in acc.split_model_spec(spec)[1])
 
 
 def main() -> None:
@@ -54,7 +53,7 @@ def main() -> None:
     # Every model is a benchmark spec (bench_accuracy.open_model_spec: PATH[+mle|+fuse][+no-residual]).
     models = {m: m for m in args.models.split(",") if m}
     for spec in args.finetuned:
-        name = f"fine-tuned {Path(spec).name.partition('+')[0]}" if len(args.finetuned) > 1 else "fine-tuned"
+        name = f"fine-tuned {Path(acc.split_model_spec(spec)[0]).name}" if len(args.finetuned) > 1 else "fine-tuned"
         models[name + _options(spec)] = spec
     for spec in args.reference or []:
         models["from scratch" + _options(spec)] = spec
