@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rtsmlm.core.config import BackendConfig, ModelConfig
+
 if TYPE_CHECKING:
     from rtsmlm.core.camera import CameraModel
-    from rtsmlm.core.config import BackendConfig
 
 __all__ = ["OfflineLocalizer", "localize_frames"]
 
@@ -33,10 +34,9 @@ class OfflineLocalizer:
     Call :meth:`localize` once per movie, from one thread.
     """
 
-    def __init__(self, checkpoint: str = "default", backend_cfg: "BackendConfig | None" = None,
+    def __init__(self, checkpoint: str = "default", backend_cfg: BackendConfig | None = None,
                  p_threshold: float = -1.0, candidate_threshold: float = 0.3, refine: str = "off",
-                 min_photons: float = 0.0, residual_threshold: float | None = None) -> None:
-        from rtsmlm.core.config import BackendConfig, ModelConfig
+                 min_photons: float = 0.0, residual_threshold: float = ModelConfig.residual_threshold) -> None:
         from rtsmlm.localization.backends import open_backend
 
         self.checkpoint = checkpoint
@@ -44,7 +44,7 @@ class OfflineLocalizer:
         self.candidate_threshold = candidate_threshold
         self.refine = refine
         self.min_photons = min_photons
-        self.residual_threshold = ModelConfig.residual_threshold if residual_threshold is None else residual_threshold
+        self.residual_threshold = residual_threshold
         self.backend, self.meta = open_backend(backend_cfg if backend_cfg is not None else BackendConfig(),
                                                checkpoint)
 
@@ -77,7 +77,7 @@ class OfflineLocalizer:
 
 
 def localize_frames(frames: np.ndarray, camera: "CameraModel", checkpoint: str = "default",
-                    backend_cfg: "BackendConfig | None" = None, p_threshold: float = -1.0,
+                    backend_cfg: BackendConfig | None = None, p_threshold: float = -1.0,
                     candidate_threshold: float = 0.3, *, first_index: int = 0,
                     batch_size: int = 0, psf_sigma_nm: float | None = None) -> np.ndarray:
     """Open ``checkpoint`` on a backend and localize one movie (see :class:`OfflineLocalizer`)."""
