@@ -225,8 +225,7 @@ def second_pass_rows(preds: dict[str, np.ndarray], matches: dict[str, Any],
         first = preds.get(label + "+no-residual")
         if first is None:
             continue
-        first_rows = {tuple(r) for r in first[["frame", "x", "y"]].tolist()}
-        added = np.array([tuple(r) not in first_rows for r in pred[["frame", "x", "y"]].tolist()], bool)
+        added = added_by_second_pass(pred, first)
         m = matches[label]
         err = np.hypot(pred["x"][m.pred_index] - truth["x"][m.truth_index],
                        pred["y"][m.pred_index] - truth["y"][m.truth_index])
@@ -237,6 +236,13 @@ def second_pass_rows(preds: dict[str, np.ndarray], matches: dict[str, Any],
                       "sigma_added_nm": float(np.median(pred["sigma_x"][added])) if added.any() else math.nan,
                       "sigma_first_nm": float(np.median(pred["sigma_x"][~added])) if (~added).any() else math.nan}
     return out
+
+
+def added_by_second_pass(pred: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """True for the rows of ``pred`` (a model's table) that ``first`` (the same model with ``+no-residual``) lacks:
+    what the second detection pass added (it keeps every first-pass row bit for bit)."""
+    first_rows = {tuple(r) for r in first[["frame", "x", "y"]].tolist()}
+    return np.array([tuple(r) not in first_rows for r in pred[["frame", "x", "y"]].tolist()], bool)
 
 
 def temporal_section(localizers: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:

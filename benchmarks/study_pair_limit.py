@@ -114,8 +114,7 @@ def joint_fit_of_added_rows(loc: Any, loc_first: Any, frames: int) -> None:
         px, sigma = movie.pixel_size_nm, cfg.psf.sigma_nm / movie.pixel_size_nm
         pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
         first, _ = acc.run_model(loc_first, movie.frames, movie.camera, cfg.psf.sigma_nm)
-        first_rows = {tuple(r) for r in first[["frame", "x", "y"]].tolist()}
-        added = np.flatnonzero([tuple(r) not in first_rows for r in pred[["frame", "x", "y"]].tolist()])
+        added = np.flatnonzero(bb.added_by_second_pass(pred, first))
         kept = np.setdiff1d(np.arange(len(pred)), added)
         x, y = pred["x"] / px, pred["y"] / px
         partner = np.empty(len(added), int)  # the nearest first-pass row of the same frame
@@ -141,19 +140,19 @@ def joint_fit_of_added_rows(loc: Any, loc_first: Any, frames: int) -> None:
                                  movie.excess_noise, others=others)
         fx, fy = fx.double().numpy(), fy.double().numpy()
         ok = np.isfinite(fx).all(1) & np.isfinite(fy).all(1)
-        fitted = pred.copy()
-        for col, (e, rows) in ((c, er) for c in ("x", "y") for er in enumerate((partner, added))):
-            value = (fx if col == "x" else fy)[:, e] * px
-            fitted[col][rows[ok]] = value[ok]
+        fitted = pred.copy()  # a partner of several added rows keeps the last of its fits
+        for e, rows in enumerate((partner, added)):
+            fitted["x"][rows[ok]] = fx[ok, e] * px
+            fitted["y"][rows[ok]] = fy[ok, e] * px
 
-        def rmse(table: np.ndarray, rows: np.ndarray) -> tuple[float, float]:
+        def rmse_and_jaccard(table: np.ndarray, rows: np.ndarray) -> tuple[float, float]:
+            """Lateral RMSE of ``rows`` among the matched ones, and the Jaccard over all true emitters."""
             m = match(table, movie.truth, tolerance_nm=250.0)
             sel = np.isin(m.pred_index, rows)
-            jac = m.tp / (m.tp + m.fp + m.fn)
-            return float(np.sqrt(np.mean(m.dx[sel] ** 2 + m.dy[sel] ** 2))), jac
+            return float(np.sqrt(np.mean(m.dx[sel] ** 2 + m.dy[sel] ** 2))), m.tp / (m.tp + m.fp + m.fn)
 
-        (a0, j0), (a1, j1) = rmse(pred, added), rmse(fitted, added)
-        (p0, _), (p1, _) = rmse(pred, np.unique(partner)), rmse(fitted, np.unique(partner))
+        (a0, j0), (a1, j1) = rmse_and_jaccard(pred, added), rmse_and_jaccard(fitted, added)
+        (p0, _), (p1, _) = rmse_and_jaccard(pred, np.unique(partner)), rmse_and_jaccard(fitted, np.unique(partner))
         print(f"dense {density:g}/µm²: {len(added)} rows added by the second pass ({ok.sum()} fits finite); lateral "
               f"RMSE of the added rows {a0:.1f} → {a1:.1f} nm, of their partners {p0:.1f} → {p1:.1f} nm with the "
               f"joint fit; Jaccard {j0:.3f} → {j1:.3f}")
