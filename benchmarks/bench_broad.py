@@ -198,7 +198,7 @@ def dense_section(localizers: dict[str, Any], args: argparse.Namespace, use_pica
             preds[label], _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
             matches[label] = match(preds[label], movie.truth, tolerance_nm=250.0)
             row["models"][label] = metrics_from_match(matches[label])
-        row["second_pass"] = second_pass_rows(preds, matches, movie.truth)
+        row["second_pass"] = second_pass_rows(preds, matches)
         if use_picasso:
             tune_cfg = movie_config(camera="emccd", seed=33500 + k, size=args.size, density=density, bg=50.0,
                                     single_frame=False)
@@ -214,8 +214,7 @@ def dense_section(localizers: dict[str, Any], args: argparse.Namespace, use_pica
     return out
 
 
-def second_pass_rows(preds: dict[str, np.ndarray], matches: dict[str, Any],
-                     truth: np.ndarray) -> dict[str, dict[str, Any]]:
+def second_pass_rows(preds: dict[str, np.ndarray], matches: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """For each model run both as ``M`` and ``M+no-residual``: what the second detection pass
     (``model.residual_threshold``) added — the rows of ``M``'s table that ``M+no-residual``'s lacks (the pass keeps
     every first-pass row bit for bit) — how many of them match a true emitter, and their lateral RMSE and median
@@ -227,8 +226,7 @@ def second_pass_rows(preds: dict[str, np.ndarray], matches: dict[str, Any],
             continue
         added = added_by_second_pass(pred, first)
         m = matches[label]
-        err = np.hypot(pred["x"][m.pred_index] - truth["x"][m.truth_index],
-                       pred["y"][m.pred_index] - truth["y"][m.truth_index])
+        err = np.hypot(m.dx, m.dy)
         new = added[m.pred_index]
         out[label] = {"added": int(added.sum()), "matched": int(new.sum()),
                       "rmse_added_nm": float(np.sqrt(np.mean(err[new] ** 2))) if new.any() else math.nan,

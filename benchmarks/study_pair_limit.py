@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_accuracy as acc  # noqa: E402
 import bench_broad as bb  # noqa: E402
 
-from rtsmlm.analysis.metrics import match  # noqa: E402
+from rtsmlm.analysis.metrics import match, metrics_from_match  # noqa: E402
 from rtsmlm.localization.refine import MLERefiner  # noqa: E402
 
 HALF = 4  # 9×9 patches
@@ -149,7 +149,7 @@ def joint_fit_of_added_rows(loc: Any, loc_first: Any, frames: int) -> None:
             """Lateral RMSE of ``rows`` among the matched ones, and the Jaccard over all true emitters."""
             m = match(table, movie.truth, tolerance_nm=250.0)
             sel = np.isin(m.pred_index, rows)
-            return float(np.sqrt(np.mean(m.dx[sel] ** 2 + m.dy[sel] ** 2))), m.tp / (m.tp + m.fp + m.fn)
+            return float(np.sqrt(np.mean(m.dx[sel] ** 2 + m.dy[sel] ** 2))), metrics_from_match(m)["jaccard"]
 
         (a0, j0), (a1, j1) = rmse_and_jaccard(pred, added), rmse_and_jaccard(fitted, added)
         (p0, _), (p1, _) = rmse_and_jaccard(pred, np.unique(partner)), rmse_and_jaccard(fitted, np.unique(partner))
