@@ -364,12 +364,12 @@ def reference_backend() -> tuple[rconfig.Config, Any]:
     return base, rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
 
 
-SPEC_OPTIONS = ("mle", "fuse", "no-residual")
+SPEC_OPTIONS = ("mle", "fuse", "no-residual", "flips2", "flips4")
 
 
 def split_model_spec(spec: str) -> tuple[str, list[str]]:
-    """(checkpoint, options) of a benchmark's model spec ``PATH[+mle|+fuse][+no-residual]``; an unknown
-    option is one sentence naming it."""
+    """(checkpoint, options) of a benchmark's model spec ``PATH[+mle|+fuse][+no-residual][+flips2|+flips4]``;
+    an unknown option is one sentence naming it."""
     path, *options = spec.split("+")
     unknown = [o for o in options if o not in SPEC_OPTIONS]
     if unknown:
@@ -379,13 +379,16 @@ def split_model_spec(spec: str) -> tuple[str, list[str]]:
 
 def open_model_spec(spec: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig) -> tuple[str, Any]:
     """(label, OfflineLocalizer) of a benchmark's model spec: a shipped name or checkpoint path, optionally
-    ``+mle`` / ``+fuse`` for that refinement (model.refine) and ``+no-residual`` for the first detection pass
-    only (model.residual_threshold = 0). The label is the checkpoint's file name and the options."""
+    ``+mle`` / ``+fuse`` for that refinement (model.refine), ``+no-residual`` for the first detection pass
+    only (model.residual_threshold = 0) and ``+flips2`` / ``+flips4`` for test-time flips
+    (backend.test_time_flips). The label is the checkpoint's file name and the options."""
     path, options = split_model_spec(spec)
     refine = next((o for o in options if o in ("mle", "fuse")), "off")
     residual = 0.0 if "no-residual" in options else model_cfg.residual_threshold
+    flips = next((int(o.removeprefix("flips")) for o in options if o.startswith("flips")), 1)
     label = "+".join([Path(path).name if "/" in path else path, *options])
-    return label, open_model(path, backend_cfg, rconfig.replace(model_cfg, refine=refine, residual_threshold=residual))
+    return label, open_model(path, rconfig.replace(backend_cfg, test_time_flips=flips),
+                             rconfig.replace(model_cfg, refine=refine, residual_threshold=residual))
 
 
 def picasso_available() -> str | None:

@@ -61,10 +61,11 @@ def camera_config(name: str, seed: int, size: int, density: float) -> rconfig.Co
                                       "photons_mean": photons, "photons_sigma": 0.4 * photons}})
 
 
-def set_calibrated_thresholds(loc, name: str, density: float, frames: int, size: int, backend_cfg,
+def set_calibrated_thresholds(loc, name: str, density: float, frames: int, size: int,
                               candidates: tuple[float, ...] | None = None, floors: tuple[float, ...] | None = None):
     """Give ``loc`` (an OfflineLocalizer) the thresholds and brightness floor ``rtsmlm calibrate`` chooses for
-    the cell (camera ``name`` at ``density``), simulated on the cell's separate tuning seed; returns the
+    the cell (camera ``name`` at ``density``), simulated on the cell's separate tuning seed and run on ``loc``'s
+    own backend settings (test-time flips included); returns the
     :class:`rtsmlm.analysis.thresholds.ThresholdChoice`."""
     from rtsmlm.analysis.thresholds import CANDIDATE_GRID, FLOOR_FRACTIONS, choose_thresholds
 
@@ -72,7 +73,7 @@ def set_calibrated_thresholds(loc, name: str, density: float, frames: int, size:
     cfg = camera_config(name, 9000 + 10 * k, size, density)
     cfg = rconfig.replace(cfg, model=rconfig.to_dict(rconfig.replace(cfg.model, residual_threshold=loc.residual_threshold)))
     choice = choose_thresholds(cfg, loc.checkpoint, frames=frames,
-                               size=size, backend_cfg=backend_cfg, candidates=candidates or CANDIDATE_GRID,
+                               size=size, backend_cfg=loc.backend_cfg, candidates=candidates or CANDIDATE_GRID,
                                floors=floors or FLOOR_FRACTIONS)
     loc.p_threshold, loc.candidate_threshold = choice.p_threshold, choice.candidate_threshold
     loc.min_photons = choice.min_photons
@@ -135,7 +136,7 @@ def main() -> None:
                 cells.append(f"{s['all']['jaccard']:.3f} / {s['all']['rmse_lat_nm']:5.1f} / "
                              f"{s['population']['jaccard']:.3f}")
             for label, loc in calibrated.items():
-                choice = set_calibrated_thresholds(loc, name, density, args.frames, args.size, backend_cfg,
+                choice = set_calibrated_thresholds(loc, name, density, args.frames, args.size,
                                                    candidates, floors)
                 pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
                 s, _, _ = acc.score(pred, movie.truth, 250.0, 1000.0)

@@ -71,7 +71,7 @@ def main() -> None:
         for label, loc in localizers.items():
             shown = label
             if label.endswith("@cal"):
-                choice = set_calibrated_thresholds(loc, args.camera, density, args.frames, args.size, backend)
+                choice = set_calibrated_thresholds(loc, args.camera, density, args.frames, args.size)
                 shown += f" ({choice.p_threshold:.2f}, {choice.min_photons:.0f})"
             pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
             s, m_all, _ = acc.score(pred, movie.truth, 250.0, 1000.0)

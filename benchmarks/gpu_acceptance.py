@@ -11,7 +11,7 @@ With one it:
    test_postprocess.py, test_tiling.py);
 3. runs ``rtsmlm bench`` for torch CUDA fp16 and bf16 (and TensorRT fp16 when importable) at 64², 256², 1024²,
    2048²: frames/s, MB/s, latency p50/p99, GPU memory; and for the larger model a GPU runs instead of
-   broad_2d (``broad_2d_wide``) at 64², 256², 1024²;
+   broad_2d (``broad_2d_wide``) at 64², 256², 1024², also with test-time flips (torch fp16, 4 flips);
 4. runs a 20,000-frame 256² simulated pipeline as fast as possible (frames lost, latency);
 5. trains for about 2 minutes on CUDA and briefly on the CPU (steps/s, ratio);
 6. compares each GPU backend's localizations with torch fp32 on one simulated movie (Jaccard of the match
@@ -144,10 +144,10 @@ def main() -> int:
 
     specs = ",".join(f"{s}:cuda" for s in gpu_specs)
 
-    def bench(key: str, extra: list[str], sizes: str, timeout: float) -> None:
+    def bench(key: str, extra: list[str], sizes: str, timeout: float, backends: str = specs) -> None:
         """One ``rtsmlm bench`` run of every GPU backend into ``report[key]`` (and OUT/KEY.json, KEY.log)."""
         result = out / f"{key}.json"
-        code, tail, secs = sh([sys.executable, "-m", "rtsmlm", "bench", *extra, "--backends", specs, "--sizes", sizes,
+        code, tail, secs = sh([sys.executable, "-m", "rtsmlm", "bench", *extra, "--backends", backends, "--sizes", sizes,
                                "--seconds", str(args.bench_seconds), "--json", str(result),
                                "--engine-cache-dir", str(out / "engines")], timeout, out / f"{key}.log")
         report[key] = {"exit_code": code, "seconds": round(secs, 1),
@@ -157,7 +157,9 @@ def main() -> int:
 
     bench("bench", [], "64,256,1024,2048", 360)
     # The larger sibling a GPU runs instead of broad_2d (checkpoint.LARGER_ON_GPU): its speed on this GPU.
-    bench("bench_broad_2d_wide", ["--checkpoint", "broad_2d_wide"], "64,256,1024", 240)
+    # And with test-time flips (backend.test_time_flips = 4: four times the network's arithmetic).
+    bench("bench_broad_2d_wide", ["--checkpoint", "broad_2d_wide"], "64,256,1024", 300,
+          specs + ",torch:fp16:cuda+flips4")
 
     run_dir = out / "pipeline"
     code, tail, secs = sh([sys.executable, "-m", "rtsmlm", "run", "--as-fast-as-possible", "--max-frames",

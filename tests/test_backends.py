@@ -121,11 +121,15 @@ MOVIE = np.random.default_rng(4).integers(90, 2000, size=(5, 20, 24)).astype(np.
 
 
 def _stream_maps(backend, meta) -> torch.Tensor:
+    return _stream_maps_of(backend, meta, MOVIE)
+
+
+def _stream_maps_of(backend, meta, movie: np.ndarray) -> torch.Tensor:
     got = {}
-    loc = StreamingLocalizer(backend, meta, CameraModel(), MOVIE.shape[1:], 0.5, 0.3, batch_size=2,
+    loc = StreamingLocalizer(backend, meta, CameraModel(), movie.shape[1:], 0.5, 0.3, batch_size=2,
                              maps_sink=lambda m, f: got.update({i: x.float().clone() for i, x in zip(f, m)}))
-    localize_movie(loc, MOVIE)
-    return torch.stack([got[i] for i in range(len(MOVIE))])
+    localize_movie(loc, movie)
+    return torch.stack([got[i] for i in range(len(movie))])
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +209,61 @@ def test_uint16_frames_travel_as_int16_and_widen_exactly() -> None:
     frames = np.arange(0, 65536, dtype=np.uint16).reshape(1, 256, 256)
     raw = torch.from_numpy(frames.view(np.int16))  # what the CUDA upload copies to the device
     assert torch.equal(widen_uint16(raw), torch.from_numpy(frames.astype(np.int32)))
+
+
+# -- test-time flips --------------------------------------------------------------------------------
+
+FP32 = dict(name="torch", device="cpu", precision="fp32", threads=1)
+
+
+def _mirrored(maps: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """Output maps of a mirrored movie expressed in the original's frame: mirrored back, offsets negated."""
+    from rtsmlm.localization.net import CH_X, CH_Y
+
+    out = torch.flip(maps, axes).clone()
+    for axis, channel in ((-1, CH_X), (-2, CH_Y)):
+        if axis in axes:
+            out[:, channel] = -out[:, channel]
+    return out
+
+
+@pytest.mark.parametrize("flips", [2, 4])
+def test_flipped_backend_streams_the_average_of_the_mirrored_movies(ckpt, flips) -> None:
+    from rtsmlm.localization.backends.flips import FLIP_SETS, FlippedBackend
+
+    plain, meta = open_backend(BackendConfig(**FP32), ckpt, jit=False)
+    expected = torch.stack([_mirrored(_stream_maps_of(plain, meta, np.flip(MOVIE, axes).copy() if axes else MOVIE),
+                                      axes) for axes in FLIP_SETS[flips]]).mean(0)
+    backend, meta = open_backend(BackendConfig(**FP32, test_time_flips=flips), ckpt, jit=False)
+    assert isinstance(backend, FlippedBackend)
+    assert backend.feature_channels == flips * plain.feature_channels
+    assert backend.describe()["test_time_flips"] == flips
+    assert (_stream_maps(backend, meta) - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("flips,axes", [(4, (-1,)), (4, (-2,)), (2, (-2, -1))])
+def test_averaged_maps_mirror_exactly_with_the_movie(ckpt, flips, axes) -> None:
+    # Averaging over a group of mirrors makes the answer for a mirrored movie the mirrored answer, whatever the
+    # network learned: no side of a pixel is preferred.
+    backend, meta = open_backend(BackendConfig(**FP32, test_time_flips=flips), ckpt, jit=False)
+    maps = _stream_maps(backend, meta)
+    mirrored = _stream_maps_of(backend, meta, np.flip(MOVIE, axes).copy())
+    assert (_mirrored(mirrored, axes) - maps).abs().max().item() <= 1e-5
+
+
+def test_flips_are_refused_for_a_psf_without_mirror_symmetry_and_for_other_counts(ckpt) -> None:
+    from rtsmlm.core.config import ConfigError, from_dict
+    from rtsmlm.localization.backends.flips import check_flips
+
+    meta = checkpoint.load_meta(ckpt)
+    spline = checkpoint.ModelMeta(**{**meta.__dict__, "psf": {"model": "spline", "file": "beads.npz"}})
+    with pytest.raises(BackendError, match="test_time_flips = 4 needs a mirror-symmetric PSF.*spline"):
+        check_flips(4, spline, "mine")
+    check_flips(1, spline, "mine")  # off: any PSF
+    with pytest.raises(BackendError, match="test_time_flips = 3"):
+        check_flips(3, meta, "mine")
+    with pytest.raises(ConfigError, match="backend.test_time_flips"):
+        from_dict({"backend": {"test_time_flips": 3}})
 
 
 # -- TensorRT ----------------------------------------------------------------------------------------
@@ -295,13 +354,15 @@ def test_bench_main_times_each_backend_and_writes_json(ckpt, tmp_path, capsys) -
     from rtsmlm.cli.bench import bench_main
 
     out = tmp_path / "bench.json"
-    code = bench_main(["--checkpoint", ckpt, "--backends", "torch:fp32", "--sizes", "16,20", "--threads", "1",
-                       "--seconds", "0", "--min-frames", "6", "--pool", "3", "--batch", "2", "--no-jit",
-                       "--json", str(out)])
+    code = bench_main(["--checkpoint", ckpt, "--backends", "torch:fp32,torch:fp32+flips2", "--sizes", "16,20",
+                       "--threads", "1", "--seconds", "0", "--min-frames", "6", "--pool", "3", "--batch", "2",
+                       "--no-jit", "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     rows = report["results"]
-    assert [(r["height"], r["width"]) for r in rows] == [(16, 16), (20, 20)]
+    assert [(r["spec"], r["height"], r["width"]) for r in rows] == [
+        ("torch:fp32", 16, 16), ("torch:fp32", 20, 20), ("torch:fp32+flips2", 16, 16), ("torch:fp32+flips2", 20, 20)]
+    assert [r["describe"].get("test_time_flips") for r in rows] == [None, None, 2, 2]
     for r in rows:
         assert r["frames"] >= 6 and r["frames_per_s"] > 0
         assert r["mb_per_s"] == pytest.approx(r["frames_per_s"] * r["height"] * r["width"] * 2 / 1e6)
@@ -334,6 +395,8 @@ def test_bench_rejects_a_malformed_backend_spec(capsys) -> None:
 
     assert bench_main(["--backends", "torch:fp32:cpu:extra", "--json", ""]) == 2
     assert "NAME[:PRECISION[:DEVICE]]" in capsys.readouterr().err
+    assert bench_main(["--backends", "torch:fp32+flips3", "--json", ""]) == 2
+    assert "'flips3' is unknown; one of '+fp32heads', '+flips2', '+flips4'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the acceptance run itself applies")

@@ -135,6 +135,21 @@ def test_bad_input_is_one_sentence() -> None:
         calibrate(movie, pixel_size_nm=108.0, camera_model="ccd")
 
 
+def test_thresholds_chosen_with_test_time_flips_bind_the_run_to_them(tmp_path) -> None:
+    from rtsmlm.cli import main
+    from rtsmlm.io.movies import write_tiff_movie
+
+    cfg, sim, movie, dark = _movie(SCMOS)
+    write_tiff_movie(tmp_path / "movie.tif", movie, 108.0, {})
+    write_tiff_movie(tmp_path / "dark.tif", dark, 108.0, {})
+    out = tmp_path / "camera.toml"
+    assert main(["calibrate", str(tmp_path / "movie.tif"), "--dark", str(tmp_path / "dark.tif"), "--models",
+                 "broad_2d", "--threshold-frames", "20", "--set", "backend.test_time_flips=2", "--out", str(out)]) == 0
+    loaded = config.load(out)
+    assert loaded.backend.test_time_flips == 2  # the maps the thresholds were chosen on
+    assert loaded.model.checkpoint == "broad_2d" and 0.2 <= loaded.model.p_threshold <= 0.9
+
+
 def test_the_command_writes_a_config_that_run_and_train_accept_and_a_report(tmp_path, capsys) -> None:
     from rtsmlm.cli import main
     from rtsmlm.io.movies import write_tiff_movie

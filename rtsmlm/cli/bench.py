@@ -11,9 +11,9 @@ figures noisy; the load says how much).
 each with the same code as ``rtsmlm evaluate`` (the files are kept, and the commands printed) and
 reports each backend's relative difference from the first one (the fp32 reference).
 
-Backends are given as ``NAME[:PRECISION[:DEVICE]][+fp32heads]``, e.g. ``torch:fp32``, ``torch:bf16``,
-``torch:bf16+fp32heads`` (CPU bf16 with fp32 output heads), ``onnxruntime``, ``torch:fp16:cuda``,
-``tensorrt:fp16``, ``auto``.
+Backends are given as ``NAME[:PRECISION[:DEVICE]][+fp32heads][+flips2|+flips4]``, e.g. ``torch:fp32``,
+``torch:bf16``, ``torch:bf16+fp32heads`` (CPU bf16 with fp32 output heads), ``torch:fp32+flips4`` (test-time
+flips, ``backend.test_time_flips``), ``onnxruntime``, ``torch:fp16:cuda``, ``tensorrt:fp16``, ``auto``.
 """
 
 from __future__ import annotations
@@ -32,10 +32,15 @@ import numpy as np
 DEFAULT_SIZES = (64, 256, 1024)
 
 
+SPEC_OPTIONS = ("fp32heads", "flips2", "flips4")
+
+
 def _parse_spec(spec: str) -> dict[str, str]:
-    spec, plus, option = spec.partition("+")
-    if plus and option != "fp32heads":
-        raise ValueError(f"backend spec option {option!r} is unknown; the only one is '+fp32heads'")
+    spec, *options = spec.split("+")
+    for option in options:
+        if option not in SPEC_OPTIONS:
+            raise ValueError(f"backend spec option {option!r} is unknown; one of "
+                             + ", ".join(f"'+{o}'" for o in SPEC_OPTIONS))
     parts = spec.split(":")
     if not 1 <= len(parts) <= 3 or not parts[0]:
         raise ValueError(f"backend spec {spec!r} must look like NAME[:PRECISION[:DEVICE]], e.g. torch:bf16")
@@ -44,8 +49,11 @@ def _parse_spec(spec: str) -> dict[str, str]:
         out["precision"] = parts[1]
     if len(parts) > 2 and parts[2]:
         out["device"] = parts[2]
-    if plus:
+    if "fp32heads" in options:
         out["fp32_heads"] = "1"
+    for option in options:
+        if option.startswith("flips"):
+            out["test_time_flips"] = option.removeprefix("flips")
     if out["name"] != "auto" and "device" not in out:
         out["device"] = "cuda" if out["name"] == "tensorrt" else "cpu"
     return out
@@ -111,7 +119,8 @@ def _open(spec: dict[str, str], threads: int, args, checkpoint: str):
     from rtsmlm.localization.backends import open_backend
 
     cfg = BackendConfig(name=spec["name"], device=spec.get("device", "auto"), precision=spec.get("precision", "auto"),
-                        threads=threads, engine_cache_dir=args.engine_cache_dir)
+                        threads=threads, engine_cache_dir=args.engine_cache_dir,
+                        test_time_flips=int(spec.get("test_time_flips", 1)))
     return open_backend(cfg, checkpoint, jit=not args.no_jit, fp32_heads="fp32_heads" in spec)
 
 

@@ -60,7 +60,11 @@ def calibrate_main(args: Any, cfg: Any) -> int:
     text = config_toml(cal, exposure_ms=cfg.camera.exposure_ms, em_gain=em_gain, maps_file=maps_file)
     choice = None
     if args.models:
-        choice = _choose_model(text, args.models.split(","), args.threshold_frames)
+        flips = cfg.backend.test_time_flips
+        choice = _choose_model(text, args.models.split(","), args.threshold_frames, flips)
+        if flips > 1:  # the thresholds belong to the flip-averaged maps: the run must average them too
+            text += ("\n[backend]\n# The thresholds below were chosen on maps averaged over this many mirror "
+                     f"images (--set backend.test_time_flips).\ntest_time_flips = {flips}\n")
         text += (f"\n[model]\n# Chosen by simulating the calibrated conditions ({choice['frames']} frames): "
                  f"Jaccard {choice['jaccard']:.3f}. The thresholds and floor below are this checkpoint's\n"
                  "# (thresholds_for): a run of another model (one fine-tuned on this config carries its own, chosen on\n"
@@ -129,16 +133,17 @@ def fine_tune_init(background_photons: float) -> str:
     return "default" if background_photons <= top * SLACK["background_photons"][1] else "broad_2d"
 
 
-def _choose_model(config_text: str, models: list[str], frames: int) -> dict[str, Any]:
+def _choose_model(config_text: str, models: list[str], frames: int, flips: int = 1) -> dict[str, Any]:
     """The model, detection thresholds and brightness floor with the best Jaccard on the calibrated conditions,
-    simulated."""
+    simulated, with ``flips`` test-time flips (backend.test_time_flips) as the run will use."""
     from rtsmlm.analysis.thresholds import choose_thresholds
     from rtsmlm.core import config as config_mod
 
     # The config's [sim] is the sample fitted to the movie's spots (analysis.sample_model); another seed than
     # the fit's simulation.
     cfg = config_mod.loads(config_text, ["sim.bg_structured=false"], "the calibrated config")
-    cfg = config_mod.replace(cfg, sim=config_mod.to_dict(config_mod.replace(cfg.sim, seed=cfg.sim.seed + 1)))
+    cfg = config_mod.replace(cfg, sim=config_mod.to_dict(config_mod.replace(cfg.sim, seed=cfg.sim.seed + 1)),
+                             backend=config_mod.to_dict(config_mod.replace(cfg.backend, test_time_flips=flips)))
     results = {m: choose_thresholds(cfg, m, frames=frames) for m in models}
     best = max(results, key=lambda m: results[m].jaccard)
     return {"model": best, "p_threshold": results[best].p_threshold,

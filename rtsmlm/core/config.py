@@ -178,6 +178,10 @@ class BackendConfig:
     batch_size: int = _f(0, range=(0, 4096), doc="0 = automatic")
     threads: int = _f(0, range=(0, 1024), doc="0 = all cores but one (at least one)")
     engine_cache_dir: str = _f("~/.cache/rtsmlm/engines")
+    test_time_flips: int = _f(1, choices=(1, 2, 4),
+                              doc="run the network on each frame and its mirror images and average the maps "
+                                  "(2: also rotated by 180°; 4: mirrored in x, in y and both); that many times "
+                                  "the network's arithmetic. 1 = off. Gaussian and astigmatic PSFs only")
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ class OfflineLocalizer:
         self.refine = refine
         self.min_photons = min_photons
         self.residual_threshold = residual_threshold
-        self.backend, self.meta = open_backend(backend_cfg if backend_cfg is not None else BackendConfig(),
-                                               checkpoint)
+        self.backend_cfg = backend_cfg if backend_cfg is not None else BackendConfig()
+        self.backend, self.meta = open_backend(self.backend_cfg, checkpoint)
 
     @property
     def step(self) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rtsmlm.io.paths import file_sha256
+from rtsmlm.localization.backends.flips import FlippedBackend, check_flips
 from rtsmlm.localization.backends.protocol import Backend, BackendError
 
 if TYPE_CHECKING:
@@ -166,7 +167,8 @@ def model_for_backend(cfg: "Config", env: Environment | None = None) -> "Config"
 def open_backend(cfg: "BackendConfig", checkpoint: str, *, jit: bool = True,
                  fp32_heads: bool = False) -> tuple[Backend, "ModelMeta"]:
     """Load ``checkpoint`` ('default' or a path) and open the backend ``cfg`` asks for; logs the choice
-    and the reason at INFO level. Returns the backend and the checkpoint's metadata.
+    and the reason at INFO level. Returns the backend and the checkpoint's metadata. With
+    ``cfg.test_time_flips`` > 1 the backend is wrapped in a :class:`FlippedBackend`.
 
     ``jit=False`` keeps the torch CPU backend in eager mode (no TorchScript tracing, which costs
     seconds at the first call of each half; useful for short runs and tests). ``fp32_heads=True`` runs
@@ -174,6 +176,7 @@ def open_backend(cfg: "BackendConfig", checkpoint: str, *, jit: bool = True,
     from rtsmlm.localization import checkpoint as ckpt
 
     model, meta = ckpt.load(checkpoint, device="cpu")
+    check_flips(cfg.test_time_flips, meta, checkpoint)
     choice = choose_backend(cfg, probe_environment())
     threads = cfg.threads or default_threads()
     backend: Backend
@@ -194,4 +197,8 @@ def open_backend(cfg: "BackendConfig", checkpoint: str, *, jit: bool = True,
 
             backend = TensorRTBackend(model, model_hash, cache_dir, precision=choice.precision)
     log.info("inference backend: %s on %s, %s — %s", choice.name, choice.device, choice.precision, choice.reason)
+    if cfg.test_time_flips > 1:
+        backend = FlippedBackend(backend, cfg.test_time_flips)
+        log.info("test-time flips: the network runs on %d mirror images of every frame, maps averaged",
+                 cfg.test_time_flips)
     return backend, meta
