@@ -77,11 +77,8 @@ class FlippedBackend:
     def encode(self, frames: "torch.Tensor") -> "torch.Tensor":
         import torch
 
-        # Each inner result is valid only until the next inner call (Backend protocol): torch.cat copies.
-        copies = []
-        for axes in self._axes:
-            feats = self.inner.encode(torch.flip(frames, axes) if axes else frames)
-            copies.append(feats if len(self._axes) == 1 else feats.clone())
+        # Each inner result is valid only until the next inner call (Backend protocol): copied before the next.
+        copies = [self.inner.encode(torch.flip(frames, axes) if axes else frames).clone() for axes in self._axes]
         return torch.cat(copies, dim=1)
 
     def decode(self, features: "torch.Tensor") -> "torch.Tensor":
