@@ -34,11 +34,18 @@ FLIP_SETS: dict[int, tuple[tuple[int, ...], ...]] = {
 MIRROR_SYMMETRIC_PSFS = ("gaussian", "astigmatic")
 
 
+def flip_axes(flips: int) -> tuple[tuple[int, ...], ...]:
+    """The mirror axes of each copy for ``flips`` copies (:data:`FLIP_SETS`); one sentence for another count."""
+    if flips not in FLIP_SETS:
+        raise BackendError(f"backend.test_time_flips = {flips}: must be 1 (off), 2 or 4")
+    return FLIP_SETS[flips]
+
+
 def check_flips(flips: int, meta: "ModelMeta", checkpoint: str) -> None:
     """One sentence when ``flips`` copies cannot be averaged for this model: an unknown count, or a PSF the
     mirror images of which the model was not trained on."""
-    if flips != 1 and flips not in FLIP_SETS:
-        raise BackendError(f"backend.test_time_flips = {flips}: must be 1 (off), 2 or 4")
+    if flips != 1:
+        flip_axes(flips)
     psf_model = str(meta.psf.get("model", "gaussian"))
     if flips > 1 and psf_model not in MIRROR_SYMMETRIC_PSFS:
         raise BackendError(f"backend.test_time_flips = {flips} needs a mirror-symmetric PSF, but checkpoint "
@@ -55,11 +62,9 @@ class FlippedBackend:
     """
 
     def __init__(self, inner: Backend, flips: int) -> None:
-        if flips not in FLIP_SETS:
-            raise BackendError(f"backend.test_time_flips = {flips}: must be 1 (off), 2 or 4")
+        self._axes = flip_axes(flips)
         self.inner = inner
         self.flips = flips
-        self._axes = FLIP_SETS[flips]
         self.name = inner.name
         self.device = inner.device
         self.precision = inner.precision
