@@ -364,11 +364,11 @@ def reference_backend() -> tuple[rconfig.Config, Any]:
     return base, rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
 
 
-SPEC_OPTIONS = ("mle", "fuse", "no-residual", "flips2", "flips4")
+SPEC_OPTIONS = ("mle", "fuse", "no-residual", "flips2", "flips4", "bf16")
 
 
 def split_model_spec(spec: str) -> tuple[str, list[str]]:
-    """(checkpoint, options) of a benchmark's model spec ``PATH[+mle|+fuse][+no-residual][+flips2|+flips4]``;
+    """(checkpoint, options) of a benchmark's model spec ``PATH[+mle|+fuse][+no-residual][+flips2|+flips4][+bf16]``;
     an unknown option is one sentence naming it."""
     path, *options = spec.split("+")
     unknown = [o for o in options if o not in SPEC_OPTIONS]
@@ -380,14 +380,17 @@ def split_model_spec(spec: str) -> tuple[str, list[str]]:
 def open_model_spec(spec: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig) -> tuple[str, Any]:
     """(label, OfflineLocalizer) of a benchmark's model spec: a shipped name or checkpoint path, optionally
     ``+mle`` / ``+fuse`` for that refinement (model.refine), ``+no-residual`` for the first detection pass
-    only (model.residual_threshold = 0) and ``+flips2`` / ``+flips4`` for test-time flips
-    (backend.test_time_flips). The label is the checkpoint's file name and the options."""
+    only (model.residual_threshold = 0), ``+flips2`` / ``+flips4`` for test-time flips
+    (backend.test_time_flips) and ``+bf16`` for torch's bf16 autocast on the CPU (backend.precision; what
+    ``precision = "auto"`` runs on a CPU with native bf16) instead of the reference fp32. The label is the
+    checkpoint's file name and the options."""
     path, options = split_model_spec(spec)
     refine = next((o for o in options if o in ("mle", "fuse")), "off")
     residual = 0.0 if "no-residual" in options else model_cfg.residual_threshold
     flips = next((int(o.removeprefix("flips")) for o in options if o.startswith("flips")), 1)
+    precision = "bf16" if "bf16" in options else backend_cfg.precision
     label = "+".join([Path(path).name if "/" in path else path, *options])
-    return label, open_model(path, rconfig.replace(backend_cfg, test_time_flips=flips),
+    return label, open_model(path, rconfig.replace(backend_cfg, test_time_flips=flips, precision=precision),
                              rconfig.replace(model_cfg, refine=refine, residual_threshold=residual))
 
 

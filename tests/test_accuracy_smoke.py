@@ -160,3 +160,17 @@ def test_frame_counts_and_paired_jaccard_interval(bench):
     assert bench.jaccard_difference_interval(counts["good"], counts["good"]) == (0.0, 0.0, 0.0)
     short = bench.jaccard_difference_interval(counts["worse"][:50], counts["good"][:50])
     assert short[0] < 0 and math.isnan(short[1]) and math.isnan(short[2])  # 5 blocks: no interval
+
+
+def test_model_spec_options_reach_the_localizer(bench):
+    """``+flips2`` and ``+bf16`` set the backend the benchmark's localizer runs; ``+mle`` its refinement; the label
+    names them; an unknown option is one sentence naming it."""
+    base, backend_cfg = bench.reference_backend()
+    label, loc = bench.open_model_spec("broad_2d+mle+flips2+bf16", backend_cfg, base.model)
+    assert label == "broad_2d+mle+flips2+bf16"
+    assert (loc.backend_cfg.precision, loc.backend_cfg.test_time_flips) == ("bf16", 2)
+    assert loc.refine == "mle"
+    _, plain = bench.open_model_spec("broad_2d", backend_cfg, base.model)
+    assert (plain.backend_cfg.precision, plain.backend_cfg.test_time_flips) == ("fp32", 1)
+    with pytest.raises(SystemExit, match="unknown option 'fp8'"):
+        bench.split_model_spec("broad_2d+fp8")
