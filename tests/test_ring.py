@@ -127,6 +127,25 @@ def test_readers_are_independent() -> None:
     assert fast.n_lost == slow.n_lost == 0
 
 
+def test_a_reader_behind_the_bound_jumps_to_the_present() -> None:
+    """skip_if_stale: nothing while the oldest unclaimed frame is recent; once it is older than the bound,
+    every unclaimed frame (stale or not) is skipped in one run, recorded apart from losses, and reading
+    goes on with the next frame written."""
+    ring = RingBuffer(32, SHAPE)
+    reader = ring.add_reader("localizer")
+    other = ring.add_reader("recorder")
+    write_indices(ring, list(range(10)))  # timestamps 1000..1009
+    assert reader.skip_if_stale(1000.0) == 0  # frame 0 is exactly at the bound: not stale
+    assert [f.index for f in reader.read_many(2, timeout=0)] == [0, 1]
+    assert reader.skip_if_stale(1002.5) == 8  # frame 2 is stale: 2..9 go, the recent 3..9 with it
+    assert reader.skipped_indices.tolist() == list(range(2, 10)) and reader.n_skipped == 8
+    assert reader.skip_if_stale(2000.0) == 0  # nothing unclaimed
+    write_indices(ring, [10, 11])
+    assert [f.index for f in reader.read_many(10, timeout=0)] == [10, 11]
+    assert reader.n_lost == 0 and reader.lost_indices.tolist() == []
+    assert [f.index for f in other.read_many(100, timeout=0)] == list(range(12))  # the other reader keeps all
+
+
 def test_two_reader_threads_each_see_the_whole_stream() -> None:
     n = 300
     ring = RingBuffer(n, SHAPE)  # large enough that nobody can lose anything

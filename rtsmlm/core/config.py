@@ -193,8 +193,9 @@ class PipelineConfig:
     stats_interval_s: float = _f(1.0, range=(0.05, 3600.0))
     max_batch: int = _f(16, range=(1, 4096))
     max_latency_ms: float = _f(1000.0, range=(0.0, 3.6e6),
-                               doc="live camera: frames older than this are skipped by the localizer (and "
-                                   "analysed from the raw recording after the acquisition); 0 = never skip")
+                               doc="live camera: once a frame has waited this long the localizer skips the "
+                                   "backlog and goes on with the newest frame (the skipped ones are analysed "
+                                   "from the raw recording after the acquisition); 0 = never skip")
     hook_timeout_s: float = _f(5.0, range=(0.01, 3600.0),
                                doc="a plugin hook that runs longer is abandoned and the plugin disabled")
     drain_timeout_s: float = _f(30.0, range=(0.1, 86400.0),
