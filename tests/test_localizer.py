@@ -48,14 +48,15 @@ def _movie(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 def _reference_maps(ckpt: str, camera: CameraModel, movie: np.ndarray) -> torch.Tensor:
-    """The full-window network on one sequence: photons / input scale, replicate padding in time
-    (DECODE 'same') and in space (to a multiple of 4), output cropped."""
+    """The full-window network on one sequence: photons / input scale, reflect padding in time (frame 1
+    before frame 0, frame n−2 after frame n−1; copies of the frame for a sequence of one) and replicate
+    padding in space (to a multiple of 4), output cropped."""
     net, meta = checkpoint.load(ckpt)
     x = torch.from_numpy(camera.to_photons(movie) / meta.scales.input_scale)
     n, h, w = x.shape
     ph, pw = -h % 4, -w % 4
     x = F.pad(x.unsqueeze(1), (0, pw, 0, ph), mode="replicate").squeeze(1)
-    padded = torch.cat([x[:1], x, x[-1:]])
+    padded = torch.cat([x[1:2], x, x[-2:-1]]) if n > 1 else torch.cat([x, x, x])
     windows = torch.stack([padded[i : i + 3] for i in range(n)])
     with torch.no_grad():
         return net(windows)[:, :, :h, :w]
@@ -105,6 +106,26 @@ def test_gap_in_indices_finishes_the_sequence_and_starts_a_new_one(ckpt, opened)
         assert (streamed - ref).abs().max().item() <= 1e-4
     all_locs = np.concatenate([locs1, locs2, locs3])
     assert set(np.unique(all_locs["frame"])) <= {0, 1, 2, 6, 7, 8}
+
+
+@pytest.mark.parametrize("lengths", [[1, 2, 1], [2, 2], [1, 3]])
+def test_short_sequences_reflect_their_neighbours_or_copy_a_lone_frame(ckpt, opened, lengths) -> None:
+    """Between gaps, a sequence of two frames is completed by mirroring (each frame stands in for the missing
+    neighbour of the other) and a lone frame by copies of itself, whatever the batches; a lone frame never
+    waits for one that is not its neighbour."""
+    camera = CameraModel()
+    movie = _movie(sum(lengths), 12, 12, seed=8)
+    starts = np.cumsum([0] + lengths[:-1])
+    idx = np.concatenate([np.arange(n) + 10 * k for k, n in enumerate(lengths)])  # gaps between the sequences
+    loc, got = _collect({"batch_size": 2}, opened, camera, (12, 12))
+    for k in range(len(idx)):  # one frame at a time: the padding is settled only when the next frames come
+        loc.push(movie[k : k + 1], idx[k : k + 1])
+    loc.finish()
+    assert sorted(got) == idx.tolist()
+    for k, (a, n) in enumerate(zip(starts, lengths)):
+        ref = _reference_maps(ckpt, camera, movie[a : a + n])
+        streamed = torch.stack([got[int(f)] for f in idx[a : a + n]])
+        assert (streamed - ref).abs().max().item() <= 1e-4, (lengths, k)
 
 
 def test_scmos_pixel_maps_are_applied(ckpt, opened) -> None:
