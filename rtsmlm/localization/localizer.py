@@ -320,7 +320,7 @@ class StreamingLocalizer:
         half = self._half
         if self._feats is None:
             # New sequence: padding rows before its first frame, copies of it until its next frames arrive
-            # (the first window is decoded only then), when they are reflected in (_reflect_start).
+            # (its first window is decoded only then) and are mirrored in, just below.
             self.sequences += 1
             self._feats = torch.cat([feats[:1].expand(half, *feats.shape[1:]), feats])
             self._rows = [rows[0]] * half + rows
