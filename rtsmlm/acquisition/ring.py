@@ -342,8 +342,8 @@ class RingReader:
         skips all of them, not only the stale ones: skipping just what crossed the bound would cut a gap of a
         frame or two at every call while the reader stays behind, and every gap costs a windowed localizer its
         edge frames' real neighbours (measured with copies as edge padding: 96 gaps in 3000 frames, final
-        Jaccard −0.012). Skipped frames
-        are recorded in :attr:`skipped_indices`, apart from lost ones; returns how many were skipped."""
+        Jaccard −0.012). Skipped frames are recorded in :attr:`skipped_indices`, apart from lost ones;
+        returns how many were skipped."""
         ring = self._ring
         with ring._cond:
             if self._cursor >= ring._n_written or ring._timestamp[self._cursor % ring._n] >= older_than:
