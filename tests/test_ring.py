@@ -129,8 +129,8 @@ def test_readers_are_independent() -> None:
 
 def test_a_reader_behind_the_bound_jumps_to_the_present() -> None:
     """skip_if_stale: nothing while the oldest unclaimed frame is recent; once it is older than the bound,
-    every unclaimed frame (stale or not) is skipped in one run, recorded apart from losses, and reading
-    goes on with the next frame written."""
+    every unclaimed frame (stale or not) but the newest ``keep`` is skipped in one run, recorded apart from
+    losses, and reading goes on with the next frame."""
     ring = RingBuffer(32, SHAPE)
     reader = ring.add_reader("localizer")
     other = ring.add_reader("recorder")
@@ -144,6 +144,11 @@ def test_a_reader_behind_the_bound_jumps_to_the_present() -> None:
     assert [f.index for f in reader.read_many(10, timeout=0)] == [10, 11]
     assert reader.n_lost == 0 and reader.lost_indices.tolist() == []
     assert [f.index for f in other.read_many(100, timeout=0)] == list(range(12))  # the other reader keeps all
+    write_indices(ring, [12, 13, 14, 15])
+    assert reader.skip_if_stale(1013.5, keep=2) == 2  # the newest two stay: a sequence, not a lone frame
+    assert [f.index for f in reader.read_many(10, timeout=0)] == [14, 15]
+    write_indices(ring, [16])
+    assert reader.skip_if_stale(2000.0, keep=2) == 0  # one stale frame, and it is among the newest two
 
 
 def test_two_reader_threads_each_see_the_whole_stream() -> None:

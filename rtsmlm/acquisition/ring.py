@@ -336,22 +336,24 @@ class RingReader:
                 return [Frame(int(indices[i]), float(timestamps[i]), block[i]) for i in np.flatnonzero(intact)]
             # Everything claimed was overwritten during the copy: try again within the same deadline.
 
-    def skip_if_stale(self, older_than: float) -> int:
-        """When the oldest unclaimed frame's timestamp is before ``older_than``, skip every unclaimed frame: a
-        live reader that fell behind jumps to the present instead of working through a stale backlog. It
-        skips all of them, not only the stale ones: skipping just what crossed the bound would cut a gap of a
-        frame or two at every call while the reader stays behind, and every gap costs a windowed localizer its
-        edge frames' real neighbours (measured with copies as edge padding: 96 gaps in 3000 frames, final
-        Jaccard −0.012). Skipped frames are recorded in :attr:`skipped_indices`, apart from lost ones;
-        returns how many were skipped."""
+    def skip_if_stale(self, older_than: float, keep: int = 0) -> int:
+        """When the oldest unclaimed frame's timestamp is before ``older_than``, skip every unclaimed frame but
+        the newest ``keep``: a live reader that fell behind jumps to the present instead of working through a
+        stale backlog. It skips the recent ones too, not only the stale: skipping just what crossed the bound
+        would cut a gap of a frame or two at every call while the reader stays behind, and every gap costs a
+        windowed localizer its edge frames' real neighbours (measured with copies as edge padding: 96 gaps in
+        3000 frames, final Jaccard −0.012). ``keep`` leaves the localizer a sequence to work on rather than a
+        lone frame, which has no neighbour at all. Skipped frames are recorded in :attr:`skipped_indices`,
+        apart from lost ones; returns how many were skipped."""
         ring = self._ring
         with ring._cond:
             if self._cursor >= ring._n_written or ring._timestamp[self._cursor % ring._n] >= older_than:
                 return 0
-            n = ring._n_written - self._cursor
-            for cursor in range(self._cursor, ring._n_written):
+            end = max(self._cursor, ring._n_written - max(int(keep), 0))
+            n = end - self._cursor
+            for cursor in range(self._cursor, end):
                 add_to_runs(self._skipped_runs, int(ring._index[cursor % ring._n]))
-            self._cursor = ring._n_written
+            self._cursor = end
             self._released = max(self._released, self._cursor)
             self._n_skipped += n
             ring._cond.notify_all()

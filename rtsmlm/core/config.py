@@ -194,7 +194,7 @@ class PipelineConfig:
     max_batch: int = _f(16, range=(1, 4096))
     max_latency_ms: float = _f(1000.0, range=(0.0, 3.6e6),
                                doc="live camera: once a frame has waited this long the localizer skips the "
-                                   "backlog and goes on with the newest frame (the skipped ones are analysed "
+                                   "backlog and goes on with the newest two frames (the skipped ones are analysed "
                                    "from the raw recording after the acquisition); 0 = never skip")
     hook_timeout_s: float = _f(5.0, range=(0.01, 3600.0),
                                doc="a plugin hook that runs longer is abandoned and the plugin disabled")

@@ -216,12 +216,13 @@ class Pipeline:
         pending_ts: dict[int, float] = {}
         max_batch = self.cfg.pipeline.max_batch
         # A live camera: once a frame waits longer than the latency bound, jump to the present (a file waits
-        # for us instead).
+        # for us instead), keeping the newest two frames: a localizer slower per call than the bound would
+        # otherwise get one frame after every jump, a sequence of one that no neighbour pads.
         max_age_s = 0.0 if self.backpressure else self.cfg.pipeline.max_latency_ms / 1e3
         try:
             while True:
                 if max_age_s > 0:
-                    reader.skip_if_stale(time.perf_counter() - max_age_s)
+                    reader.skip_if_stale(time.perf_counter() - max_age_s, keep=2)
                 frames = reader.read_many(max_batch, timeout=0.5)
                 if not frames:
                     if reader.at_end:
