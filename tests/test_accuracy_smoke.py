@@ -174,3 +174,22 @@ def test_model_spec_options_reach_the_localizer(bench):
     assert (plain.backend_cfg.precision, plain.backend_cfg.test_time_flips) == ("fp32", 1)
     with pytest.raises(SystemExit, match="unknown option 'fp8'"):
         bench.split_model_spec("broad_2d+fp8")
+
+
+def test_edge_frame_benchmark_scores_both_paddings_and_restores_the_shipped_one(repo_root, capsys):
+    """benchmarks/bench_edges.py on 12 frames, sequences of 2: every frame an edge frame, each padding scored
+    against the same frames inside the movie, and the localizer's padding is the shipped one afterwards."""
+    from rtsmlm.localization.localizer import StreamingLocalizer
+
+    path = repo_root / "benchmarks" / "bench_edges.py"
+    spec = importlib.util.spec_from_file_location("bench_edges", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--frames", "12", "--lengths", "2"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "L=2" in line]
+    assert [line.split()[1].rstrip(":") for line in lines] == ["same", "reflect"] * 2  # two movies
+    for line in lines:
+        edge = float(line.split("edge frames ")[1].split()[0])
+        inside = float(line.split("inside the movie ")[1].split()[0])
+        assert 0.3 < edge <= 1.0 and 0.5 < inside <= 1.0, line
+    assert StreamingLocalizer.edge_padding == "reflect"
