@@ -24,7 +24,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_accuracy as acc  # noqa: E402
 
-from rtsmlm.analysis.metrics import match  # noqa: E402
 from rtsmlm.core.locs import concat  # noqa: E402
 from rtsmlm.localization.localizer import StreamingLocalizer, localize_movie  # noqa: E402
 
@@ -33,11 +32,9 @@ PADDINGS = ("same", "reflect")
 
 
 def jaccard(pred: np.ndarray, truth: np.ndarray, frames: np.ndarray) -> tuple[float, int, int]:
-    """(Jaccard, predictions, true emitters) over the frames ``frames``."""
-    t = truth[np.isin(truth["frame"], frames)]
-    p = pred[np.isin(pred["frame"], frames)]
-    tp = len(match(p, t, 250.0).truth_index)
-    return tp / max(len(t) + len(p) - tp, 1), len(p), len(t)
+    """(Jaccard, predictions, true emitters) over the frames ``frames``, all true emitters, 250 nm."""
+    scores, _, _ = acc.score(pred[np.isin(pred["frame"], frames)], truth[np.isin(truth["frame"], frames)], 250.0, None)
+    return scores["all"]["jaccard"], scores["all"]["n_pred"], scores["all"]["n_true"]
 
 
 def localize_in_sequences(make, frames: np.ndarray, length: int) -> np.ndarray:
@@ -72,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             movie = acc.simulate_movie(cfg, f"{density:g}/µm², bg {bg:g}", args.frames)
 
             def make():
-                return StreamingLocalizer(
-                    offline.backend, offline.meta, movie.camera, movie.frames.shape[1:], offline.p_threshold,
-                    offline.candidate_threshold, refine=offline.refine, min_photons=offline.min_photons,
-                    residual_threshold=offline.residual_threshold,
-                    psf_sigma_px=cfg.psf.sigma_nm / movie.camera.pixel_size_nm)
+                return offline.streaming(movie.camera, movie.frames.shape[1:], psf_sigma_nm=cfg.psf.sigma_nm)
 
             whole = localize_movie(make(), movie.frames)
             print(f"{label}, {movie.name}: whole movie {jaccard(whole, movie.truth, np.arange(args.frames))[0]:.4f}")

@@ -21,14 +21,18 @@ from rtsmlm.sim import TRUTH_DTYPE
 LOOSE_JACCARD = 0.5
 
 
-@pytest.fixture(scope="module")
-def bench(repo_root):
-    path = repo_root / "benchmarks" / "bench_accuracy.py"
-    spec = importlib.util.spec_from_file_location("bench_accuracy", path)
+def load_benchmark(repo_root, name: str):
+    """The module benchmarks/NAME.py, imported as a script would import it."""
+    spec = importlib.util.spec_from_file_location(name, repo_root / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench(repo_root):
+    return load_benchmark(repo_root, "bench_accuracy")
 
 
 @pytest.fixture(scope="module")
@@ -181,10 +185,7 @@ def test_edge_frame_benchmark_scores_both_paddings_and_restores_the_shipped_one(
     against the same frames inside the movie, and the localizer's padding is the shipped one afterwards."""
     from rtsmlm.localization.localizer import StreamingLocalizer
 
-    path = repo_root / "benchmarks" / "bench_edges.py"
-    spec = importlib.util.spec_from_file_location("bench_edges", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark(repo_root, "bench_edges")
     assert module.main(["--frames", "12", "--lengths", "2"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "L=2" in line]
     assert [line.split()[1].rstrip(":") for line in lines] == ["same", "reflect"] * 2  # two movies

@@ -18,6 +18,7 @@ from rtsmlm.core.config import BackendConfig, ModelConfig
 
 if TYPE_CHECKING:
     from rtsmlm.core.camera import CameraModel
+    from rtsmlm.localization.localizer import StreamingLocalizer
 
 __all__ = ["OfflineLocalizer", "localize_frames"]
 
@@ -63,17 +64,26 @@ class OfflineLocalizer:
         ``psf_sigma_nm``: the PSF σ (``psf.sigma_nm``), which a conditioned model needs.
         """
         from rtsmlm.localization.checkpoint import check_compatible
-        from rtsmlm.localization.localizer import StreamingLocalizer, localize_movie
+        from rtsmlm.localization.localizer import localize_movie
 
         frames = np.asarray(frames)
         if frames.ndim != 3:
             raise ValueError(f"localize() expects a movie of shape (n, height, width), got {frames.shape}.")
         check_compatible(self.meta, camera.describe(), f"checkpoint {self.checkpoint!r} on this movie")
-        localizer = StreamingLocalizer(self.backend, self.meta, camera, frames.shape[1:], self.p_threshold,
-                                       self.candidate_threshold, batch_size=batch_size, refine=self.refine,
-                                       min_photons=self.min_photons, residual_threshold=self.residual_threshold,
-                                       psf_sigma_px=None if psf_sigma_nm is None else psf_sigma_nm / camera.pixel_size_nm)
+        localizer = self.streaming(camera, frames.shape[1:], batch_size=batch_size, psf_sigma_nm=psf_sigma_nm)
         return localize_movie(localizer, frames, first_index=first_index)
+
+    def streaming(self, camera: "CameraModel", frame_shape: tuple[int, int], *, batch_size: int = 0,
+                  psf_sigma_nm: float | None = None) -> "StreamingLocalizer":
+        """A fresh :class:`StreamingLocalizer` on this backend with these thresholds, for frames of
+        ``frame_shape``: what :meth:`localize` pushes a movie through, for callers that push frames
+        themselves (with gaps, in chunks)."""
+        from rtsmlm.localization.localizer import StreamingLocalizer
+
+        return StreamingLocalizer(self.backend, self.meta, camera, tuple(frame_shape), self.p_threshold,
+                                  self.candidate_threshold, batch_size=batch_size, refine=self.refine,
+                                  min_photons=self.min_photons, residual_threshold=self.residual_threshold,
+                                  psf_sigma_px=None if psf_sigma_nm is None else psf_sigma_nm / camera.pixel_size_nm)
 
 
 def localize_frames(frames: np.ndarray, camera: "CameraModel", checkpoint: str = "default",
