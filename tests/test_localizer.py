@@ -165,6 +165,31 @@ def test_pushing_one_frame_at_a_time_gives_the_same_localizations_and_last_done(
     assert (got["x"] >= 0).all() and (got["x"] < 16 * camera.pixel_size_nm).all()
 
 
+def test_a_brightness_floor_holds_each_frame_until_the_next_one_confirms_or_not(opened) -> None:
+    from rtsmlm.localization.brightness_floor import CONFIRM_RADIUS_PX, kept_by_floor
+
+    backend, meta = opened
+    camera = CameraModel()
+    movie = _movie(6, 16, 16, seed=2)
+    unfloored = localize_movie(StreamingLocalizer(backend, meta, camera, (16, 16), 0.5, 0.3, batch_size=8), movie)
+    floor = float(np.median(unfloored["photons"]))
+    expected = unfloored[kept_by_floor(unfloored, floor, CONFIRM_RADIUS_PX * camera.pixel_size_nm)]
+    assert (expected["photons"] < floor).any() and len(expected) < len(unfloored)  # the waiver and the floor act
+    single = StreamingLocalizer(backend, meta, camera, (16, 16), 0.5, 0.3, batch_size=1, min_photons=floor)
+    parts, dones = [], []
+    for i in range(6):
+        locs, done = single.push(movie[i : i + 1], np.array([i]))
+        assert (locs["frame"] <= done).all()
+        parts.append(locs)
+        dones.append(done)
+    locs, done = single.finish()
+    parts.append(locs)
+    assert dones == [-1, -1, 0, 1, 2, 3] and done == 5  # one frame later than without a floor
+    got = np.concatenate(parts)
+    assert np.array_equal(got["frame"], expected["frame"])
+    np.testing.assert_allclose(got["photons"], expected["photons"], rtol=1e-4)
+
+
 def test_single_frame_run_and_empty_push(opened) -> None:
     backend, meta = opened
     loc = StreamingLocalizer(backend, meta, CameraModel(), (10, 10), 0.5, 0.3, batch_size=4)

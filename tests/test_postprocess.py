@@ -79,20 +79,6 @@ def test_below_thresholds_gives_nothing(post: Postprocessor) -> None:
     assert locs.dtype == LOC_DTYPE and len(locs) == 0
 
 
-def test_a_brightness_floor_drops_only_the_dim_detections(post: Postprocessor) -> None:
-    out = _maps()
-    out[0, CH_P, 1, 1] = out[0, CH_P, 6, 6] = 0.9
-    out[0, CH_PHOT, 1, 1] = 0.02  # 100 photons at photon_scale 5000
-    out[0, CH_PHOT, 6, 6] = 0.4  # 2000 photons
-    assert len(post(out, [0])) == 2
-    floored = post.with_thresholds(post.p_threshold, post.candidate_threshold, min_photons=150.0)
-    locs = floored(out, [0])
-    assert len(locs) == 1 and locs["photons"][0] == pytest.approx(2000.0)
-    assert len(post.with_thresholds(post.p_threshold, post.candidate_threshold, min_photons=100.0)(out, [0])) == 2
-    with pytest.raises(ValueError, match="min_photons"):
-        Postprocessor(pixel_size_nm=PX, photon_scale=5000.0, z_scale=700.0, bg_scale=200.0, min_photons=-1.0)
-
-
 def test_emitters_at_image_corners(post: Postprocessor) -> None:
     out = _maps()
     out[0, CH_P, 0, 0] = 0.9

@@ -8,7 +8,8 @@ its probability over several pixels, none of them a high maximum — and a spars
 higher one, or noise blobs pass); this replaces tuning by hand. A broad model, trained on brightness down to
 100 photons, scores a noise blob on a sharp PSF as a likely dim emitter whatever the threshold; where the
 calibrated brightness makes such emitters rare, a floor on the read-out photons removes them (a model trained
-for the camera learns that floor from its brightness range). The network's output maps are kept and
+for the camera learns that floor from its brightness range), unless an adjacent frame confirms them
+(:mod:`rtsmlm.localization.brightness_floor`). The network's output maps are kept and
 post-processed at every pair of thresholds: exactly what a run at each would report.
 """
 
@@ -173,6 +174,7 @@ def threshold_surface(cfg: Config, checkpoint: str, *, frames: int = 100, size: 
     from rtsmlm.core import config as config_mod
     from rtsmlm.core.locs import concat
     from rtsmlm.localization.backends import open_backend
+    from rtsmlm.localization.brightness_floor import CONFIRM_RADIUS_PX, kept_by_floor
     from rtsmlm.localization.localizer import StreamingLocalizer, localize_movie
     from rtsmlm.sim import Simulator
 
@@ -191,13 +193,15 @@ def threshold_surface(cfg: Config, checkpoint: str, *, frames: int = 100, size: 
                                    psf_sigma_px=sim_cfg.psf.sigma_nm / sim.camera.pixel_size_nm,
                                    maps_sink=lambda out, idx: maps.append((out.detach().float().cpu(), list(idx))))
     localize_movie(localizer, movie)
+    radius_nm = CONFIRM_RADIUS_PX * sim.camera.pixel_size_nm
     surface = {}
     for cand in candidates:
         for t in GRID:
             post = localizer.postprocessor.with_thresholds(float(t), min(float(cand), float(t)))
             locs = concat([post(out, idx) for out, idx in maps])
             for floor in floors:
-                kept = locs[locs["photons"] >= floor] if floor > 0 else locs  # as the post-processor's floor
+                # As a run's floor: waived where an adjacent frame confirms the detection.
+                kept = locs[kept_by_floor(locs, floor, radius_nm)] if floor > 0 else locs
                 surface[(float(cand), float(t), float(floor))] = float(
                     evaluate(kept, truth_table, tolerance_nm=tolerance_nm)["jaccard"])
     return surface

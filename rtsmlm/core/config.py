@@ -154,8 +154,10 @@ class ModelConfig:
                                    doc="a second detection pass: p mass left unexplained beside a detection (3x3 sum) "
                                        "above this is a second emitter (close pairs); 0 = off")
     min_photons: float = _f(0.0, range=(0.0, 1e7),
-                            doc="detections the network reads out dimmer than this many photons are dropped (0 = "
-                                "none); rtsmlm calibrate sets it when the movie's simulated conditions gain from it")
+                            doc="detections the network reads out dimmer than this many photons are dropped unless "
+                                "one at or above it lies within a pixel in the frame before or after (0 = none; a "
+                                "floor delays each localization by a frame); rtsmlm calibrate sets it when the "
+                                "movie's simulated conditions gain from it")
     thresholds_for: str = _f("", doc="the checkpoint p_threshold, candidate_threshold and min_photons were chosen for "
                                      "(rtsmlm calibrate writes it); a run of another checkpoint (a model fine-tuned "
                                      "on this config) uses that model's own threshold and no floor instead; empty = "

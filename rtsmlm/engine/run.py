@@ -139,7 +139,7 @@ def build_run(cfg: Config, *, realtime: bool = True, localizer: Localizer | None
                       "depth": meta.depth, "window": meta.window, "trained_metrics": meta.metrics,
                       "conditioning": list(meta.scales.conditioning), "refine": cfg.model.refine,
                       "p_threshold": localizer.p_threshold, "p_threshold_from": localizer.p_threshold_source,
-                      "min_photons": localizer.postprocessor.min_photons,
+                      "min_photons": localizer.floor.min_photons,
                       "residual_threshold": localizer.postprocessor.residual_threshold}
     # Everything that can still fail (the colour map, plugins, the stream's port) is checked or opened
     # before any output file is created, so a failed --overwrite run leaves the previous run's files untouched.

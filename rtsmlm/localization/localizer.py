@@ -29,6 +29,7 @@ from rtsmlm.core.config import ModelConfig
 from rtsmlm.core.locs import LOC_DTYPE, concat
 from rtsmlm.localization import conditioning, range_guard
 from rtsmlm.localization.backends.protocol import Backend
+from rtsmlm.localization.brightness_floor import CONFIRM_RADIUS_PX, BrightnessFloor
 from rtsmlm.localization.checkpoint import THRESHOLD_SOURCES, ModelMeta, detection_threshold, thresholds_for_run
 from rtsmlm.localization.postprocess import Postprocessor
 from rtsmlm.localization.range_guard import RangeVerdict
@@ -54,10 +55,12 @@ class StreamingLocalizer:
         meta: the checkpoint metadata (window, depth, output scales, input scale).
         camera: converts ADU to photons (per-pixel sCMOS maps included) and gives the pixel size in nm.
         frame_shape: (height, width) of the raw frames, any size.
-        p_threshold, candidate_threshold, split_threshold, min_photons, residual_threshold: passed to
+        p_threshold, candidate_threshold, split_threshold, residual_threshold: passed to
             :class:`rtsmlm.localization.postprocess.Postprocessor`; a negative ``p_threshold`` is the
             model's own (:func:`rtsmlm.localization.checkpoint.detection_threshold`), and the candidate
             threshold is at most the p threshold.
+        min_photons: the brightness floor (:mod:`rtsmlm.localization.brightness_floor`; 0 = none): with one,
+            each sequence's newest frame is returned only once the next is finished or the sequence ends.
         batch_size: frames per backend call; 0 = chosen from free memory (at most ``max_batch``; on the
             CPU at most 65536 pixels per call, which keeps activations in the caches).
         tile: tile core size in pixels; None = chosen from free memory (whole frames when they fit).
@@ -105,8 +108,9 @@ class StreamingLocalizer:
             p_threshold=self.p_threshold, candidate_threshold=min(candidate_threshold, self.p_threshold),
             split_threshold=split_threshold,
             has_z=(meta.psf or {}).get("model", "gaussian") != "gaussian",
-            min_photons=min_photons, residual_threshold=residual_threshold,
+            residual_threshold=residual_threshold,
         )
+        self.floor = BrightnessFloor(min_photons, CONFIRM_RADIUS_PX * camera.pixel_size_nm)
         element_bytes = 4 if backend.precision == "fp32" else 2
         free = available_memory_bytes(backend.device)
         if memory_bytes:
@@ -148,7 +152,8 @@ class StreamingLocalizer:
         log.info("localizer: %dx%d frames, %d tile(s) of %dx%d (margin %d), batch %d frames; p threshold %.2f (%s)%s",
                  height, width, k, self.plan.tile_height, self.plan.tile_width, self.plan.margin, self.batch_size,
                  self.p_threshold, THRESHOLD_SOURCES[self.p_threshold_source],
-                 f"; detections under {min_photons:g} photons dropped" if min_photons > 0 else "")
+                 f"; detections under {min_photons:g} photons dropped unless an adjacent frame confirms them"
+                 if min_photons > 0 else "")
         # Feature cache of the current sequence: (rows, tiles, C, tile_h, tile_w), one row per frame in time
         # order with edge-padding rows at the start; _rows[i] is the frame index of row i.
         self._feats: torch.Tensor | None = None
@@ -238,9 +243,11 @@ class StreamingLocalizer:
 
     def push(self, frames: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, int]:
         """frames (n,H,W) raw camera counts (uint16), indices their frame numbers (increasing).
-        Returns (LOC_DTYPE table, last_done) for every frame whose window is now complete; a gap in
+        Returns (LOC_DTYPE table, last_done) for every frame whose window is now complete (with a brightness
+        floor, but a sequence's newest: the floor's verdict on it waits for the next frame); a gap in
         indices (lost frames) is a sequence break: frames before the gap are finished with edge padding
-        and a new sequence starts. last_done = highest frame index fully analysed (-1 if none)."""
+        and a new sequence starts. last_done = highest frame index whose localizations have all been
+        returned (-1 if none)."""
         frames = np.asarray(frames)
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if frames.ndim != 3 or tuple(frames.shape[1:]) != self.frame_shape:
@@ -264,7 +271,7 @@ class StreamingLocalizer:
             for start in range(0, len(seg_idx), self.batch_size):
                 out.append(self._push_consecutive(seg_frames[start : start + self.batch_size],
                                                   seg_idx[start : start + self.batch_size]))
-        return concat(out), self.last_done
+        return concat(out), self.floor.released_through
 
     def finish(self) -> tuple[np.ndarray, int]:
         """End of run: finish the pending frames with edge padding."""
@@ -272,7 +279,7 @@ class StreamingLocalizer:
             self._judge_range()
         if self._guard_thread is not None:
             self._guard_thread.join()
-        return self._finish_sequence(), self.last_done
+        return self._finish_sequence(), self.floor.released_through
 
     def _watch_range(self, frames: np.ndarray) -> None:
         for f in frames[: range_guard.FRAMES - len(self._guard_frames)]:
@@ -333,11 +340,11 @@ class StreamingLocalizer:
             self._feats[:half] = self._feats[half + 1 : 2 * half + 1].flip(0)
             self._start_padded = False
         self._last_pushed = rows[-1]
-        return self._decode_ready()
+        return self.floor.push(self._decode_ready(), self.last_done)
 
     def _finish_sequence(self) -> np.ndarray:
         if self._feats is None:
-            return np.empty(0, LOC_DTYPE)
+            return self.floor.finish()
         half = self._half
         if self.edge_padding == "reflect" and not self._start_padded:
             # The frames before the last, mirrored after it (the cache keeps the 2·half rows the last windows
@@ -348,7 +355,7 @@ class StreamingLocalizer:
         self._start_padded = False
         self._feats = torch.cat([self._feats, pad])
         self._rows += [self._rows[-1]] * half
-        locs = self._decode_ready()
+        locs = concat([self.floor.push(self._decode_ready(), self.last_done), self.floor.finish()])
         self._feats, self._rows = None, []
         return locs
 

@@ -21,11 +21,10 @@ near a pixel border, that pixel's neighbours. Spatial integration turns the map 
    the maximum of its 3x3 residual neighbourhood, with a 3x3 residual sum above ``residual_threshold`` and the
    p threshold, is a detection of its own, read out at its pixel and scored with that sum: the partner of a
    close pair (1–2 px) that the network gave more than one emitter's mass but a single maximum. Only beside
-   a detection: residual mass far from any is what the first pass already turned down;
-6. with ``min_photons`` > 0, those the network reads out dimmer than it are dropped (a brightness floor:
-   ``rtsmlm calibrate`` sets it where the simulated conditions of the movie show noise blobs that the network
-   scores as dim emitters — a model trained for one camera learns that floor from its brightness range; a
-   broad one, trained down to 100 photons, cannot know it).
+   a detection: residual mass far from any is what the first pass already turned down.
+
+The brightness floor (``model.min_photons``) is applied after this, across frames
+(:mod:`rtsmlm.localization.brightness_floor`).
 
 The heavy part (masks, sums, gathering) runs in torch on the device of ``out`` (GPU when the network runs
 there); only the selected rows are copied to the host.
@@ -114,7 +113,6 @@ class Postprocessor:
         candidate_threshold: minimum p of a local maximum to be considered at all.
         split_threshold: p above which a non-maximum pixel is a detection of its own (adjacent emitters).
         has_z: False for a 2D model: its untrained z head is not read out, ``z`` and ``sigma_z`` are 0.
-        min_photons: detections the network reads out dimmer than this (photons) are dropped; 0 = none.
         residual_threshold: residual p mass (3x3 sum) beside a detection above which it is a second emitter
             (step 5 of the module docstring); 0 = no residual pass.
     """
@@ -129,7 +127,6 @@ class Postprocessor:
         candidate_threshold: float = 0.3,
         split_threshold: float = 0.6,
         has_z: bool = True,
-        min_photons: float = 0.0,
         residual_threshold: float = 0.0,
     ) -> None:
         for name, value in (
@@ -148,8 +145,6 @@ class Postprocessor:
                 raise ValueError(f"Postprocessor {name} must lie in [0, 1], got {value!r}.")
         if not p_threshold >= 0.0:
             raise ValueError(f"Postprocessor p_threshold must be >= 0, got {p_threshold!r}.")
-        if not min_photons >= 0.0:
-            raise ValueError(f"Postprocessor min_photons must be >= 0, got {min_photons!r}.")
         if not residual_threshold >= 0.0:
             raise ValueError(f"Postprocessor residual_threshold must be >= 0, got {residual_threshold!r}.")
         self.pixel_size_nm = float(pixel_size_nm)
@@ -160,15 +155,12 @@ class Postprocessor:
         self.candidate_threshold = float(candidate_threshold)
         self.split_threshold = float(split_threshold)
         self.has_z = bool(has_z)
-        self.min_photons = float(min_photons)
         self.residual_threshold = float(residual_threshold)
 
-    def with_thresholds(self, p_threshold: float, candidate_threshold: float,
-                        min_photons: float = 0.0) -> "Postprocessor":
+    def with_thresholds(self, p_threshold: float, candidate_threshold: float) -> "Postprocessor":
         """The same read-out with other detection thresholds (to score several on one set of maps)."""
         return Postprocessor(self.pixel_size_nm, self.photon_scale, self.z_scale, self.bg_scale, p_threshold,
-                             candidate_threshold, self.split_threshold, self.has_z, min_photons,
-                             self.residual_threshold)
+                             candidate_threshold, self.split_threshold, self.has_z, self.residual_threshold)
 
     def detection_map(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(detected, score)``: a ``(B, H, W)`` bool mask of detection pixels and the ``(B, H, W)``
@@ -184,8 +176,6 @@ class Postprocessor:
             residual, residual_score = self._residual_detections(out, detected, score)
             detected = detected | residual
             score = torch.where(residual, residual_score, score)
-        if self.min_photons > 0.0:
-            detected &= out[:, CH_PHOT] * self.photon_scale >= self.min_photons
         return detected, score
 
     def _residual_detections(self, out: torch.Tensor, detected: torch.Tensor,

@@ -1,0 +1,97 @@
+"""The brightness floor and its waiver for detections an adjacent frame confirms, whole-table and streamed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rtsmlm.core.locs import LOC_DTYPE, concat
+from rtsmlm.localization.brightness_floor import BrightnessFloor, kept_by_floor
+
+FLOOR, RADIUS = 1000.0, 100.0
+
+
+def _table(rows: list[tuple[int, float, float, float]]) -> np.ndarray:
+    """(frame, x nm, y nm, photons) rows as a LOC_DTYPE table."""
+    t = np.zeros(len(rows), LOC_DTYPE)
+    for k, (f, x, y, n) in enumerate(rows):
+        t[k]["frame"], t[k]["x"], t[k]["y"], t[k]["photons"] = f, x, y, n
+    return t
+
+
+def test_a_dim_detection_is_kept_only_beside_a_bright_one_in_an_adjacent_frame() -> None:
+    t = _table([
+        (5, 1000, 1000, 3000),  # bright: kept
+        (6, 1050, 1000, 400),   # dim, 50 nm from frame 5's bright one: a molecule switching off mid-frame
+        (4, 1000, 1080, 300),   # dim, 80 nm from it in the frame before: switching on
+        (5, 1000, 1060, 300),   # dim beside a bright one of its own frame only: noise (or a duplicate)
+        (7, 1000, 1000, 300),   # dim, two frames after: no
+        (6, 1500, 1000, 300),   # dim, 500 nm from it: no
+        (9, 3000, 3000, 500),   # dim confirmed by a dim one only: no
+        (10, 3000, 3000, 500),
+    ])
+    assert kept_by_floor(t, FLOOR, RADIUS).tolist() == [True, True, True, False, False, False, False, False]
+    assert kept_by_floor(t, 0.0, RADIUS).all()
+    assert kept_by_floor(t[3:], FLOOR, RADIUS).sum() == 0  # no bright row at all
+
+
+def _random_movie(seed: int, frames: int = 40) -> np.ndarray:
+    """Molecules on for a few frames, dim in their first and last, plus dim noise: a stream with every case."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(30):
+        start, length = int(rng.integers(0, frames)), int(rng.integers(1, 6))
+        x, y = rng.uniform(0, 3000, 2)
+        for f in range(start, min(frames, start + length)):
+            edge = f in (start, start + length - 1)
+            rows.append((f, x + rng.normal(0, 20), y + rng.normal(0, 20), rng.uniform(200, 900) if edge else 3000))
+    for _ in range(60):
+        rows.append((int(rng.integers(0, frames)), *rng.uniform(0, 3000, 2), rng.uniform(200, 900)))
+    t = _table(rows)
+    return t[np.argsort(t["frame"], kind="stable")]
+
+
+def _key(t: np.ndarray) -> list[tuple]:
+    return sorted(zip(t["frame"].tolist(), t["x"].tolist(), t["y"].tolist()))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_streamed_in_any_batches_it_keeps_what_the_whole_table_keeps(seed: int) -> None:
+    movie = _random_movie(seed)
+    expected = movie[kept_by_floor(movie, FLOOR, RADIUS)]
+    assert 0 < len(expected) < len(movie)
+    cuts = np.sort(np.random.default_rng(seed).choice(np.arange(1, 40), size=12, replace=False))
+    floor, out, dones = BrightnessFloor(FLOOR, RADIUS), [], []
+    for lo, hi in zip([0, *cuts], [*cuts, 40]):
+        got = floor.push(movie[(movie["frame"] >= lo) & (movie["frame"] < hi)], hi - 1)
+        out.append(got)
+        assert (got["frame"] <= floor.released_through).all()
+        dones.append(floor.released_through)
+    out.append(floor.finish())
+    assert dones == [hi - 2 for hi in [*cuts, 40]]  # each push holds its newest frame back
+    assert floor.released_through == 39
+    got = concat(out)
+    assert np.all(np.diff(got["frame"]) >= 0)  # released in frame order
+    assert _key(got) == _key(expected)
+
+
+def test_a_sequence_ends_with_finish_and_the_next_may_start_anywhere() -> None:
+    movie = _random_movie(3)
+    floor = BrightnessFloor(FLOOR, RADIUS)
+    late = movie[movie["frame"] >= 20]
+    first = concat([floor.push(late, 39), floor.finish()])
+    assert _key(first) == _key(late[kept_by_floor(late, FLOOR, RADIUS)])
+    early = movie[movie["frame"] < 20]  # frames skipped live, caught up after the run
+    second = concat([floor.push(early[early["frame"] < 10], 9), floor.push(early[early["frame"] >= 10], 19),
+                     floor.finish()])
+    assert _key(second) == _key(early[kept_by_floor(early, FLOOR, RADIUS)])
+    assert len(floor.push(movie[:0], -1)) == 0 and len(floor.finish()) == 0  # nothing pushed: nothing held
+
+
+def test_without_a_floor_everything_passes_at_once() -> None:
+    movie = _random_movie(4)
+    floor = BrightnessFloor(0.0, RADIUS)
+    got = floor.push(movie, 39)
+    assert got is movie and floor.released_through == 39
+    with pytest.raises(ValueError, match="min_photons"):
+        BrightnessFloor(-1.0, RADIUS)
