@@ -106,10 +106,12 @@ def _default_workers() -> int:
 
 
 def _context(cfg: Config) -> int:
-    """Frames a chunk reads beyond each of its ends: half the model's temporal window."""
+    """Frames a chunk reads beyond each of its ends: half the model's temporal window, and one more with a
+    brightness floor (a frame's verdict reads its neighbours' detections, which must come from their whole
+    windows as in a run over the whole movie)."""
     from rtsmlm.localization import checkpoint as ckpt
 
-    return int(ckpt.load_meta(cfg.model.checkpoint).window) // 2
+    return int(ckpt.load_meta(cfg.model.checkpoint).window) // 2 + (1 if cfg.model.min_photons > 0 else 0)
 
 
 def run_batch(cfg: Config, inputs: list[str], opts: BatchOptions) -> BatchSummary:
