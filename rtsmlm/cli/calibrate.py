@@ -72,8 +72,10 @@ def calibrate_main(args: Any, cfg: Any) -> int:
                  f"checkpoint = \"{choice['model']}\"\nthresholds_for = \"{choice['model']}\"\n"
                  f"p_threshold = {choice['p_threshold']:.2f}\ncandidate_threshold = {choice['candidate_threshold']:.2f}\n"
                  "# Detections the network reads out dimmer than this are dropped (0: none; chosen on the same\n"
-                 "# simulation, where noise blobs pass as dim emitters of a broad model). A sample with many more\n"
-                 "# dim emitters than the measured brightness spread would lose some: set 0 to keep every one.\n"
+                 "# simulation, where noise blobs pass as dim emitters of a broad model), unless a brighter one lies\n"
+                 "# within a pixel in the frame before or after (a molecule switching on or off mid-frame). A sample\n"
+                 "# with many more dim emitters than the measured brightness spread would lose some: set 0 to keep\n"
+                 "# every one.\n"
                  f"min_photons = {choice['min_photons']:.4g}\n")
     out.write_text(text)
     report = Path(args.report) if args.report else out.with_suffix(".png")
