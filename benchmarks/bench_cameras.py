@@ -17,7 +17,9 @@ Printed per cell: Jaccard and lateral RMSE over **all** true emitters, and Jacca
 conditions (:func:`rtsmlm.analysis.thresholds.choose_thresholds`: the cell's camera, PSF, brightness,
 background and density simulated on a separate movie, the seed Picasso's threshold is tuned on), as
 ``MODEL@cal`` — what a user who ran ``calibrate`` gets with no training (printed with its candidate and p
-thresholds and its brightness floor in photons). ``--floors 0`` leaves the floor out (as before it existed).
+thresholds, its brightness floor in photons and, where calibrate turned the second detection pass off,
+"no 2nd pass"). ``--floors 0`` leaves the floor out (as before it existed); ``--no-residual-choice`` keeps each
+model spec's second pass (as before calibrate chose it).
 """
 
 from __future__ import annotations
@@ -62,21 +64,24 @@ def camera_config(name: str, seed: int, size: int, density: float) -> rconfig.Co
 
 
 def set_calibrated_thresholds(loc, name: str, density: float, frames: int, size: int,
-                              candidates: tuple[float, ...] | None = None, floors: tuple[float, ...] | None = None):
-    """Give ``loc`` (an OfflineLocalizer) the thresholds and brightness floor ``rtsmlm calibrate`` chooses for
-    the cell (camera ``name`` at ``density``), simulated on the cell's separate tuning seed and run on ``loc``'s
-    own backend settings (test-time flips included); returns the
-    :class:`rtsmlm.analysis.thresholds.ThresholdChoice`."""
+                              candidates: tuple[float, ...] | None = None, floors: tuple[float, ...] | None = None,
+                              choose_residual: bool = True):
+    """Give ``loc`` (an OfflineLocalizer) the thresholds, brightness floor and second detection pass ``rtsmlm
+    calibrate`` chooses for the cell (camera ``name`` at ``density``), simulated on the cell's separate tuning
+    seed and run on ``loc``'s own backend settings (test-time flips included); ``choose_residual`` False keeps
+    the model spec's second pass. Returns the :class:`rtsmlm.analysis.thresholds.ThresholdChoice`."""
     from rtsmlm.analysis.thresholds import CANDIDATE_GRID, FLOOR_FRACTIONS, choose_thresholds
 
     k = list(CAMERAS).index(name)
     cfg = camera_config(name, 9000 + 10 * k, size, density)
-    cfg = rconfig.replace(cfg, model=rconfig.to_dict(rconfig.replace(cfg.model, residual_threshold=loc.residual_threshold)))
+    # The spec's second pass (0 for +no-residual), not an earlier cell's choice.
+    configured = loc.__dict__.setdefault("configured_residual_threshold", loc.residual_threshold)
+    cfg = rconfig.replace(cfg, model=rconfig.to_dict(rconfig.replace(cfg.model, residual_threshold=configured)))
     choice = choose_thresholds(cfg, loc.checkpoint, frames=frames,
                                size=size, backend_cfg=loc.backend_cfg, candidates=candidates or CANDIDATE_GRID,
-                               floors=floors or FLOOR_FRACTIONS)
+                               floors=floors or FLOOR_FRACTIONS, residuals=None if choose_residual else (configured,))
     loc.p_threshold, loc.candidate_threshold = choice.p_threshold, choice.candidate_threshold
-    loc.min_photons = choice.min_photons
+    loc.min_photons, loc.residual_threshold = choice.min_photons, choice.residual_threshold
     return choice
 
 
@@ -94,6 +99,8 @@ def main() -> None:
     ap.add_argument("--floors", default="",
                     help="with --calibrated-thresholds: the brightness floors calibrate may choose from, as "
                          "fractions of the cell's brightness (comma-separated; default its grid; 0 = no floor)")
+    ap.add_argument("--no-residual-choice", action="store_true",
+                    help="with --calibrated-thresholds: keep each model spec's second detection pass")
     ap.add_argument("--no-picasso", action="store_true")
     ap.add_argument("--no-storm", action="store_true", help="skip the storm-analysis test movie")
     ap.add_argument("--json", default=None)
@@ -137,15 +144,16 @@ def main() -> None:
                              f"{s['population']['jaccard']:.3f}")
             for label, loc in calibrated.items():
                 choice = set_calibrated_thresholds(loc, name, density, args.frames, args.size,
-                                                   candidates, floors)
+                                                   candidates, floors, not args.no_residual_choice)
                 pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
                 s, _, _ = acc.score(pred, movie.truth, 250.0, 1000.0)
                 s["thresholds"] = {"p": choice.p_threshold, "candidate": choice.candidate_threshold,
-                                   "min_photons": choice.min_photons}
+                                   "min_photons": choice.min_photons, "residual": choice.residual_threshold}
                 row["models"][label] = s
                 cells.append(f"{s['all']['jaccard']:.3f} / {s['all']['rmse_lat_nm']:5.1f} / "
                              f"{s['population']['jaccard']:.3f} ({choice.candidate_threshold:.2f}, "
-                             f"{choice.p_threshold:.2f}, {choice.min_photons:.0f})")
+                             f"{choice.p_threshold:.2f}, {choice.min_photons:.0f}"
+                             f"{'' if choice.residual_threshold else ', no 2nd pass'})")
             if use_picasso:
                 tune_cfg = camera_config(name, 9000 + 10 * k, args.size, density)
                 tune = acc.simulate_movie(tune_cfg, name, max(20, args.frames // 3))

@@ -72,7 +72,8 @@ def main() -> None:
             shown = label
             if label.endswith("@cal"):
                 choice = set_calibrated_thresholds(loc, args.camera, density, args.frames, args.size)
-                shown += f" ({choice.p_threshold:.2f}, {choice.min_photons:.0f})"
+                shown += (f" ({choice.p_threshold:.2f}, {choice.min_photons:.0f}"
+                          f"{'' if choice.residual_threshold else ', no 2nd pass'})")
             pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
             s, m_all, _ = acc.score(pred, movie.truth, 250.0, 1000.0)
             counts[label] = acc.frame_counts(pred, movie.truth, m_all, args.frames)

@@ -167,6 +167,7 @@ def test_the_command_writes_a_config_that_run_and_train_accept_and_a_report(tmp_
     assert loaded.psf.sigma_nm == pytest.approx(150.0, rel=0.05)
     assert loaded.model.checkpoint in ("default", "broad_2d") and 0.2 <= loaded.model.p_threshold <= 0.9
     assert loaded.model.thresholds_for == loaded.model.checkpoint  # bound to the model they were chosen for
+    assert loaded.model.residual_threshold in (0.0, 0.5)  # the second pass as configured, or off
     assert loaded.train.bg_min < np.median(sim.background) * 0.8 < loaded.train.bg_max
     assert loaded.train.threads == 0  # the fine-tune takes every core
     # An sCMOS with dark frames: each pixel's own offset goes to the run through camera.maps_file.
@@ -220,19 +221,23 @@ def test_the_thresholds_are_chosen_on_the_calibrated_conditions_as_a_run_at_them
     cfg = config.load(None, ["sim.size=64", "sim.density=0.5", "sim.photons_mean=700", "sim.photons_sigma=200",
                              "sim.bg_photons=60", "sim.seed=5", "sim.structure='uniform'", "backend.threads=1"])
     choice = choose_thresholds(cfg, "default", frames=40, candidates=(0.15, 0.3), floors=(0.0, 0.5))
-    assert set(choice.surface) == {(c, float(t), f) for c in (0.15, 0.3) for t in GRID for f in (0.0, 350.0)}
+    # The second detection pass as configured (0.5) and off.
+    assert set(choice.surface) == {(c, float(t), f, r) for c in (0.15, 0.3) for t in GRID for f in (0.0, 350.0)
+                                   for r in (0.5, 0.0)}
     assert CANDIDATE_GRID == (0.3,)  # calibrate's default: the p threshold alone (measured: the grid gained 0.001)
-    key = (choice.candidate_threshold, choice.p_threshold, choice.min_photons)
+    key = (choice.candidate_threshold, choice.p_threshold, choice.min_photons, choice.residual_threshold)
     assert choice.jaccard == choice.surface[key]
     assert choice.jaccard >= max(choice.surface.values()) - JACCARD_TOLERANCE
-    assert choice.jaccard >= choice.surface[(0.3, 0.6, 0.0)]
+    assert choice.jaccard >= choice.surface[(0.3, 0.6, 0.0, 0.5)]
     assert all(0.0 <= j <= 1.0 for j in choice.surface.values()) and choice.jaccard > 0.3
-    # Each entry is what a run at those settings scores on the same simulated movie, the floor included.
+    # Each entry is what a run at those settings scores on the same simulated movie, the floor and the second
+    # pass included.
     assert choice.frames == 49  # 40 asked, but 1000 emitters at 0.5/µm² on 41 µm² take 49 frames
     movie, truth = Simulator(cfg).movie(choice.frames)
     loc = OfflineLocalizer("default", config.replace(cfg.backend, name="torch", device="cpu"))
-    for cand, p, floor in ((0.15, 0.3, 0.0), (0.3, 0.6, 0.0), (0.15, 0.3, 350.0)):
-        loc.p_threshold, loc.candidate_threshold, loc.min_photons = p, cand, floor
+    for cand, p, floor, residual in ((0.15, 0.3, 0.0, 0.5), (0.3, 0.6, 0.0, 0.5), (0.15, 0.3, 350.0, 0.5),
+                                     (0.3, 0.3, 0.0, 0.0)):
+        loc.p_threshold, loc.candidate_threshold, loc.min_photons, loc.residual_threshold = p, cand, floor, residual
         locs = loc.localize(movie, Simulator(cfg).camera)
         # Every localization is at the floor or beside one that is, in an adjacent frame (the floor's waiver).
         assert kept_by_floor(locs, floor, CONFIRM_RADIUS_PX * cfg.camera.pixel_size_nm + 1e-3).all()
@@ -240,12 +245,16 @@ def test_the_thresholds_are_chosen_on_the_calibrated_conditions_as_a_run_at_them
         got = evaluate(locs, truth, tolerance_nm=250.0)["jaccard"]
         # Up to one detection apart: the run's batches differ from the surface's, and on some CPUs that moves
         # the network's outputs by a rounding error, enough to put a read-out at the floor on the other side.
-        assert got == pytest.approx(choice.surface[(cand, p, floor)], abs=0.002)
+        assert got == pytest.approx(choice.surface[(cand, p, floor, residual)], abs=0.002)
     # The floor removes detections (and is chosen only for a clear gain over none). Half the brightness: a fifth
     # is waived for nearly every detection under it here, emitters on for several frames confirming each other.
-    assert choice.surface[(0.15, 0.3, 350.0)] != choice.surface[(0.15, 0.3, 0.0)]
+    assert choice.surface[(0.15, 0.3, 350.0, 0.5)] != choice.surface[(0.15, 0.3, 0.0, 0.5)]
     if choice.min_photons > 0:
         assert choice.jaccard > max(j for k, j in choice.surface.items() if k[2] == 0.0) + JACCARD_TOLERANCE
+    # The second pass finds detections the first does not (and is turned off only for a clear gain).
+    assert any(j != choice.surface[k[:3] + (0.0,)] for k, j in choice.surface.items() if k[3] == 0.5)
+    if choice.residual_threshold == 0.0:
+        assert choice.jaccard > max(j for k, j in choice.surface.items() if k[3] == 0.5) + JACCARD_TOLERANCE
 
 
 def test_a_sparse_sample_is_simulated_long_enough_for_a_thousand_emitters() -> None:

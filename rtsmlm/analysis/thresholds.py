@@ -24,8 +24,9 @@ from rtsmlm.analysis.metrics import evaluate
 from rtsmlm.core.config import Config
 from rtsmlm.sim.camera import SCMOS_PRESET
 
-__all__ = ["BROAD_CONDITIONS", "CANDIDATE_GRID", "FLOOR_FRACTIONS", "GRID", "MIN_EMITTERS", "ThresholdChoice",
-           "choose_for_model", "choose_thresholds", "frames_for", "threshold_curve", "threshold_surface"]
+__all__ = ["BROAD_CONDITIONS", "CANDIDATE_GRID", "FLOOR_FRACTIONS", "GRID", "MIN_EMITTERS", "Key", "ThresholdChoice",
+           "choose_for_model", "choose_thresholds", "frames_for", "residual_choices", "threshold_curve",
+           "threshold_surface"]
 
 GRID = tuple(np.round(np.arange(0.2, 0.91, 0.05), 2))
 """The p thresholds tried."""
@@ -42,19 +43,24 @@ FLOOR_FRACTIONS = (0.0, 0.1, 0.15, 0.2)
 find (those on for a small part of the frame) and is tried only against no floor at all."""
 
 
+Key = tuple[float, float, float, float]
+"""A point of a threshold surface: (candidate threshold, p threshold, floor in photons, residual threshold)."""
+
+
 @dataclass(frozen=True)
 class ThresholdChoice:
-    """The chosen ``p_threshold``, ``candidate_threshold`` and ``min_photons``, the Jaccard they gave, the
-    curve at the chosen candidate threshold and floor (p threshold → Jaccard) and the whole surface
-    ((candidate, p, floor in photons) → Jaccard)."""
+    """The chosen ``p_threshold``, ``candidate_threshold``, ``min_photons`` and ``residual_threshold``, the
+    Jaccard they gave, the curve at the chosen candidate threshold, floor and residual threshold (p threshold →
+    Jaccard) and the whole surface (:data:`Key` → Jaccard)."""
 
     p_threshold: float
     candidate_threshold: float
     jaccard: float
     curve: dict[float, float]
     frames: int
-    surface: dict[tuple[float, float, float], float]
+    surface: dict[Key, float]
     min_photons: float = 0.0
+    residual_threshold: float = 0.5
 
 
 MIN_EMITTERS = 1000
@@ -75,20 +81,33 @@ def frames_for(cfg: Config, frames: int, size: int, min_emitters: int = MIN_EMIT
 def choose_thresholds(cfg: Config, checkpoint: str, *, frames: int = 100, size: int = 64,
                       tolerance_nm: float = 250.0, backend_cfg=None,
                       candidates: tuple[float, ...] = CANDIDATE_GRID,
-                      floors: tuple[float, ...] = FLOOR_FRACTIONS) -> ThresholdChoice:
+                      floors: tuple[float, ...] = FLOOR_FRACTIONS,
+                      residuals: tuple[float, ...] | None = None) -> ThresholdChoice:
     """Simulate ``frames`` frames (more for a sparse sample: :func:`frames_for`) of ``size``² with ``cfg``
-    (camera, PSF, sample), run ``checkpoint`` on them and pick the (candidate, p, floor) of ``candidates`` ×
-    :data:`GRID` × ``floors`` (fractions of ``cfg.sim.photons_mean``) with the best Jaccard over all true emitters (within :data:`JACCARD_TOLERANCE`:
-    no floor if it is as good, then the candidate threshold nearest the default, then the p threshold
-    nearest the model's own — the choice leaves what a run would use only for a clear gain)."""
+    (camera, PSF, sample), run ``checkpoint`` on them and pick the (candidate, p, floor, residual) of
+    ``candidates`` × :data:`GRID` × ``floors`` (fractions of ``cfg.sim.photons_mean``) × ``residuals`` (the
+    second detection pass's thresholds; default :func:`residual_choices`) with the best Jaccard over all true
+    emitters (within :data:`JACCARD_TOLERANCE`: no floor if it is as good, then the configured second pass,
+    then the candidate threshold nearest the default, then the p threshold nearest the model's own — the
+    choice leaves what a run would use only for a clear gain)."""
     from rtsmlm.localization.checkpoint import detection_threshold, load_meta
 
     frames = frames_for(cfg, frames, size)
     surface = threshold_surface(cfg, checkpoint, frames=frames, size=size, tolerance_nm=tolerance_nm,
                                 backend_cfg=backend_cfg, candidates=candidates,
-                                floors=tuple(f * cfg.sim.photons_mean for f in floors))
+                                floors=tuple(f * cfg.sim.photons_mean for f in floors),
+                                residuals=residual_choices(cfg) if residuals is None else residuals)
     own, _ = detection_threshold(load_meta(checkpoint), -1.0)
-    return _best(surface, frames, prefer_p=own)
+    return _best(surface, frames, prefer_p=own, prefer_residual=cfg.model.residual_threshold)
+
+
+def residual_choices(cfg: Config) -> tuple[float, ...]:
+    """The second detection passes ``rtsmlm calibrate`` tries: ``cfg``'s (``model.residual_threshold``) and
+    none. The pass finds the partner of a close pair beside a detection; on a PSF several pixels wide (65 nm
+    pixels) a model may spread one emitter's probability past the detection's reach, and the pass then reports
+    it twice — measured on the camera matrix, turning it off gained up to 0.014 in such cells and lost up to
+    0.044 in dense ones, so the simulated conditions decide."""
+    return tuple(dict.fromkeys((float(cfg.model.residual_threshold), 0.0)))
 
 
 JACCARD_TOLERANCE = 0.005
@@ -100,12 +119,14 @@ artefacts (hot pixels, out-of-focus light) turn a low threshold's extra detectio
 no simulation shows."""
 
 
-def _best(surface: dict[tuple[float, float, float], float], frames: int, prefer_p: float = 0.6) -> ThresholdChoice:
+def _best(surface: dict[Key, float], frames: int, prefer_p: float = 0.6,
+          prefer_residual: float = 0.5) -> ThresholdChoice:
     top = max(surface.values())
-    cand, p, floor = min((k for k in surface if surface[k] >= top - JACCARD_TOLERANCE),
-                         key=lambda k: (k[2], abs(k[0] - DEFAULT_CANDIDATE), abs(k[1] - prefer_p)))
-    curve = {t: j for (c, t, f), j in surface.items() if c == cand and f == floor}
-    return ThresholdChoice(p, cand, surface[(cand, p, floor)], curve, frames, surface, floor)
+    cand, p, floor, residual = min((k for k in surface if surface[k] >= top - JACCARD_TOLERANCE),
+                                   key=lambda k: (k[2], k[3] != prefer_residual, abs(k[0] - DEFAULT_CANDIDATE),
+                                                  abs(k[1] - prefer_p)))
+    curve = {t: j for (c, t, f, r), j in surface.items() if (c, f, r) == (cand, floor, residual)}
+    return ThresholdChoice(p, cand, surface[(cand, p, floor, residual)], curve, frames, surface, floor, residual)
 
 
 BROAD_CONDITIONS: tuple[dict, ...] = (
@@ -144,8 +165,9 @@ def choose_for_model(checkpoint: str, cfg: Config, *, frames: int = 100, backend
         names = [f"training config: {cfg.camera.model} {cfg.camera.pixel_size_nm:g} nm px, σ {cfg.psf.sigma_nm:g} nm, "
                  f"bg {cfg.sim.bg_photons:g}, {cfg.sim.density:g}/µm²"]
     curves = [threshold_curve(c, checkpoint, frames=frames, backend_cfg=backend_cfg) for c in conditions]
-    mean = {(DEFAULT_CANDIDATE, t, 0.0): float(np.mean([c[t] for c in curves])) for t in curves[0]}
-    choice = _best(mean, frames)
+    residual = cfg.model.residual_threshold
+    mean = {(DEFAULT_CANDIDATE, t, 0.0, residual): float(np.mean([c[t] for c in curves])) for t in curves[0]}
+    choice = _best(mean, frames, prefer_residual=residual)
     return {"p_threshold": choice.p_threshold, "jaccard": round(choice.jaccard, 4), "frames": frames,
             "conditions": names}
 
@@ -157,18 +179,19 @@ def threshold_curve(cfg: Config, checkpoint: str, *, frames: int = 100, size: in
     run default unless given): :func:`threshold_surface`'s row."""
     surface = threshold_surface(cfg, checkpoint, frames=frames, size=size, tolerance_nm=tolerance_nm,
                                 backend_cfg=backend_cfg, candidates=(candidate,))
-    return {t: j for (_, t, _), j in surface.items()}
+    return {t: j for (_, t, _, _), j in surface.items()}
 
 
 def threshold_surface(cfg: Config, checkpoint: str, *, frames: int = 100, size: int = 64,
                       tolerance_nm: float = 250.0, backend_cfg=None,
                       candidates: tuple[float, ...] = CANDIDATE_GRID,
-                      floors: tuple[float, ...] = (0.0,)) -> dict[tuple[float, float, float], float]:
-    """Jaccard over all true emitters at each (candidate, p, floor) triple (``candidates`` × :data:`GRID` ×
-    ``floors``, the floors in photons) on ``frames`` simulated frames of ``size``² of ``cfg``'s camera, PSF and
-    sample (its brightness, background and density; emitters spread evenly). The network runs once; its maps
-    are post-processed at each triple as
-    a run at those settings would (candidate threshold at most the p threshold)."""
+                      floors: tuple[float, ...] = (0.0,),
+                      residuals: tuple[float, ...] | None = None) -> dict[Key, float]:
+    """Jaccard over all true emitters at each (candidate, p, floor, residual) point (``candidates`` ×
+    :data:`GRID` × ``floors``, the floors in photons, × ``residuals``, default ``cfg.model.residual_threshold``
+    alone) on ``frames`` simulated frames of ``size``² of ``cfg``'s camera, PSF and sample (its brightness,
+    background and density; emitters spread evenly). The network runs once; its maps are post-processed at
+    each point as a run at those settings would (candidate threshold at most the p threshold)."""
     import torch
 
     from rtsmlm.core import config as config_mod
@@ -195,13 +218,14 @@ def threshold_surface(cfg: Config, checkpoint: str, *, frames: int = 100, size: 
     localize_movie(localizer, movie)
     radius_nm = CONFIRM_RADIUS_PX * sim.camera.pixel_size_nm
     surface = {}
-    for cand in candidates:
-        for t in GRID:
-            post = localizer.postprocessor.with_thresholds(float(t), min(float(cand), float(t)))
-            locs = concat([post(out, idx) for out, idx in maps])
-            for floor in floors:
-                # As a run's floor: waived where an adjacent frame confirms the detection.
-                kept = locs[kept_by_floor(locs, floor, radius_nm)] if floor > 0 else locs
-                surface[(float(cand), float(t), float(floor))] = float(
-                    evaluate(kept, truth_table, tolerance_nm=tolerance_nm)["jaccard"])
+    for residual in (cfg.model.residual_threshold,) if residuals is None else residuals:
+        for cand in candidates:
+            for t in GRID:
+                post = localizer.postprocessor.with_thresholds(float(t), min(float(cand), float(t)), float(residual))
+                locs = concat([post(out, idx) for out, idx in maps])
+                for floor in floors:
+                    # As a run's floor: waived where an adjacent frame confirms the detection.
+                    kept = locs[kept_by_floor(locs, floor, radius_nm)] if floor > 0 else locs
+                    surface[(float(cand), float(t), float(floor), float(residual))] = float(
+                        evaluate(kept, truth_table, tolerance_nm=tolerance_nm)["jaccard"])
     return surface

@@ -76,7 +76,10 @@ def calibrate_main(args: Any, cfg: Any) -> int:
                  "# within a pixel in the frame before or after (a molecule switching on or off mid-frame). A sample\n"
                  "# with many more dim emitters than the measured brightness spread would lose some: set 0 to keep\n"
                  "# every one.\n"
-                 f"min_photons = {choice['min_photons']:.4g}\n")
+                 f"min_photons = {choice['min_photons']:.4g}\n"
+                 "# The second detection pass (close pairs; 0 = off): off where it reported emitters of a wide PSF\n"
+                 "# twice on the same simulation.\n"
+                 f"residual_threshold = {choice['residual_threshold']:.2f}\n")
     out.write_text(text)
     report = Path(args.report) if args.report else out.with_suffix(".png")
     write_report(cal, report)
@@ -100,7 +103,8 @@ def calibrate_main(args: Any, cfg: Any) -> int:
                   f"frames{', switching with the frames' if s.frame_locked else ''}")
     if choice is not None:
         print(f"model {choice['model']} with p_threshold {choice['p_threshold']:.2f}, candidate_threshold "
-              f"{choice['candidate_threshold']:.2f}, min_photons {choice['min_photons']:.4g}: Jaccard {choice['jaccard']:.3f} on "
+              f"{choice['candidate_threshold']:.2f}, min_photons {choice['min_photons']:.4g}, residual_threshold "
+              f"{choice['residual_threshold']:.2f}: Jaccard {choice['jaccard']:.3f} on "
               f"the calibrated conditions simulated (" + ", ".join(f"{m} {j:.3f}" for m, j in choice['by_model'].items())
               + ")")
     for w in cal.warnings:
@@ -151,6 +155,7 @@ def _choose_model(config_text: str, models: list[str], frames: int, flips: int =
     return {"model": best, "p_threshold": results[best].p_threshold,
             "candidate_threshold": min(results[best].candidate_threshold, results[best].p_threshold),
             "min_photons": results[best].min_photons,
+            "residual_threshold": results[best].residual_threshold,
             "jaccard": results[best].jaccard,
             "frames": results[best].frames, "by_model": {m: r.jaccard for m, r in results.items()},
             "curves": {m: r.curve for m, r in results.items()}}

@@ -152,16 +152,18 @@ class ModelConfig:
     split_threshold: float = _f(0.6, range=(0.0, 1.0))
     residual_threshold: float = _f(0.5, range=(0.0, 1.0),
                                    doc="a second detection pass: p mass left unexplained beside a detection (3x3 sum) "
-                                       "above this is a second emitter (close pairs); 0 = off")
+                                       "above this is a second emitter (close pairs); 0 = off; rtsmlm calibrate "
+                                       "turns it off where it reports emitters of a wide PSF twice")
     min_photons: float = _f(0.0, range=(0.0, 1e7),
                             doc="detections the network reads out dimmer than this many photons are dropped unless "
                                 "one at or above it lies within a pixel in the frame before or after (0 = none; a "
                                 "floor delays each localization by a frame); rtsmlm calibrate sets it when the "
                                 "movie's simulated conditions gain from it")
-    thresholds_for: str = _f("", doc="the checkpoint p_threshold, candidate_threshold and min_photons were chosen for "
-                                     "(rtsmlm calibrate writes it); a run of another checkpoint (a model fine-tuned "
-                                     "on this config) uses that model's own threshold and no floor instead; empty = "
-                                     "they apply to any checkpoint")
+    thresholds_for: str = _f("", doc="the checkpoint p_threshold, candidate_threshold, min_photons and "
+                                     "residual_threshold were chosen for (rtsmlm calibrate writes it); a run of another "
+                                     "checkpoint (a model fine-tuned on this config) uses that model's own threshold, "
+                                     "no floor and the default second pass instead; empty = they apply to any "
+                                     "checkpoint")
     larger_on_gpu: bool = _f(True, doc="a live run on a GPU backend runs a shipped model's larger sibling trained for "
                                         "GPUs where there is one (broad_2d -> broad_2d_wide), logged, with the "
                                         "thresholds set for the named model; false runs the named model (batch runs "

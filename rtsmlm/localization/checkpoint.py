@@ -225,11 +225,12 @@ def thresholds_for_run(model_cfg: ModelConfig) -> ModelConfig:
     chosen_for = model_cfg.thresholds_for
     if not chosen_for or _same_checkpoint(chosen_for, model_cfg.checkpoint):
         return model_cfg
-    log.info("model.p_threshold, candidate_threshold and min_photons were chosen for %s (model.thresholds_for), "
-             "not for %s: the model's own threshold is used, and no brightness floor", chosen_for, model_cfg.checkpoint)
+    log.info("model.p_threshold, candidate_threshold, min_photons and residual_threshold were chosen for %s "
+             "(model.thresholds_for), not for %s: the model's own threshold is used, no brightness floor and the "
+             "default second pass", chosen_for, model_cfg.checkpoint)
     default = ModelConfig()
     return replace(model_cfg, p_threshold=default.p_threshold, candidate_threshold=default.candidate_threshold,
-                   min_photons=default.min_photons)
+                   min_photons=default.min_photons, residual_threshold=default.residual_threshold)
 
 
 def _same_checkpoint(a: str, b: str) -> bool:

@@ -157,10 +157,13 @@ class Postprocessor:
         self.has_z = bool(has_z)
         self.residual_threshold = float(residual_threshold)
 
-    def with_thresholds(self, p_threshold: float, candidate_threshold: float) -> "Postprocessor":
-        """The same read-out with other detection thresholds (to score several on one set of maps)."""
+    def with_thresholds(self, p_threshold: float, candidate_threshold: float,
+                        residual_threshold: float | None = None) -> "Postprocessor":
+        """The same read-out with other detection thresholds (to score several on one set of maps); the
+        residual threshold stays this one's unless given."""
+        residual = self.residual_threshold if residual_threshold is None else residual_threshold
         return Postprocessor(self.pixel_size_nm, self.photon_scale, self.z_scale, self.bg_scale, p_threshold,
-                             candidate_threshold, self.split_threshold, self.has_z, self.residual_threshold)
+                             candidate_threshold, self.split_threshold, self.has_z, residual)
 
     def detection_map(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(detected, score)``: a ``(B, H, W)`` bool mask of detection pixels and the ``(B, H, W)``
