@@ -1,6 +1,7 @@
 """Detection thresholds chosen for the conditions at hand: simulate them, run the network once, and keep
-the ``p_threshold`` (and, for ``rtsmlm calibrate``, the ``candidate_threshold`` and the brightness floor
-``min_photons``) that maximise the Jaccard index against the simulated truth.
+the ``p_threshold`` (and, for ``rtsmlm calibrate``, the ``candidate_threshold``, the brightness floor
+``min_photons`` and whether the second detection pass, ``residual_threshold``, stays on) that maximise the
+Jaccard index against the simulated truth.
 
 Thresholds tuned for one camera's brightness, background and density are wrong for another's (a dim sample
 needs a lower p threshold; a dense one a lower candidate threshold — an emitter near a pixel corner spreads
@@ -10,7 +11,7 @@ higher one, or noise blobs pass); this replaces tuning by hand. A broad model, t
 calibrated brightness makes such emitters rare, a floor on the read-out photons removes them (a model trained
 for the camera learns that floor from its brightness range), unless an adjacent frame confirms them
 (:mod:`rtsmlm.localization.brightness_floor`). The network's output maps are kept and
-post-processed at every pair of thresholds: exactly what a run at each would report.
+post-processed at every combination: exactly what a run at each would report.
 """
 
 from __future__ import annotations
