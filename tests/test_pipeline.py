@@ -125,6 +125,10 @@ class SlowLocalizer:
         self.inner.restart()
         self.push = self.inner.push
 
+    @property
+    def context_frames(self) -> int:
+        return self.inner.context_frames
+
 
 class StopAfter:
     """A listener with only the hooks it needs: asks the pipeline to stop once a batch reaches ``frame``
@@ -327,6 +331,10 @@ class DelayedLocalizer:
     def restart(self) -> None:
         self.inner.restart()
         self.delay_s = 0.0
+
+    @property
+    def context_frames(self) -> int:
+        return self.inner.context_frames
 
 
 @pytest.mark.slow  # loads the model: ~10 s on a loaded 2-core machine

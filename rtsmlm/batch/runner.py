@@ -106,12 +106,11 @@ def _default_workers() -> int:
 
 
 def _context(cfg: Config) -> int:
-    """Frames a chunk reads beyond each of its ends: half the model's temporal window, and one more with a
-    brightness floor (a frame's verdict reads its neighbours' detections, which must come from their whole
-    windows as in a run over the whole movie)."""
+    """Frames a chunk reads beyond each of its ends (:func:`rtsmlm.localization.brightness_floor.context_frames`)."""
     from rtsmlm.localization import checkpoint as ckpt
+    from rtsmlm.localization.brightness_floor import context_frames
 
-    return int(ckpt.load_meta(cfg.model.checkpoint).window) // 2 + (1 if cfg.model.min_photons > 0 else 0)
+    return context_frames(ckpt.load_meta(cfg.model.checkpoint).window, cfg.model.min_photons)
 
 
 def run_batch(cfg: Config, inputs: list[str], opts: BatchOptions) -> BatchSummary:

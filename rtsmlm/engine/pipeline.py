@@ -75,6 +75,12 @@ class Localizer(Protocol):
         """After finish: accept earlier frame indices again (catch-up of skipped frames)."""
 
 
+CATCH_UP_CONTEXT = 1
+"""Recorded frames a catch-up reads beyond each end of a skipped stretch when the localizer does not say
+(``context_frames``, an optional attribute of a :class:`Localizer`: the frames a localization of a stretch
+alone must read for its frames to come out as in one pass): half a 3-frame window."""
+
+
 def ring_slots(cfg: Config, shape: tuple[int, int], dtype: Any) -> int:
     """``pipeline.ring_frames``, or fewer when that many frames would take more than a quarter of
     ``pipeline.memory_mb`` (a 4096² camera: 32 MB a frame), but at least 4."""
@@ -261,7 +267,8 @@ class Pipeline:
 
         position = {int(i): k for k, i in enumerate(recorded)}
         done: list[np.ndarray] = []
-        half = 1  # one neighbour on each side: the window's context (DECODE windows are 3 frames)
+        # The recorded neighbours each side that a live pass would have had.
+        half = int(getattr(self.localizer, "context_frames", CATCH_UP_CONTEXT))
         with open_movie(path) as movie:
             for first, last in index_ranges(missing[np.isin(missing, recorded)]):
                 lo = first - half if first - half in position else first

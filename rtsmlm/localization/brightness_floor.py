@@ -20,12 +20,20 @@ import numpy as np
 
 from rtsmlm.core.locs import LOC_DTYPE, concat
 
-__all__ = ["CONFIRM_RADIUS_PX", "BrightnessFloor", "kept_by_floor"]
+__all__ = ["CONFIRM_RADIUS_PX", "BrightnessFloor", "context_frames", "kept_by_floor"]
 
 CONFIRM_RADIUS_PX = 1.0
 """How close (camera pixels) a detection at or above the floor in an adjacent frame must be to waive the
 floor: a dim localization's error is a fraction of a pixel, and two molecules this close in consecutive
 frames are rare at the densities where a floor is chosen (0.5 px and 1 px measured alike)."""
+
+
+def context_frames(window: int, min_photons: float) -> int:
+    """Frames beyond each end of a stretch of a movie that a localization of the stretch alone must read for its
+    frames to come out as in one pass over the whole movie (a batch chunk, a catch-up of skipped frames): half
+    the model's window, and one more with a floor — a frame's verdict reads its neighbours' detections, which
+    must come from their whole windows."""
+    return int(window) // 2 + (1 if min_photons > 0 else 0)
 
 
 def kept_by_floor(locs: np.ndarray, min_photons: float, radius_nm: float) -> np.ndarray:

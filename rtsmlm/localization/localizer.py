@@ -29,7 +29,7 @@ from rtsmlm.core.config import ModelConfig
 from rtsmlm.core.locs import LOC_DTYPE, concat
 from rtsmlm.localization import conditioning, range_guard
 from rtsmlm.localization.backends.protocol import Backend
-from rtsmlm.localization.brightness_floor import CONFIRM_RADIUS_PX, BrightnessFloor
+from rtsmlm.localization.brightness_floor import CONFIRM_RADIUS_PX, BrightnessFloor, context_frames
 from rtsmlm.localization.checkpoint import THRESHOLD_SOURCES, ModelMeta, detection_threshold, thresholds_for_run
 from rtsmlm.localization.postprocess import Postprocessor
 from rtsmlm.localization.range_guard import RangeVerdict
@@ -172,6 +172,12 @@ class StreamingLocalizer:
         self._guard_thread: threading.Thread | None = None
         y0, x0 = max(0, height // 2 - 128), max(0, width // 2 - 128)
         self._guard_crop = (slice(y0, y0 + 256), slice(x0, x0 + 256))  # the central 256² at most
+
+    @property
+    def context_frames(self) -> int:
+        """Frames beyond each end of a stretch that a localization of the stretch alone reads
+        (:func:`rtsmlm.localization.brightness_floor.context_frames`)."""
+        return context_frames(self.window, self.floor.min_photons)
 
     @classmethod
     def for_run(cls, backend: Backend, meta: ModelMeta, camera: CameraModel, frame_shape: tuple[int, int],
