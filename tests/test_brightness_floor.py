@@ -129,3 +129,40 @@ def test_batch_chunks_with_a_floor_keep_what_the_whole_movie_keeps(tmp_path) -> 
     # The same rows; positions equal to float32 rounding (other batch compositions round differently).
     assert got.shape == want.shape and np.array_equal(got[:, 0], want[:, 0])
     assert np.abs(got[:, 1:] - want[:, 1:]).max() < 0.01
+
+
+def test_with_refinement_the_floor_judges_the_networks_photons_and_only_kept_rows_are_fitted() -> None:
+    """The floor reads the network's read-out photons (what calibrate scores it on), not the fit's, and the fit
+    runs on what the floor released, each frame's photon image kept until then."""
+    from rtsmlm.core.config import BackendConfig, from_dict
+    from rtsmlm.localization.backends import open_backend
+    from rtsmlm.localization.brightness_floor import CONFIRM_RADIUS_PX
+    from rtsmlm.localization.localizer import StreamingLocalizer
+    from rtsmlm.sim import Simulator
+
+    sim = Simulator(from_dict({"sim": {"seed": 9, "size": 32, "density": 0.3}}))
+    movie, _ = sim.movie(12)
+    backend, meta = open_backend(BackendConfig(name="torch", device="cpu", precision="fp32", threads=1), "default",
+                                 jit=False)
+
+    def run(**kwargs) -> tuple[np.ndarray, StreamingLocalizer]:
+        loc = StreamingLocalizer(backend, meta, sim.camera, (32, 32), 0.6, 0.3, batch_size=1, psf_sigma_px=1.3,
+                                 **kwargs)
+        parts = [loc.push(movie[i : i + 1], np.array([i]))[0] for i in range(len(movie))]
+        parts.append(loc.finish()[0])
+        assert not loc._photon_frames  # every frame's image let go once its localizations were released
+        return concat(parts), loc
+
+    unfloored, _ = run()
+    fitted, _ = run(refine="mle")  # the same rows, photons fitted
+    radius = CONFIRM_RADIUS_PX * sim.camera.pixel_size_nm
+    # A floor between a row's network and fitted photons where the two readings keep different rows: the
+    # case that tells which photons the floor reads.
+    floor = next(f for f in np.sort((unfloored["photons"] + fitted["photons"]) / 2.0)
+                 if (kept_by_floor(unfloored, f, radius) != kept_by_floor(fitted, f, radius)).any())
+    network_floored, _ = run(min_photons=floor)
+    fitted_floored, loc = run(min_photons=floor, refine="mle")
+    assert 0 < len(network_floored) < len(unfloored) and loc._refiner.refined > 0
+    np.testing.assert_array_equal(fitted_floored["frame"], network_floored["frame"])
+    np.testing.assert_array_equal(fitted_floored["p"], network_floored["p"])  # the same detections kept
+    assert (fitted_floored["photons"] != network_floored["photons"]).any()  # and fitted

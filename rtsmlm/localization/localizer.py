@@ -128,7 +128,8 @@ class StreamingLocalizer:
         self._psf_sigma_px = psf_sigma_px
         self._conditioning = self._conditioning_maps(camera, psf_sigma_px)
         self._refiner = self._make_refiner(refine, camera, psf_sigma_px)
-        # Frames in photons by index, kept from encoding until their window is decoded (refinement fits them).
+        # Frames in photons by index, kept from encoding until the floor releases their localizations (refinement
+        # fits them).
         self._photon_frames: dict[int, torch.Tensor] = {}
         k = self.plan.n_tiles
         # Tiles per backend call: a 4096² frame cut into 49 tiles must not run them all at once (tens of
@@ -346,11 +347,25 @@ class StreamingLocalizer:
             self._feats[:half] = self._feats[half + 1 : 2 * half + 1].flip(0)
             self._start_padded = False
         self._last_pushed = rows[-1]
-        return self.floor.push(self._decode_ready(), self.last_done)
+        return self._release(self._decode_ready())
+
+    def _release(self, locs: np.ndarray) -> np.ndarray:
+        """What the brightness floor releases of newly decoded frames' localizations, refined. The floor comes
+        first: it reads the network's photons, as calibrate's choice of it does, and what it drops is not fitted."""
+        return self._refine(self.floor.push(locs, self.last_done))
+
+    def _refine(self, released: np.ndarray) -> np.ndarray:
+        """``released`` refined on the photon images of the frames the floor has released (kept until then)."""
+        if self._refiner is None:
+            return released
+        done = sorted(c for c in self._photon_frames if c <= self.floor.released_through)
+        if not done:
+            return released
+        return self._refiner(released, torch.stack([self._photon_frames.pop(c) for c in done]), done)
 
     def _finish_sequence(self) -> np.ndarray:
         if self._feats is None:
-            return self.floor.finish()
+            return self._refine(self.floor.finish())
         half = self._half
         if self.edge_padding == "reflect" and not self._start_padded:
             # The frames before the last, mirrored after it (the cache keeps the 2·half rows the last windows
@@ -361,7 +376,7 @@ class StreamingLocalizer:
         self._start_padded = False
         self._feats = torch.cat([self._feats, pad])
         self._rows += [self._rows[-1]] * half
-        locs = concat([self.floor.push(self._decode_ready(), self.last_done), self.floor.finish()])
+        locs = concat([self._release(self._decode_ready()), self._refine(self.floor.finish())])
         self._feats, self._rows = None, []
         return locs
 
@@ -460,12 +475,7 @@ class StreamingLocalizer:
             centres = self._rows[start + half : start + half + n]
             if self.maps_sink is not None:
                 self.maps_sink(maps, centres)
-            locs = self.postprocessor(maps, centres)
-            if self._refiner is not None:
-                locs = self._refiner(locs, torch.stack([self._photon_frames[c] for c in centres]), centres)
-                for c in centres:
-                    self._photon_frames.pop(c, None)
-            out.append(locs)
+            out.append(self.postprocessor(maps, centres))
             self.last_done = centres[-1]
             self.frames_done += n
         if n_ready > 0:
