@@ -1,5 +1,5 @@
 """DecodeNet: shapes, output ranges, encode/decode streaming equivalence, size checks, channels_last,
-bf16 autocast and ONNX export with dynamic batch/H/W."""
+bf16 autocast and ONNX export with dynamic batch/H/W; widening and narrowing a trained net."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from rtsmlm.localization.net import (
     SIGMA_MIN,
     SIGMA_SCALE,
     DecodeNet,
+    narrowed,
     parameter_count,
     widened,
 )
@@ -157,3 +158,29 @@ def test_widened_net_computes_the_same_outputs_and_trains_its_added_channels(in_
     assert read_out[4:8].abs().sum() > 0  # the head learns to read the added channels
     with pytest.raises(ValueError, match="narrower"):
         widened(wide, 4)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_narrowed_net_keeps_the_channels_that_carry_the_outputs(in_channels):
+    """net.narrowed: a width-8 net whose channels 4-7 are silent (zero filters: a widened width-4 net with
+    the added channels' filters zeroed) narrowed to 4 keeps exactly the width-4 net's channels — through
+    the window's concatenated frames and the up-steps' skips — so it computes the width-4 net's outputs;
+    narrowing to the same width changes nothing."""
+    torch.manual_seed(0)
+    small = DecodeNet(window=3, width=4, depth=2, in_channels=in_channels)
+    wide = widened(small, 8, seed=1)
+    with torch.no_grad():
+        for conv in wide.modules():
+            if isinstance(conv, torch.nn.Conv2d) and conv.out_channels > 10:  # not the heads' read-outs
+                conv.weight[conv.out_channels // 2:] = 0.0
+    x = torch.randn(2, 3, in_channels, 16, 16) if in_channels > 1 else torch.randn(2, 3, 16, 16)
+    back = narrowed(wide, 4)
+    assert back.width == 4 and parameter_count(back) == parameter_count(small)
+    with torch.no_grad():
+        assert torch.allclose(back(x), small(x), atol=1e-6)
+        assert torch.equal(narrowed(small, 4)(x), small(x))
+        # Narrowing a net whose channels all matter changes its outputs, and keeps them finite and in range.
+        half = narrowed(widened(small, 8, seed=2), 6)(x)
+    assert torch.isfinite(half).all() and (half[:, CH_P] > 0).all() and (half[:, CH_P] < 1).all()
+    with pytest.raises(ValueError, match="wider"):
+        narrowed(small, 8)

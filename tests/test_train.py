@@ -93,6 +93,34 @@ def test_fine_tuning_to_a_larger_width_widens_the_initial_model_without_changing
     assert added.abs().mean() > 1e-3
 
 
+def test_fine_tuning_with_narrow_to_prunes_the_initial_model(tmp_path, capsys):
+    """`--init default --set train.narrow_to=8`: an 8-channel model that starts as net.narrowed's pruning of
+    the shipped 16-channel one (one step at a negligible learning rate keeps it there), with its scales; a
+    narrow_to that is not narrower, or without an initial model, is refused in one sentence."""
+    import torch
+
+    from rtsmlm.core.config import ConfigError
+    from rtsmlm.localization.checkpoint import load as load_ckpt
+    from rtsmlm.localization.net import narrowed
+
+    prefix = tmp_path / "narrow"
+    assert main(["train", "--out", str(prefix), "--steps", "1", "--init", "default", "--set", "train.narrow_to=8",
+                 "--set", "train.lr=1e-7", *TINY]) == 0
+    assert "narrowed default from 16 to 8 channels" in capsys.readouterr().out
+    small, meta = load_ckpt(prefix)
+    base, base_meta = load_ckpt("default")
+    assert meta.width == 8 and meta.scales == base_meta.scales
+    for (name, a), (_, b) in zip(small.state_dict().items(), narrowed(base, 8).state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    from rtsmlm.core import config as rconfig
+    from rtsmlm.training.train import train
+
+    for init, narrow_to, message in (("default", 16, "must be below the width"), (None, 8, "give one with --init")):
+        cfg = rconfig.load(None, overrides=[f"train.narrow_to={narrow_to}"])
+        with pytest.raises(ConfigError, match=message):
+            train(cfg, tmp_path / "refused", init=init, progress=False)
+
+
 def test_batches_simulated_by_worker_processes_equal_those_of_the_training_process():
     """Worker processes (how a GPU is kept fed) give the very batches the training process would make: the
     data depend only on (seed, step), so runs stay reproducible and resumable either way."""

@@ -268,6 +268,9 @@ class TrainConfig:
     bg_min: float = _f(20.0, range=(0.0, 1e6), doc="background photons per pixel, lowest")
     bg_max: float = _f(150.0, range=(0.0, 1e6), doc="background photons per pixel, highest")
     width: int = _f(16, range=(4, 512), doc="feature channels of the network (speed ∝ width²)")
+    narrow_to: int = _f(0, range=(0, 512),
+                        doc="fine-tune only (--init): prune the initial model to this many channels first "
+                            "(net.narrowed, structured pruning; the fine-tune recovers its outputs); 0 keeps its width")
     depth: int = _f(2, range=(1, 6), doc="U-Net levels (frames are padded to a multiple of 2**depth)")
     window: int = _f(3, range=(1, 15), doc="frames the temporal network sees (odd; 3 = the frame and its two neighbours)")
     val_samples: int = _f(256, range=(1, 1_000_000), doc="fixed simulated samples the checkpoints are scored on")

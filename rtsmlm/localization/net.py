@@ -239,19 +239,14 @@ def widened(net: DecodeNet, width: int, *, seed: int = 0) -> DecodeNet:
         raise ValueError(f"widened() makes a net wider, not narrower: {net.width} -> {width} channels.")
     wide = DecodeNet(window=net.window, width=width, depth=net.depth, in_channels=net.in_channels)
     generator = torch.Generator().manual_seed(seed)
-    old_convs = {name: m for name, m in net.named_modules() if isinstance(m, nn.Conv2d)}
-    # Convolutions whose input is a concatenation of feature maps, each of which grows from the old width to
-    # the new one: the window's frames for the temporal net, (up-sampled, skip) in an up-step's first
-    # convolution. Every other input is one map (the encoder's frame input does not grow).
-    segments_of = {id(wide.temporal.inc[0]): net.window}
-    segments_of.update({id(up.block[0]): 2 for unet in (wide.encoder, wide.temporal) for up in unet.ups})
+    old_convs, new_convs = _convolutions(net), _convolutions(wide)
+    # The old channels come first in every convolution's output (and so in every input block).
+    old_first = {name: torch.arange(conv.out_channels) for name, conv in old_convs.items()}
     with torch.no_grad():
-        for name, conv in wide.named_modules():
-            if not isinstance(conv, nn.Conv2d):
-                continue
+        for name, conv in new_convs.items():
             old = old_convs[name]
-            in_index = _segment_index(old.in_channels, conv.in_channels, segments_of.get(id(conv), 1))
-            out_index = _segment_index(old.out_channels, conv.out_channels, 1)
+            in_index = _input_index(name, net, old_first, new_convs)
+            out_index = old_first[name]
             fresh = torch.empty_like(conv.weight)
             bound = 1.0 / float(conv.weight[0].numel()) ** 0.5  # PyTorch's default Conv2d bound
             fresh.uniform_(-bound, bound, generator=generator)
@@ -264,10 +259,88 @@ def widened(net: DecodeNet, width: int, *, seed: int = 0) -> DecodeNet:
     return wide
 
 
-def _segment_index(old_channels: int, new_channels: int, segments: int) -> torch.Tensor:
-    """Where the old channels sit among the new ones when each of ``segments`` equal blocks grows from
-    ``old_channels / segments`` to ``new_channels / segments`` channels (old ones first in each block)."""
-    if old_channels == new_channels:
-        return torch.arange(old_channels)
-    old_block, new_block = old_channels // segments, new_channels // segments
-    return torch.cat([torch.arange(old_block) + s * new_block for s in range(segments)])
+def narrowed(net: DecodeNet, width: int) -> DecodeNet:
+    """A copy of ``net`` with ``width`` feature channels (fewer): structured pruning, the converse of
+    :func:`widened`, to start a faster model from a larger trained one instead of from scratch.
+
+    Every convolution keeps the output channels that carry the most: a channel's importance is the norm of
+    its filter times the summed norm of the weights that read it downstream (a channel nothing reads, or
+    whose filter is near zero, contributes little). Its consumers keep only the kept channels' inputs.
+    Unlike widening this changes the outputs; a fine-tune recovers them (``train.narrow_to``). Output
+    heads keep their output channels; every other level shrinks in proportion (width, 2·width, ...).
+    """
+    if width > net.width:
+        raise ValueError(f"narrowed() makes a net narrower, not wider: {net.width} -> {width} channels.")
+    small = DecodeNet(window=net.window, width=width, depth=net.depth, in_channels=net.in_channels)
+    old_convs, new_convs = _convolutions(net), _convolutions(small)
+    readers: dict[str, list[tuple[str, int]]] = {name: [] for name in old_convs}
+    for name, producers in _conv_inputs(net).items():
+        offset = 0
+        for producer in producers:
+            if producer is not None:
+                readers[producer].append((name, offset))
+            offset += net.in_channels if producer is None else old_convs[producer].out_channels
+    kept: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, old in old_convs.items():
+            n_keep = new_convs[name].out_channels
+            importance = old.weight.flatten(1).norm(dim=1)
+            downstream = torch.zeros(old.out_channels)
+            for reader, offset in readers[name]:
+                read = old_convs[reader].weight[:, offset:offset + old.out_channels]
+                downstream += read.transpose(0, 1).flatten(1).norm(dim=1)
+            if readers[name]:
+                importance = importance * downstream
+            kept[name] = torch.sort(torch.topk(importance, n_keep).indices).values
+        for name, conv in new_convs.items():
+            in_index = _input_index(name, net, kept, old_convs)
+            conv.weight.copy_(old_convs[name].weight[kept[name]][:, in_index])
+            conv.bias.copy_(old_convs[name].bias[kept[name]])
+    return small
+
+
+def _convolutions(net: DecodeNet) -> dict[str, nn.Conv2d]:
+    return {name: m for name, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def _input_index(name: str, net: DecodeNet, index_of: dict[str, torch.Tensor],
+                 layout: dict[str, nn.Conv2d]) -> torch.Tensor:
+    """Positions, in convolution ``name``'s input as ``layout``'s convolutions produce it, of the channels
+    ``index_of`` selects from each of its producers (the frame input's channels are all taken as they are)."""
+    parts, offset = [], 0
+    for producer in _conv_inputs(net)[name]:
+        if producer is None:
+            parts.append(torch.arange(net.in_channels) + offset)
+            offset += net.in_channels
+        else:
+            parts.append(index_of[producer] + offset)
+            offset += layout[producer].out_channels
+    return torch.cat(parts)
+
+
+def _conv_inputs(net: DecodeNet) -> dict[str, list[str | None]]:
+    """For every convolution of ``net`` (by module name), the convolutions whose outputs its input
+    concatenates, in order (``None``: the camera frame): the data flow of :class:`UNet` and the heads."""
+    inputs: dict[str, list[str | None]] = {}
+
+    def unet(prefix: str, external: list[str | None]) -> str:
+        inputs[f"{prefix}.inc.0"], inputs[f"{prefix}.inc.2"] = external, [f"{prefix}.inc.0"]
+        last, skips = f"{prefix}.inc.2", []
+        for level in range(net.depth):
+            skips.append(last)
+            down = f"{prefix}.downs.{level}"
+            inputs[f"{down}.0"], inputs[f"{down}.2.0"], inputs[f"{down}.2.2"] = [last], [f"{down}.0"], [f"{down}.2.0"]
+            last = f"{down}.2.2"
+        for i in range(net.depth):
+            up = f"{prefix}.ups.{i}"
+            inputs[f"{up}.reduce.0"] = [last]
+            inputs[f"{up}.block.0"] = [f"{up}.reduce.0", skips.pop()]  # UNet.forward: cat([reduce(x), skip])
+            inputs[f"{up}.block.2"] = [f"{up}.block.0"]
+            last = f"{up}.block.2"
+        return last
+
+    features = unet("encoder", [None])
+    decoded = unet("temporal", [features] * net.window)  # the window's frames, frame 0's features first
+    for head in ("head_p", "head_values", "head_sigmas", "head_bg"):
+        inputs[f"{head}.0"], inputs[f"{head}.2"] = [decoded], [f"{head}.0"]
+    return inputs

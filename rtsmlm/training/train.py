@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtsmlm.core.config import Config, to_dict
+from rtsmlm.core.config import Config, ConfigError, to_dict
 from rtsmlm.core.jsonio import to_jsonable
 from rtsmlm.localization.checkpoint import ModelMeta, save
 from rtsmlm.training.data import Batch, Scales, TrainingSimulator
@@ -189,7 +189,8 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
     """Train a model for ``cfg``'s camera and PSF; returns the checkpoint prefix.
 
     ``init``: fine-tune from that checkpoint — its weights, its architecture (width, depth, window; a
-    larger ``train.width`` widens it first, keeping its outputs: ``net.widened``) and
+    larger ``train.width`` widens it first, keeping its outputs: ``net.widened``; ``train.narrow_to`` prunes
+    it to fewer channels: ``net.narrowed``) and
     its input/output scales (the network's units must not change under it); the data are ``cfg``'s.
     At the end the kept checkpoint's own detection threshold is chosen on the training conditions,
     simulated, and stored in its metadata (runs use it unless told another).
@@ -200,6 +201,8 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
     from rtsmlm.training.loss import decode_loss
 
     init_state, init_meta = None, None
+    if init is None and cfg.train.narrow_to:
+        raise ConfigError(f"train.narrow_to = {cfg.train.narrow_to} prunes an initial model: give one with --init.")
     if init is not None:
         from rtsmlm.core.config import replace as replace_config
         from rtsmlm.localization.checkpoint import load
@@ -207,8 +210,14 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
         init_model, init_meta = load(init)
         init_state = init_model.state_dict()
         # The architecture is the initial model's, except that a larger train.width widens it (see
-        # net.widened); the input transform too (its first layer expects it).
+        # net.widened) and train.narrow_to prunes it (net.narrowed); the input transform too (its first
+        # layer expects it).
         init_width = max(init_meta.width, cfg.train.width)
+        if cfg.train.narrow_to:
+            if cfg.train.narrow_to >= init_meta.width:
+                raise ConfigError(f"train.narrow_to = {cfg.train.narrow_to} must be below the width of {init} "
+                                  f"({init_meta.width} channels); a larger train.width widens it instead.")
+            init_width = cfg.train.narrow_to
         cfg = replace_config(cfg, train={**to_dict(cfg.train), "width": init_width, "depth": init_meta.depth,
                                          "window": init_meta.window,
                                          "input_transform": init_meta.scales.input_transform,
@@ -248,6 +257,12 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
             start = widened(start, t.width, seed=t.seed)
             print(f"widened {init} from {init_meta.width} to {t.width} channels (same outputs at step 0)",
                   flush=True)
+        elif t.width < init_meta.width:
+            from rtsmlm.localization.net import narrowed
+
+            start = narrowed(start, t.width)
+            print(f"narrowed {init} from {init_meta.width} to {t.width} channels (pruned: the fine-tune recovers "
+                  "its outputs)", flush=True)
         model.load_state_dict(start.state_dict())
     if resume and state_path.exists():
         st = torch.load(state_path, weights_only=True, map_location="cpu")
