@@ -287,7 +287,7 @@ def narrowed(net: DecodeNet, width: int) -> DecodeNet:
             importance = old.weight.flatten(1).norm(dim=1)
             downstream = torch.zeros(old.out_channels)
             for reader, offset in readers[name]:
-                read = old_convs[reader].weight[:, offset:offset + old.out_channels]
+                read = old_convs[reader].weight[:, offset : offset + old.out_channels]
                 downstream += read.transpose(0, 1).flatten(1).norm(dim=1)
             if readers[name]:
                 importance = importance * downstream
@@ -303,8 +303,9 @@ def _convolutions(net: DecodeNet) -> dict[str, nn.Conv2d]:
     return {name: m for name, m in net.named_modules() if isinstance(m, nn.Conv2d)}
 
 
-def _input_index(name: str, net: DecodeNet, index_of: dict[str, torch.Tensor],
-                 layout: dict[str, nn.Conv2d]) -> torch.Tensor:
+def _input_index(
+    name: str, net: DecodeNet, index_of: dict[str, torch.Tensor], layout: dict[str, nn.Conv2d]
+) -> torch.Tensor:
     """Positions, in convolution ``name``'s input as ``layout``'s convolutions produce it, of the channels
     ``index_of`` selects from each of its producers (the frame input's channels are all taken as they are)."""
     parts, offset = [], 0
