@@ -416,7 +416,7 @@ def test_a_gpu_runs_the_larger_sibling_of_a_shipped_model_and_says_so(caplog):
     """model.larger_on_gpu: broad_2d on a GPU backend becomes broad_2d_wide, logged; thresholds calibrated for
     broad_2d carry over to it; a CPU, an unshipped path, or the key off keep the model."""
     from rtsmlm.core import config as rconfig
-    from rtsmlm.localization.checkpoint import LARGER_ON_GPU, for_device, shipped_models, thresholds_for_run
+    from rtsmlm.localization.checkpoint import LARGER_ON_GPU, for_backend, shipped_models, thresholds_for_run
 
     assert set(LARGER_ON_GPU.values()) <= set(shipped_models())  # every sibling ships with the package
     for name, sibling in LARGER_ON_GPU.items():  # wider, the same inputs and units: a config serves both
@@ -438,6 +438,36 @@ def test_a_gpu_runs_the_larger_sibling_of_a_shipped_model_and_says_so(caplog):
     assert model_for_backend(on_gpu, _env(**H100)) is on_gpu  # idempotent: the sibling has none
     assert model_for_backend(calibrated, _env()) is calibrated  # CPU
     off = rconfig.replace(calibrated.model, larger_on_gpu=False)
-    assert for_device(off, "cuda") is off
+    assert for_backend(off, "cuda") is off
     path = rconfig.replace(calibrated.model, checkpoint="/data/models/broad_2d")
-    assert for_device(path, "cuda") is path  # a user's own checkpoint is run as named
+    assert for_backend(path, "cuda") is path  # a user's own checkpoint is run as named
+
+
+def test_a_bf16_cpu_with_two_threads_runs_the_mid_size_sibling_and_says_so(caplog):
+    """model.larger_on_bf16_cpu: broad_2d on a CPU backend resolved to bf16 with at least two threads becomes
+    broad_2d_mid (pruned from the GPU sibling: same inputs and units, fewer channels than it, more than
+    broad_2d), logged, thresholds calibrated for broad_2d carried over; fp32, one thread, or the key off keep
+    broad_2d; a GPU still runs the GPU sibling."""
+    from rtsmlm.core import config as rconfig
+    from rtsmlm.localization.checkpoint import LARGER_ON_BF16_CPU, LARGER_ON_GPU, for_backend, shipped_models
+
+    assert set(LARGER_ON_BF16_CPU.values()) <= set(shipped_models())
+    for name, sibling in LARGER_ON_BF16_CPU.items():
+        meta, mid, wide = (checkpoint.load_meta(m) for m in (name, sibling, LARGER_ON_GPU[name]))
+        assert meta.width < mid.width < wide.width
+        assert (mid.window, mid.scales) == (meta.window, meta.scales)
+    calibrated = rconfig.from_dict({"model": {"checkpoint": "broad_2d", "p_threshold": 0.35, "thresholds_for": "broad_2d"},
+                                    "backend": {"threads": 2}})
+    with caplog.at_level(logging.INFO, logger="rtsmlm.localization"):
+        on_cpu = model_for_backend(calibrated, _env(cpu_bf16=True))
+    assert (on_cpu.model.checkpoint, on_cpu.model.thresholds_for, on_cpu.model.p_threshold) == (
+        "broad_2d_mid", "broad_2d_mid", 0.35)
+    assert "broad_2d -> broad_2d_mid" in caplog.text and "model.larger_on_bf16_cpu = false" in caplog.text
+    assert model_for_backend(on_cpu, _env(cpu_bf16=True)) is on_cpu  # idempotent
+    assert model_for_backend(calibrated, _env(cpu_bf16=False)) is calibrated  # fp32
+    fp32 = rconfig.replace(calibrated, backend={**rconfig.to_dict(calibrated.backend), "precision": "fp32"})
+    assert model_for_backend(fp32, _env(cpu_bf16=True)) is fp32
+    assert for_backend(calibrated.model, "cpu", "bf16", threads=1) is calibrated.model
+    off = rconfig.replace(calibrated.model, larger_on_bf16_cpu=False)
+    assert for_backend(off, "cpu", "bf16", threads=4) is off
+    assert model_for_backend(calibrated, _env(cpu_bf16=True, **H100)).model.checkpoint == "broad_2d_wide"

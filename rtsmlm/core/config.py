@@ -168,6 +168,11 @@ class ModelConfig:
                                         "GPUs where there is one (broad_2d -> broad_2d_wide), logged, with the "
                                         "thresholds set for the named model; false runs the named model (batch runs "
                                         "always do, for results that do not depend on the worker)")
+    larger_on_bf16_cpu: bool = _f(True, doc="a live run on a CPU backend running bf16 natively (AMX/AVX512-BF16) on at "
+                                             "least 2 threads runs a shipped model's mid-size sibling where there is "
+                                             "one (broad_2d -> broad_2d_mid: better close pairs for 2.2x the "
+                                             "arithmetic), logged, with the thresholds set for the named model; false "
+                                             "runs the named model")
     refine: str = _f("off", choices=("off", "mle", "fuse"),
                      doc="isolated localizations refined by a maximum-likelihood fit of the PSF (psf.sigma_nm; a 3D "
                          "model's astigmatic focus curves, z fitted too) to the frame: mle = the fit's position (emitters on for one frame), fuse = its "

@@ -188,25 +188,44 @@ LARGER_ON_GPU = {"broad_2d": "broad_2d_wide"}
 channels) and trained on. Four times the arithmetic, which keeps a GPU far above the camera's frame rate but
 takes a 2-core CPU below its 100 frames/s at 64², so CPUs run the smaller one."""
 
+LARGER_ON_BF16_CPU = {"broad_2d": "broad_2d_mid"}
+"""Shipped models with a mid-size sibling for CPUs with native bf16: the GPU sibling pruned to 24 channels
+(``net.narrowed``) and fine-tuned. Separates close pairs nearly as well as the GPU sibling at 2.2 times the
+smaller model's arithmetic: with bf16 and two threads a 2-core CPU keeps up with a 100 frames/s camera at 64²,
+in fp32 or on one thread it does not (README, "Which model")."""
 
-def for_device(model_cfg: ModelConfig, device: str) -> ModelConfig:
-    """``[model]`` for a live run whose backend runs on ``device``: on a GPU a shipped model with a larger
-    sibling (:data:`LARGER_ON_GPU`) becomes that sibling, unless ``model.larger_on_gpu`` is off; the switch
-    is logged. Thresholds and brightness floor calibrated for the named model carry over to the sibling
-    (``model.thresholds_for`` follows): trained from it, it gets the same choice from ``rtsmlm calibrate`` in
-    most conditions (bench_cameras: 14 of 18 cells, the floor in 17), whereas its own threshold with no
-    floor loses up to 0.08 Jaccard in sparse movies on a high background."""
+MIN_THREADS_BF16_SIBLING = 2
+"""Localizer threads from which a bf16 CPU runs :data:`LARGER_ON_BF16_CPU`'s sibling."""
+
+
+def for_backend(model_cfg: ModelConfig, device: str, precision: str = "fp32", threads: int = 1) -> ModelConfig:
+    """``[model]`` for a live run whose backend runs on ``device`` in ``precision`` with ``threads`` CPU
+    threads: a shipped model with a larger sibling for that backend becomes the sibling — on a GPU
+    :data:`LARGER_ON_GPU` (unless ``model.larger_on_gpu`` is off), on a CPU running bf16 natively on at least
+    :data:`MIN_THREADS_BF16_SIBLING` threads :data:`LARGER_ON_BF16_CPU` (unless ``model.larger_on_bf16_cpu``
+    is off); the switch is logged. Thresholds and brightness floor calibrated for the named model carry over
+    to the sibling (``model.thresholds_for`` follows): trained from it, it gets the same choice from ``rtsmlm
+    calibrate`` in most conditions (bench_cameras, the GPU sibling: 14 of 18 cells, the floor in 17), whereas
+    its own threshold with no floor loses up to 0.08 Jaccard in sparse movies on a high background."""
     from dataclasses import replace
 
     name = model_cfg.checkpoint
-    sibling = LARGER_ON_GPU.get(DEFAULT_MODEL_NAME if name == "default" else name)
-    if device != "cuda" or sibling is None:
+    shipped = DEFAULT_MODEL_NAME if name == "default" else name
+    if device == "cuda":
+        sibling, wanted, key = LARGER_ON_GPU.get(shipped), model_cfg.larger_on_gpu, "model.larger_on_gpu"
+        why = "the backend runs on a GPU, where the larger sibling costs little time"
+    elif precision == "bf16" and threads >= MIN_THREADS_BF16_SIBLING:
+        sibling, wanted = LARGER_ON_BF16_CPU.get(shipped), model_cfg.larger_on_bf16_cpu
+        key = "model.larger_on_bf16_cpu"
+        why = f"the CPU runs bf16 natively on {threads} threads, fast enough for the mid-size sibling"
+    else:
         return model_cfg
-    if not model_cfg.larger_on_gpu:
-        log.info("model %s: its larger GPU sibling %s is not used (model.larger_on_gpu = false)", name, sibling)
+    if sibling is None:
         return model_cfg
-    log.info("model %s -> %s: the backend runs on a GPU, where the larger sibling costs little time "
-             "(model.larger_on_gpu = false keeps %s)", name, sibling, name)
+    if not wanted:
+        log.info("model %s: its larger sibling %s is not used (%s = false)", name, sibling, key)
+        return model_cfg
+    log.info("model %s -> %s: %s (%s = false keeps %s)", name, sibling, why, key, name)
     chosen_for = model_cfg.thresholds_for
     if chosen_for and _same_checkpoint(chosen_for, name):
         chosen_for = sibling
