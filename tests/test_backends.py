@@ -444,10 +444,11 @@ def test_a_gpu_runs_the_larger_sibling_of_a_shipped_model_and_says_so(caplog):
 
 
 def test_a_bf16_cpu_with_two_threads_runs_the_mid_size_sibling_and_says_so(caplog):
-    """model.larger_on_bf16_cpu: broad_2d on a CPU backend resolved to bf16 with at least two threads becomes
-    broad_2d_mid (pruned from the GPU sibling: same inputs and units, fewer channels than it, more than
-    broad_2d), logged, thresholds calibrated for broad_2d carried over; fp32, one thread, or the key off keep
-    broad_2d; a GPU still runs the GPU sibling."""
+    """model.larger_on_bf16_cpu: broad_2d on a CPU backend resolved to bf16 with at least two threads and a core
+    to spare becomes broad_2d_mid (pruned from the GPU sibling: same inputs and units, fewer channels than it,
+    more than broad_2d), logged, thresholds calibrated for broad_2d carried over; fp32, one thread, no spare
+    core (this 2-core machine's case: measured borderline), or the key off keep broad_2d; a GPU still runs
+    the GPU sibling."""
     from rtsmlm.core import config as rconfig
     from rtsmlm.localization.checkpoint import LARGER_ON_BF16_CPU, LARGER_ON_GPU, for_backend, shipped_models
 
@@ -459,15 +460,17 @@ def test_a_bf16_cpu_with_two_threads_runs_the_mid_size_sibling_and_says_so(caplo
     calibrated = rconfig.from_dict({"model": {"checkpoint": "broad_2d", "p_threshold": 0.35, "thresholds_for": "broad_2d"},
                                     "backend": {"threads": 2}})
     with caplog.at_level(logging.INFO, logger="rtsmlm.localization"):
-        on_cpu = model_for_backend(calibrated, _env(cpu_bf16=True))
+        on_cpu = model_for_backend(calibrated, _env(cpu_bf16=True, cpu_count=4))
     assert (on_cpu.model.checkpoint, on_cpu.model.thresholds_for, on_cpu.model.p_threshold) == (
         "broad_2d_mid", "broad_2d_mid", 0.35)
     assert "broad_2d -> broad_2d_mid" in caplog.text and "model.larger_on_bf16_cpu = false" in caplog.text
-    assert model_for_backend(on_cpu, _env(cpu_bf16=True)) is on_cpu  # idempotent
-    assert model_for_backend(calibrated, _env(cpu_bf16=False)) is calibrated  # fp32
+    assert model_for_backend(on_cpu, _env(cpu_bf16=True, cpu_count=4)) is on_cpu  # idempotent
+    assert model_for_backend(calibrated, _env(cpu_bf16=True, cpu_count=2)) is calibrated  # no core to spare
+    assert model_for_backend(calibrated, _env(cpu_bf16=False, cpu_count=4)) is calibrated  # fp32
     fp32 = rconfig.replace(calibrated, backend={**rconfig.to_dict(calibrated.backend), "precision": "fp32"})
-    assert model_for_backend(fp32, _env(cpu_bf16=True)) is fp32
-    assert for_backend(calibrated.model, "cpu", "bf16", threads=1) is calibrated.model
+    assert model_for_backend(fp32, _env(cpu_bf16=True, cpu_count=4)) is fp32
+    assert for_backend(calibrated.model, "cpu", "bf16", threads=1, cpu_count=4) is calibrated.model
+    assert for_backend(calibrated.model, "cpu", "bf16", threads=3, cpu_count=4).checkpoint == "broad_2d_mid"
     off = rconfig.replace(calibrated.model, larger_on_bf16_cpu=False)
-    assert for_backend(off, "cpu", "bf16", threads=4) is off
+    assert for_backend(off, "cpu", "bf16", threads=3, cpu_count=4) is off
     assert model_for_backend(calibrated, _env(cpu_bf16=True, **H100)).model.checkpoint == "broad_2d_wide"

@@ -169,7 +169,8 @@ class ModelConfig:
                                         "thresholds set for the named model; false runs the named model (batch runs "
                                         "always do, for results that do not depend on the worker)")
     larger_on_bf16_cpu: bool = _f(True, doc="a live run on a CPU backend running bf16 natively (AMX/AVX512-BF16) on at "
-                                             "least 2 threads runs a shipped model's mid-size sibling where there is "
+                                             "least 2 threads, with a core left for the rest of the run, runs a "
+                                             "shipped model's mid-size sibling where there is "
                                              "one (broad_2d -> broad_2d_mid: better close pairs for 2.2x the "
                                              "arithmetic), logged, with the thresholds set for the named model; false "
                                              "runs the named model")

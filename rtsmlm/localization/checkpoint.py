@@ -190,20 +190,23 @@ takes a 2-core CPU below its 100 frames/s at 64², so CPUs run the smaller one."
 
 LARGER_ON_BF16_CPU = {"broad_2d": "broad_2d_mid"}
 """Shipped models with a mid-size sibling for CPUs with native bf16: the GPU sibling pruned to 24 channels
-(``net.narrowed``) and fine-tuned. Separates close pairs nearly as well as the GPU sibling at 2.2 times the
-smaller model's arithmetic: with bf16 and two threads a 2-core CPU keeps up with a 100 frames/s camera at 64²,
-in fp32 or on one thread it does not (README, "Which model")."""
+(``net.narrowed``) and fine-tuned. Separates close pairs nearly as well as the GPU sibling for 2.2 times the
+smaller model's arithmetic (README, "Which model"): 174 frames/s at 64² in bf16 on two threads of a 2-core
+CPU, 91 on one, 102 in fp32. A live run on those two cores, its camera and writers sharing them, kept up with a
+100 frames/s camera in 4 of 6 runs and analysed 3 % of the frames after the acquisition in the others: a CPU
+runs it when the localizer has two threads and the rest of the run a core of its own."""
 
 MIN_THREADS_BF16_SIBLING = 2
-"""Localizer threads from which a bf16 CPU runs :data:`LARGER_ON_BF16_CPU`'s sibling."""
+"""Localizer threads from which a bf16 CPU with a further core runs :data:`LARGER_ON_BF16_CPU`'s sibling."""
 
 
-def for_backend(model_cfg: ModelConfig, device: str, precision: str = "fp32", threads: int = 1) -> ModelConfig:
-    """``[model]`` for a live run whose backend runs on ``device`` in ``precision`` with ``threads`` CPU
-    threads: a shipped model with a larger sibling for that backend becomes the sibling — on a GPU
-    :data:`LARGER_ON_GPU` (unless ``model.larger_on_gpu`` is off), on a CPU running bf16 natively on at least
-    :data:`MIN_THREADS_BF16_SIBLING` threads :data:`LARGER_ON_BF16_CPU` (unless ``model.larger_on_bf16_cpu``
-    is off); the switch is logged. Thresholds and brightness floor calibrated for the named model carry over
+def for_backend(model_cfg: ModelConfig, device: str, precision: str = "fp32", threads: int = 1,
+                cpu_count: int = 1) -> ModelConfig:
+    """``[model]`` for a live run whose backend runs on ``device`` in ``precision`` with ``threads`` of the
+    machine's ``cpu_count`` cores: a shipped model with a larger sibling for that backend becomes the sibling —
+    on a GPU :data:`LARGER_ON_GPU` (unless ``model.larger_on_gpu`` is off), on a CPU running bf16 natively on
+    at least :data:`MIN_THREADS_BF16_SIBLING` threads with a core left for the rest of the run
+    :data:`LARGER_ON_BF16_CPU` (unless ``model.larger_on_bf16_cpu`` is off); the switch is logged. Thresholds and brightness floor calibrated for the named model carry over
     to the sibling (``model.thresholds_for`` follows): trained from it, it gets the same choice from ``rtsmlm
     calibrate`` in most conditions (bench_cameras, the GPU sibling: 14 of 18 cells, the floor in 17), whereas
     its own threshold with no floor loses up to 0.08 Jaccard in sparse movies on a high background."""
@@ -214,10 +217,11 @@ def for_backend(model_cfg: ModelConfig, device: str, precision: str = "fp32", th
     if device == "cuda":
         sibling, wanted, key = LARGER_ON_GPU.get(shipped), model_cfg.larger_on_gpu, "model.larger_on_gpu"
         why = "the backend runs on a GPU, where the larger sibling costs little time"
-    elif precision == "bf16" and threads >= MIN_THREADS_BF16_SIBLING:
+    elif precision == "bf16" and MIN_THREADS_BF16_SIBLING <= threads < cpu_count:
         sibling, wanted = LARGER_ON_BF16_CPU.get(shipped), model_cfg.larger_on_bf16_cpu
         key = "model.larger_on_bf16_cpu"
-        why = f"the CPU runs bf16 natively on {threads} threads, fast enough for the mid-size sibling"
+        why = (f"the CPU runs bf16 natively on {threads} threads with a core to spare, fast enough for the "
+               "mid-size sibling")
     else:
         return model_cfg
     if sibling is None:

@@ -153,16 +153,17 @@ def default_threads() -> int:
 
 def model_for_backend(cfg: "Config", env: Environment | None = None) -> "Config":
     """``cfg`` with ``[model]`` as a live run on the backend ``cfg.backend`` resolves to on this machine (or
-    ``env``) uses it: on a GPU, or a CPU with native bf16 and threads to spare, a shipped model's larger
+    ``env``) uses it: on a GPU, or a CPU with native bf16, two threads and a core to spare, a shipped model's larger
     sibling (:func:`rtsmlm.localization.checkpoint.for_backend`).
     Idempotent, so every entry point of a live run may apply it."""
     from dataclasses import replace
 
     from rtsmlm.localization.checkpoint import for_backend
 
-    choice = choose_backend(cfg.backend, env or probe_environment())
+    env = env or probe_environment()
+    choice = choose_backend(cfg.backend, env)
     threads = cfg.backend.threads or default_threads()
-    model = for_backend(cfg.model, choice.device, choice.precision, threads)
+    model = for_backend(cfg.model, choice.device, choice.precision, threads, env.cpu_count)
     return cfg if model is cfg.model else replace(cfg, model=model)
 
 
