@@ -206,10 +206,11 @@ def for_backend(model_cfg: ModelConfig, device: str, precision: str = "fp32", th
     machine's ``cpu_count`` cores: a shipped model with a larger sibling for that backend becomes the sibling —
     on a GPU :data:`LARGER_ON_GPU` (unless ``model.larger_on_gpu`` is off), on a CPU running bf16 natively on
     at least :data:`MIN_THREADS_BF16_SIBLING` threads with a core left for the rest of the run
-    :data:`LARGER_ON_BF16_CPU` (unless ``model.larger_on_bf16_cpu`` is off); the switch is logged. Thresholds and brightness floor calibrated for the named model carry over
-    to the sibling (``model.thresholds_for`` follows): trained from it, it gets the same choice from ``rtsmlm
-    calibrate`` in most conditions (bench_cameras, the GPU sibling: 14 of 18 cells, the floor in 17), whereas
-    its own threshold with no floor loses up to 0.08 Jaccard in sparse movies on a high background."""
+    :data:`LARGER_ON_BF16_CPU` (unless ``model.larger_on_bf16_cpu`` is off); the switch is logged.
+    Thresholds and brightness floor calibrated for the named model carry over to the sibling
+    (``model.thresholds_for`` follows): trained from it, it gets the same choice from ``rtsmlm calibrate`` in
+    most conditions (bench_cameras, the GPU sibling: 14 of 18 cells, the floor in 17), whereas its own
+    threshold with no floor loses up to 0.08 Jaccard in sparse movies on a high background."""
     from dataclasses import replace
 
     name = model_cfg.checkpoint
