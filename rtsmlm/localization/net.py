@@ -239,13 +239,13 @@ def widened(net: DecodeNet, width: int, *, seed: int = 0) -> DecodeNet:
         raise ValueError(f"widened() makes a net wider, not narrower: {net.width} -> {width} channels.")
     wide = DecodeNet(window=net.window, width=width, depth=net.depth, in_channels=net.in_channels)
     generator = torch.Generator().manual_seed(seed)
-    old_convs, new_convs = _convolutions(net), _convolutions(wide)
+    old_convs, new_convs, inputs = _convolutions(net), _convolutions(wide), _conv_inputs(net)
     # The old channels come first in every convolution's output (and so in every input block).
     old_first = {name: torch.arange(conv.out_channels) for name, conv in old_convs.items()}
     with torch.no_grad():
         for name, conv in new_convs.items():
             old = old_convs[name]
-            in_index = _input_index(name, net, old_first, new_convs)
+            in_index = _input_index(name, inputs, net, old_first, new_convs)
             out_index = old_first[name]
             fresh = torch.empty_like(conv.weight)
             bound = 1.0 / float(conv.weight[0].numel()) ** 0.5  # PyTorch's default Conv2d bound
@@ -272,14 +272,12 @@ def narrowed(net: DecodeNet, width: int) -> DecodeNet:
     if width > net.width:
         raise ValueError(f"narrowed() makes a net narrower, not wider: {net.width} -> {width} channels.")
     small = DecodeNet(window=net.window, width=width, depth=net.depth, in_channels=net.in_channels)
-    old_convs, new_convs = _convolutions(net), _convolutions(small)
+    old_convs, new_convs, inputs = _convolutions(net), _convolutions(small), _conv_inputs(net)
     readers: dict[str, list[tuple[str, int]]] = {name: [] for name in old_convs}
-    for name, producers in _conv_inputs(net).items():
-        offset = 0
-        for producer in producers:
+    for name in inputs:
+        for producer, offset in _input_blocks(name, inputs, net, old_convs):
             if producer is not None:
                 readers[producer].append((name, offset))
-            offset += net.in_channels if producer is None else old_convs[producer].out_channels
     kept: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, old in old_convs.items():
@@ -293,7 +291,7 @@ def narrowed(net: DecodeNet, width: int) -> DecodeNet:
                 importance = importance * downstream
             kept[name] = torch.sort(torch.topk(importance, n_keep).indices).values
         for name, conv in new_convs.items():
-            in_index = _input_index(name, net, kept, old_convs)
+            in_index = _input_index(name, inputs, net, kept, old_convs)
             conv.weight.copy_(old_convs[name].weight[kept[name]][:, in_index])
             conv.bias.copy_(old_convs[name].bias[kept[name]])
     return small
@@ -303,20 +301,33 @@ def _convolutions(net: DecodeNet) -> dict[str, nn.Conv2d]:
     return {name: m for name, m in net.named_modules() if isinstance(m, nn.Conv2d)}
 
 
+def _input_blocks(
+    name: str, inputs: dict[str, list[str | None]], net: DecodeNet, layout: dict[str, nn.Conv2d]
+) -> list[tuple[str | None, int]]:
+    """The blocks convolution ``name``'s input concatenates (``inputs``: :func:`_conv_inputs`), as ``layout``'s
+    convolutions produce them: (producer, ``None`` for the camera frame; its first channel in the input)."""
+    blocks, offset = [], 0
+    for producer in inputs[name]:
+        blocks.append((producer, offset))
+        offset += net.in_channels if producer is None else layout[producer].out_channels
+    return blocks
+
+
 def _input_index(
-    name: str, net: DecodeNet, index_of: dict[str, torch.Tensor], layout: dict[str, nn.Conv2d]
+    name: str,
+    inputs: dict[str, list[str | None]],
+    net: DecodeNet,
+    index_of: dict[str, torch.Tensor],
+    layout: dict[str, nn.Conv2d],
 ) -> torch.Tensor:
     """Positions, in convolution ``name``'s input as ``layout``'s convolutions produce it, of the channels
     ``index_of`` selects from each of its producers (the frame input's channels are all taken as they are)."""
-    parts, offset = [], 0
-    for producer in _conv_inputs(net)[name]:
-        if producer is None:
-            parts.append(torch.arange(net.in_channels) + offset)
-            offset += net.in_channels
-        else:
-            parts.append(index_of[producer] + offset)
-            offset += layout[producer].out_channels
-    return torch.cat(parts)
+    return torch.cat(
+        [
+            torch.arange(net.in_channels) + offset if producer is None else index_of[producer] + offset
+            for producer, offset in _input_blocks(name, inputs, net, layout)
+        ]
+    )
 
 
 def _conv_inputs(net: DecodeNet) -> dict[str, list[str | None]]:
