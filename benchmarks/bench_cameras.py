@@ -63,23 +63,23 @@ def camera_config(name: str, seed: int, size: int, density: float) -> rconfig.Co
                                       "photons_mean": photons, "photons_sigma": 0.4 * photons}})
 
 
-def set_calibrated_thresholds(loc, name: str, density: float, frames: int, size: int,
+def set_calibrated_thresholds(loc, spec_residual: float, name: str, density: float, frames: int, size: int,
                               candidates: tuple[float, ...] | None = None, floors: tuple[float, ...] | None = None,
                               choose_residual: bool = True):
     """Give ``loc`` (an OfflineLocalizer) the thresholds, brightness floor and second detection pass ``rtsmlm
     calibrate`` chooses for the cell (camera ``name`` at ``density``), simulated on the cell's separate tuning
-    seed and run on ``loc``'s own backend settings (test-time flips included); ``choose_residual`` False keeps
-    the model spec's second pass. Returns the :class:`rtsmlm.analysis.thresholds.ThresholdChoice`."""
+    seed and run on ``loc``'s own backend settings (test-time flips included). ``spec_residual``: the second
+    pass of ``loc``'s model spec (0 for ``+no-residual``) — calibrate starts from it, not from an earlier cell's
+    choice that ``loc`` now holds; ``choose_residual`` False keeps it. Returns the
+    :class:`rtsmlm.analysis.thresholds.ThresholdChoice`."""
     from rtsmlm.analysis.thresholds import CANDIDATE_GRID, FLOOR_FRACTIONS, choose_thresholds
 
     k = list(CAMERAS).index(name)
     cfg = camera_config(name, 9000 + 10 * k, size, density)
-    # The spec's second pass (0 for +no-residual), not an earlier cell's choice.
-    configured = loc.__dict__.setdefault("configured_residual_threshold", loc.residual_threshold)
-    cfg = rconfig.replace(cfg, model=rconfig.to_dict(rconfig.replace(cfg.model, residual_threshold=configured)))
+    cfg = rconfig.replace(cfg, model=rconfig.to_dict(rconfig.replace(cfg.model, residual_threshold=spec_residual)))
     choice = choose_thresholds(cfg, loc.checkpoint, frames=frames,
                                size=size, backend_cfg=loc.backend_cfg, candidates=candidates or CANDIDATE_GRID,
-                               floors=floors or FLOOR_FRACTIONS, residuals=None if choose_residual else (configured,))
+                               floors=floors or FLOOR_FRACTIONS, residuals=None if choose_residual else (spec_residual,))
     loc.p_threshold, loc.candidate_threshold = choice.p_threshold, choice.candidate_threshold
     loc.min_photons, loc.residual_threshold = choice.min_photons, choice.residual_threshold
     return choice
@@ -118,6 +118,7 @@ def main() -> None:
         floors = tuple(float(f) for f in args.floors.split(",")) if args.floors else None
         calibrated = {label + "@cal": acc.open_model_spec(m, backend_cfg, base.model)[1]
                       for m, label in zip(args.models.split(","), models)}
+    spec_residual = {label: loc.residual_threshold for label, loc in calibrated.items()}
     columns = models + list(calibrated)
     picasso = None if args.no_picasso else acc.picasso_available()
     use_picasso = not args.no_picasso and picasso is None
@@ -143,7 +144,7 @@ def main() -> None:
                 cells.append(f"{s['all']['jaccard']:.3f} / {s['all']['rmse_lat_nm']:5.1f} / "
                              f"{s['population']['jaccard']:.3f}")
             for label, loc in calibrated.items():
-                choice = set_calibrated_thresholds(loc, name, density, args.frames, args.size,
+                choice = set_calibrated_thresholds(loc, spec_residual[label], name, density, args.frames, args.size,
                                                    candidates, floors, not args.no_residual_choice)
                 pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
                 s, _, _ = acc.score(pred, movie.truth, 250.0, 1000.0)

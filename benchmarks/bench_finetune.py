@@ -61,6 +61,7 @@ def main() -> None:
     if args.calibrated_thresholds:
         localizers.update({label + "@cal": acc.open_model_spec(spec, backend, base.model)[1]
                            for label, spec in models.items()})
+    spec_residual = {label: loc.residual_threshold for label, loc in localizers.items()}
     k = list(CAMERAS).index(args.camera)
     print(f"load average {os.getloadavg()[0]:.1f}; camera {args.camera}; {args.frames} frames of {args.size}² per "
           f"cell (bench_cameras.py seeds); Jaccard all / lateral RMSE nm / Jaccard ≥1000 photons")
@@ -71,7 +72,7 @@ def main() -> None:
         for label, loc in localizers.items():
             shown = label
             if label.endswith("@cal"):
-                choice = set_calibrated_thresholds(loc, args.camera, density, args.frames, args.size)
+                choice = set_calibrated_thresholds(loc, spec_residual[label], args.camera, density, args.frames, args.size)
                 shown += (f" ({choice.p_threshold:.2f}, {choice.min_photons:.0f}"
                           f"{'' if choice.residual_threshold else ', no 2nd pass'})")
             pred, _ = acc.run_model(loc, movie.frames, movie.camera, cfg.psf.sigma_nm)
