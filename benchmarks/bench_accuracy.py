@@ -351,7 +351,8 @@ def open_model(checkpoint: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig
     from rtsmlm.localization.offline import OfflineLocalizer
 
     return OfflineLocalizer(checkpoint, backend_cfg, model_cfg.p_threshold, model_cfg.candidate_threshold,
-                            model_cfg.refine, residual_threshold=model_cfg.residual_threshold)
+                            model_cfg.refine, residual_threshold=model_cfg.residual_threshold,
+                            merge_splits=model_cfg.merge_splits)
 
 
 def reference_backend() -> tuple[rconfig.Config, Any]:
@@ -364,11 +365,12 @@ def reference_backend() -> tuple[rconfig.Config, Any]:
     return base, rconfig.replace(base.backend, name="torch", device="cpu", precision="fp32", threads=1)
 
 
-SPEC_OPTIONS = ("mle", "fuse", "no-residual", "flips2", "flips4", "bf16")
+SPEC_OPTIONS = ("mle", "fuse", "no-residual", "no-merge", "flips2", "flips4", "bf16")
 
 
 def split_model_spec(spec: str) -> tuple[str, list[str]]:
-    """(checkpoint, options) of a benchmark's model spec ``PATH[+mle|+fuse][+no-residual][+flips2|+flips4][+bf16]``;
+    """(checkpoint, options) of a benchmark's model spec
+    ``PATH[+mle|+fuse][+no-merge][+no-residual][+flips2|+flips4][+bf16]``;
     an unknown option is one sentence naming it."""
     path, *options = spec.split("+")
     unknown = [o for o in options if o not in SPEC_OPTIONS]
@@ -379,7 +381,8 @@ def split_model_spec(spec: str) -> tuple[str, list[str]]:
 
 def open_model_spec(spec: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig) -> tuple[str, Any]:
     """(label, OfflineLocalizer) of a benchmark's model spec: a shipped name or checkpoint path, optionally
-    ``+mle`` / ``+fuse`` for that refinement (model.refine), ``+no-residual`` for the first detection pass
+    ``+mle`` / ``+fuse`` for that refinement (model.refine; ``+no-merge``: without its split check,
+    model.merge_splits = false), ``+no-residual`` for the first detection pass
     only (model.residual_threshold = 0), ``+flips2`` / ``+flips4`` for test-time flips
     (backend.test_time_flips) and ``+bf16`` for torch's bf16 autocast on the CPU (backend.precision; what
     ``precision = "auto"`` runs on a CPU with native bf16) instead of the reference fp32. The label is the
@@ -391,7 +394,8 @@ def open_model_spec(spec: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig)
     precision = "bf16" if "bf16" in options else backend_cfg.precision
     label = "+".join([Path(path).name if "/" in path else path, *options])
     return label, open_model(path, rconfig.replace(backend_cfg, test_time_flips=flips, precision=precision),
-                             rconfig.replace(model_cfg, refine=refine, residual_threshold=residual))
+                             rconfig.replace(model_cfg, refine=refine, residual_threshold=residual,
+                                             merge_splits="no-merge" not in options))
 
 
 def picasso_available() -> str | None:

@@ -97,6 +97,23 @@ def test_without_a_floor_everything_passes_at_once() -> None:
         BrightnessFloor(-1.0, RADIUS)
 
 
+def test_holding_without_a_floor_releases_every_row_a_frame_late_with_its_neighbours() -> None:
+    """``hold`` (the refiner's split check): no row dropped, each push holds its newest frame back, and what
+    comes out has the localizations of the frames before and after it in ``neighbours``."""
+    movie = _random_movie(5)
+    floor, out = BrightnessFloor(0.0, RADIUS, hold=True), []
+    for lo, hi in ((0, 7), (7, 8), (8, 25), (25, 40)):
+        got = floor.push(movie[(movie["frame"] >= lo) & (movie["frame"] < hi)], hi - 1)
+        assert floor.released_through == hi - 2 and (got["frame"] <= hi - 2).all()
+        for f in set(got["frame"].tolist()):
+            for g in (f - 1, f + 1):
+                np.testing.assert_array_equal(floor.neighbours[floor.neighbours["frame"] == g], movie[movie["frame"] == g])
+        out.append(got)
+    out.append(floor.finish())
+    assert _key(concat(out)) == _key(movie)
+    assert set(floor.neighbours["frame"].tolist()) == {38, 39}  # the last frame's, and the one before
+
+
 def test_batch_chunks_with_a_floor_keep_what_the_whole_movie_keeps(tmp_path) -> None:
     """A batch chunk reads one frame more on each side with a floor: its edge frames' verdicts read their
     neighbours' detections, which must come from whole windows, as in one pass over the movie."""
@@ -127,6 +144,39 @@ def test_batch_chunks_with_a_floor_keep_what_the_whole_movie_keeps(tmp_path) -> 
     chunks = [localize_chunk(cfg, ChunkTask(str(path), *b)).locs for b in chunk_bounds(len(frames), 3, _context(cfg))]
     got, want = np.array(_key(concat(chunks))), np.array(_key(whole))
     # The same rows; positions equal to float32 rounding (other batch compositions round differently).
+    assert got.shape == want.shape and np.array_equal(got[:, 0], want[:, 0])
+    assert np.abs(got[:, 1:] - want[:, 1:]).max() < 0.01
+
+
+def test_batch_chunks_with_the_split_check_keep_what_the_whole_movie_keeps(tmp_path) -> None:
+    """Refinement with its split check reads the adjacent frames' localizations like a floor: a chunk reads one
+    frame more on each side, and the chunks give what one pass over the movie gives."""
+    from dataclasses import replace
+
+    from rtsmlm.batch.plan import chunk_bounds
+    from rtsmlm.batch.runner import _context
+    from rtsmlm.batch.worker import ChunkTask, _camera, localize_chunk
+    from rtsmlm.cli import main
+    from rtsmlm.core import config as rconfig
+    from rtsmlm.io.movies import open_movie
+    from rtsmlm.localization.backends import open_backend
+    from rtsmlm.localization.localizer import StreamingLocalizer, localize_movie
+
+    assert main(["simulate", "--frames", "24", "--size", "32", "--seed", "4", "--density", "1.5",
+                 "--out", str(tmp_path), "--quiet"]) == 0
+    path = tmp_path / "movie.tif"
+    cfg = rconfig.load(None, ["backend.threads=1", "backend.precision='fp32'", "backend.name='torch'",
+                              "model.refine='mle'"])
+    with open_movie(path) as movie:
+        frames, shape, camera = movie.read_range(0, movie.n_frames), movie.shape, _camera(cfg, str(path), movie)
+    backend, meta = open_backend(cfg.backend, cfg.model.checkpoint)
+    checked = StreamingLocalizer.for_run(backend, meta, camera, shape, cfg)
+    whole = localize_movie(checked, frames)
+    assert _context(cfg) == checked.context_frames == 2 and checked.floor.hold
+    unchecked_cfg = replace(cfg, model=replace(cfg.model, merge_splits=False))
+    assert _context(unchecked_cfg) == StreamingLocalizer.for_run(backend, meta, camera, shape, unchecked_cfg).context_frames == 1
+    chunks = [localize_chunk(cfg, ChunkTask(str(path), *b)).locs for b in chunk_bounds(len(frames), 3, _context(cfg))]
+    got, want = np.array(_key(concat(chunks))), np.array(_key(whole))
     assert got.shape == want.shape and np.array_equal(got[:, 0], want[:, 0])
     assert np.abs(got[:, 1:] - want[:, 1:]).max() < 0.01
 

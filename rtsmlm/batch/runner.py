@@ -110,7 +110,9 @@ def _context(cfg: Config) -> int:
     from rtsmlm.localization import checkpoint as ckpt
     from rtsmlm.localization.brightness_floor import context_frames
 
-    return context_frames(ckpt.load_meta(cfg.model.checkpoint).window, cfg.model.min_photons)
+    meta = ckpt.load_meta(cfg.model.checkpoint)
+    splits = cfg.model.refine != "off" and cfg.model.merge_splits and (meta.psf or {}).get("model", "gaussian") == "gaussian"
+    return context_frames(meta.window, cfg.model.min_photons, hold=splits)
 
 
 def run_batch(cfg: Config, inputs: list[str], opts: BatchOptions) -> BatchSummary:

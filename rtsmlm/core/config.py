@@ -178,6 +178,10 @@ class ModelConfig:
                      doc="isolated localizations refined by a maximum-likelihood fit of the PSF (psf.sigma_nm; a 3D "
                          "model's astigmatic focus curves, z fitted too) to the frame: mle = the fit's position (emitters on for one frame), fuse = its "
                          "inverse-variance mean with the network's (keeps the neighbouring frames' help)")
+    merge_splits: bool = _f(True, doc="with refine (2D): two localizations of a frame closer than 2 px, alone "
+                                       "together and not repeated in the frame before or after, become one when a "
+                                       "one-emitter fit explains the frame as well as two (one emitter the network "
+                                       "read as two); holds each sequence's newest frame until the next")
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,9 @@ class StreamingLocalizer:
             conditioned on it (:mod:`rtsmlm.localization.conditioning`) and by ``refine="mle"``.
         refine: "off", "mle" or "fuse": isolated localizations are refined by a maximum-likelihood fit of
             the PSF (:mod:`rtsmlm.localization.refine`; Gaussian 2D and astigmatic 3D models).
+        merge_splits: with refinement of a 2D model, the refiner's split check merges two localizations of
+            one emitter (:meth:`rtsmlm.localization.refine.MLERefiner._merge_splits`); it reads the adjacent
+            frames' localizations, so each sequence's newest frame is then held like a floor's.
         maps_sink: optional callable receiving each batch of stitched output maps ``(B, 10, H, W)`` (a
             torch tensor on the backend's device) and the list of their frame indices, before
             post-processing (to save or display the maps, or to test the network path); the maps may be a
@@ -89,7 +92,7 @@ class StreamingLocalizer:
                  margin: int | None = None, max_batch: int = 16, split_threshold: float = 0.6,
                  memory_bytes: int | None = None, psf_sigma_px: float | None = None, refine: str = "off",
                  min_photons: float = 0.0, residual_threshold: float = ModelConfig.residual_threshold,
-                 maps_sink: Callable[[torch.Tensor, list[int]], None] | None = None) -> None:
+                 merge_splits: bool = ModelConfig.merge_splits, maps_sink: Callable[[torch.Tensor, list[int]], None] | None = None) -> None:
         height, width = (int(v) for v in frame_shape)
         if backend.window != meta.window:
             raise ValueError(f"backend runs a window of {backend.window} frames but the checkpoint metadata "
@@ -110,7 +113,6 @@ class StreamingLocalizer:
             has_z=(meta.psf or {}).get("model", "gaussian") != "gaussian",
             residual_threshold=residual_threshold,
         )
-        self.floor = BrightnessFloor(min_photons, CONFIRM_RADIUS_PX * camera.pixel_size_nm)
         element_bytes = 4 if backend.precision == "fp32" else 2
         free = available_memory_bytes(backend.device)
         if memory_bytes:
@@ -127,7 +129,9 @@ class StreamingLocalizer:
         self._offset, self._scale = self._input_transform(camera)
         self._psf_sigma_px = psf_sigma_px
         self._conditioning = self._conditioning_maps(camera, psf_sigma_px)
-        self._refiner = self._make_refiner(refine, camera, psf_sigma_px)
+        self._refiner = self._make_refiner(refine, camera, psf_sigma_px, merge_splits)
+        self.floor = BrightnessFloor(min_photons, CONFIRM_RADIUS_PX * camera.pixel_size_nm,
+                                     hold=self._refiner is not None and self._refiner.merge_splits)
         # Frames in photons by index, kept from encoding until the floor releases their localizations (refinement
         # fits them).
         self._photon_frames: dict[int, torch.Tensor] = {}
@@ -178,7 +182,7 @@ class StreamingLocalizer:
     def context_frames(self) -> int:
         """Frames beyond each end of a stretch that a localization of the stretch alone reads
         (:func:`rtsmlm.localization.brightness_floor.context_frames`)."""
-        return context_frames(self.window, self.floor.min_photons)
+        return context_frames(self.window, self.floor.min_photons, self.floor.hold)
 
     @classmethod
     def for_run(cls, backend: Backend, meta: ModelMeta, camera: CameraModel, frame_shape: tuple[int, int],
@@ -191,7 +195,8 @@ class StreamingLocalizer:
                    max_batch=cfg.pipeline.max_batch, split_threshold=model.split_threshold,
                    memory_bytes=int(cfg.pipeline.memory_mb * 2**20 * 3 / 4),
                    psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm, refine=model.refine,
-                   min_photons=model.min_photons, residual_threshold=model.residual_threshold)
+                   min_photons=model.min_photons, residual_threshold=model.residual_threshold,
+                   merge_splits=model.merge_splits)
 
     def _input_transform(self, camera: CameraModel) -> tuple[torch.Tensor, torch.Tensor]:
         """Offset (ADU) and scale so that photons = (ADU - offset) * scale, on the backend's device, as
@@ -221,7 +226,7 @@ class StreamingLocalizer:
                  camera.model)
         return torch.as_tensor(maps, device=self.backend.device)
 
-    def _make_refiner(self, refine: str, camera: CameraModel, psf_sigma_px: float | None):
+    def _make_refiner(self, refine: str, camera: CameraModel, psf_sigma_px: float | None, merge_splits: bool):
         """The MLE refiner of ``model.refine``: a 2D model fits the run's PSF σ (``psf.sigma_nm``, the one the
         user calibrated), a 3D model the astigmatic focus curves it was trained for (its metadata)."""
         if refine == "off":
@@ -244,7 +249,7 @@ class StreamingLocalizer:
         if psf_sigma_px is None:
             raise ValueError(f"model.refine = {refine!r} needs the PSF width: give psf.sigma_nm")
         return MLERefiner(GaussianPSF(psf_sigma_px), camera, self.frame_shape, device=self.backend.device,
-                          mode=refine)
+                          mode=refine, merge_splits=merge_splits)
 
     # -- streaming -----------------------------------------------------------------------------------
 
@@ -361,7 +366,8 @@ class StreamingLocalizer:
         done = sorted(c for c in self._photon_frames if c <= self.floor.released_through)
         if not done:
             return released
-        return self._refiner(released, torch.stack([self._photon_frames.pop(c) for c in done]), done)
+        return self._refiner(released, torch.stack([self._photon_frames.pop(c) for c in done]), done,
+                             neighbours=self.floor.neighbours)
 
     def _finish_sequence(self) -> np.ndarray:
         if self._feats is None:

@@ -29,7 +29,7 @@ class OfflineLocalizer:
     Args:
         checkpoint: 'default' (the shipped model) or a checkpoint path prefix.
         backend_cfg: which engine runs it (None = the config default, 'auto').
-        p_threshold, candidate_threshold, refine, min_photons, residual_threshold: as ``[model]`` in config.toml (a negative p threshold:
+        p_threshold, candidate_threshold, refine, min_photons, residual_threshold, merge_splits: as ``[model]`` in config.toml (a negative p threshold:
             the model's own).
 
     Call :meth:`localize` once per movie, from one thread.
@@ -37,7 +37,8 @@ class OfflineLocalizer:
 
     def __init__(self, checkpoint: str = "default", backend_cfg: BackendConfig | None = None,
                  p_threshold: float = -1.0, candidate_threshold: float = 0.3, refine: str = "off",
-                 min_photons: float = 0.0, residual_threshold: float = ModelConfig.residual_threshold) -> None:
+                 min_photons: float = 0.0, residual_threshold: float = ModelConfig.residual_threshold,
+                 merge_splits: bool = ModelConfig.merge_splits) -> None:
         from rtsmlm.localization.backends import open_backend
 
         self.checkpoint = checkpoint
@@ -46,6 +47,7 @@ class OfflineLocalizer:
         self.refine = refine
         self.min_photons = min_photons
         self.residual_threshold = residual_threshold
+        self.merge_splits = merge_splits
         self.backend_cfg = backend_cfg if backend_cfg is not None else BackendConfig()
         self.backend, self.meta = open_backend(self.backend_cfg, checkpoint)
 
@@ -83,6 +85,7 @@ class OfflineLocalizer:
         return StreamingLocalizer(self.backend, self.meta, camera, tuple(frame_shape), self.p_threshold,
                                   self.candidate_threshold, batch_size=batch_size, refine=self.refine,
                                   min_photons=self.min_photons, residual_threshold=self.residual_threshold,
+                                  merge_splits=self.merge_splits,
                                   psf_sigma_px=None if psf_sigma_nm is None else psf_sigma_nm / camera.pixel_size_nm)
 
 
