@@ -126,13 +126,14 @@ def _open(spec: dict[str, str], threads: int, args, checkpoint: str):
 
 def run_one(backend, meta, camera, frames: np.ndarray, seconds: float, min_frames: int, batch: int,
             p_threshold: float, candidate_threshold: float, psf_sigma_px: float | None,
-            refine: str, residual_threshold: float) -> dict[str, Any]:
+            refine: str, residual_threshold: float, merge_splits: bool = True) -> dict[str, Any]:
     """Stream ``frames`` (cycled) through a fresh localizer for ``seconds`` (at least ``min_frames``)."""
     from rtsmlm.localization.localizer import StreamingLocalizer
 
     shape = frames.shape[1:]
     loc = StreamingLocalizer(backend, meta, camera, shape, p_threshold, candidate_threshold, batch_size=batch,
-                             psf_sigma_px=psf_sigma_px, refine=refine, residual_threshold=residual_threshold)
+                             psf_sigma_px=psf_sigma_px, refine=refine, residual_threshold=residual_threshold,
+                             merge_splits=merge_splits)
     b = loc.batch_size
     # Warm-up run (allocations, oneDNN/cuDNN kernel selection), then a fresh sequence for the timing.
     for start in range(0, 2 * b, b):
@@ -214,7 +215,7 @@ def _throughput(args, cfg, specs: list[str]) -> dict[str, Any]:
                 r = run_one(backend, meta, camera, frames, args.seconds, args.min_frames, args.batch,
                             cfg.model.p_threshold, cfg.model.candidate_threshold,
                             cfg.psf.sigma_nm / camera.pixel_size_nm, cfg.model.refine,
-                            cfg.model.residual_threshold)
+                            cfg.model.residual_threshold, cfg.model.merge_splits)
                 r.update(backend=f"{d['name']}/{d['device']}", spec=spec_text, precision=d["precision"],
                          threads=d.get("threads"), parameters=d.get("parameters"),
                          model_mb=model_file.stat().st_size / 1e6, load_avg_1min=os.getloadavg()[0], describe=d)
@@ -258,7 +259,8 @@ def _accuracy(args, cfg, specs: list[str]) -> dict[str, Any]:
                                  cfg.model.candidate_threshold, batch_size=args.batch,
                                  psf_sigma_px=cfg.psf.sigma_nm / camera.pixel_size_nm, refine=cfg.model.refine,
                                  min_photons=cfg.model.min_photons,
-                                 residual_threshold=cfg.model.residual_threshold)
+                                 residual_threshold=cfg.model.residual_threshold,
+                                 merge_splits=cfg.model.merge_splits)
         locs = localize_movie(loc, frames)
         path = out / f"locs_{spec_text.replace(':', '_')}.csv"
         write_csv(path, locs, overwrite=True)
