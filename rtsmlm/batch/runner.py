@@ -109,9 +109,10 @@ def _context(cfg: Config) -> int:
     """Frames a chunk reads beyond each of its ends (:func:`rtsmlm.localization.brightness_floor.context_frames`)."""
     from rtsmlm.localization import checkpoint as ckpt
     from rtsmlm.localization.brightness_floor import context_frames
+    from rtsmlm.localization.refine import checks_splits
 
     meta = ckpt.load_meta(cfg.model.checkpoint)
-    splits = cfg.model.refine != "off" and cfg.model.merge_splits and (meta.psf or {}).get("model", "gaussian") == "gaussian"
+    splits = checks_splits(cfg.model.refine, cfg.model.merge_splits, (meta.psf or {}).get("model", "gaussian"))
     return context_frames(meta.window, cfg.model.min_photons, hold=splits)
 
 

@@ -92,7 +92,8 @@ class StreamingLocalizer:
                  margin: int | None = None, max_batch: int = 16, split_threshold: float = 0.6,
                  memory_bytes: int | None = None, psf_sigma_px: float | None = None, refine: str = "off",
                  min_photons: float = 0.0, residual_threshold: float = ModelConfig.residual_threshold,
-                 merge_splits: bool = ModelConfig.merge_splits, maps_sink: Callable[[torch.Tensor, list[int]], None] | None = None) -> None:
+                 merge_splits: bool = ModelConfig.merge_splits,
+                 maps_sink: Callable[[torch.Tensor, list[int]], None] | None = None) -> None:
         height, width = (int(v) for v in frame_shape)
         if backend.window != meta.window:
             raise ValueError(f"backend runs a window of {backend.window} frames but the checkpoint metadata "

@@ -72,6 +72,12 @@ splits the network makes are selected noise (median 9 on the benchmarks' sparse 
 the check's other conditions were rare there (1 of 1011 partners at 1–2 px on the close-pair movie)."""
 
 
+def checks_splits(refine: str, merge_splits: bool, psf_model: str) -> bool:
+    """Whether a run's refiner runs the split check (and so reads the adjacent frames' localizations):
+    refinement on, ``model.merge_splits``, a model of a Gaussian (2D) PSF."""
+    return refine != "off" and bool(merge_splits) and psf_model == "gaussian"
+
+
 @dataclass(frozen=True)
 class _Fit:
     """What :meth:`MLERefiner._fit` returns: per patch the K emitters' ``x``, ``y`` (pixels), ``z`` (nm), ``n``
