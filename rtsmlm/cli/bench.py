@@ -126,7 +126,7 @@ def _open(spec: dict[str, str], threads: int, args, checkpoint: str):
 
 def run_one(backend, meta, camera, frames: np.ndarray, seconds: float, min_frames: int, batch: int,
             p_threshold: float, candidate_threshold: float, psf_sigma_px: float | None,
-            refine: str, residual_threshold: float, merge_splits: bool = True) -> dict[str, Any]:
+            refine: str, residual_threshold: float, merge_splits: bool) -> dict[str, Any]:
     """Stream ``frames`` (cycled) through a fresh localizer for ``seconds`` (at least ``min_frames``)."""
     from rtsmlm.localization.localizer import StreamingLocalizer
 

@@ -179,7 +179,8 @@ class MLERefiner:
         n0 = torch.as_tensor(locs["photons"], dtype=torch.float32, device=dev).clamp_min(1.0)
         b0 = torch.as_tensor(locs["bg"], dtype=torch.float32, device=dev).clamp_min(0.0)
         rows, cols, weight, data, read = self._patches(photons, batch_row, x0, y0)
-        pairs, isolated = self._neighbours(locs, z0)
+        pairs, crowding = self._neighbours(locs, z0)
+        isolated = crowding == 0
         # Neighbours' light at the network's values (refitting them jointly was measured: no gain).
         others = self._others(pairs, x0, y0, z0, n0, rows, cols)
         fit = self._fit(data, read, weight, rows, cols, x0[:, None], y0[:, None], z0[:, None], n0[:, None], b0,
@@ -330,25 +331,18 @@ class MLERefiner:
         ``ISOLATION_SIGMAS`` σ of either (2D only)."""
         if self.has_z or len(locs) < 2:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        from scipy.spatial import cKDTree
-
-        px = self.pixel_size_nm
-        crowd = ISOLATION_SIGMAS * self.psf.sigma_px * px
-        apart = 4.0 * crowd + 1.0  # frames far apart along a third axis: one tree for the whole table
-        tree = cKDTree(np.column_stack([locs["x"], locs["y"], locs["frame"] * apart]).astype(np.float64))
-        close = tree.query_pairs(SPLIT_MAX_PX * px, output_type="ndarray")
-        if not len(close):
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        near = np.array([len(r) for r in tree.query_ball_point(tree.data, crowd)])  # itself included
-        only_each_other = (near[close[:, 0]] == 2) & (near[close[:, 1]] == 2)
-        return close[only_each_other, 0], close[only_each_other, 1]
+        (i, j), crowding = self._neighbours(locs, torch.zeros(len(locs), device=self.device))
+        i, j, crowding = i.cpu().numpy(), j.cpu().numpy(), crowding.cpu().numpy()
+        close = np.hypot(locs["x"][i] - locs["x"][j], locs["y"][i] - locs["y"][j]) < SPLIT_MAX_PX * self.pixel_size_nm
+        only_each_other = (i < j) & close & (crowding[i] == 1) & (crowding[j] == 1)
+        return i[only_each_other], j[only_each_other]
 
     def _neighbours(self, locs: np.ndarray, z: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """Pairs (i, j) of localizations of one frame whose light reaches each other's patch, and whether
-        each has no other within ``ISOLATION_SIGMAS`` σ (in 3D the mean of the two spots' larger widths at
-        their depths)."""
+        """Pairs (i, j) of localizations of one frame whose light reaches each other's patch (both orders), and
+        how many others each has within ``ISOLATION_SIGMAS`` σ (in 3D the mean of the two spots' larger widths
+        at their depths; 0 = isolated)."""
         count = len(locs)
-        isolated = np.ones(count, bool)
+        crowding = np.zeros(count, np.int64)
         sx, sy, _, _ = self.psf.width_curves(z)
         spot = torch.maximum(sx, sy).cpu().numpy().astype(np.float64)
         reach = self.half + 3.0 * float(spot.max()) + 1.0
@@ -367,10 +361,10 @@ class MLERefiner:
             pairs_j.append(group[j])
             width = 0.5 * (spot[group[i]] + spot[group[j]])
             crowded = np.hypot(dx[i, j], dy[i, j]) < ISOLATION_SIGMAS * width
-            isolated[group[i[crowded]]] = False
+            np.add.at(crowding, group[i[crowded]], 1)
         pairs = (torch.as_tensor(np.concatenate(pairs_i), device=self.device),
                  torch.as_tensor(np.concatenate(pairs_j), device=self.device))
-        return pairs, torch.as_tensor(isolated, device=self.device)
+        return pairs, torch.as_tensor(crowding, device=self.device)
 
     def _others(self, pairs: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                 z: torch.Tensor, n: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -151,6 +151,11 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
+def backend_threads(cfg: "BackendConfig") -> int:
+    """The intra-op threads a backend of ``cfg`` runs: ``backend.threads``, or :func:`default_threads` for 0."""
+    return cfg.threads or default_threads()
+
+
 def model_for_backend(cfg: "Config", env: Environment | None = None) -> "Config":
     """``cfg`` with ``[model]`` as a live run on the backend ``cfg.backend`` resolves to on this machine (or
     ``env``) uses it: on a GPU, or a CPU with native bf16, two threads and a core to spare, a shipped model's larger
@@ -162,7 +167,7 @@ def model_for_backend(cfg: "Config", env: Environment | None = None) -> "Config"
 
     env = env or probe_environment()
     choice = choose_backend(cfg.backend, env)
-    threads = cfg.backend.threads or default_threads()
+    threads = backend_threads(cfg.backend)
     model = for_backend(cfg.model, choice.device, choice.precision, threads, env.cpu_count)
     return cfg if model is cfg.model else replace(cfg, model=model)
 
@@ -181,7 +186,7 @@ def open_backend(cfg: "BackendConfig", checkpoint: str, *, jit: bool = True,
     model, meta = ckpt.load(checkpoint, device="cpu")
     check_flips(cfg.test_time_flips, meta, checkpoint)
     choice = choose_backend(cfg, probe_environment())
-    threads = cfg.threads or default_threads()
+    threads = backend_threads(cfg)
     backend: Backend
     if choice.name == "torch":
         from rtsmlm.localization.backends.torch_backend import TorchBackend
