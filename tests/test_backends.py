@@ -474,3 +474,7 @@ def test_a_bf16_cpu_with_two_threads_runs_the_mid_size_sibling_and_says_so(caplo
     off = rconfig.replace(calibrated.model, larger_on_bf16_cpu=False)
     assert for_backend(off, "cpu", "bf16", threads=3, cpu_count=4) is off
     assert model_for_backend(calibrated, _env(cpu_bf16=True, **H100)).model.checkpoint == "broad_2d_wide"
+    # backend.threads = 0 (all cores but one) resolves against the machine described, not the one running the test
+    all_but_one = rconfig.replace(calibrated, backend={**rconfig.to_dict(calibrated.backend), "threads": 0})
+    assert model_for_backend(all_but_one, _env(cpu_bf16=True, cpu_count=4)).model.checkpoint == "broad_2d_mid"
+    assert model_for_backend(all_but_one, _env(cpu_bf16=True, cpu_count=2)) is all_but_one

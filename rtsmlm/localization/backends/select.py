@@ -142,18 +142,20 @@ def _torch_cpu(precision: str, env: Environment, why: str) -> BackendChoice:
     return BackendChoice("torch", "cpu", precision, why)
 
 
-def default_threads() -> int:
-    """Intra-op threads for ``backend.threads = 0``: all cores but one, at least one.
+def default_threads(cpu_count: int | None = None) -> int:
+    """Intra-op threads for ``backend.threads = 0``: all cores but one (of ``cpu_count``, default this
+    machine's), at least one.
 
     The run's other threads (acquisition, writers, rendering, the stream) need a core, and torch's and
     ONNX Runtime's thread pools wait for every thread at every layer: measured on this 2-core machine
     under load, bf16 64x64 frames ran at 119 frames/s with one thread and 3.5 frames/s with two."""
-    return max(1, (os.cpu_count() or 1) - 1)
+    return max(1, (cpu_count or os.cpu_count() or 1) - 1)
 
 
-def backend_threads(cfg: "BackendConfig") -> int:
-    """The intra-op threads a backend of ``cfg`` runs: ``backend.threads``, or :func:`default_threads` for 0."""
-    return cfg.threads or default_threads()
+def backend_threads(cfg: "BackendConfig", cpu_count: int | None = None) -> int:
+    """The intra-op threads a backend of ``cfg`` runs on a machine of ``cpu_count`` cores (default this one):
+    ``backend.threads``, or :func:`default_threads` for 0."""
+    return cfg.threads or default_threads(cpu_count)
 
 
 def model_for_backend(cfg: "Config", env: Environment | None = None) -> "Config":
@@ -167,7 +169,7 @@ def model_for_backend(cfg: "Config", env: Environment | None = None) -> "Config"
 
     env = env or probe_environment()
     choice = choose_backend(cfg.backend, env)
-    threads = backend_threads(cfg.backend)
+    threads = backend_threads(cfg.backend, env.cpu_count)
     model = for_backend(cfg.model, choice.device, choice.precision, threads, env.cpu_count)
     return cfg if model is cfg.model else replace(cfg, model=model)
 
