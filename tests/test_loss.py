@@ -202,3 +202,33 @@ def test_tiny_net_overfits_fixed_toy_batch(single_thread) -> None:
     assert last < first - 0.5 * abs(first), (first, last)
     # Not only the easy count term: the localization likelihood of the emitters improves too.
     assert loc_history[-1] < loc_history[0] - 0.5 * abs(loc_history[0]), loc_history[::10]
+
+
+def test_distillation_loss_is_zero_at_the_teacher_and_pulls_towards_it() -> None:
+    """The teacher term: 0 when the outputs agree; positive otherwise, against an independent Bernoulli KL;
+    its gradient raises p where the teacher's is higher, and moves positions only where the teacher sees an
+    emitter (its p weights the read-out)."""
+    from rtsmlm.training.loss import distillation_loss
+
+    g = torch.Generator().manual_seed(3)
+    teacher = _random_output(2, 6, 6, g)
+    assert distillation_loss(teacher.clone(), teacher).item() == pytest.approx(0.0, abs=1e-5)
+
+    student = teacher.clone()
+    student[:, CH_P] = 0.5
+    kl = D.kl_divergence(D.Bernoulli(probs=teacher[:, CH_P]), D.Bernoulli(probs=student[:, CH_P]))
+    assert distillation_loss(student, teacher).item() == pytest.approx(kl.sum(dim=(1, 2)).mean().item(), rel=1e-4)
+
+    student = teacher.clone()
+    student[:, CH_P] = teacher[:, CH_P] * 0.5
+    student.requires_grad_(True)
+    ahead = teacher.clone()
+    ahead[:, CH_X] = teacher[:, CH_X] + 0.3
+    ahead[0, CH_P, 0, 0] = 1e-6  # the teacher sees nothing at that pixel: the position there is free
+    distillation_loss(student, ahead).backward()
+    grad_x, grad_p = student.grad[:, CH_X], student.grad[:, CH_P]
+    assert (grad_x[ahead[:, CH_P] > 0.1] < 0).all()  # descent moves x towards the teacher's (+0.3)
+    assert abs(grad_x[0, 0, 0].item()) < 1e-5
+    assert (grad_p[ahead[:, CH_P] > 0.1] < 0).all()  # and p up towards the teacher's
+    with pytest.raises(ValueError, match="differ in shape"):
+        distillation_loss(teacher[:, :, :4], teacher)

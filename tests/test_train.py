@@ -226,3 +226,32 @@ def test_edge_targets_reach_just_beyond_the_patch_and_leave_other_configs_data_u
     # The same emitters were drawn: the inside targets are the plain config's.
     inside = ~outside.any(axis=1)
     assert inside.sum() == plain.em_mask.sum()
+
+
+def test_a_teacher_adds_its_term_to_the_loss_and_must_read_the_same_inputs(tmp_path, capsys):
+    """`train.teacher`: a model fine-tuned from `default` with `default` itself as teacher starts with the
+    teacher term at 0 — its first step's loss is that of the same run without a teacher — and the term weighs
+    in once the two differ (a teacher of another width); a teacher whose inputs differ (the broad model's
+    Anscombe input and conditioning against `default`'s linear photons) is refused in one sentence."""
+    from rtsmlm.core import config as rconfig
+    from rtsmlm.core.config import ConfigError
+    from rtsmlm.training.train import train
+
+    def first_loss(prefix, *extra):
+        assert main(["train", "--out", str(prefix), "--steps", "1", "--init", "default", *extra, *TINY]) == 0
+        return _strict_json(prefix.with_name(prefix.name + ".log.jsonl").read_text().splitlines()[0])["train_loss"]
+
+    alone = first_loss(tmp_path / "alone")
+    self_taught = first_loss(tmp_path / "self", "--set", 'train.teacher="default"')
+    assert "distilling from default (16 channels)" in capsys.readouterr().out
+    assert self_taught == pytest.approx(alone, rel=1e-5)
+    small = tmp_path / "small"
+    assert main(["train", "--out", str(small), "--steps", "1", "--init", "default", "--set", "train.narrow_to=8",
+                 *TINY]) == 0
+    other = first_loss(tmp_path / "other", "--set", f'train.teacher="{small}"', "--set", "train.distill_weight=5")
+    assert other > alone + 1e-3
+
+    cfg = rconfig.load("configs/train_broad_2d_small_polish.toml",
+                       overrides=['train.teacher="default"', "train.steps=1"])
+    with pytest.raises(ConfigError, match="reads other inputs than the model being trained"):
+        train(cfg, tmp_path / "refused", init="broad_2d", progress=False)

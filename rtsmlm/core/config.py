@@ -281,6 +281,11 @@ class TrainConfig:
     narrow_to: int = _f(0, range=(0, 512),
                         doc="fine-tune only (--init): prune the initial model to this many channels first "
                             "(net.narrowed, structured pruning; the fine-tune recovers its outputs); 0 keeps its width")
+    teacher: str = _f("", doc="a larger checkpoint (path or shipped name) whose output maps the model also learns "
+                              "to match (knowledge distillation: its detection probabilities at close pairs carry "
+                              "more than the simulated truth's one pixel per emitter); its input scales must be "
+                              "the model's. Empty: no teacher")
+    distill_weight: float = _f(1.0, range=(0.0, 1e3), doc="weight of the teacher term in the loss (train.teacher)")
     depth: int = _f(2, range=(1, 6), doc="U-Net levels (frames are padded to a multiple of 2**depth)")
     window: int = _f(3, range=(1, 15), doc="frames the temporal network sees (odd; 3 = the frame and its two neighbours)")
     val_samples: int = _f(256, range=(1, 1_000_000), doc="fixed simulated samples the checkpoints are scored on")

@@ -178,3 +178,29 @@ class DecodeLoss(nn.Module):
             count_var_min=self.count_var_min,
             sigma_min=self.sigma_min,
         )
+
+
+def distillation_loss(out: torch.Tensor, teacher_out: torch.Tensor, *, use_z: bool = False,
+                      p_eps: float = 1e-6) -> torch.Tensor:
+    """How far a network's output maps are from a teacher's on the same input (knowledge distillation).
+
+    Per sample, summed over pixels: the Kullback–Leibler divergence of the student's detection Bernoulli from
+    the teacher's (zero where they agree), plus, weighted by the teacher's p, half the squared difference of
+    the positions (x, y, and z with ``use_z``) and photons in units of the teacher's predicted sigmas — the
+    read-out matters only where the teacher sees an emitter. The mean over the batch; 0 when ``out`` equals
+    ``teacher_out``. Why: the simulated truth marks each emitter at one pixel, while a larger model's p map
+    also says how likely a dim partner beside a bright one is — what a small model misses at close pairs.
+    """
+    if out.shape != teacher_out.shape:
+        raise ValueError(f"distillation_loss: student output {tuple(out.shape)} and teacher output "
+                         f"{tuple(teacher_out.shape)} differ in shape.")
+    out, teacher_out = out.float(), teacher_out.float().detach()
+    s_p = out[:, CH_P].clamp(p_eps, 1.0 - p_eps)
+    t_p = teacher_out[:, CH_P].clamp(p_eps, 1.0 - p_eps)
+    kl = t_p * (torch.log(t_p) - torch.log(s_p)) + (1.0 - t_p) * (torch.log1p(-t_p) - torch.log1p(-s_p))
+    pairs = [(CH_X, CH_SIG_X), (CH_Y, CH_SIG_Y), (CH_PHOT, CH_SIG_PHOT)] + ([(CH_Z, CH_SIG_Z)] if use_z else [])
+    read_out = torch.zeros_like(kl)
+    for value, sigma in pairs:
+        read_out = read_out + 0.5 * ((out[:, value] - teacher_out[:, value]) / teacher_out[:, sigma]) ** 2
+    per_sample = (kl + t_p * read_out).sum(dim=(1, 2))
+    return per_sample.mean()

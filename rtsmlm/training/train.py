@@ -171,6 +171,22 @@ def _widen_input(init_state: dict, target_state: dict) -> dict:
     return state
 
 
+def _load_teacher(name: str, scales: Scales, window: int, device: str):
+    """``train.teacher``'s model, frozen, on ``device``; refused in one sentence when it reads other inputs."""
+    from rtsmlm.localization.checkpoint import load
+
+    teacher, meta = load(name)
+    if meta.scales != scales or meta.window != window:
+        raise ConfigError(f"train.teacher = {name!r} reads other inputs than the model being trained (its scales "
+                          f"{meta.scales} and window {meta.window} against {scales} and {window}); a teacher "
+                          "must share the input transform, conditioning, scales and window.")
+    teacher.eval().to(device)
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    print(f"distilling from {name} ({meta.width} channels)", flush=True)
+    return teacher
+
+
 @contextmanager
 def _ieee_floats():
     """Restore IEEE subnormals for the duration: with flush-to-zero set (torch.set_flush_denormal),
@@ -192,13 +208,15 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
     larger ``train.width`` widens it first, keeping its outputs: ``net.widened``; ``train.narrow_to`` prunes
     it to fewer channels: ``net.narrowed``) and
     its input/output scales (the network's units must not change under it); the data are ``cfg``'s.
+    ``train.teacher``: the loss also asks the model to match that frozen model's output maps
+    (:func:`rtsmlm.training.loss.distillation_loss`, weight ``train.distill_weight``).
     At the end the kept checkpoint's own detection threshold is chosen on the training conditions,
     simulated, and stored in its metadata (runs use it unless told another).
     """
     import torch
 
     from rtsmlm.localization.net import DecodeNet
-    from rtsmlm.training.loss import decode_loss
+    from rtsmlm.training.loss import decode_loss, distillation_loss
 
     init_state, init_meta = None, None
     if init is None and cfg.train.narrow_to:
@@ -285,6 +303,7 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
 
     sim = TrainingSimulator(cfg, t.seed, scales=scales)
     val = TrainingSimulator(cfg, t.seed + 1_000_003, scales=scales).batch(t.val_samples)
+    teacher = _load_teacher(t.teacher, sim.scales, t.window, device) if t.teacher else None
     meta_base = dict(width=t.width, depth=t.depth, window=t.window,
                      pixel_size_nm=cfg.camera.pixel_size_nm, camera=to_dict(cfg.camera),
                      psf=to_dict(cfg.psf), scales=sim.scales, train=to_dict(t))
@@ -301,6 +320,10 @@ def train(cfg: Config, out_prefix: str | Path, *, resume: bool = True, progress:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             out = model(frames)
             loss, parts = decode_loss(out.float(), em, mask, bg, use_z=is_3d)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_out = teacher(frames)
+                loss = loss + t.distill_weight * distillation_loss(out, teacher_out, use_z=is_3d)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.03 / t.lr)
