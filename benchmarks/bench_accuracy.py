@@ -379,6 +379,26 @@ def split_model_spec(spec: str) -> tuple[str, list[str]]:
     return path, options
 
 
+def open_model_specs(specs: list[str], backend_cfg: Any, model_cfg: rconfig.ModelConfig) -> dict[str, Any]:
+    """{label: OfflineLocalizer} of several model specs (:func:`open_model_spec`); two specs with one label
+    (checkpoints of one file name in different folders) are refused in one sentence instead of one silently
+    replacing the other in the tables."""
+    localizers: dict[str, Any] = {}
+    for spec in specs:
+        label = model_spec_label(spec)
+        if label in localizers:
+            raise SystemExit(f"model spec {spec!r} has the label {label!r} of an earlier one: give the checkpoints "
+                             "distinct file names.")
+        localizers[label] = open_model_spec(spec, backend_cfg, model_cfg)[1]
+    return localizers
+
+
+def model_spec_label(spec: str) -> str:
+    """A model spec's label in the tables: the checkpoint's file name and the options."""
+    path, options = split_model_spec(spec)
+    return "+".join([Path(path).name if "/" in path else path, *options])
+
+
 def open_model_spec(spec: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig) -> tuple[str, Any]:
     """(label, OfflineLocalizer) of a benchmark's model spec: a shipped name or checkpoint path, optionally
     ``+mle`` / ``+fuse`` for that refinement (model.refine; ``+no-merge``: without its split check,
@@ -392,8 +412,7 @@ def open_model_spec(spec: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig)
     residual = 0.0 if "no-residual" in options else model_cfg.residual_threshold
     flips = next((int(o.removeprefix("flips")) for o in options if o.startswith("flips")), 1)
     precision = "bf16" if "bf16" in options else backend_cfg.precision
-    label = "+".join([Path(path).name if "/" in path else path, *options])
-    return label, open_model(path, rconfig.replace(backend_cfg, test_time_flips=flips, precision=precision),
+    return model_spec_label(spec), open_model(path, rconfig.replace(backend_cfg, test_time_flips=flips, precision=precision),
                              rconfig.replace(model_cfg, refine=refine, residual_threshold=residual,
                                              merge_splits="no-merge" not in options))
 

@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     base, backend_cfg = acc.reference_backend()
-    localizers = dict(acc.open_model_spec(spec, backend_cfg, base.model) for spec in args.models.split(","))
+    localizers = acc.open_model_specs(args.models.split(","), backend_cfg, base.model)
     why_not = None if args.no_picasso else acc.picasso_available()
     use_picasso = not args.no_picasso and why_not is None
     print(f"load average {os.getloadavg()[0]:.1f}; models {', '.join(localizers)}; Picasso: "

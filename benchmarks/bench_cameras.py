@@ -109,7 +109,7 @@ def main() -> None:
     models = args.models.split(",")
     densities = [float(d) for d in args.densities.split(",")]
     base, backend_cfg = acc.reference_backend()
-    localizers = dict(acc.open_model_spec(m, backend_cfg, base.model) for m in models)  # MODEL[+mle|+fuse][+no-residual]
+    localizers = acc.open_model_specs(models, backend_cfg, base.model)  # MODEL[+mle|+fuse][+no-residual]
     models = list(localizers)
     calibrated = {}  # MODEL@cal: the same model at the thresholds calibrate chooses for each cell
     if args.calibrated_thresholds:

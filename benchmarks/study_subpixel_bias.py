@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=41000, help="the EMCCD movie's seed; the sCMOS's is one more")
     args = ap.parse_args()
     base, backend = acc.reference_backend()
-    localizers = dict(acc.open_model_spec(spec, backend, base.model) for spec in args.models.split(","))
+    localizers = acc.open_model_specs(args.models.split(","), backend, base.model)
     for k, (camera, bg) in enumerate((("emccd", 20.0), ("scmos", 100.0))):
         cfg = broad.movie_config(camera=camera, seed=args.seed + k, size=64, density=0.1, bg=bg, single_frame=True,
                                  photons=(3000.0, 2500.0))

@@ -180,6 +180,23 @@ def test_model_spec_options_reach_the_localizer(bench):
         bench.split_model_spec("broad_2d+fp8")
 
 
+def test_two_checkpoints_of_one_file_name_are_refused_not_merged(bench, tmp_path):
+    """Two runs' checkpoints both called ``m`` would share a label and one would vanish from the tables: the
+    benchmark refuses them in one sentence; distinct labels each get their localizer."""
+    from rtsmlm.localization.checkpoint import resolve
+
+    shipped = resolve("default")
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        for suffix in (".safetensors", ".json"):
+            (tmp_path / folder / ("m" + suffix)).write_bytes(shipped.with_suffix(suffix).read_bytes())
+    base, backend_cfg = bench.reference_backend()
+    with pytest.raises(SystemExit, match="has the label 'm' of an earlier one"):
+        bench.open_model_specs([str(tmp_path / "a" / "m"), str(tmp_path / "b" / "m")], backend_cfg, base.model)
+    both = bench.open_model_specs([str(tmp_path / "a" / "m"), "default+mle"], backend_cfg, base.model)
+    assert list(both) == ["m", "default+mle"] and both["default+mle"].refine == "mle"
+
+
 def test_edge_frame_benchmark_scores_both_paddings_and_restores_the_shipped_one(repo_root, capsys):
     """benchmarks/bench_edges.py on 12 frames, sequences of 2: every frame an edge frame, each padding scored
     against the same frames inside the movie, and the localizer's padding is the shipped one afterwards."""

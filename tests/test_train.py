@@ -251,7 +251,9 @@ def test_a_teacher_adds_its_term_to_the_loss_and_must_read_the_same_inputs(tmp_p
     other = first_loss(tmp_path / "other", "--set", f'train.teacher="{small}"', "--set", "train.distill_weight=5")
     assert other > alone + 1e-3
 
-    cfg = rconfig.load("configs/train_broad_2d_small_polish.toml",
+    from pathlib import Path
+
+    cfg = rconfig.load(Path(__file__).parents[1] / "configs" / "train_broad_2d_small_polish.toml",
                        overrides=['train.teacher="default"', "train.steps=1"])
     with pytest.raises(ConfigError, match="reads other inputs than the model being trained"):
         train(cfg, tmp_path / "refused", init="broad_2d", progress=False)
