@@ -211,3 +211,15 @@ def test_edge_frame_benchmark_scores_both_paddings_and_restores_the_shipped_one(
         inside = float(line.split("inside the movie ")[1].split()[0])
         assert 0.3 < edge <= 1.0 and 0.5 < inside <= 1.0, line
     assert StreamingLocalizer.edge_padding == "reflect"
+
+
+def test_half_range_study_prints_the_range_and_fp16_rounding_below_bf16s(repo_root, monkeypatch, capsys):
+    """benchmarks/study_half_range.py on one small batch: the CPU default's activations stay far under fp16's
+    limit and fp16's rounding changes its p maps less than bf16's (8 against 11 bits of mantissa)."""
+    study = load_benchmark(repo_root, "study_half_range")
+    monkeypatch.setattr(sys, "argv", ["study_half_range.py", "--models", "broad_2d", "--batches", "1", "--size", "32"])
+    study.main()
+    row = capsys.readouterr().out.splitlines()[1].split()
+    largest, limit, dp16, dp_bf16 = (float(v) for v in row[1:5])
+    assert row[0] == "broad_2d" and limit == study.FP16_MAX and 10.0 < largest < limit / 10
+    assert 0.0 < dp16 < dp_bf16
