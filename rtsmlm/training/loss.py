@@ -13,7 +13,8 @@ Per sample (one window, targets are the emitters of its central frame) the loss 
 * **background**: squared error of the background map, summed over pixels (so a pixel's gradient does not
   depend on the image size), times ``bg_weight``.
 
-The total is the mean of the per-sample sums over the batch. Units are the network's: positions in
+The total is the mean of the per-sample sums over the batch. ``distillation_loss`` is the optional extra term of
+a fine-tune with a teacher (``train.teacher``): agreement with a larger model's output maps. Units are the network's: positions in
 pixels, z / z_scale, photons / photon_scale, background / bg_scale (see ``rtsmlm.localization.net``).
 """
 
