@@ -412,9 +412,10 @@ def open_model_spec(spec: str, backend_cfg: Any, model_cfg: rconfig.ModelConfig)
     residual = 0.0 if "no-residual" in options else model_cfg.residual_threshold
     flips = next((int(o.removeprefix("flips")) for o in options if o.startswith("flips")), 1)
     precision = "bf16" if "bf16" in options else backend_cfg.precision
-    return model_spec_label(spec), open_model(path, rconfig.replace(backend_cfg, test_time_flips=flips, precision=precision),
-                             rconfig.replace(model_cfg, refine=refine, residual_threshold=residual,
-                                             merge_splits="no-merge" not in options))
+    backend = rconfig.replace(backend_cfg, test_time_flips=flips, precision=precision)
+    model = rconfig.replace(model_cfg, refine=refine, residual_threshold=residual,
+                            merge_splits="no-merge" not in options)
+    return model_spec_label(spec), open_model(path, backend, model)
 
 
 def picasso_available() -> str | None:

@@ -1,6 +1,7 @@
 """`rtsmlm train` end to end on a tiny budget: files, resumability, loadable checkpoint, strict JSON."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,8 +251,6 @@ def test_a_teacher_adds_its_term_to_the_loss_and_must_read_the_same_inputs(tmp_p
                  *TINY]) == 0
     other = first_loss(tmp_path / "other", "--set", f'train.teacher="{small}"', "--set", "train.distill_weight=5")
     assert other > alone + 1e-3
-
-    from pathlib import Path
 
     cfg = rconfig.load(Path(__file__).parents[1] / "configs" / "train_broad_2d_small_polish.toml",
                        overrides=['train.teacher="default"', "train.steps=1"])
